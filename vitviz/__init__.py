@@ -1,0 +1,1 @@
+"""vitviz: an interactive Vision Transformer attention explorer (library API)."""

@@ -1,0 +1,159 @@
+"""Attention capture: ONE forward pass gives the logits and every layer's per-head attention.
+
+timm's fused attention (``scaled_dot_product_attention``) never materializes the attention
+matrix, so :func:`prepare` switches each block to timm's own unfused path and puts one
+permanent forward hook on each block's ``attn_drop``, the module that receives the softmax
+probabilities. The hook appends them to a per-call list held in a :class:`contextvars.ContextVar`,
+so two threads explaining different images with one shared model never see each other's
+tensors, and no state is left on the module between calls (unlike timm's ``AttentionExtract``
+in hook mode). Tensors stay on the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vitviz.errors import ModelError
+from vitviz.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from vitviz.models import LoadedModel
+
+_SINK: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar(
+    "vitviz_attention_sink", default=None
+)
+_PREPARED = "_vitviz_capture_hooks"
+
+
+def _collect(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+    sink = _SINK.get()
+    if sink is not None:
+        sink.append(output)
+
+
+def prepare(model: nn.Module) -> None:
+    """Make ``model`` capturable (idempotent): unfused attention and one hook per block."""
+    if getattr(model, _PREPARED, None):
+        return
+    handles = []
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        handles.append(blk.attn.attn_drop.register_forward_hook(_collect))
+    setattr(model, _PREPARED, handles)
+
+
+@dataclass
+class Capture:
+    """Result of one forward pass over a batch.
+
+    Attributes:
+        logits: ``[B, C]`` pre-softmax scores, or None for backbones without a classifier.
+        attention: ``[B, L, H, N, N]`` attention probabilities (rows sum to 1), on the device.
+        layout: token layout shared by the batch.
+        images: the inputs as the model saw them (RGB uint8 ``H×W×3`` each).
+    """
+
+    logits: torch.Tensor | None
+    attention: torch.Tensor
+    layout: TokenLayout
+    images: list[np.ndarray] = field(default_factory=list)
+
+    def probabilities(self) -> torch.Tensor | None:
+        """Softmax of the logits in fp32, or None without a classifier."""
+        return None if self.logits is None else self.logits.float().softmax(dim=-1)
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, precision: str):
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast("cuda", dtype=dtype):
+            yield
+    else:
+        yield
+
+
+def forward_with_attention(
+    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``model(x)`` once and return its output and each block's ``[B, H, N, N]`` attention.
+
+    Gradients flow if the caller enables them (class-specific methods need that).
+    """
+    prepare(model)
+    sink: list[torch.Tensor] = []
+    token = _SINK.set(sink)
+    try:
+        with _autocast(x.device, precision):
+            out = model(x)
+    finally:
+        _SINK.reset(token)
+    if len(sink) != len(model.blocks):
+        raise ModelError(
+            f"captured {len(sink)} attention maps from {len(model.blocks)} blocks: this "
+            "architecture computes attention in a way vitviz cannot read"
+        )
+    return out, sink
+
+
+def capture_tensor(
+    loaded: LoadedModel, x: torch.Tensor, *, attn_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor | None, torch.Tensor, TokenLayout]:
+    """Capture a preprocessed batch ``x [B, 3, H, W]`` (in inference mode).
+
+    Returns:
+        logits (None without classifier), attention ``[B, L, H, N, N]`` in ``attn_dtype``, layout.
+    """
+    layout = loaded.layout((int(x.shape[-2]), int(x.shape[-1])))
+    with torch.inference_mode():
+        out, attn = forward_with_attention(
+            loaded.model, x.to(loaded.device), precision=loaded.precision
+        )
+        attention = torch.stack(attn, dim=1).to(attn_dtype)
+    if attention.shape[-1] != layout.num_tokens:
+        raise ModelError(
+            f"attention has {attention.shape[-1]} tokens, the layout expects {layout.num_tokens}"
+        )
+    logits = out.float() if loaded.has_classifier else None
+    return logits, attention, layout
+
+
+def capture(
+    loaded: LoadedModel,
+    images: Sequence[Image.Image],
+    *,
+    attn_dtype: torch.dtype = torch.float32,
+) -> Capture:
+    """Preprocess PIL images the model's way and capture them in one forward pass."""
+    return capture_seen(loaded, [loaded.seen_image(im) for im in images], attn_dtype=attn_dtype)
+
+
+def capture_seen(
+    loaded: LoadedModel,
+    seen: Sequence[Image.Image],
+    *,
+    attn_dtype: torch.dtype = torch.float32,
+) -> Capture:
+    """Capture images already resized/cropped by :meth:`LoadedModel.seen_image`.
+
+    All images of one call must share one input size (always true for square models; with
+    ``keep_aspect`` group images by size first).
+    """
+    if not seen:
+        raise ValueError("capture needs at least one image")
+    sizes = {im.size for im in seen}
+    if len(sizes) > 1:
+        raise ValueError(f"images of one batch must share an input size, got {sorted(sizes)}")
+    x = torch.stack([loaded.to_tensor(im) for im in seen])
+    logits, attention, layout = capture_tensor(loaded, x, attn_dtype=attn_dtype)
+    arrays = [np.asarray(im, dtype=np.uint8).copy() for im in seen]
+    return Capture(logits=logits, attention=attention, layout=layout, images=arrays)

@@ -1,0 +1,204 @@
+"""Command line: ``python -m vitviz explain|models``.
+
+``explain`` writes, per image, a PNG overlay of the chosen method, a JSON file (predictions,
+model, weights source, method and options, input size, token layout) and an ``.npz`` with the
+full attention tensor ``attention`` ``[L, H, N, N]`` and the method's raw ``map`` ``[gh, gw]``.
+Exit status: 0 all images done, 1 some images failed, 2 bad arguments or unusable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitviz import methods, render
+from vitviz.errors import OptionsError, VitvizError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+MAP_OPTIONS = ("layer", "head", "fusion", "discard", "start_layer", "threshold", "patch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vitviz", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the curated models and where their weights come from")
+
+    e = sub.add_parser("explain", help="explain images: overlay PNG, JSON and attention .npz")
+    e.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    e.add_argument("--model", default="vit-b16", help="curated key or any timm ViT name")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
+    src.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="no trained weights: for architecture tests only, outputs say so",
+    )
+    e.add_argument("--out", default="results", help="output folder (default: results)")
+    e.add_argument("--method", default="rollout", choices=list(methods.METHODS))
+    e.add_argument("--layer", type=int, help="layer index (negative from the end)")
+    e.add_argument("--head", type=int, help="one head (default: fuse all heads)")
+    e.add_argument("--fusion", choices=list(methods.FUSIONS), help="head fusion")
+    e.add_argument("--discard", type=float, help="rollout discard ratio in [0, 1)")
+    e.add_argument("--start-layer", type=int, help="first layer of the rollout")
+    e.add_argument("--threshold", type=float, help="mask: share of the mass to keep")
+    e.add_argument("--patch", type=int, help="query: patch index, row by row")
+    e.add_argument("--rolled", action="store_true", help="query: use the rollout, not one layer")
+    e.add_argument("--source", choices=["attention", "rollout"], help="mask: map to threshold")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--keep-aspect", action="store_true", help="non-square input, no crop")
+    e.add_argument("--colormap", default="inferno", choices=list(render.COLORMAPS))
+    e.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
+    e.add_argument("--smooth", action="store_true", help="smooth instead of blocky upsampling")
+    e.add_argument("--top-k", type=int, default=5)
+    return p
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {k: getattr(args, k) for k in MAP_OPTIONS if getattr(args, k) is not None}
+    if args.rolled:
+        opts["rolled"] = True
+    if args.source is not None:
+        opts["source"] = args.source
+    return methods.resolve_options(args.method, opts)
+
+
+def _banner(text: str) -> str:
+    line = "!" * (len(text) + 8)
+    return f"{line}\n!!! {text} !!!\n{line}"
+
+
+def cmd_models() -> int:
+    """Print the curated models and where each one's weights would come from."""
+    from vitviz.models import CURATED, weights_plan
+
+    for spec in CURATED.values():
+        print(f"{spec.key:20s} {spec.title}")
+        print(f"{'':20s}   timm: {spec.timm_name}")
+        print(f"{'':20s}   {spec.description}")
+        print(f"{'':20s}   weights: {weights_plan(spec.key)}")
+    print("Any other global-attention timm ViT name works too (e.g. vit_large_patch16_224).")
+    return EXIT_OK
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 2
+    candidate = stem
+    while candidate in used:
+        candidate, n = f"{stem}-{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain every image; report each failure on one line and go on with the rest."""
+    from tqdm import tqdm
+
+    from vitviz.backend import LocalBackend
+    from vitviz.images import load_image_file
+
+    options = _method_options(args)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
+    backend = LocalBackend.from_name(
+        args.model,
+        weights=args.weights,
+        random_weights=args.random_weights,
+        device=args.device,
+        precision=args.precision,
+        keep_aspect=args.keep_aspect,
+        batch_size=args.batch_size,
+    )
+    info = backend.info()
+    warning = info["weights"]["warning"]
+    if warning:
+        print(_banner(warning), file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed, used = 0, set()
+    bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)
+    pending: list[tuple[Path, Any]] = []
+    for i, name in enumerate(bar):
+        path = Path(name)
+        try:
+            pending.append((path, load_image_file(path)))
+        except VitvizError as err:
+            failed += 1
+            tqdm.write(f"error: {err}", file=sys.stderr)
+        if len(pending) == backend.batch_size or (i == len(args.images) - 1 and pending):
+            _explain_batch(backend, pending, args, options, info, out, used)
+            pending = []
+    bar.close()
+    done = len(args.images) - failed
+    print(f"{done} of {len(args.images)} images explained into {out}/", file=sys.stderr)
+    if warning:
+        print(_banner(warning), file=sys.stderr)
+    return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
+
+
+def _explain_batch(
+    backend: Any,
+    batch: list[tuple[Path, Any]],
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    info: dict[str, Any],
+    out: Path,
+    used: set[str],
+) -> None:
+    results = backend.explain([d.image for _, d in batch], top_k=args.top_k)
+    for (path, decoded), res in zip(batch, results, strict=True):
+        value_map = np.asarray(methods.compute_map(args.method, res.attention, res.layout, **options))
+        stem = _unique_stem(path, used)
+        png = render.overlay(
+            res.image, value_map, alpha=args.alpha, colormap=args.colormap, smooth=args.smooth
+        )
+        if info["weights"]["warning"]:
+            png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
+        (out / f"{stem}.png").write_bytes(render.to_png(png))
+        npz: dict[str, np.ndarray] = {
+            "attention": res.attention.astype(np.float32),
+            "map": value_map.astype(np.float32),
+            "image": res.image,
+        }
+        if res.logits is not None:
+            npz["logits"] = res.logits.astype(np.float32)
+        np.savez_compressed(out / f"{stem}.npz", **npz)
+        record = {
+            "image": str(path),
+            "model": info,
+            "method": args.method,
+            "options": options,
+            "predictions": [p.to_dict() for p in res.predictions],
+            "no_predictions_reason": None
+            if res.predictions
+            else "self-supervised backbone: this model has no classifier",
+            "input_size": list(res.image.shape[:2]),
+            "original_size": [decoded.original_size[1], decoded.original_size[0]],
+            "image_notes": list(decoded.notes),
+            "layout": res.layout.to_dict(),
+            "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
+        }
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m vitviz``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            return cmd_models()
+        return cmd_explain(args)
+    except VitvizError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

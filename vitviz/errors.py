@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Every error vitviz raises on purpose is a :class:`VitvizError` whose message is one line that
+says what was wrong and what to do. The CLI and the app print the message, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VitvizError(Exception):
+    """Base class of the errors vitviz reports to users as one clear line."""
+
+
+class ImageError(VitvizError):
+    """An image could not be decoded or is outside the accepted limits."""
+
+
+class ModelError(VitvizError):
+    """A model name, architecture or weights source cannot be used."""
+
+
+class WeightsError(ModelError):
+    """A weights file or download cannot be used (missing, unsafe, unreachable, mismatched)."""
+
+
+class OptionsError(VitvizError):
+    """An explanation option (layer, head, patch, method …) is out of range or unknown."""

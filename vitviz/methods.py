@@ -1,0 +1,442 @@
+"""Explanation methods: pure functions from captured attention to maps and statistics.
+
+Every function takes attention probabilities ``attn`` of shape ``[..., L, H, N, N]`` (any
+leading batch dims; rows sum to 1) and a :class:`~vitviz.layout.TokenLayout`, and works on
+numpy arrays or torch tensors alike (a tensor stays on its device; numpy in, numpy out).
+
+Implemented:
+
+* Raw readout maps ``A_l^h[readout, P:]`` with head fusion mean / max / min.
+* Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
+  ``Â_l = rownorm(fuse_h(A_l) + I)``, ``R = Â_L ⋯ Â_s``, map ``= R[readout, P:]``, with
+  vit-explain's discard ratio done per image and with rows renormalized on the right axis.
+* Query-patch attention: what one patch attends to, per layer/head or rolled out.
+* Thresholded masks (Caron et al., "Emerging Properties in Self-Supervised Vision
+  Transformers", ICCV 2021): the smallest set of patches holding a share of the mass.
+* Mean attention distance (Dosovitskiy et al., ICLR 2021, Fig. 7) and attention entropy.
+
+The map methods share one signature, ``fn(attn, layout, **options) -> map[..., gh, gw]``, and
+are registered in :data:`METHODS`, from which the CLI, the app and the server list them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+
+from vitviz.errors import OptionsError
+from vitviz.layout import TokenLayout
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Fusion = Literal["mean", "max", "min"]
+FUSIONS: tuple[str, ...] = ("mean", "max", "min")
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Tensor view of ``x`` in at least float32, and whether ``x`` was numpy."""
+    was_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(np.asarray(x)) if was_numpy else x
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t, was_numpy
+
+
+def _back(t: torch.Tensor, was_numpy: bool) -> np.ndarray | torch.Tensor:
+    return t.detach().cpu().numpy() if was_numpy else t
+
+
+def _check_attn(attn: torch.Tensor, layout: TokenLayout) -> None:
+    if attn.ndim < 4:
+        raise OptionsError(f"attention must be [..., layers, heads, N, N], got shape {attn.shape}")
+    n = layout.num_tokens
+    if attn.shape[-1] != n or attn.shape[-2] != n:
+        raise OptionsError(
+            f"attention has {attn.shape[-1]} tokens but the layout has {n} "
+            f"({layout.num_prefix} prefix + {layout.grid[0]}×{layout.grid[1]} patches)"
+        )
+
+
+def _layer_index(layer: int, num_layers: int) -> int:
+    if not -num_layers <= layer < num_layers:
+        raise OptionsError(
+            f"layer {layer} is out of range: the model has {num_layers} layers "
+            f"(0–{num_layers - 1}, or -1 for the last)"
+        )
+    return layer % num_layers
+
+
+def _head_index(head: int | None, num_heads: int) -> int | None:
+    if head is None:
+        return None
+    if not -num_heads <= head < num_heads:
+        raise OptionsError(
+            f"head {head} is out of range: each layer has {num_heads} heads "
+            f"(0–{num_heads - 1}); leave it out to fuse all heads"
+        )
+    return head % num_heads
+
+
+def _patch_index(patch: int, layout: TokenLayout) -> int:
+    if not 0 <= patch < layout.num_patches:
+        raise OptionsError(
+            f"patch {patch} is out of range: the grid is {layout.grid[0]}×{layout.grid[1]} "
+            f"= {layout.num_patches} patches (0–{layout.num_patches - 1}, row by row)"
+        )
+    return patch
+
+
+def _to_grid(row: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Patch columns of a token row ``[..., N]`` reshaped to ``[..., gh, gw]``."""
+    return row[..., layout.num_prefix :].reshape(*row.shape[:-1], *layout.grid)
+
+
+def fuse_heads(attn: Array, fusion: Fusion = "mean") -> Array:
+    """Fuse the head axis (-3) of ``[..., H, N, N]`` attention by mean, max or min."""
+    t, was_numpy = _as_tensor(attn)
+    if fusion == "mean":
+        out = t.mean(dim=-3)
+    elif fusion == "max":
+        out = t.amax(dim=-3)
+    elif fusion == "min":
+        out = t.amin(dim=-3)
+    else:
+        raise OptionsError(f"unknown head fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+    return _back(out, was_numpy)
+
+
+def _select_layer(
+    t: torch.Tensor, layer: int, head: int | None, fusion: Fusion
+) -> torch.Tensor:
+    """``[..., L, H, N, N]`` → one layer's ``[..., N, N]``, one head or fused."""
+    li = _layer_index(layer, t.shape[-4])
+    hi = _head_index(head, t.shape[-3])
+    a = t[..., li, :, :, :]
+    return a[..., hi, :, :] if hi is not None else fuse_heads(a, fusion)
+
+
+def attention_map(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+) -> Array:
+    """Raw readout map of one layer: ``A_l^h[readout, P:]`` on the patch grid.
+
+    Args:
+        attn: attention ``[..., L, H, N, N]``.
+        layout: the capture's token layout (gives the readout weights and the grid).
+        layer: layer index (negative counts from the end).
+        head: one head, or None to fuse all heads with ``fusion``.
+        fusion: "mean", "max" or "min" over heads.
+
+    Returns:
+        ``[..., gh, gw]`` map; for pooled readouts, the mean of the patch rows.
+    """
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    a = _select_layer(t, layer, head, fusion)
+    w = torch.as_tensor(layout.readout_weights(), dtype=a.dtype, device=a.device)
+    return _back(_to_grid(w @ a, layout), was_numpy)
+
+
+def _discard_lowest(fused: torch.Tensor, layout: TokenLayout, ratio: float) -> torch.Tensor:
+    """Zero the lowest ``ratio`` share of each ``[N, N]`` matrix's entries, per image and layer.
+
+    Protected (never zeroed): the readout tokens' attention to themselves, ``A[t, t]`` for
+    every token t in ``layout.readout_tokens`` (the class token; class and distillation token
+    for distilled DeiT; none for pooled readouts). Exactly ``floor(ratio · N²)`` unprotected
+    entries are zeroed, the smallest first.
+    """
+    n = fused.shape[-1]
+    k = int(ratio * n * n)
+    if k == 0:
+        return fused
+    flat = fused.reshape(*fused.shape[:-2], n * n)
+    scores = flat.clone()
+    for t in layout.readout_tokens:
+        scores[..., t * n + t] = float("inf")
+    k = min(k, n * n - len(layout.readout_tokens))
+    idx = scores.topk(k, dim=-1, largest=False).indices
+    return flat.scatter(-1, idx, 0.0).reshape(fused.shape)
+
+
+def rollout_layers(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """The per-layer rollout factors ``Â_l = rownorm(fuse_h(A_l) (discarded) + I)``.
+
+    Returns:
+        ``[..., L - s, N, N]`` for layers s…L-1, rows summing to 1.
+    """
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    if not 0.0 <= discard < 1.0:
+        raise OptionsError(f"discard ratio must be in [0, 1), got {discard}")
+    s = _layer_index(start_layer, t.shape[-4])
+    fused = fuse_heads(t[..., s:, :, :, :], fusion)
+    fused = _discard_lowest(fused, layout, discard)
+    eye = torch.eye(t.shape[-1], dtype=fused.dtype, device=fused.device)
+    hat = fused + eye
+    return _back(hat / hat.sum(dim=-1, keepdim=True), was_numpy)
+
+
+def _rolled_rows(hat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ Â_L ⋯ Â_s`` for row vectors ``rows [..., K, N]`` (cheaper than the full R)."""
+    out = rows
+    for i in range(hat.shape[-3] - 1, -1, -1):
+        out = out @ hat[..., i, :, :]
+    return out
+
+
+def rollout_matrix(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """The full rollout ``R = Â_L ⋯ Â_s`` as ``[..., N, N]`` (rows sum to 1)."""
+    t, was_numpy = _as_tensor(attn)
+    hat = rollout_layers(t, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    eye = torch.eye(t.shape[-1], dtype=hat.dtype, device=hat.device)
+    return _back(_rolled_rows(hat, eye.expand(*hat.shape[:-3], -1, -1)), was_numpy)
+
+
+def rollout(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """Attention rollout map ``R[readout, P:]`` (Abnar & Zuidema 2020).
+
+    Args:
+        attn: attention ``[..., L, H, N, N]``.
+        layout: token layout of the capture.
+        fusion: head fusion before rolling out.
+        discard: share of each fused layer's lowest entries zeroed before adding I (per image
+            and layer; the readout tokens' self-attention is protected). 0 is plain rollout.
+        start_layer: first layer of the product.
+
+    Returns:
+        ``[..., gh, gw]`` map.
+    """
+    t, was_numpy = _as_tensor(attn)
+    hat = rollout_layers(t, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    w = torch.as_tensor(layout.readout_weights(), dtype=hat.dtype, device=hat.device)
+    row = _rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
+    return _back(_to_grid(row, layout), was_numpy)
+
+
+def query_map(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    patch: int = 0,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+    rolled: bool = False,
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """What one patch attends to: row ``P + patch`` of ``A_l^h`` (or of the rollout R).
+
+    Args:
+        patch: patch index, row-major over the grid.
+        layer, head, fusion: which attention matrix (ignored for ``head``/``layer`` when rolled).
+        rolled: use the rollout R (with ``fusion``, ``discard``, ``start_layer``) instead.
+
+    Returns:
+        ``[..., gh, gw]`` map over the patch keys.
+    """
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    q = layout.num_prefix + _patch_index(patch, layout)
+    if rolled:
+        hat = rollout_layers(t, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+        onehot = torch.zeros(t.shape[-1], dtype=hat.dtype, device=hat.device)
+        onehot[q] = 1.0
+        row = _rolled_rows(hat, onehot.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
+    else:
+        row = _select_layer(t, layer, head, fusion)[..., q, :]
+    return _back(_to_grid(row, layout), was_numpy)
+
+
+def threshold_mask(values: Array, threshold: float = 0.6) -> Array:
+    """DINO's mask: the smallest set of cells holding a share ``threshold`` of the mass.
+
+    Works over the last two axes of ``values`` (negative values count as 0). Cells are taken
+    from the largest down until their sum reaches ``threshold`` of the total.
+
+    Returns:
+        Float mask of the same shape (1 kept, 0 dropped).
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise OptionsError(f"mask threshold must be in (0, 1], got {threshold}")
+    t, was_numpy = _as_tensor(values)
+    flat = t.clamp_min(0).reshape(*t.shape[:-2], -1)
+    total = flat.sum(dim=-1, keepdim=True)
+    share = flat / torch.where(total > 0, total, torch.ones_like(total))
+    srt, order = share.sort(dim=-1, descending=True)
+    before = srt.cumsum(dim=-1) - srt
+    keep_sorted = (before < threshold - 1e-9) | (total <= 0)
+    keep = torch.zeros_like(flat).scatter(-1, order, keep_sorted.to(flat.dtype))
+    return _back(keep.reshape(t.shape), was_numpy)
+
+
+def mask(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    threshold: float = 0.6,
+    source: Literal["attention", "rollout"] = "attention",
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """Thresholded mask of the readout map (DINO shows the last layer's, the default).
+
+    Args:
+        threshold: share of the map's mass the kept patches hold (DINO uses 0.6).
+        source: "attention" (one layer's readout map) or "rollout".
+
+    Returns:
+        ``[..., gh, gw]`` float mask, 1 for kept patches.
+    """
+    if source == "attention":
+        m = attention_map(attn, layout, layer=layer, head=head, fusion=fusion)
+    elif source == "rollout":
+        m = rollout(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    else:
+        raise OptionsError(f"unknown mask source {source!r}: choose 'attention' or 'rollout'")
+    return threshold_mask(m, threshold)
+
+
+def mean_attention_distance(attn: Array, layout: TokenLayout) -> Array:
+    """Mean attention distance in pixels per layer and head (ViT paper, Fig. 7).
+
+    For each patch query q: ``Σ_k p(k|q)·‖c_q − c_k‖`` over patch keys k, with p the query's
+    attention renormalized over the patch keys and c the patch centres in input pixels; then
+    the mean over patch queries.
+
+    Returns:
+        ``[..., L, H]`` distances in pixels.
+    """
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    p_ = layout.num_prefix
+    pp = t[..., p_:, p_:]
+    pp = pp / pp.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(pp.dtype).tiny)
+    c = torch.as_tensor(layout.patch_centers(), dtype=pp.dtype, device=pp.device)
+    dist = torch.cdist(c, c)
+    return _back((pp * dist).sum(dim=-1).mean(dim=-1), was_numpy)
+
+
+def attention_entropy(attn: Array, layout: TokenLayout) -> Array:
+    """Attention entropy in nats per layer and head: mean over all query rows of ``−Σ p log p``.
+
+    Returns:
+        ``[..., L, H]``; 0 for one-hot rows, ``log N`` for uniform rows.
+    """
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    ent = -torch.special.xlogy(t, t).sum(dim=-1)
+    return _back(ent.mean(dim=-1), was_numpy)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered map method: ``fn(attn, layout, **options) -> map[..., gh, gw]``."""
+
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "attention",
+            attention_map,
+            "raw readout attention of one layer, one head or all heads fused",
+            {"layer": -1, "head": None, "fusion": "mean"},
+        ),
+        Method(
+            "rollout",
+            rollout,
+            "attention rollout through the layers (Abnar & Zuidema 2020)",
+            {"fusion": "mean", "discard": 0.0, "start_layer": 0},
+        ),
+        Method(
+            "query",
+            query_map,
+            "what one patch attends to (one layer/head, or rolled out)",
+            {
+                "patch": 0,
+                "layer": -1,
+                "head": None,
+                "fusion": "mean",
+                "rolled": False,
+                "discard": 0.0,
+                "start_layer": 0,
+            },
+        ),
+        Method(
+            "mask",
+            mask,
+            "smallest set of patches holding a share of the map's mass (DINO)",
+            {
+                "threshold": 0.6,
+                "source": "attention",
+                "layer": -1,
+                "head": None,
+                "fusion": "mean",
+                "discard": 0.0,
+                "start_layer": 0,
+            },
+        ),
+    )
+}
+
+STATISTICS: dict[str, Callable[..., Any]] = {
+    "mean_distance": mean_attention_distance,
+    "entropy": attention_entropy,
+}
+
+
+def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's full options: its defaults updated with ``options`` (unknown → error)."""
+    if method not in METHODS:
+        raise OptionsError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    spec = METHODS[method]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise OptionsError(
+            f"method {method!r} takes no option {', '.join(unknown)}; "
+            f"its options are {', '.join(spec.options)}"
+        )
+    return {**spec.options, **options}
+
+
+def compute_map(method: str, attn: Array, layout: TokenLayout, **options: Any) -> Array:
+    """Run a registered method by name with validated options."""
+    return METHODS[method].fn(attn, layout, **resolve_options(method, options))

@@ -1,0 +1,623 @@
+"""Model registry and loading: curated ViTs, any global-attention timm ViT, safe weights.
+
+Weights come from, in this order: a local file the user names (``.safetensors``, or
+``.pth``/``.bin`` read with ``torch.load(weights_only=True)``), the Hugging Face cache or hub
+through timm's own pretrained loading, or explicitly random weights (architecture tests only).
+Without a network the hub is never waited on: an unreachable hub fails within seconds and says
+what to do. Windowed or channel-attention families are refused, since their attention matrices
+do not say where a global readout looks.
+
+Preprocessing comes from the model's own pretrained config
+(``timm.data.resolve_model_data_config`` + ``create_transform``), split so the caller gets the
+image exactly as the model saw it (after resize and crop) beside the normalized tensor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset
+from timm.data import resolve_model_data_config
+from torch import nn
+from torchvision import transforms as T
+
+from vitviz.errors import ModelError, WeightsError
+from vitviz.layout import PrefixKind, Readout, TokenLayout
+
+WeightSource = Literal["file", "cache", "hub", "random", "bundled"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+HUB_PROBE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A curated model: short key, the name shown in the UI, the timm name and notes."""
+
+    key: str
+    title: str
+    timm_name: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+CURATED: dict[str, ModelSpec] = {
+    s.key: s
+    for s in (
+        ModelSpec(
+            "vit-b16",
+            "ViT-B/16 (AugReg, ImageNet-21k → 1k)",
+            "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            "The classic ViT-Base, 12 layers × 12 heads, 16 px patches; ImageNet-1k classes.",
+        ),
+        ModelSpec(
+            "vit-s16",
+            "ViT-S/16 (AugReg, ImageNet-21k → 1k)",
+            "vit_small_patch16_224.augreg_in21k_ft_in1k",
+            "A smaller, faster ViT: 12 layers × 6 heads; ImageNet-1k classes.",
+        ),
+        ModelSpec(
+            "deit-s16",
+            "DeiT-S/16 (ImageNet-1k)",
+            "deit_small_patch16_224.fb_in1k",
+            "Data-efficient ViT trained on ImageNet-1k only; 12 layers × 6 heads.",
+        ),
+        ModelSpec(
+            "deit-b16-distilled",
+            "DeiT-B/16 distilled (ImageNet-1k)",
+            "deit_base_distilled_patch16_224.fb_in1k",
+            "Class and distillation tokens; the prediction averages both heads.",
+        ),
+        ModelSpec(
+            "dino-s16",
+            "DINO ViT-S/16 (self-supervised)",
+            "vit_small_patch16_224.dino",
+            "Self-supervised backbone: no classifier, famous for object-segmenting heads.",
+        ),
+        ModelSpec(
+            "dinov2-s14-reg",
+            "DINOv2 ViT-S/14 with registers (self-supervised)",
+            "vit_small_patch14_reg4_dinov2.lvd142m",
+            "Self-supervised backbone with 4 register tokens, run at 224 px; no classifier.",
+            {"img_size": 224},
+        ),
+    )
+}
+
+# Families whose attention is not one global token-to-token matrix over the image.
+REFUSED_FAMILIES: dict[str, str] = {
+    "swin": "windowed attention: each token attends only inside its local window",
+    "xcit": "cross-covariance attention: its matrices relate feature channels, not patches",
+    "pvt": "spatial-reduction attention: keys are pooled, so rows do not cover the patches",
+    "twins": "locally-grouped windowed attention",
+    "crossvit": "two token streams of different patch sizes with cross attention",
+    "levit": "convolutional stages with shrinking resolution",
+    "mvit": "pooling attention over shrinking resolutions",
+    "maxvit": "block and grid (windowed) attention",
+    "maxxvit": "block and grid (windowed) attention",
+    "coatnet": "convolution and relative attention stages at several resolutions",
+    "coat": "factorized (channel) attention",
+    "nest": "nested local-block attention",
+    "tnt": "patches inside patches (two attention levels)",
+    "pit": "pooling stages that change the token grid",
+    "cait": "class attention in separate layers after the patch layers",
+    "convit": "gated positional self-attention",
+    "davit": "window and channel attention",
+    "focalnet": "focal modulation instead of attention",
+    "hiera": "hierarchical mask-unit (windowed) attention",
+    "efficientformer": "hybrid convolution stages",
+    "fastvit": "hybrid convolution stages",
+    "gcvit": "global context windowed attention",
+    "tiny_vit": "windowed attention",
+    "samvit": "windowed attention in most layers",
+    "edgenext": "channel (transposed) attention",
+    "nextvit": "hybrid convolution stages",
+    "mobilevit": "unfolded local patch attention",
+    "efficientvit": "linear attention",
+    "vitamin": "hybrid convolution stages",
+    "sequencer": "LSTM mixing instead of attention",
+}
+
+SUPPORTED_MODULES = (
+    "timm.models.vision_transformer",
+    "timm.models.deit",
+    "timm.models.vision_transformer_hybrid",
+    "timm.models.eva",
+    "timm.models.beit",
+)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a loaded model's weights came from."""
+
+    source: WeightSource
+    location: str
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"source": self.source, "location": self.location, "warning": self.warning}
+
+
+RANDOM_WARNING = "RANDOM WEIGHTS - NOT A TRAINED MODEL: maps and predictions mean nothing"
+
+
+@dataclass
+class LoadedModel:
+    """A timm ViT ready for capture, with its preprocessing, labels and provenance."""
+
+    name: str
+    title: str
+    model: nn.Module
+    data_config: dict[str, Any]
+    labels: list[str] | None
+    weights: WeightsInfo
+    device: torch.device
+    precision: Literal["fp32", "bf16", "fp16"]
+    keep_aspect: bool = False
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the model outputs class logits (self-supervised backbones do not)."""
+        return getattr(self.model, "num_classes", 0) > 0
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer blocks."""
+        return len(self.model.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per block."""
+        return int(self.model.blocks[0].attn.num_heads)
+
+    def layout(self, input_hw: tuple[int, int]) -> TokenLayout:
+        """Token layout of this model for an input of ``(height, width)`` pixels."""
+        return model_layout(self.model, input_hw)
+
+    def seen_image(self, image: Image.Image) -> Image.Image:
+        """The image exactly as the model sees it: resized and cropped per its config."""
+        if self.keep_aspect:
+            return _aspect_crop(image, self.data_config, _patch_size(self.model))
+        return _geometry(self.data_config)(image.convert("RGB"))
+
+    def to_tensor(self, seen: Image.Image) -> torch.Tensor:
+        """Normalized ``[3, H, W]`` tensor of a seen image (model's mean/std)."""
+        cfg = self.data_config
+        return T.functional.normalize(T.functional.to_tensor(seen), cfg["mean"], cfg["std"])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for outputs and the UI."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "timm_name": _full_name(self.model),
+            "weights": self.weights.to_dict(),
+            "device": str(self.device),
+            "precision": self.precision,
+            "layers": self.num_layers,
+            "heads": self.num_heads,
+            "classes": getattr(self.model, "num_classes", 0),
+            "input_config": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.data_config.items()
+                if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+            },
+        }
+
+
+def _full_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    arch, tag = cfg.get("architecture", ""), cfg.get("tag", "")
+    return f"{arch}.{tag}" if arch and tag else arch or type(model).__name__
+
+
+def _geometry(cfg: dict[str, Any]) -> T.Compose:
+    """The resize/crop part of timm's eval transform (everything before ToTensor)."""
+    full = create_transform(**cfg, is_training=False)
+    steps = []
+    for t in full.transforms:
+        if "ToTensor" in type(t).__name__:
+            break
+        steps.append(t)
+    return T.Compose(steps)
+
+
+def _patch_size(model: nn.Module) -> tuple[int, int]:
+    return tuple(int(p) for p in model.patch_embed.patch_size)
+
+
+def _aspect_crop(image: Image.Image, cfg: dict[str, Any], patch: tuple[int, int]) -> Image.Image:
+    """Resize the short side to the model's size, keep the aspect (up to 3:1), crop to patches."""
+    short = min(cfg["input_size"][1:])
+    w, h = image.size
+    scale = short / min(w, h)
+    nh, nw = max(round(h * scale), patch[0]), max(round(w * scale), patch[1])
+    interp = T.InterpolationMode(cfg.get("interpolation", "bicubic"))
+    resized = T.functional.resize(image.convert("RGB"), [nh, nw], interpolation=interp)
+    crop_h = min(nh, 3 * short) // patch[0] * patch[0]
+    crop_w = min(nw, 3 * short) // patch[1] * patch[1]
+    return T.functional.center_crop(resized, [crop_h, crop_w])
+
+
+def model_layout(model: nn.Module, input_hw: tuple[int, int]) -> TokenLayout:
+    """Read the token layout from a timm ViT for an input of ``(height, width)`` pixels."""
+    prefix: list[PrefixKind] = []
+    if getattr(model, "cls_token", None) is not None:
+        prefix.append("cls")
+    if getattr(model, "dist_token", None) is not None:
+        prefix.append("dist")
+    prefix += ["reg"] * int(getattr(model, "num_reg_tokens", 0) or 0)
+    if len(prefix) != int(model.num_prefix_tokens):
+        raise ModelError(
+            f"{type(model).__name__} has {model.num_prefix_tokens} prefix tokens but vitviz "
+            f"identified {len(prefix)} ({prefix}); this architecture is not supported yet"
+        )
+    pe = model.patch_embed
+    patch = _patch_size(model)
+    dynamic = bool(getattr(model, "dynamic_img_size", False))
+    if dynamic:
+        grid = tuple(int(g) for g in pe.dynamic_feat_size(tuple(input_hw)))
+    else:
+        grid = tuple(int(g) for g in pe.grid_size)
+        expected = (grid[0] * patch[0], grid[1] * patch[1])
+        if tuple(input_hw) != expected:
+            raise ModelError(
+                f"input is {input_hw[0]}×{input_hw[1]} px but the model takes "
+                f"{expected[0]}×{expected[1]}; load it with keep_aspect for other sizes"
+            )
+    pool = getattr(model, "global_pool", "token")
+    readout: Readout
+    if "dist" in prefix:
+        readout = "cls+dist"
+    elif pool == "token" or (not pool and "cls" in prefix):
+        readout = "cls"
+    else:
+        readout = "avg+prefix" if getattr(model, "pool_include_prefix", False) else "avg"
+    return TokenLayout(prefix=tuple(prefix), grid=grid, patch_size=patch, readout=readout)
+
+
+def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
+    """Map a curated key/title or a timm name to ``(key, timm_name, extra create kwargs)``.
+
+    Raises:
+        ModelError: unknown names (with close matches) and refused attention families.
+    """
+    for spec in CURATED.values():
+        if name in (spec.key, spec.title, spec.timm_name):
+            return spec.key, spec.timm_name, dict(spec.kwargs)
+    arch = name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(
+            f"unknown model {name!r}: not a curated name ({', '.join(CURATED)}) "
+            f"nor a timm model name{hint}"
+        )
+    check_architecture(arch)
+    if name.count(".") == 1 and name not in timm.list_pretrained(name):
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")]
+        raise ModelError(
+            f"timm has no weights tagged {name.split('.', 1)[1]!r} for {arch}; "
+            f"its tags are: {', '.join(tags) or 'none'}"
+        )
+    return name, name, {}
+
+
+def check_architecture(arch: str) -> None:
+    """Refuse families whose attention is windowed, pooled or over channels."""
+    low = arch.lower()
+    for family, why in REFUSED_FAMILIES.items():
+        if low.startswith(family):
+            raise ModelError(
+                f"{arch} is not supported: {family} uses {why}, so there is no global "
+                "patch-to-patch attention to show; choose a plain ViT such as vit_base_patch16_224"
+            )
+    module = timm.models.model_entrypoint(arch).__module__
+    if module not in SUPPORTED_MODULES:
+        raise ModelError(
+            f"{arch} ({module.rsplit('.', 1)[-1]}) is not a global-attention ViT vitviz can "
+            "read; choose a ViT, DeiT, DINO/DINOv2, EVA or BEiT model"
+        )
+
+
+def check_structure(model: nn.Module, name: str) -> None:
+    """Check the model has what capture needs: blocks with unfused-capable attention."""
+    blocks = getattr(model, "blocks", None)
+    ok = blocks is not None and len(blocks) > 0
+    ok = ok and all(
+        hasattr(getattr(b, "attn", None), "attn_drop")
+        and hasattr(b.attn, "fused_attn")
+        and hasattr(b.attn, "num_heads")
+        for b in blocks
+    )
+    ok = ok and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    if not ok:
+        raise ModelError(
+            f"{name}: its blocks do not expose per-head attention the way timm's ViT Attention "
+            "does, so vitviz cannot capture it; choose a plain ViT, DeiT or DINO model"
+        )
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a weights file safely: safetensors, or a pickle with ``weights_only=True``.
+
+    Returns:
+        The state dict (a nested ``state_dict``/``model`` entry is unwrapped, ``module.``
+        prefixes stripped) and the safetensors metadata (empty for pickles).
+
+    Raises:
+        WeightsError: missing file, unsafe pickle content, or not a state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file {p} does not exist (or is not a file)")
+    meta: dict[str, str] = {}
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+            raise WeightsError(f"{p}: not a valid safetensors file ({e})") from None
+    elif p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - UnpicklingError and friends
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(
+                f"{p}: refused to load: the file holds more than tensors (pickled code or "
+                f"objects), which could run code on this machine ({first[:160]}). "
+                "Convert it to .safetensors from a trusted environment"
+            ) from None
+        sd = obj
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise WeightsError(f"{p}: holds no state dict of tensors")
+    else:
+        raise WeightsError(
+            f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pth/.bin)"
+        )
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd, meta
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint in use (``HF_ENDPOINT`` or the default)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_offline() -> bool:
+    """Whether the user asked for offline mode (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return env in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the hub answers within ``timeout`` seconds (DNS included; never hangs)."""
+    if hub_offline():
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(hub_endpoint(), method="HEAD")
+            urllib.request.urlopen(req, timeout=timeout).close()
+            result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # it answered
+        except Exception:  # noqa: BLE001 - any network failure means unreachable
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def cached_weights(timm_name: str) -> Path | None:
+    """Local file of a timm pretrained tag in the Hugging Face cache, if downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not repo:
+        return None
+    files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
+    files += ["model.safetensors", "pytorch_model.bin"]
+    for fname in files:
+        hit = try_to_load_from_cache(repo, fname)
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def weights_plan(name: str) -> str:
+    """One line saying where a model's weights would come from now (no network used)."""
+    _, timm_name, _ = resolve_name(name)
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return "no pretrained weights in timm: pass --weights FILE"
+    hit = cached_weights(timm_name)
+    if hit is not None:
+        return f"Hugging Face cache ({hit})"
+    where = f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+    return f"download on first use from {where}"
+
+
+def labels_for(model: nn.Module, meta: dict[str, str] | None = None) -> list[str] | None:
+    """Class names: from safetensors metadata ``vitviz_labels``, ImageNet, or class numbers."""
+    n = int(getattr(model, "num_classes", 0) or 0)
+    if n == 0:
+        return None
+    if meta and "vitviz_labels" in meta:
+        labels = json.loads(meta["vitviz_labels"])
+        if len(labels) == n:
+            return [str(x) for x in labels]
+    subset = infer_imagenet_subset(model)
+    if subset:
+        info = ImageNetInfo(subset)
+        return [info.index_to_description(i) for i in range(n)]
+    return [f"class {i}" for i in range(n)]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA if present, else Apple MPS, else CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def pick_precision(device: torch.device, precision: Precision = "auto") -> str:
+    """fp32 on CPU/MPS; bf16 (or fp16 where bf16 is unsupported) autocast on CUDA."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _num_classes(sd: dict[str, torch.Tensor]) -> int:
+    w = sd.get("head.weight")
+    return int(w.shape[0]) if w is not None else 0
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    device: str = "auto",
+    precision: Precision = "auto",
+    keep_aspect: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Create a timm ViT, load its weights and prepare it for attention capture.
+
+    Args:
+        name: curated key/title (``vit-b16`` …) or any global-attention timm ViT name.
+        weights: a local ``.safetensors`` (or ``.pth``/``.bin``) file; wins over the hub.
+        random_weights: skip weights entirely (architecture tests; flagged everywhere).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: autocast precision; ``auto`` = bf16/fp16 on CUDA, fp32 elsewhere.
+        keep_aspect: feed non-square inputs (needs ``dynamic_img_size``).
+        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``depth``).
+
+    Raises:
+        ModelError / WeightsError with a message that says what to do.
+    """
+    key, timm_name, kwargs = resolve_name(name)
+    kwargs.update(model_kwargs or {})
+    if keep_aspect:
+        kwargs["dynamic_img_size"] = True
+    dev = pick_device(device)
+    meta: dict[str, str] = {}
+    if weights is not None and random_weights:
+        raise ModelError("choose either a weights file or random weights, not both")
+    if weights is not None:
+        sd, meta = read_state_dict(weights)
+        info = WeightsInfo("file", str(weights))
+    elif random_weights:
+        sd, info = None, WeightsInfo("random", "", RANDOM_WARNING)
+    else:
+        hit = cached_weights(timm_name)
+        if hit is not None:
+            sd, meta = read_state_dict(hit)
+            info = WeightsInfo("cache", str(hit))
+        else:
+            sd = None
+            info = _require_hub(timm_name, key)
+    try:
+        if sd is not None:
+            nc = kwargs.pop("num_classes", _num_classes(sd))
+            overlay = {"state_dict": sd, "num_classes": nc}
+            model = timm.create_model(
+                timm_name, pretrained=True, num_classes=nc, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        else:
+            model = timm.create_model(timm_name, pretrained=info.source == "hub", **kwargs)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"weights from {info.location or info.source} do not fit {timm_name}: {first}"
+        ) from None
+    except OSError as e:
+        raise WeightsError(f"could not fetch weights for {timm_name}: {e}") from None
+    check_structure(model, timm_name)
+    prec = pick_precision(dev, precision)
+    model = model.eval().to(dev)
+    from vitviz.capture import prepare
+
+    prepare(model)
+    title = CURATED[key].title if key in CURATED else timm_name
+    data_config = resolve_model_data_config(model)
+    # The pretrained config may name another size (DINOv2: 518 px); the model's own wins.
+    data_config["input_size"] = (3, *(int(s) for s in model.patch_embed.img_size))
+    return LoadedModel(
+        name=key,
+        title=title,
+        model=model,
+        data_config=data_config,
+        labels=labels_for(model, meta),
+        weights=info,
+        device=dev,
+        precision=prec,  # type: ignore[arg-type]
+        keep_aspect=keep_aspect,
+    )
+
+
+def _require_hub(timm_name: str, key: str) -> WeightsInfo:
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise WeightsError(
+            f"timm has no pretrained weights for {timm_name}: pass --weights FILE "
+            "(or --random-weights for an architecture test)"
+        )
+    where = f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+    if cfg.hf_hub_id and not hub_reachable():
+        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
+        raise WeightsError(
+            f"model {key}: the weights {timm_name} are not in the local cache and {why}. "
+            f"Connect to the internet and run again (they download once from {where}), "
+            "or pass --weights FILE with a local .safetensors/.pth file"
+        )
+    return WeightsInfo("hub", where)
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 ``H×W×3`` array of a PIL image."""
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
