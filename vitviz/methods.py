@@ -439,4 +439,5 @@ def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def compute_map(method: str, attn: Array, layout: TokenLayout, **options: Any) -> Array:
     """Run a registered method by name with validated options."""
-    return METHODS[method].fn(attn, layout, **resolve_options(method, options))
+    resolved = resolve_options(method, options)
+    return METHODS[method].fn(attn, layout, **resolved)

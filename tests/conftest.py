@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random-weight timm ViTs and the sample photos. Tests run offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported anywhere
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vitviz.models import LoadedModel, load_model  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def tiny(name: str, seed: int = 0, **kwargs) -> LoadedModel:
+    """A random-weight model on the CPU, seeded so two calls give the same weights."""
+    torch.manual_seed(seed)
+    return load_model(name, random_weights=True, device="cpu", **kwargs)
+
+
+@pytest.fixture(scope="session")
+def vit_tiny() -> LoadedModel:
+    """Random-weight vit_tiny_patch16_224: 12 layers, 3 heads, class token."""
+    return tiny("vit_tiny_patch16_224")
+
+
+@pytest.fixture(scope="session")
+def cat_image() -> Image.Image:
+    """The CC0 cat photo (451×300)."""
+    return Image.open(ASSETS / "chelsea.png").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def coffee_image() -> Image.Image:
+    """The CC0 coffee photo (600×400)."""
+    return Image.open(ASSETS / "coffee.png").convert("RGB")

@@ -1,0 +1,199 @@
+"""Model resolution, weights sources (safe loading, offline failure), layouts, preprocessing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.conftest import tiny
+from vitviz import methods, models
+from vitviz.capture import capture
+from vitviz.errors import ModelError, WeightsError
+from vitviz.layout import TokenLayout
+
+
+def test_safetensors_file_gives_identical_outputs(tmp_path, cat_image):
+    a = tiny("vit_tiny_patch16_224", seed=3, model_kwargs={"depth": 3})
+    path = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    b = models.load_model("vit_tiny_patch16_224", weights=path, model_kwargs={"depth": 3})
+    assert b.weights.source == "file" and b.weights.warning is None
+    ca, cb = capture(a, [cat_image]), capture(b, [cat_image])
+    assert torch.equal(ca.logits, cb.logits)
+    assert torch.equal(ca.attention, cb.attention)
+    assert b.labels is not None and b.labels[285] == a.labels[285]  # ImageNet names
+
+
+def test_plain_pth_state_dict_loads(tmp_path, cat_image):
+    a = tiny("vit_tiny_patch16_224", seed=4, model_kwargs={"depth": 2})
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in a.model.state_dict().items()}}, path)
+    b = models.load_model("vit_tiny_patch16_224", weights=path, model_kwargs={"depth": 2})
+    assert torch.equal(capture(a, [cat_image]).logits, capture(b, [cat_image]).logits)
+
+
+class _Exploit:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickle_with_executable_content_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"head.weight": _Exploit(str(marker))}, f, protocol=2)
+    with pytest.raises(WeightsError, match="refused to load"):
+        models.load_model("vit_tiny_patch16_224", weights=path)
+    assert not marker.exists()
+
+
+def test_mismatched_weights_file_says_so(tmp_path):
+    a = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 2})
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    with pytest.raises(WeightsError, match="do not fit vit_small_patch16_224"):
+        models.load_model("vit_small_patch16_224", weights=path)
+
+
+def test_missing_and_unknown_weights_files(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        models.load_model("vit_tiny_patch16_224", weights=tmp_path / "nope.safetensors")
+    bad = tmp_path / "w.onnx"
+    bad.write_bytes(b"x")
+    with pytest.raises(WeightsError, match="unknown weights format"):
+        models.load_model("vit_tiny_patch16_224", weights=bad)
+
+
+def test_safetensors_metadata_labels(tmp_path, cat_image):
+    a = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 2, "num_classes": 3})
+    path = tmp_path / "three.safetensors"
+    sd = {k: v.contiguous() for k, v in a.model.state_dict().items()}
+    save_file(sd, str(path), metadata={"vitviz_labels": '["stripes", "dots", "checks"]'})
+    b = models.load_model("vit_tiny_patch16_224", weights=path, model_kwargs={"depth": 2})
+    assert b.labels == ["stripes", "dots", "checks"]
+    assert capture(b, [cat_image]).logits.shape == (1, 3)
+
+
+def test_offline_hub_failure_is_fast_and_says_what_to_do():
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as info:
+        models.load_model("vit-b16")
+    assert time.monotonic() - start < 5
+    msg = str(info.value)
+    assert "vit-b16" in msg and "vit_base_patch16_224.augreg2_in21k_ft_in1k" in msg
+    assert "Connect to the internet" in msg and "--weights" in msg
+    assert "\n" not in msg
+
+
+def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback, nothing listens
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="cannot be reached"):
+        models.load_model("deit-s16")
+    assert time.monotonic() - start < 5
+
+
+def test_cached_weights_load_without_network(tmp_path, monkeypatch, cat_image):
+    a = tiny("vit_tiny_patch16_224", seed=5)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    monkeypatch.setattr(models, "cached_weights", lambda name: path)
+    b = models.load_model("vit_tiny_patch16_224")
+    assert b.weights.source == "cache"
+    assert torch.equal(capture(a, [cat_image]).logits, capture(b, [cat_image]).logits)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("swin_tiny_patch4_window7_224", "windowed attention"),
+        ("xcit_tiny_12_p16_224", "feature channels"),
+        ("pvt_v2_b0", "pooled"),
+        ("convnext_tiny", "not a global-attention ViT"),
+    ],
+)
+def test_refused_families(name, why):
+    with pytest.raises(ModelError, match=why):
+        models.load_model(name, random_weights=True)
+
+
+def test_unknown_names_suggest_close_matches():
+    with pytest.raises(ModelError, match="did you mean.*vit_base_patch16_224"):
+        models.resolve_name("vit_base_patch16_22")
+    with pytest.raises(ModelError, match="no weights tagged 'nope'"):
+        models.resolve_name("vit_base_patch16_224.nope")
+
+
+def test_curated_names_resolve():
+    for spec in models.CURATED.values():
+        for name in (spec.key, spec.title, spec.timm_name):
+            assert models.resolve_name(name)[1] == spec.timm_name
+
+
+def test_preprocessing_comes_from_each_models_config():
+    vit = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 1})
+    deit = tiny("deit_tiny_patch16_224", model_kwargs={"depth": 1})
+    assert vit.data_config["mean"] == (0.5, 0.5, 0.5)
+    assert deit.data_config["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    gray = Image.new("RGB", (224, 224), (128, 128, 128))
+    tv, td = vit.to_tensor(vit.seen_image(gray)), deit.to_tensor(deit.seen_image(gray))
+    assert abs(float(tv[0, 0, 0]) - (128 / 255 - 0.5) / 0.5) < 1e-6
+    assert abs(float(td[0, 0, 0]) - (128 / 255 - 0.485) / 0.229) < 1e-6
+
+
+def test_layout_distilled_deit(cat_image):
+    m = tiny("deit_tiny_distilled_patch16_224", model_kwargs={"depth": 2})
+    cap = capture(m, [cat_image])
+    assert cap.layout == TokenLayout(("cls", "dist"), (14, 14), (16, 16), "cls+dist")
+    assert cap.attention.shape == (1, 2, 3, 198, 198)
+    a = cap.attention[0].numpy()
+    expected = (a[-1].mean(0)[0, 2:] + a[-1].mean(0)[1, 2:]) / 2
+    np.testing.assert_allclose(methods.attention_map(a, cap.layout).ravel(), expected, rtol=1e-6)
+
+
+def test_layout_dinov2_registers_at_224(cat_image):
+    m = tiny("vit_small_patch14_reg4_dinov2", model_kwargs={"img_size": 224, "depth": 2})
+    assert not m.has_classifier and m.labels is None
+    cap = capture(m, [cat_image])
+    assert cap.logits is None
+    assert cap.layout.prefix == ("cls", "reg", "reg", "reg", "reg")
+    assert cap.layout.grid == (16, 16) and cap.layout.patch_size == (14, 14)
+    assert cap.attention.shape[-1] == 5 + 256 and cap.images[0].shape == (224, 224, 3)
+
+
+def test_layout_registers_without_class_token_avg_pool(cat_image):
+    m = tiny("vit_little_patch16_reg4_gap_256", model_kwargs={"depth": 2})
+    cap = capture(m, [cat_image])
+    assert cap.layout.prefix == ("reg",) * 4 and cap.layout.readout == "avg"
+    assert cap.layout.grid == (16, 16) and cap.attention.shape[-1] == 260
+    w = cap.layout.readout_weights()
+    assert w[:4].sum() == 0 and np.allclose(w[4:], 1 / 256)
+
+
+def test_non_square_input_with_dynamic_img_size(cat_image):
+    m = tiny("vit_tiny_patch16_224", keep_aspect=True, model_kwargs={"depth": 2})
+    cap = capture(m, [cat_image])  # 451×300 → short side 224 → 337×224 → crop to 336×224
+    assert cap.images[0].shape == (224, 336, 3)
+    assert cap.layout.grid == (14, 21)
+    assert cap.attention.shape[-1] == 1 + 14 * 21
+    rolled = methods.rollout(cap.attention[0], cap.layout)
+    assert rolled.shape == (14, 21)
+
+
+def test_fixed_size_model_refuses_wrong_input_size(vit_tiny):
+    with pytest.raises(ModelError, match="takes 224×224"):
+        vit_tiny.layout((224, 336))
