@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -571,9 +572,9 @@ def load_model(
         else:
             model = timm.create_model(timm_name, pretrained=info.source == "hub", **kwargs)
     except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise WeightsError(
-            f"weights from {info.location or info.source} do not fit {timm_name}: {first}"
+            f"weights from {info.location or info.source} do not fit {timm_name}: "
+            f"{_summarize_load_error(str(e))}; check --model matches the file"
         ) from None
     except OSError as e:
         raise WeightsError(f"could not fetch weights for {timm_name}: {e}") from None
@@ -598,6 +599,26 @@ def load_model(
         precision=prec,  # type: ignore[arg-type]
         keep_aspect=keep_aspect,
     )
+
+
+def _summarize_load_error(text: str) -> str:
+    """One line from torch's multi-line ``load_state_dict`` error."""
+    parts = []
+    for label, pattern in (
+        ("missing", r"Missing key\(s\) in state_dict: (.*)"),
+        ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)"),
+    ):
+        found = re.search(pattern, text)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} tensors ({', '.join(keys[:3])}…)")
+    sizes = re.findall(r"size mismatch for ([\w.]+)", text)
+    if sizes:
+        parts.append(f"{len(sizes)} tensors of another shape ({', '.join(sizes[:3])}…)")
+    if not parts:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        parts.append(lines[0][:300] if lines else "unknown error")
+    return "; ".join(parts)
 
 
 def _require_hub(timm_name: str, key: str) -> WeightsInfo:

@@ -1,0 +1,129 @@
+"""Overhead of a full explanation over timm's plain forward, measured alternately.
+
+``forward_ms``: timm's stock model (fused SDPA attention), logits only.
+``explain_ms``: vitviz capture (logits + every layer's per-head attention, one forward) plus
+attention rollout, on the same device, synchronized. Both use the same weights and input.
+Prints one JSON object (``--json``) or a short table.
+
+    python bench/explain_overhead.py --model vit_base_patch16_224 --json
+    python bench/explain_overhead.py --model vit_base_patch16_224 --batch 8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+from vitviz import methods  # noqa: E402
+from vitviz.capture import _autocast, capture_tensor  # noqa: E402
+from vitviz.models import load_model, pick_device, pick_precision  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run the alternating measurement and return the JSON-ready result."""
+    device = pick_device(args.device)
+    precision = pick_precision(device, args.precision)
+    kwargs = {"img_size": args.img_size} if args.img_size else {}
+    torch.manual_seed(0)
+    stock = timm.create_model(args.model, pretrained=False, **kwargs).eval().to(device)
+    loaded = load_model(
+        args.model, random_weights=True, device=str(device), precision=precision,
+        model_kwargs=kwargs,
+    )  # fmt: skip
+    loaded.model.load_state_dict(stock.state_dict())
+    size = loaded.data_config["input_size"][1:]
+    x = torch.randn(args.batch, 3, *size, device=device)
+    attn_dtype = torch.float16 if args.attn_dtype == "float16" else torch.float32
+
+    def forward() -> None:
+        with torch.inference_mode(), _autocast(device, precision):
+            stock(x)
+
+    def explain() -> None:
+        with torch.inference_mode():
+            _, attention, layout = capture_tensor(loaded, x, attn_dtype=attn_dtype)
+            methods.rollout(attention, layout)
+
+    def timed(fn) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return (time.perf_counter() - start) * 1000
+
+    for _ in range(args.warmup):
+        timed(forward)
+        timed(explain)
+    fwd, exp = [], []
+    peak: dict[str, float] = {}
+    for i in range(args.repeats):
+        # alternate the order so drift (thermal, caches) hits both alike
+        order = [(forward, fwd), (explain, exp)] if i % 2 == 0 else [(explain, exp), (forward, fwd)]
+        for fn, out in order:
+            out.append(timed(fn))
+    if device.type == "cuda":
+        for name, fn in (("forward", forward), ("explain", explain)):
+            torch.cuda.reset_peak_memory_stats(device)
+            timed(fn)
+            peak[f"{name}_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    f_med, e_med = statistics.median(fwd), statistics.median(exp)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        "model": args.model,
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "attn_dtype": args.attn_dtype,
+        "img_size": int(size[0]),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "forward_ms": round(f_med, 2),
+        "explain_ms": round(e_med, 2),
+        "ratio": round(e_med / f_med, 4),
+        "pairwise_ratio_median": round(statistics.median(e / f for e, f in zip(exp, fwd)), 4),
+        **peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, measure, print."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--attn-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    result = measure(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:24s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The CLI end to end on the sample photos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import ASSETS, tiny
+from vitviz import methods
+from vitviz.cli import main
+from vitviz.layout import TokenLayout
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """A seeded vit_tiny saved as safetensors (stands in for a trained model)."""
+    m = tiny("vit_tiny_patch16_224", seed=7)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
+    return path
+
+
+def run(args: list[str]) -> int:
+    return main(args)
+
+
+def test_explain_writes_png_json_npz(tmp_path, weights_file, capsys):
+    rc = run(
+        ["explain", str(ASSETS / "chelsea.png"), str(ASSETS / "coffee.png"), "--model",
+         "vit_tiny_patch16_224", "--weights", str(weights_file), "--out", str(tmp_path),
+         "--method", "rollout", "--discard", "0.3", "--fusion", "max"]
+    )  # fmt: skip
+    assert rc == 0
+    for stem in ("chelsea", "coffee"):
+        rec = json.loads((tmp_path / f"{stem}.json").read_text())
+        npz = np.load(tmp_path / f"{stem}.npz")
+        layout = TokenLayout.from_dict(rec["layout"])
+        assert rec["method"] == "rollout"
+        assert rec["options"] == {"fusion": "max", "discard": 0.3, "start_layer": 0}
+        assert rec["model"]["weights"]["source"] == "file"
+        assert rec["input_size"] == [224, 224]
+        preds = rec["predictions"]
+        assert len(preds) == 5 and all(p["label"] for p in preds)
+        probs = [p["probability"] for p in preds]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        attn = npz["attention"]
+        assert attn.shape == (12, 3, 197, 197)
+        np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
+        expected = methods.rollout(attn, layout, fusion="max", discard=0.3)
+        np.testing.assert_allclose(npz["map"], expected, rtol=1e-6)
+        softmax = torch.from_numpy(npz["logits"]).softmax(-1)
+        assert softmax[preds[0]["index"]].item() == pytest.approx(probs[0], rel=1e-5)
+        png = cv2.imread(str(tmp_path / f"{stem}.png"))
+        assert png.shape == (224, 224, 3)
+        assert not np.array_equal(png[..., ::-1], npz["image"])  # the overlay is drawn on it
+    assert "2 of 2 images explained" in capsys.readouterr().err
+
+
+def test_each_method_by_name(tmp_path, weights_file):
+    for method, extra in [
+        ("attention", ["--layer", "1", "--head", "2"]),
+        ("query", ["--patch", "17", "--rolled"]),
+        ("mask", ["--threshold", "0.5"]),
+    ]:
+        out = tmp_path / method
+        args = ["explain", str(ASSETS / "chelsea.png"), "--model", "vit_tiny_patch16_224",
+                "--weights", str(weights_file), "--out", str(out), "--method", method, *extra]  # fmt: skip
+        assert run(args) == 0
+        npz = np.load(out / "chelsea.npz")
+        layout = TokenLayout.from_dict(json.loads((out / "chelsea.json").read_text())["layout"])
+        a = npz["attention"]
+        if method == "attention":
+            np.testing.assert_allclose(npz["map"].ravel(), a[1, 2, 0, 1:], rtol=1e-6)
+        elif method == "query":
+            expected = methods.rollout_matrix(a, layout)[1 + 17, 1:]
+            np.testing.assert_allclose(npz["map"].ravel(), expected, rtol=1e-5)
+        else:
+            base = methods.attention_map(a, layout)
+            assert set(np.unique(npz["map"])) <= {0.0, 1.0}
+            assert base[npz["map"] > 0].sum() >= 0.5 * base.sum()
+
+
+def test_bad_files_do_not_stop_the_others(tmp_path, weights_file, capsys):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    out = tmp_path / "out"
+    rc = run(
+        ["explain", str(empty), str(ASSETS / "rocket.jpg"), str(text), str(tmp_path / "gone.png"),
+         "--model", "vit_tiny_patch16_224", "--weights", str(weights_file), "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"error: {empty}: the file is empty" in err
+    assert f"error: {text}:" in err and "not an image" in err
+    assert "gone.png: no such file" in err
+    assert "1 of 4 images explained" in err
+    assert (out / "rocket.png").exists() and (out / "rocket.npz").exists()
+    assert "Traceback" not in err
+
+
+def test_random_weights_are_flagged_everywhere(tmp_path, capsys):
+    rc = run(["explain", str(ASSETS / "chelsea.png"), "--model", "vit_tiny_patch16_224",
+              "--random-weights", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    rec = json.loads((tmp_path / "chelsea.json").read_text())
+    assert rec["model"]["weights"]["source"] == "random"
+    assert "RANDOM WEIGHTS" in rec["model"]["weights"]["warning"]
+    png = cv2.imread(str(tmp_path / "chelsea.png"))[..., ::-1]
+    top = png[:20].reshape(-1, 3).astype(int)
+    assert ((top[:, 0] > 150) & (top[:, 1] < 80)).mean() > 0.5  # the red banner
+
+
+def test_bad_options_and_models_exit_2(tmp_path, weights_file, capsys):
+    base = ["explain", str(ASSETS / "chelsea.png"), "--model", "vit_tiny_patch16_224",
+            "--weights", str(weights_file), "--out", str(tmp_path)]  # fmt: skip
+    assert run([*base, "--method", "rollout", "--layer", "2"]) == 2
+    assert "takes no option layer" in capsys.readouterr().err
+    assert run([*base, "--method", "attention", "--layer", "12"]) == 2
+    assert "layer 12 is out of range: the model has 12 layers" in capsys.readouterr().err
+    assert run(["explain", "x.png", "--model", "swin_tiny_patch4_window7_224"]) == 2
+    assert "windowed attention" in capsys.readouterr().err
+    assert run(["explain", "x.png", "--model", "vit-b16"]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_models_lists_curated_and_weight_sources(capsys):
+    assert run(["models"]) == 0
+    out = capsys.readouterr().out
+    for key in ("vit-b16", "vit-s16", "deit-s16", "deit-b16-distilled", "dino-s16"):
+        assert key in out
+    assert "dinov2-s14-reg" in out and "download on first use" in out
+
+
+def test_module_entry_point_runs_in_a_subprocess(tmp_path, weights_file):
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitviz", "explain", str(ASSETS / "astronaut.png"), "--model",
+         "vit_tiny_patch16_224", "--weights", str(weights_file), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "astronaut.json").exists()
