@@ -22,12 +22,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import timm  # noqa: E402
-import torch  # noqa: E402
+import timm
+import torch
 
-from vitviz import methods  # noqa: E402
-from vitviz.capture import _autocast, capture_tensor  # noqa: E402
-from vitviz.models import load_model, pick_device, pick_precision  # noqa: E402
+from vitviz import methods
+from vitviz.capture import _autocast, capture_tensor
+from vitviz.models import load_model, pick_device, pick_precision
 
 
 def _sync(device: torch.device) -> None:
@@ -85,6 +85,7 @@ def measure(args: argparse.Namespace) -> dict:
             timed(fn)
             peak[f"{name}_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     f_med, e_med = statistics.median(fwd), statistics.median(exp)
+    pairwise = statistics.median(e / f for e, f in zip(exp, fwd, strict=True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {
         "model": args.model,
@@ -98,7 +99,7 @@ def measure(args: argparse.Namespace) -> dict:
         "forward_ms": round(f_med, 2),
         "explain_ms": round(e_med, 2),
         "ratio": round(e_med / f_med, 4),
-        "pairwise_ratio_median": round(statistics.median(e / f for e, f in zip(exp, fwd)), 4),
+        "pairwise_ratio_median": round(pairwise, 4),
         **peak,
     }
 

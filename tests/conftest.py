@@ -6,13 +6,13 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported anywhere
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import pytest
+import torch
+from PIL import Image
 
-from vitviz.models import LoadedModel, load_model  # noqa: E402
+from vitviz.models import LoadedModel, load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 

@@ -91,7 +91,7 @@ def test_two_threads_one_model_match_sequential(vit_tiny, cat_image, coffee_imag
             barrier.wait()
             for _ in range(4):
                 results[key].append(capture(vit_tiny, [images[key]]))
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in images]
@@ -115,7 +115,7 @@ def test_hooks_hold_no_state_between_calls(vit_tiny, cat_image):
     # an unrelated forward outside capture collects nothing and fails nothing
     with torch.no_grad():
         vit_tiny.model(torch.zeros(1, 3, 224, 224))
-    out, attn = forward_with_attention(vit_tiny.model, torch.zeros(1, 3, 224, 224))
+    _, attn = forward_with_attention(vit_tiny.model, torch.zeros(1, 3, 224, 224))
     assert len(attn) == 12
 
 

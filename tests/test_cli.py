@@ -72,7 +72,8 @@ def test_each_method_by_name(tmp_path, weights_file):
     ]:
         out = tmp_path / method
         args = ["explain", str(ASSETS / "chelsea.png"), "--model", "vit_tiny_patch16_224",
-                "--weights", str(weights_file), "--out", str(out), "--method", method, *extra]  # fmt: skip
+                "--weights", str(weights_file), "--out", str(out),
+                "--method", method, *extra]  # fmt: skip
         assert run(args) == 0
         npz = np.load(out / "chelsea.npz")
         layout = TokenLayout.from_dict(json.loads((out / "chelsea.json").read_text())["layout"])

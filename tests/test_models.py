@@ -132,7 +132,7 @@ def test_refused_families(name, why):
 
 
 def test_unknown_names_suggest_close_matches():
-    with pytest.raises(ModelError, match="did you mean.*vit_base_patch16_224"):
+    with pytest.raises(ModelError, match=r"did you mean.*vit_base_patch16_224"):
         models.resolve_name("vit_base_patch16_22")
     with pytest.raises(ModelError, match="no weights tagged 'nope'"):
         models.resolve_name("vit_base_patch16_224.nope")

@@ -1,1 +1,60 @@
-"""vitviz: an interactive Vision Transformer attention explorer (library API)."""
+"""vitviz: an interactive Vision Transformer attention explorer (library API).
+
+from vitviz import LocalBackend, decode_image, rollout
+backend = LocalBackend.from_name("vit-b16")
+result = backend.explain([decode_image(open("cat.jpg", "rb").read(), "cat.jpg").image])[0]
+heat = rollout(result.attention, result.layout)        # [grid h, grid w]
+"""
+
+from vitviz.backend import Backend, ImageExplanation, LocalBackend, Prediction
+from vitviz.capture import Capture, capture, forward_with_attention
+from vitviz.errors import ImageError, ModelError, OptionsError, VitvizError, WeightsError
+from vitviz.images import DecodedImage, decode_image, load_image_file
+from vitviz.layout import TokenLayout
+from vitviz.methods import (
+    METHODS,
+    STATISTICS,
+    attention_entropy,
+    attention_map,
+    compute_map,
+    mask,
+    mean_attention_distance,
+    query_map,
+    rollout,
+    rollout_matrix,
+    threshold_mask,
+)
+from vitviz.models import CURATED, LoadedModel, load_model
+
+__all__ = [
+    "CURATED",
+    "METHODS",
+    "STATISTICS",
+    "Backend",
+    "Capture",
+    "DecodedImage",
+    "ImageError",
+    "ImageExplanation",
+    "LoadedModel",
+    "LocalBackend",
+    "ModelError",
+    "OptionsError",
+    "Prediction",
+    "TokenLayout",
+    "VitvizError",
+    "WeightsError",
+    "attention_entropy",
+    "attention_map",
+    "capture",
+    "compute_map",
+    "decode_image",
+    "forward_with_attention",
+    "load_image_file",
+    "load_model",
+    "mask",
+    "mean_attention_distance",
+    "query_map",
+    "rollout",
+    "rollout_matrix",
+    "threshold_mask",
+]

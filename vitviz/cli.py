@@ -155,7 +155,9 @@ def _explain_batch(
 ) -> None:
     results = backend.explain([d.image for _, d in batch], top_k=args.top_k)
     for (path, decoded), res in zip(batch, results, strict=True):
-        value_map = np.asarray(methods.compute_map(args.method, res.attention, res.layout, **options))
+        value_map = np.asarray(
+            methods.compute_map(args.method, res.attention, res.layout, **options)
+        )
         stem = _unique_stem(path, used)
         png = render.overlay(
             res.image, value_map, alpha=args.alpha, colormap=args.colormap, smooth=args.smooth

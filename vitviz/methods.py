@@ -108,9 +108,7 @@ def fuse_heads(attn: Array, fusion: Fusion = "mean") -> Array:
     return _back(out, was_numpy)
 
 
-def _select_layer(
-    t: torch.Tensor, layer: int, head: int | None, fusion: Fusion
-) -> torch.Tensor:
+def _select_layer(t: torch.Tensor, layer: int, head: int | None, fusion: Fusion) -> torch.Tensor:
     """``[..., L, H, N, N]`` → one layer's ``[..., N, N]``, one head or fused."""
     li = _layer_index(layer, t.shape[-4])
     hi = _head_index(head, t.shape[-3])

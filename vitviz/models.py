@@ -29,8 +29,12 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset
-from timm.data import resolve_model_data_config
+from timm.data import (
+    ImageNetInfo,
+    create_transform,
+    infer_imagenet_subset,
+    resolve_model_data_config,
+)
 from torch import nn
 from torchvision import transforms as T
 
@@ -375,13 +379,13 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         try:
             with safe_open(str(p), framework="pt") as f:
                 meta = dict(f.metadata() or {})
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+                sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        except Exception as e:
             raise WeightsError(f"{p}: not a valid safetensors file ({e})") from None
     elif p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - UnpicklingError and friends
+        except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsError(
                 f"{p}: refused to load: the file holds more than tensors (pickled code or "
@@ -431,7 +435,7 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
             result.append(True)
         except urllib.error.HTTPError:
             result.append(True)  # it answered
-        except Exception:  # noqa: BLE001 - any network failure means unreachable
+        except Exception:
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)

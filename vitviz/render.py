@@ -59,7 +59,7 @@ _BANNER_FONT = cv2.FONT_HERSHEY_DUPLEX
 def _check_image(image: object, name: str = "image") -> np.ndarray:
     """Return ``image`` if it is an RGB uint8 (H, W, 3) array, else raise ValueError."""
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")  # noqa: TRY004
+        raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{name} must have shape (H, W, 3) (RGB), got shape {image.shape}")
     if image.dtype != np.uint8:
@@ -86,7 +86,7 @@ def _check_map(values: object, name: str = "values") -> np.ndarray:
 def _check_int(value: object, name: str, minimum: int) -> int:
     """Return ``value`` as an int if it is an integer >= ``minimum``, else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
@@ -107,7 +107,7 @@ def _check_color(color: object, name: str = "color") -> tuple[int, int, int]:
     for channel in color:
         if isinstance(channel, bool) or not isinstance(channel, numbers.Integral):
             msg = f"{name} channels must be integers in 0..255, got {color!r}"
-            raise ValueError(msg)  # noqa: TRY004
+            raise ValueError(msg)
         if not 0 <= channel <= 255:
             raise ValueError(f"{name} channels must be integers in 0..255, got {color!r}")
         out.append(int(channel))
@@ -166,10 +166,8 @@ def normalize_map(values: np.ndarray) -> np.ndarray:
     if hi == lo:
         return np.zeros(arr.shape, dtype=np.float32)
     span = hi - lo
-    if np.isfinite(span):
-        out = (arr - lo) / span
-    else:  # range overflows float64 (values near +-1e308): scale down first
-        out = (arr / 2 - lo / 2) / (hi / 2 - lo / 2)
+    # a range that overflows float64 (values near ±1e308) is scaled down first
+    out = (arr - lo) / span if np.isfinite(span) else (arr / 2 - lo / 2) / (hi / 2 - lo / 2)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -257,7 +255,7 @@ def overlay(
     _check_map(values)
     _colormap_id(colormap)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")  # noqa: TRY004
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:  # also rejects NaN
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
