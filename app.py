@@ -15,10 +15,12 @@ from vitviz.backend import LocalBackend
 from vitviz.errors import VitvizError
 from vitviz.images import decode_image
 from vitviz.models import CURATED
+from vitviz.runtime import tune_allocator
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLES = sorted(p for p in ASSETS.iterdir() if p.suffix in (".png", ".jpg"))
 
+tune_allocator()
 st.set_page_config(page_title="vitviz — ViT attention explorer", page_icon="🔍", layout="wide")
 st.title("vitviz — what does the Vision Transformer look at?")
 

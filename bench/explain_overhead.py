@@ -26,8 +26,9 @@ import timm
 import torch
 
 from vitviz import methods
-from vitviz.capture import _autocast, capture_tensor
+from vitviz.capture import autocast_for, capture_tensor
 from vitviz.models import load_model, pick_device, pick_precision
+from vitviz.runtime import tune_allocator
 
 
 def _sync(device: torch.device) -> None:
@@ -39,6 +40,7 @@ def _sync(device: torch.device) -> None:
 
 def measure(args: argparse.Namespace) -> dict:
     """Run the alternating measurement and return the JSON-ready result."""
+    tuned = tune_allocator() if args.tune_allocator else False
     device = pick_device(args.device)
     precision = pick_precision(device, args.precision)
     kwargs = {"img_size": args.img_size} if args.img_size else {}
@@ -54,7 +56,7 @@ def measure(args: argparse.Namespace) -> dict:
     attn_dtype = torch.float16 if args.attn_dtype == "float16" else torch.float32
 
     def forward() -> None:
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast_for(device, precision):
             stock(x)
 
     def explain() -> None:
@@ -96,6 +98,7 @@ def measure(args: argparse.Namespace) -> dict:
         "img_size": int(size[0]),
         "batch": args.batch,
         "repeats": args.repeats,
+        "allocator_tuned": tuned,
         "forward_ms": round(f_med, 2),
         "explain_ms": round(e_med, 2),
         "ratio": round(e_med / f_med, 4),
@@ -116,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-tune-allocator",
+        dest="tune_allocator",
+        action="store_false",
+        help="leave glibc malloc at its defaults (see vitviz.runtime)",
+    )
     args = p.parse_args(argv)
     result = measure(args)
     if args.json:

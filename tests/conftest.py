@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported anywhere
+# Before huggingface_hub is imported anywhere: no network, and an empty cache of our own so
+# that weights a developer has downloaded cannot change what the tests see.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vitviz-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
 
 from pathlib import Path
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import tiny
 from vitviz.backend import LocalBackend
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test starts without models cached by an earlier one."""
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
 
 
 def test_offline_default_model_shows_a_clear_error():

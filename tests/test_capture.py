@@ -14,13 +14,15 @@ from vitviz.capture import capture, forward_with_attention
 from vitviz.errors import ModelError
 
 
-def independent_attention(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def independent_attention(
+    model: torch.nn.Module, x: torch.Tensor, **create_kwargs
+) -> list[torch.Tensor]:
     """softmax(q kᵀ · scale) from each block's own qkv weights, on a stock (fused) timm copy.
 
     Block inputs are read with pre-hooks on the blocks; the attention is then recomputed with
     einsum from ``norm1`` and the ``qkv`` weights — nothing shared with vitviz's capture path.
     """
-    stock = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    stock = timm.create_model("vit_tiny_patch16_224", pretrained=False, **create_kwargs)
     stock.load_state_dict(model.state_dict())
     stock.eval()
     inputs: list[torch.Tensor] = []
@@ -147,3 +149,56 @@ def test_seen_image_is_exactly_what_the_model_got(vit_tiny, cat_image):
     expected = transform(cat_image)
     got = vit_tiny.to_tensor(Image.fromarray(cap.images[0]))
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_non_square_attention_matches_einsum_recomputation(cat_image):
+    from tests.conftest import tiny
+
+    m = tiny("vit_tiny_patch16_224", keep_aspect=True, model_kwargs={"depth": 3})
+    cap = capture(m, [cat_image])
+    assert cap.layout.grid == (14, 21)
+    x = m.to_tensor(Image.fromarray(cap.images[0]))[None]
+    expected = torch.stack(independent_attention(m.model, x, depth=3, dynamic_img_size=True), dim=1)
+    torch.testing.assert_close(cap.attention, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_dtype_is_the_callers_choice(vit_tiny, cat_image):
+    full = capture(vit_tiny, [cat_image])
+    half = capture(vit_tiny, [cat_image], attn_dtype=torch.float16)
+    assert half.attention.dtype == torch.float16
+    torch.testing.assert_close(half.attention.float(), full.attention, atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_capture_matches_cpu(cat_image, precision):
+    from tests.conftest import tiny
+    from vitviz import methods
+
+    cpu = tiny("vit_tiny_patch16_224", seed=11)
+    gpu = tiny("vit_tiny_patch16_224", seed=11)
+    gpu.model.cuda()
+    gpu.device, gpu.precision = torch.device("cuda"), precision
+    a, b = capture(cpu, [cat_image]), capture(gpu, [cat_image])
+    assert b.attention.device.type == "cuda" and b.attention.dtype == torch.float32
+    tol = 1e-4 if precision == "fp32" else 3e-2
+    torch.testing.assert_close(b.attention.cpu(), a.attention, atol=tol, rtol=0)
+    ra = methods.rollout(a.attention, a.layout)
+    rb = methods.rollout(b.attention, b.layout)  # computed on the GPU
+    assert rb.device.type == "cuda"
+    torch.testing.assert_close(rb.cpu(), ra, atol=tol, rtol=0)
+
+
+@pytest.mark.skipif(
+    not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    reason="needs Apple MPS",
+)
+def test_mps_capture_matches_cpu(cat_image):
+    from tests.conftest import tiny
+
+    cpu = tiny("vit_tiny_patch16_224", seed=12)
+    mps = tiny("vit_tiny_patch16_224", seed=12)
+    mps.model.to("mps")
+    mps.device = torch.device("mps")
+    a, b = capture(cpu, [cat_image]), capture(mps, [cat_image])
+    torch.testing.assert_close(b.attention.cpu(), a.attention, atol=1e-4, rtol=0)

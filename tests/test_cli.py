@@ -147,8 +147,26 @@ def test_module_entry_point_runs_in_a_subprocess(tmp_path, weights_file):
     proc = subprocess.run(
         [sys.executable, "-m", "vitviz", "explain", str(ASSETS / "astronaut.png"), "--model",
          "vit_tiny_patch16_224", "--weights", str(weights_file), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120, cwd=ASSETS.parent,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "astronaut.json").exists()
+
+
+def test_patch_beyond_one_images_grid_fails_that_image_only(tmp_path, weights_file, capsys):
+    # keep-aspect: the wide rocket photo gets a 14×21 grid (294 patches), the square astronaut
+    # 14×14 (196): patch 250 exists only in the first.
+    rc = run(
+        ["explain", str(ASSETS / "rocket.jpg"), str(ASSETS / "astronaut.png"), "--keep-aspect",
+         "--model", "vit_tiny_patch16_224", "--weights", str(weights_file), "--out", str(tmp_path),
+         "--method", "query", "--patch", "250"]
+    )  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "astronaut.png: patch 250 is out of range: the grid is 14×14" in err
+    rec = json.loads((tmp_path / "rocket.json").read_text())
+    assert rec["layout"]["grid"] == [14, 21] and rec["input_size"] == [224, 336]
+    npz = np.load(tmp_path / "rocket.npz")
+    assert npz["map"].shape == (14, 21)
+    np.testing.assert_allclose(npz["map"].ravel(), npz["attention"][-1].mean(0)[1 + 250, 1:])

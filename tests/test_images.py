@@ -496,3 +496,15 @@ def test_load_image_file_refuses_large_file_before_reading(
     with pytest.raises(ImageError, match="limit") as info:
         load_image_file(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_extreme_aspect_ratio_is_refused_before_decoding():
+    strip = Image.new("L", (4200, 200))
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG")
+    with pytest.raises(ImageError, match=r"strip.png: the image is 4200×200 pixels, more than 20"):
+        decode_image(buf.getvalue(), "strip.png")
+    ok = Image.new("L", (4000, 200))
+    buf = io.BytesIO()
+    ok.save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), "ok.png").image.size == (4000, 200)

@@ -271,3 +271,25 @@ def test_registry_options_are_validated():
     with pytest.raises(OptionsError, match="tokens but the layout"):
         methods.rollout(stack(A1), TokenLayout(("cls",), (2, 2), (16, 16), "cls"))
     assert set(methods.METHODS) == {"attention", "rollout", "query", "mask"}
+
+
+def test_discard_count_survives_float_rounding():
+    # 0.29 · 100 = 28.999999999999996 in floating point; 29 entries must still go
+    layout = TokenLayout(("cls",), (3, 3), (16, 16), "cls")
+    fused = torch.arange(1, 101, dtype=torch.float64).reshape(10, 10)
+    kept = methods._discard_lowest(fused, layout, 0.29)
+    assert int((kept == 0).sum()) == 29
+
+
+def test_half_precision_attention_gives_fp32_results():
+    rng = np.random.default_rng(12)
+    layout = TokenLayout(("cls",), (2, 3), (16, 16), "cls")
+    attn = random_attention(rng, (3, 4, 7, 7)).astype(np.float32)
+    half = torch.from_numpy(attn).half()
+    for name in methods.METHODS:
+        got = methods.compute_map(name, half, layout)
+        assert got.dtype == torch.float32
+        ref = methods.compute_map(name, attn, layout)
+        np.testing.assert_allclose(got.numpy(), ref, atol=2e-3)
+    d = methods.mean_attention_distance(half, layout)
+    np.testing.assert_allclose(d.numpy(), methods.mean_attention_distance(attn, layout), rtol=1e-2)

@@ -197,3 +197,41 @@ def test_non_square_input_with_dynamic_img_size(cat_image):
 def test_fixed_size_model_refuses_wrong_input_size(vit_tiny):
     with pytest.raises(ModelError, match="takes 224×224"):
         vit_tiny.layout((224, 336))
+
+
+def test_layout_hybrid_resnet_stem(cat_image):
+    m = tiny("vit_base_r26_s32_224", model_kwargs={"depth": 1})
+    cap = capture(m, [cat_image])
+    assert cap.layout.grid == (7, 7) and cap.layout.patch_size == (32, 32)
+    assert cap.layout.image_size == (224, 224)
+
+
+def test_layout_eva_registers_and_beit_avg_pool(cat_image):
+    eva_model = tiny("vit_base_patch16_rope_reg1_gap_256", model_kwargs={"depth": 1})
+    eva = capture(eva_model, [cat_image])
+    assert eva.layout.prefix == ("reg",) and eva.layout.readout == "avg"
+    assert eva.attention.shape[-1] == 1 + 256
+    beit = capture(tiny("beit_base_patch16_224", model_kwargs={"depth": 1}), [cat_image])
+    assert beit.layout.prefix == ("cls",) and beit.layout.readout == "avg"
+
+
+def test_differential_attention_is_refused():
+    with pytest.raises(ModelError, match="cannot capture"):
+        tiny("vit_dlittle_patch16_reg1_gap_256", model_kwargs={"depth": 1})
+
+
+def test_file_weights_are_not_kept_twice(tmp_path):
+    a = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 1})
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    b = models.load_model("vit_tiny_patch16_224", weights=path, model_kwargs={"depth": 1})
+    assert "state_dict" not in b.model.pretrained_cfg
+
+
+def test_devices_and_precision_are_checked():
+    assert models.pick_precision(torch.device("cpu"), "bf16") == "fp32"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            models.pick_device("cuda:1")
+    with pytest.raises(ModelError, match="unknown device"):
+        models.pick_device("tpu9")

@@ -25,6 +25,7 @@ from vitviz.methods import (
     threshold_mask,
 )
 from vitviz.models import CURATED, LoadedModel, load_model
+from vitviz.runtime import tune_allocator
 
 __all__ = [
     "CURATED",
@@ -57,4 +58,5 @@ __all__ = [
     "rollout",
     "rollout_matrix",
     "threshold_mask",
+    "tune_allocator",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +28,48 @@ from vitviz.layout import TokenLayout
 if TYPE_CHECKING:
     from vitviz.models import LoadedModel
 
-_SINK: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar(
+_SINK: contextvars.ContextVar[_Sink | None] = contextvars.ContextVar(
     "vitviz_attention_sink", default=None
 )
 _PREPARED = "_vitviz_capture_hooks"
 
 
+class _Sink:
+    """Per-call collector of each block's attention.
+
+    With ``dtype`` set, each layer is copied (cast) into one preallocated ``[B, L, H, N, N]``
+    buffer as soon as it is computed, so the per-layer fp32 tensors are freed layer by layer
+    and no final stack is needed. Without, the tensors themselves are kept (their autograd
+    graph included) for gradient methods.
+    """
+
+    def __init__(self, num_layers: int, num_heads: int, dtype: torch.dtype | None) -> None:
+        self.num_layers, self.num_heads, self.dtype = num_layers, num_heads, dtype
+        self.layers: list[torch.Tensor] = []
+        self.buffer: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, attn: torch.Tensor) -> None:
+        if attn.ndim != 4 or attn.shape[1] != self.num_heads or self.count >= self.num_layers:
+            raise ModelError(
+                f"block {self.count} produced attention of shape {tuple(attn.shape)}, not "
+                f"[batch, {self.num_heads} heads, N, N]: this architecture computes attention "
+                "in a way vitviz cannot read (e.g. differential attention)"
+            )
+        if self.dtype is None:
+            self.layers.append(attn)
+        else:
+            if self.buffer is None:
+                b, h, n, m = attn.shape
+                self.buffer = attn.new_empty((b, self.num_layers, h, n, m), dtype=self.dtype)
+            self.buffer[:, self.count].copy_(attn)
+        self.count += 1
+
+
 def _collect(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
     sink = _SINK.get()
     if sink is not None:
-        sink.append(output)
+        sink.add(output)
 
 
 def prepare(model: nn.Module) -> None:
@@ -67,13 +99,10 @@ class Capture:
     layout: TokenLayout
     images: list[np.ndarray] = field(default_factory=list)
 
-    def probabilities(self) -> torch.Tensor | None:
-        """Softmax of the logits in fp32, or None without a classifier."""
-        return None if self.logits is None else self.logits.float().softmax(dim=-1)
-
 
 @contextlib.contextmanager
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str) -> Iterator[None]:
+    """bf16/fp16 autocast on CUDA for those precisions; a no-op otherwise."""
     if device.type == "cuda" and precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         with torch.autocast("cuda", dtype=dtype):
@@ -82,46 +111,54 @@ def _autocast(device: torch.device, precision: str):
         yield
 
 
-def forward_with_attention(
-    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32"
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``model(x)`` once and return its output and each block's ``[B, H, N, N]`` attention.
-
-    Gradients flow if the caller enables them (class-specific methods need that).
-    """
+def _run(
+    model: nn.Module, x: torch.Tensor, precision: str, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, _Sink]:
     prepare(model)
-    sink: list[torch.Tensor] = []
+    sink = _Sink(len(model.blocks), int(model.blocks[0].attn.num_heads), dtype)
     token = _SINK.set(sink)
     try:
-        with _autocast(x.device, precision):
+        with autocast_for(x.device, precision):
             out = model(x)
     finally:
         _SINK.reset(token)
-    if len(sink) != len(model.blocks):
+    if sink.count != len(model.blocks):
         raise ModelError(
-            f"captured {len(sink)} attention maps from {len(model.blocks)} blocks: this "
+            f"captured {sink.count} attention maps from {len(model.blocks)} blocks: this "
             "architecture computes attention in a way vitviz cannot read"
         )
     return out, sink
 
 
+def forward_with_attention(
+    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``model(x)`` once; return its output and each block's ``[B, H, N, N]`` attention.
+
+    The attention tensors are the ones the model used, so gradients flow to them when the
+    caller enables grad mode (class-specific methods need that).
+    """
+    out, sink = _run(model, x, precision, None)
+    return out, sink.layers
+
+
 def capture_tensor(
     loaded: LoadedModel, x: torch.Tensor, *, attn_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor | None, torch.Tensor, TokenLayout]:
-    """Capture a preprocessed batch ``x [B, 3, H, W]`` (in inference mode).
+    """Capture a preprocessed batch ``x [B, 3, H, W]`` in inference mode.
 
     Returns:
-        logits (None without classifier), attention ``[B, L, H, N, N]`` in ``attn_dtype``, layout.
+        logits (None without classifier), attention ``[B, L, H, N, N]`` in ``attn_dtype`` on
+        the model's device, and the layout.
     """
     layout = loaded.layout((int(x.shape[-2]), int(x.shape[-1])))
     with torch.inference_mode():
-        out, attn = forward_with_attention(
-            loaded.model, x.to(loaded.device), precision=loaded.precision
-        )
-        attention = torch.stack(attn, dim=1).to(attn_dtype)
-    if attention.shape[-1] != layout.num_tokens:
+        out, sink = _run(loaded.model, x.to(loaded.device), loaded.precision, attn_dtype)
+    attention = sink.buffer
+    if attention is None or attention.shape[-1] != layout.num_tokens:
         raise ModelError(
-            f"attention has {attention.shape[-1]} tokens, the layout expects {layout.num_tokens}"
+            f"attention has {None if attention is None else attention.shape[-1]} tokens, "
+            f"the layout expects {layout.num_tokens}"
         )
     logits = out.float() if loaded.has_classifier else None
     return logits, attention, layout

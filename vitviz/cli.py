@@ -19,6 +19,7 @@ import numpy as np
 
 from vitviz import methods, render
 from vitviz.errors import OptionsError, VitvizError
+from vitviz.runtime import tune_allocator
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 MAP_OPTIONS = ("layer", "head", "fusion", "discard", "start_layer", "threshold", "patch")
@@ -118,6 +119,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     info = backend.info()
+    methods.check_options(options, info["layers"], info["heads"])
     warning = info["weights"]["warning"]
     if warning:
         print(_banner(warning), file=sys.stderr)
@@ -134,7 +136,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             failed += 1
             tqdm.write(f"error: {err}", file=sys.stderr)
         if len(pending) == backend.batch_size or (i == len(args.images) - 1 and pending):
-            _explain_batch(backend, pending, args, options, info, out, used)
+            failed += _explain_batch(backend, pending, args, options, info, out, used)
             pending = []
     bar.close()
     done = len(args.images) - failed
@@ -152,48 +154,70 @@ def _explain_batch(
     info: dict[str, Any],
     out: Path,
     used: set[str],
-) -> None:
+) -> int:
+    """Explain one batch and write its files; returns how many images failed."""
+    from tqdm import tqdm
+
     results = backend.explain([d.image for _, d in batch], top_k=args.top_k)
+    failed = 0
     for (path, decoded), res in zip(batch, results, strict=True):
-        value_map = np.asarray(
-            methods.compute_map(args.method, res.attention, res.layout, **options)
-        )
-        stem = _unique_stem(path, used)
-        png = render.overlay(
-            res.image, value_map, alpha=args.alpha, colormap=args.colormap, smooth=args.smooth
-        )
-        if info["weights"]["warning"]:
-            png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
-        (out / f"{stem}.png").write_bytes(render.to_png(png))
-        npz: dict[str, np.ndarray] = {
-            "attention": res.attention.astype(np.float32),
-            "map": value_map.astype(np.float32),
-            "image": res.image,
-        }
-        if res.logits is not None:
-            npz["logits"] = res.logits.astype(np.float32)
-        np.savez_compressed(out / f"{stem}.npz", **npz)
-        record = {
-            "image": str(path),
-            "model": info,
-            "method": args.method,
-            "options": options,
-            "predictions": [p.to_dict() for p in res.predictions],
-            "no_predictions_reason": None
-            if res.predictions
-            else "self-supervised backbone: this model has no classifier",
-            "input_size": list(res.image.shape[:2]),
-            "original_size": [decoded.original_size[1], decoded.original_size[0]],
-            "image_notes": list(decoded.notes),
-            "layout": res.layout.to_dict(),
-            "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
-        }
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        try:
+            _write_outputs(path, decoded, res, args, options, info, out, used)
+        except (VitvizError, OSError) as err:  # e.g. --patch beyond this image's grid, disk full
+            failed += 1
+            tqdm.write(f"error: {path}: {err}", file=sys.stderr)
+    return failed
+
+
+def _write_outputs(
+    path: Path,
+    decoded: Any,
+    res: Any,
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    info: dict[str, Any],
+    out: Path,
+    used: set[str],
+) -> None:
+    """Compute the method's map for one image and write its PNG, NPZ and JSON."""
+    value_map = np.asarray(methods.compute_map(args.method, res.attention, res.layout, **options))
+    stem = _unique_stem(path, used)
+    png = render.overlay(
+        res.image, value_map, alpha=args.alpha, colormap=args.colormap, smooth=args.smooth
+    )
+    if info["weights"]["warning"]:
+        png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
+    (out / f"{stem}.png").write_bytes(render.to_png(png))
+    npz: dict[str, np.ndarray] = {
+        "attention": res.attention.astype(np.float32),
+        "map": value_map.astype(np.float32),
+        "image": res.image,
+    }
+    if res.logits is not None:
+        npz["logits"] = res.logits.astype(np.float32)
+    np.savez_compressed(out / f"{stem}.npz", **npz)
+    record = {
+        "image": str(path),
+        "model": info,
+        "method": args.method,
+        "options": options,
+        "predictions": [p.to_dict() for p in res.predictions],
+        "no_predictions_reason": None
+        if res.predictions
+        else "self-supervised backbone: this model has no classifier",
+        "input_size": list(res.image.shape[:2]),
+        "original_size": [decoded.original_size[1], decoded.original_size[0]],
+        "image_notes": list(decoded.notes),
+        "layout": res.layout.to_dict(),
+        "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
+    }
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m vitviz``; returns the exit status."""
     args = _parser().parse_args(argv)
+    tune_allocator()
     try:
         if args.command == "models":
             return cmd_models()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,9 @@ MAX_BYTES: int = 50 * 1024 * 1024
 """Largest accepted encoded file, in bytes (50 MiB)."""
 
 MAX_PIXELS: int = 40_000_000
+# Longest side over shortest: a 40000×1 strip would become gigapixels once the short side is
+# resized to the model's input size.
+MAX_ASPECT: int = 20
 """Largest accepted image, in pixels (width × height, 40 megapixels)."""
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
@@ -85,11 +87,7 @@ def decode_image(data: bytes, name: str = "image") -> DecodedImage:
         )
     data = bytes(data)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            image, notes = _decode(data, label)
-            if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-                raise ImageError(_too_large_message(label, image.size))
+        image, notes = _decode(data, label)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -160,6 +158,11 @@ def _decode(data: bytes, label: str) -> tuple[Image.Image, list[str]]:
         width, height = source.size
         if width * height > MAX_PIXELS:
             raise ImageError(_too_large_message(label, (width, height)))
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise ImageError(
+                f"{label}: the image is {width}×{height} pixels, more than {MAX_ASPECT}:1; "
+                "crop it to a less extreme shape and try again"
+            )
         frames = _frame_count(source)
         if frames != 1:
             notes.append(_frames_note(source.format, frames))

@@ -21,6 +21,7 @@ are registered in :data:`METHODS`, from which the CLI, the app and the server li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -37,12 +38,17 @@ FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Tensor view of ``x`` in at least float32, and whether ``x`` was numpy."""
+    """Tensor view of ``x`` (no copy; half precision stays half) and whether it was numpy."""
     was_numpy = isinstance(x, np.ndarray)
     t = torch.from_numpy(np.asarray(x)) if was_numpy else x
-    if t.dtype not in (torch.float32, torch.float64):
+    if not t.is_floating_point():
         t = t.float()
     return t, was_numpy
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (results are computed in fp32 or fp64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _back(t: torch.Tensor, was_numpy: bool) -> np.ndarray | torch.Tensor:
@@ -98,11 +104,12 @@ def fuse_heads(attn: Array, fusion: Fusion = "mean") -> Array:
     """Fuse the head axis (-3) of ``[..., H, N, N]`` attention by mean, max or min."""
     t, was_numpy = _as_tensor(attn)
     if fusion == "mean":
-        out = t.mean(dim=-3)
+        wide = torch.float64 if t.dtype == torch.float64 else torch.float32
+        out = t.mean(dim=-3, dtype=wide)  # half-precision attention accumulates in fp32
     elif fusion == "max":
-        out = t.amax(dim=-3)
+        out = _wide(t.amax(dim=-3))
     elif fusion == "min":
-        out = t.amin(dim=-3)
+        out = _wide(t.amin(dim=-3))
     else:
         raise OptionsError(f"unknown head fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
     return _back(out, was_numpy)
@@ -113,7 +120,7 @@ def _select_layer(t: torch.Tensor, layer: int, head: int | None, fusion: Fusion)
     li = _layer_index(layer, t.shape[-4])
     hi = _head_index(head, t.shape[-3])
     a = t[..., li, :, :, :]
-    return a[..., hi, :, :] if hi is not None else fuse_heads(a, fusion)
+    return _wide(a[..., hi, :, :]) if hi is not None else fuse_heads(a, fusion)
 
 
 def attention_map(
@@ -152,7 +159,7 @@ def _discard_lowest(fused: torch.Tensor, layout: TokenLayout, ratio: float) -> t
     entries are zeroed, the smallest first.
     """
     n = fused.shape[-1]
-    k = int(ratio * n * n)
+    k = math.floor(ratio * n * n + 1e-9)  # 0.29 · 100 is 28.999…: still 29 entries
     if k == 0:
         return fused
     flat = fused.reshape(*fused.shape[:-2], n * n)
@@ -287,6 +294,7 @@ def threshold_mask(values: Array, threshold: float = 0.6) -> Array:
     if not 0.0 < threshold <= 1.0:
         raise OptionsError(f"mask threshold must be in (0, 1], got {threshold}")
     t, was_numpy = _as_tensor(values)
+    t = _wide(t)
     flat = t.clamp_min(0).reshape(*t.shape[:-2], -1)
     total = flat.sum(dim=-1, keepdim=True)
     share = flat / torch.where(total > 0, total, torch.ones_like(total))
@@ -340,7 +348,7 @@ def mean_attention_distance(attn: Array, layout: TokenLayout) -> Array:
     t, was_numpy = _as_tensor(attn)
     _check_attn(t, layout)
     p_ = layout.num_prefix
-    pp = t[..., p_:, p_:]
+    pp = _wide(t[..., p_:, p_:])
     pp = pp / pp.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(pp.dtype).tiny)
     c = torch.as_tensor(layout.patch_centers(), dtype=pp.dtype, device=pp.device)
     dist = torch.cdist(c, c)
@@ -355,6 +363,7 @@ def attention_entropy(attn: Array, layout: TokenLayout) -> Array:
     """
     t, was_numpy = _as_tensor(attn)
     _check_attn(t, layout)
+    t = _wide(t)
     ent = -torch.special.xlogy(t, t).sum(dim=-1)
     return _back(ent.mean(dim=-1), was_numpy)
 
@@ -433,6 +442,14 @@ def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
             f"its options are {', '.join(spec.options)}"
         )
     return {**spec.options, **options}
+
+
+def check_options(options: dict[str, Any], num_layers: int, num_heads: int) -> None:
+    """Check layer-like and head options against a model before any image is run."""
+    for key in ("layer", "start_layer"):
+        if options.get(key) is not None:
+            _layer_index(options[key], num_layers)
+    _head_index(options.get("head"), num_heads)
 
 
 def compute_map(method: str, attn: Array, layout: TokenLayout, **options: Any) -> Array:

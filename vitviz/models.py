@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import timm
 import torch
 from PIL import Image
@@ -173,6 +172,9 @@ class LoadedModel:
     precision: Literal["fp32", "bf16", "fp16"]
     keep_aspect: bool = False
 
+    def __post_init__(self) -> None:
+        self._geometry = _geometry(self.data_config)
+
     @property
     def has_classifier(self) -> bool:
         """Whether the model outputs class logits (self-supervised backbones do not)."""
@@ -196,7 +198,7 @@ class LoadedModel:
         """The image exactly as the model sees it: resized and cropped per its config."""
         if self.keep_aspect:
             return _aspect_crop(image, self.data_config, _patch_size(self.model))
-        return _geometry(self.data_config)(image.convert("RGB"))
+        return self._geometry(image.convert("RGB"))
 
     def to_tensor(self, seen: Image.Image) -> torch.Tensor:
         """Normalized ``[3, H, W]`` tensor of a seen image (model's mean/std)."""
@@ -241,7 +243,9 @@ def _geometry(cfg: dict[str, Any]) -> T.Compose:
 
 
 def _patch_size(model: nn.Module) -> tuple[int, int]:
-    return tuple(int(p) for p in model.patch_embed.patch_size)
+    """Input pixels per token along (y, x): ``img_size / grid_size`` (hybrid stems included)."""
+    pe = model.patch_embed
+    return tuple(int(i) // int(g) for i, g in zip(pe.img_size, pe.grid_size, strict=True))
 
 
 def _aspect_crop(image: Image.Image, cfg: dict[str, Any], patch: tuple[int, int]) -> Image.Image:
@@ -264,7 +268,9 @@ def model_layout(model: nn.Module, input_hw: tuple[int, int]) -> TokenLayout:
         prefix.append("cls")
     if getattr(model, "dist_token", None) is not None:
         prefix.append("dist")
-    prefix += ["reg"] * int(getattr(model, "num_reg_tokens", 0) or 0)
+    reg = getattr(model, "reg_token", None)
+    num_reg = int(reg.shape[1]) if reg is not None else int(getattr(model, "num_reg_tokens", 0))
+    prefix += ["reg"] * num_reg
     if len(prefix) != int(model.num_prefix_tokens):
         raise ModelError(
             f"{type(model).__name__} has {model.num_prefix_tokens} prefix tokens but vitviz "
@@ -349,6 +355,7 @@ def check_structure(model: nn.Module, name: str) -> None:
         for b in blocks
     )
     ok = ok and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    ok = ok and all(type(b.attn).__name__ != "DiffAttention" for b in blocks)
     if not ok:
         raise ModelError(
             f"{name}: its blocks do not expose per-head attention the way timm's ViT Attention "
@@ -422,15 +429,15 @@ def hub_offline() -> bool:
     return env in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
 
 
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether the hub answers within ``timeout`` seconds (DNS included; never hangs)."""
+def hub_reachable(url: str | None = None, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether ``url`` (default: the hub) answers within ``timeout`` s; never hangs (DNS too)."""
     if hub_offline():
         return False
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            req = urllib.request.Request(hub_endpoint(), method="HEAD")
+            req = urllib.request.Request(url or hub_endpoint(), method="HEAD")
             urllib.request.urlopen(req, timeout=timeout).close()
             result.append(True)
         except urllib.error.HTTPError:
@@ -461,16 +468,23 @@ def cached_weights(timm_name: str) -> Path | None:
     return None
 
 
+def download_location(timm_name: str) -> str | None:
+    """Where timm would download a tag's weights from (hub page or URL), or None if nowhere."""
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return None
+    return f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+
+
 def weights_plan(name: str) -> str:
     """One line saying where a model's weights would come from now (no network used)."""
     _, timm_name, _ = resolve_name(name)
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        return "no pretrained weights in timm: pass --weights FILE"
     hit = cached_weights(timm_name)
     if hit is not None:
         return f"Hugging Face cache ({hit})"
-    where = f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+    where = download_location(timm_name)
+    if where is None:
+        return "no pretrained weights in timm: pass --weights FILE"
     return f"download on first use from {where}"
 
 
@@ -480,8 +494,11 @@ def labels_for(model: nn.Module, meta: dict[str, str] | None = None) -> list[str
     if n == 0:
         return None
     if meta and "vitviz_labels" in meta:
-        labels = json.loads(meta["vitviz_labels"])
-        if len(labels) == n:
+        try:
+            labels = json.loads(meta["vitviz_labels"])
+        except json.JSONDecodeError:
+            labels = None  # a malformed label list falls back to the numbers below
+        if isinstance(labels, list) and len(labels) == n:
             return [str(x) for x in labels]
     subset = infer_imagenet_subset(model)
     if subset:
@@ -501,19 +518,29 @@ def pick_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"device {device} asked for, but no CUDA GPU is available; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"device {device} does not exist: this machine has {count} GPU(s)")
+    elif dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ModelError("device mps asked for, but Apple's MPS is not available; use cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
 def pick_precision(device: torch.device, precision: Precision = "auto") -> str:
-    """fp32 on CPU/MPS; bf16 (or fp16 where bf16 is unsupported) autocast on CUDA."""
+    """bf16 (fp16 where bf16 is unsupported) autocast on CUDA; always fp32 on CPU and MPS."""
+    if device.type != "cuda":
+        return "fp32"
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _num_classes(sd: dict[str, torch.Tensor]) -> int:
@@ -575,13 +602,21 @@ def load_model(
             )
         else:
             model = timm.create_model(timm_name, pretrained=info.source == "hub", **kwargs)
+    except TypeError as e:
+        if keep_aspect:
+            raise ModelError(
+                f"{timm_name} cannot take non-square input (no dynamic_img_size)"
+            ) from None
+        raise ModelError(f"{timm_name} does not accept these settings: {e}") from None
     except (RuntimeError, KeyError, ValueError) as e:
         raise WeightsError(
             f"weights from {info.location or info.source} do not fit {timm_name}: "
             f"{_summarize_load_error(str(e))}; check --model matches the file"
         ) from None
     except OSError as e:
-        raise WeightsError(f"could not fetch weights for {timm_name}: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise WeightsError(f"could not fetch weights for {timm_name}: {first}") from None
+    model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
     check_structure(model, timm_name)
     prec = pick_precision(dev, precision)
     model = model.eval().to(dev)
@@ -626,14 +661,13 @@ def _summarize_load_error(text: str) -> str:
 
 
 def _require_hub(timm_name: str, key: str) -> WeightsInfo:
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+    where = download_location(timm_name)
+    if where is None:
         raise WeightsError(
             f"timm has no pretrained weights for {timm_name}: pass --weights FILE "
             "(or --random-weights for an architecture test)"
         )
-    where = f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
-    if cfg.hf_hub_id and not hub_reachable():
+    if not hub_reachable(where):
         why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
         raise WeightsError(
             f"model {key}: the weights {timm_name} are not in the local cache and {why}. "
@@ -641,8 +675,3 @@ def _require_hub(timm_name: str, key: str) -> WeightsInfo:
             "or pass --weights FILE with a local .safetensors/.pth file"
         )
     return WeightsInfo("hub", where)
-
-
-def image_to_array(image: Image.Image) -> np.ndarray:
-    """RGB uint8 ``H×W×3`` array of a PIL image."""
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
