@@ -22,8 +22,9 @@ def fresh_cache():
     st.cache_resource.clear()
 
 
-def test_offline_default_model_shows_a_clear_error():
+def test_offline_hub_model_shows_a_clear_error():
     at = AppTest.from_file(APP, default_timeout=60).run()
+    at.sidebar.selectbox[0].select("vit-b16").run()
     assert not at.exception
     assert len(at.error) == 1
     msg = at.error[0].value

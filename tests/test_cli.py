@@ -47,6 +47,8 @@ def test_explain_writes_png_json_npz(tmp_path, weights_file, capsys):
         assert rec["options"] == {"fusion": "max", "discard": 0.3, "start_layer": 0}
         assert rec["model"]["weights"]["source"] == "file"
         assert rec["input_size"] == [224, 224]
+        stats = rec["head_statistics"]
+        assert np.array(stats["mean_distance"]).shape == (12, 3)
         preds = rec["predictions"]
         assert len(preds) == 5 and all(p["label"] for p in preds)
         probs = [p["probability"] for p in preds]
@@ -54,6 +56,9 @@ def test_explain_writes_png_json_npz(tmp_path, weights_file, capsys):
         attn = npz["attention"]
         assert attn.shape == (12, 3, 197, 197)
         np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(
+            stats["entropy"], methods.attention_entropy(attn, layout), atol=1e-4
+        )
         expected = methods.rollout(attn, layout, fusion="max", discard=0.3)
         np.testing.assert_allclose(npz["map"], expected, rtol=1e-6)
         softmax = torch.from_numpy(npz["logits"]).softmax(-1)

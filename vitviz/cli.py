@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(_banner(warning), file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed, used = 0, set()
+    failed, outputs = 0, _Outputs(args, options, info, out)
     bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)
     pending: list[tuple[Path, Any]] = []
     for i, name in enumerate(bar):
@@ -136,7 +137,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             failed += 1
             tqdm.write(f"error: {err}", file=sys.stderr)
         if len(pending) == backend.batch_size or (i == len(args.images) - 1 and pending):
-            failed += _explain_batch(backend, pending, args, options, info, out, used)
+            failed += outputs.explain_batch(backend, pending)
             pending = []
     bar.close()
     done = len(args.images) - failed
@@ -146,72 +147,70 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
-def _explain_batch(
-    backend: Any,
-    batch: list[tuple[Path, Any]],
-    args: argparse.Namespace,
-    options: dict[str, Any],
-    info: dict[str, Any],
-    out: Path,
-    used: set[str],
-) -> int:
-    """Explain one batch and write its files; returns how many images failed."""
-    from tqdm import tqdm
+@dataclass
+class _Outputs:
+    """Writes each explained image's PNG, NPZ and JSON into ``out``."""
 
-    results = backend.explain([d.image for _, d in batch], top_k=args.top_k)
-    failed = 0
-    for (path, decoded), res in zip(batch, results, strict=True):
-        try:
-            _write_outputs(path, decoded, res, args, options, info, out, used)
-        except (VitvizError, OSError) as err:  # e.g. --patch beyond this image's grid, disk full
-            failed += 1
-            tqdm.write(f"error: {path}: {err}", file=sys.stderr)
-    return failed
+    args: argparse.Namespace
+    options: dict[str, Any]
+    info: dict[str, Any]
+    out: Path
+    used: set[str] = field(default_factory=set)
 
+    def explain_batch(self, backend: Any, batch: list[tuple[Path, Any]]) -> int:
+        """Explain one batch and write its files; returns how many images failed."""
+        from tqdm import tqdm
 
-def _write_outputs(
-    path: Path,
-    decoded: Any,
-    res: Any,
-    args: argparse.Namespace,
-    options: dict[str, Any],
-    info: dict[str, Any],
-    out: Path,
-    used: set[str],
-) -> None:
-    """Compute the method's map for one image and write its PNG, NPZ and JSON."""
-    value_map = np.asarray(methods.compute_map(args.method, res.attention, res.layout, **options))
-    stem = _unique_stem(path, used)
-    png = render.overlay(
-        res.image, value_map, alpha=args.alpha, colormap=args.colormap, smooth=args.smooth
-    )
-    if info["weights"]["warning"]:
-        png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
-    (out / f"{stem}.png").write_bytes(render.to_png(png))
-    npz: dict[str, np.ndarray] = {
-        "attention": res.attention.astype(np.float32),
-        "map": value_map.astype(np.float32),
-        "image": res.image,
-    }
-    if res.logits is not None:
-        npz["logits"] = res.logits.astype(np.float32)
-    np.savez_compressed(out / f"{stem}.npz", **npz)
-    record = {
-        "image": str(path),
-        "model": info,
-        "method": args.method,
-        "options": options,
-        "predictions": [p.to_dict() for p in res.predictions],
-        "no_predictions_reason": None
-        if res.predictions
-        else "self-supervised backbone: this model has no classifier",
-        "input_size": list(res.image.shape[:2]),
-        "original_size": [decoded.original_size[1], decoded.original_size[0]],
-        "image_notes": list(decoded.notes),
-        "layout": res.layout.to_dict(),
-        "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
-    }
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        results = backend.explain([d.image for _, d in batch], top_k=self.args.top_k)
+        failed = 0
+        for (path, decoded), res in zip(batch, results, strict=True):
+            try:
+                self.write(path, decoded, res)
+            except (VitvizError, OSError) as err:  # e.g. --patch beyond this grid, disk full
+                failed += 1
+                tqdm.write(f"error: {path}: {err}", file=sys.stderr)
+        return failed
+
+    def write(self, path: Path, decoded: Any, res: Any) -> None:
+        """Compute the method's map for one image and write its PNG, NPZ and JSON."""
+        a = self.args
+        value_map = methods.compute_map(a.method, res.attention, res.layout, **self.options)
+        value_map = np.asarray(value_map)
+        stem = _unique_stem(path, self.used)
+        png = render.overlay(
+            res.image, value_map, alpha=a.alpha, colormap=a.colormap, smooth=a.smooth
+        )
+        if self.info["weights"]["warning"]:
+            png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
+        (self.out / f"{stem}.png").write_bytes(render.to_png(png))
+        npz: dict[str, np.ndarray] = {
+            "attention": res.attention.astype(np.float32),
+            "map": value_map.astype(np.float32),
+            "image": res.image,
+        }
+        if res.logits is not None:
+            npz["logits"] = res.logits.astype(np.float32)
+        np.savez_compressed(self.out / f"{stem}.npz", **npz)
+        record = {
+            "image": str(path),
+            "model": self.info,
+            "method": self.args.method,
+            "options": self.options,
+            "predictions": [p.to_dict() for p in res.predictions],
+            "no_predictions_reason": None
+            if res.predictions
+            else "self-supervised backbone: this model has no classifier",
+            "input_size": list(res.image.shape[:2]),
+            "original_size": [decoded.original_size[1], decoded.original_size[0]],
+            "image_notes": list(decoded.notes),
+            "layout": res.layout.to_dict(),
+            "head_statistics": {
+                name: np.round(np.asarray(fn(res.attention, res.layout)), 4).tolist()
+                for name, fn in methods.STATISTICS.items()
+            },
+            "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
+        }
+        (self.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,11 +54,25 @@ class ModelSpec:
     timm_name: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    bundled: Path | None = None  # weights shipped in assets/ (the demo model)
+    cfg_overlay: dict[str, Any] = field(default_factory=dict)  # preprocessing overrides
 
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_WEIGHTS = ASSETS / "demo" / "vitviz-demo.safetensors"
 
 CURATED: dict[str, ModelSpec] = {
     s.key: s
     for s in (
+        ModelSpec(
+            "demo",
+            "vitviz demo ViT (synthetic textures, works offline)",
+            "vit_tiny_patch16_224",
+            "A small ViT trained by vitviz on generated scenes of 8 textures, not on photos.",
+            {"depth": 6, "num_classes": 8},
+            bundled=DEMO_WEIGHTS,
+            cfg_overlay={"crop_pct": 1.0, "tag": "vitviz_demo"},
+        ),
         ModelSpec(
             "vit-b16",
             "ViT-B/16 (AugReg, ImageNet-21k → 1k)",
@@ -307,7 +321,8 @@ def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
         ModelError: unknown names (with close matches) and refused attention families.
     """
     for spec in CURATED.values():
-        if name in (spec.key, spec.title, spec.timm_name):
+        names = (spec.key, spec.title) if spec.bundled else (spec.key, spec.title, spec.timm_name)
+        if name in names:
             return spec.key, spec.timm_name, dict(spec.kwargs)
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
@@ -478,7 +493,12 @@ def download_location(timm_name: str) -> str | None:
 
 def weights_plan(name: str) -> str:
     """One line saying where a model's weights would come from now (no network used)."""
-    _, timm_name, _ = resolve_name(name)
+    key, timm_name, _ = resolve_name(name)
+    spec = CURATED.get(key)
+    if spec is not None and spec.bundled is not None:
+        if spec.bundled.is_file():
+            return f"bundled with vitviz ({spec.bundled.name}, works offline)"
+        return "bundled weights missing: python -m vitviz.demo.train"
     hit = cached_weights(timm_name)
     if hit is not None:
         return f"Hugging Face cache ({hit})"
@@ -573,7 +593,9 @@ def load_model(
         ModelError / WeightsError with a message that says what to do.
     """
     key, timm_name, kwargs = resolve_name(name)
+    spec = CURATED.get(key)
     kwargs.update(model_kwargs or {})
+    cfg_overlay = dict(spec.cfg_overlay) if spec is not None else {}
     if keep_aspect:
         kwargs["dynamic_img_size"] = True
     dev = pick_device(device)
@@ -585,6 +607,14 @@ def load_model(
         info = WeightsInfo("file", str(weights))
     elif random_weights:
         sd, info = None, WeightsInfo("random", "", RANDOM_WARNING)
+    elif spec is not None and spec.bundled is not None:
+        if not spec.bundled.is_file():
+            raise WeightsError(
+                f"the bundled weights of {key} are missing ({spec.bundled}); "
+                "train them with: python -m vitviz.demo.train"
+            )
+        sd, meta = read_state_dict(spec.bundled)
+        info = WeightsInfo("bundled", str(spec.bundled))
     else:
         hit = cached_weights(timm_name)
         if hit is not None:
@@ -596,11 +626,13 @@ def load_model(
     try:
         if sd is not None:
             nc = kwargs.pop("num_classes", _num_classes(sd))
-            overlay = {"state_dict": sd, "num_classes": nc}
+            overlay = {**cfg_overlay, "state_dict": sd, "num_classes": nc}
             model = timm.create_model(
                 timm_name, pretrained=True, num_classes=nc, pretrained_cfg_overlay=overlay, **kwargs
             )
         else:
+            if cfg_overlay:
+                kwargs["pretrained_cfg_overlay"] = cfg_overlay
             model = timm.create_model(timm_name, pretrained=info.source == "hub", **kwargs)
     except TypeError as e:
         if keep_aspect:

@@ -1,12 +1,12 @@
 """Process-level tuning for the engine's entry points (CLI, app, server, benchmarks).
 
-An explanation keeps every layer's attention alive until the end of the forward pass and then
-stacks it into one ``[B, L, H, N, N]`` tensor: for ViT-B/16 that is 22 MB of fresh memory per
-image. With glibc's default settings, freed memory at the top of the heap is returned to the
-kernel (trimmed) and then page-faulted back in on the next call, which on a 2-core VM cost
-about 6 % of a ViT-B/16 forward (``bench/explain_overhead.py --no-tune-allocator`` shows it).
-:func:`tune_allocator` keeps up to 1 GiB of freed heap for reuse and serves blocks up to
-32 MiB from the heap, so repeated explanations reuse warm pages.
+An explanation writes every layer's attention into one fresh ``[B, L, H, N, N]`` buffer: 22 MB
+per ViT-B/16 image, 179 MB for a batch of 8. glibc serves blocks that large with ``mmap`` and
+gives them back to the kernel when freed, so every call page-faults its buffer in again; on a
+2-core VM that cost 3–6 % of a ViT-B/16 forward at batch 8 (``bench/explain_overhead.py
+--no-tune-allocator`` shows it). :func:`tune_allocator` makes glibc serve all blocks from the
+heap and keep up to 1 GiB of freed heap, so repeated explanations reuse warm pages. The cost:
+the process holds on to up to 1 GiB it no longer uses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ctypes
 import sys
 
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 _TUNED: list[bool] = []
 
 
@@ -27,9 +27,7 @@ def tune_allocator() -> bool:
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
-            ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(
-                libc.mallopt(M_TRIM_THRESHOLD, 2**30)
-            )
+            ok = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
         except (OSError, AttributeError):
             ok = False
     _TUNED.append(ok)

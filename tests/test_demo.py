@@ -1,0 +1,78 @@
+"""The synthetic scenes, the faithfulness metrics and the bundled demo model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from vitviz.demo import metrics
+from vitviz.demo.scenes import CLASSES, SIZE, generate_scene
+
+
+def test_same_seed_same_scene_and_masks():
+    a, b = generate_scene(123), generate_scene(123)
+    assert np.array_equal(a.image, b.image)
+    assert a.classes == b.classes
+    assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks, strict=True))
+    c = generate_scene(124)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_scene_structure():
+    counts = set()
+    for seed in range(40):
+        s = generate_scene(seed)
+        assert s.image.shape == (SIZE, SIZE, 3) and s.image.dtype == np.uint8
+        assert len(s.masks) == len(s.classes) in (1, 2)
+        counts.add(len(s.classes))
+        assert len(set(s.classes)) == len(s.classes)
+        for m in s.masks:
+            side = np.sqrt(m.sum() / np.pi) * 2  # equivalent diameter
+            assert 40 <= side <= 135
+        if len(s.masks) == 2:
+            assert not (s.masks[0] & s.masks[1]).any()
+    assert counts == {1, 2}
+    assert generate_scene(5, 1).classes.__len__() == 1
+    with pytest.raises(ValueError):
+        generate_scene(5, 3)
+
+
+def test_masks_match_the_drawn_pixels():
+    for seed in range(30):
+        s = generate_scene(seed)
+        for cls, mask in zip(s.classes, s.masks, strict=True):
+            inside = s.image[mask]
+            colours = np.unique(inside, axis=0)
+            # a texture is drawn in exactly two colours (solid: one), nothing else inside
+            assert len(colours) == (1 if CLASSES[cls] == "solid" else 2), (seed, CLASSES[cls])
+            ring = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            ring &= ~mask
+            outside = s.image[ring]
+            same = (outside[:, None, :] == colours[None]).all(-1).any(-1)
+            assert same.mean() < 0.5  # the pixels right outside are background
+
+
+def test_metrics_on_hand_made_maps():
+    mask = np.zeros((224, 224), bool)
+    mask[32:96, 48:112] = True  # exactly patches rows 2-5, cols 3-6 (16 of 196)
+    cov = metrics.patch_coverage(mask, (14, 14))
+    assert cov.sum() == 16 and cov.max() == 1.0
+    perfect = cov.copy()
+    assert metrics.pointing_hit(perfect, mask)
+    assert metrics.mass_in_mask(perfect, mask) == 1.0
+    uniform = np.ones((14, 14))
+    assert metrics.mass_in_mask(uniform, mask) == pytest.approx(16 / 196)
+    assert metrics.mask_baseline(mask, (14, 14)) == pytest.approx(16 / 196)
+    far = np.zeros((14, 14))
+    far[13, 13] = 1.0
+    assert not metrics.pointing_hit(far, mask)
+    assert metrics.mass_in_mask(far, mask) == 0.0
+    near = np.zeros((14, 14))
+    near[6, 7] = 1.0  # one patch below-right of the object: inside the one-patch dilation
+    assert metrics.pointing_hit(near, mask)
+    other = np.zeros((224, 224), bool)
+    other[160:208, 160:208] = True
+    assert metrics.right_object_wins(perfect, mask, other) == 1.0
+    assert metrics.right_object_wins(perfect, other, mask) == 0.0
+    assert metrics.right_object_wins(uniform, mask, mask) == 0.5
