@@ -40,6 +40,9 @@ with st.sidebar:
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05)
 
 try:
+    note = get_backend(key).info()["weights"]["note"]
+    if note:
+        st.sidebar.info(note.capitalize())
     data, name = (
         (upload.getvalue(), upload.name) if upload else ((ASSETS / sample).read_bytes(), sample)
     )

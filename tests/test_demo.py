@@ -76,3 +76,60 @@ def test_metrics_on_hand_made_maps():
     assert metrics.right_object_wins(perfect, mask, other) == 1.0
     assert metrics.right_object_wins(perfect, other, mask) == 0.0
     assert metrics.right_object_wins(uniform, mask, mask) == 0.5
+
+
+def _orientation(img: np.ndarray) -> str:
+    """Which direction a stripe texture is constant along, by counting equal neighbours."""
+    a = img.astype(int).sum(-1)
+    scores = {
+        "horizontal stripes": (a[:, 1:] == a[:, :-1]).mean(),  # constant along x
+        "vertical stripes": (a[1:, :] == a[:-1, :]).mean(),  # constant along y
+        "diagonal stripes": (a[:-1, 1:] == a[1:, :-1]).mean(),  # x + y constant
+        "anti-diagonal stripes": (a[1:, 1:] == a[:-1, :-1]).mean(),  # x - y constant
+    }
+    return max(scores, key=scores.get)
+
+
+def test_augmentation_permutes_stripe_classes_correctly():
+    from vitviz.demo.scenes import _texture
+    from vitviz.demo.train import augment
+
+    rng = np.random.default_rng(0)
+    stripes = [CLASSES.index(n) for n in CLASSES if "stripes" in n]
+    images, targets = [], []
+    for cls in stripes:
+        tex = (_texture(np.random.default_rng(cls), cls) * 255).astype(np.uint8)
+        assert _orientation(tex) == CLASSES[cls]
+        for _ in range(8):
+            images.append(tex)
+            targets.append(np.eye(len(CLASSES), dtype=np.float32)[cls])
+    out, tgt = augment(np.stack(images), np.stack(targets), rng)
+    seen_ops = set()
+    for img, t, orig in zip(out, tgt, np.stack(images), strict=True):
+        assert _orientation(img) == CLASSES[int(t.argmax())]
+        seen_ops.add(img.tobytes() == orig.tobytes())
+    assert seen_ops == {True, False}  # some were changed, some (by chance) kept
+
+
+def test_shipped_demo_weights_classify_held_out_scenes():
+    from vitviz.demo.train import HELDOUT_SEED_BASE, accuracy, single_object_set
+    from vitviz.models import DEMO_WEIGHTS, load_model
+
+    if not DEMO_WEIGHTS.exists():
+        pytest.skip(f"no bundled demo weights yet at {DEMO_WEIGHTS}")
+    loaded = load_model("demo", device="cpu")
+    assert loaded.weights.source == "bundled"
+    assert loaded.labels == list(CLASSES)
+    assert loaded.data_config["crop_pct"] == 1.0  # a 224 px scene is fed as it is
+    images, labels = single_object_set(
+        range(HELDOUT_SEED_BASE + 50_000, HELDOUT_SEED_BASE + 50_200)
+    )
+    assert accuracy(loaded.model, images, labels) >= 0.9
+    # the engine's preprocessing gives the same input as training did
+    from PIL import Image
+
+    from vitviz.demo.train import to_input
+
+    seen = loaded.seen_image(Image.fromarray(images[0]))
+    np.testing.assert_array_equal(np.asarray(seen), images[0])
+    np.testing.assert_allclose(loaded.to_tensor(seen), to_input(images[:1])[0], atol=1e-6)

@@ -124,6 +124,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     warning = info["weights"]["warning"]
     if warning:
         print(_banner(warning), file=sys.stderr)
+    if info["weights"]["note"]:
+        print(f"note: {info['weights']['note']}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed, outputs = 0, _Outputs(args, options, info, out)

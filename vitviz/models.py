@@ -163,13 +163,23 @@ class WeightsInfo:
     source: WeightSource
     location: str
     warning: str | None = None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"source": self.source, "location": self.location, "warning": self.warning}
+        return {
+            "source": self.source,
+            "location": self.location,
+            "warning": self.warning,
+            "note": self.note,
+        }
 
 
 RANDOM_WARNING = "RANDOM WEIGHTS - NOT A TRAINED MODEL: maps and predictions mean nothing"
+DEMO_NOTE = (
+    "the demo model was trained by vitviz on synthetic scenes of 8 textures (stripes, dots, "
+    "checkerboard …), not on photos: it answers with texture names"
+)
 
 
 @dataclass
@@ -614,7 +624,7 @@ def load_model(
                 "train them with: python -m vitviz.demo.train"
             )
         sd, meta = read_state_dict(spec.bundled)
-        info = WeightsInfo("bundled", str(spec.bundled))
+        info = WeightsInfo("bundled", str(spec.bundled), note=DEMO_NOTE)
     else:
         hit = cached_weights(timm_name)
         if hit is not None:

@@ -62,6 +62,51 @@ def scenes_to_arrays(
     return images, targets
 
 
+def _scene_chunk(args: tuple[list[int], float]) -> tuple[np.ndarray, np.ndarray]:
+    return scenes_to_arrays(args[0], args[1])
+
+
+def scenes_to_arrays_parallel(
+    seeds: range, single_share: float = 0.6, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scenes_to_arrays` over all cores (same result as the serial version)."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(seeds) < 256:
+        return scenes_to_arrays(seeds, single_share)
+    from multiprocessing import get_context
+
+    chunks = [list(seeds[i : i + 256]) for i in range(0, len(seeds), 256)]
+    with get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(_scene_chunk, [(c, single_share) for c in chunks])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# Class permutations under the symmetries of the square: a transpose swaps horizontal and
+# vertical stripes; a single flip swaps the two diagonal directions.
+_SWAP_HV = np.array([1, 0, 2, 3, 4, 5, 6, 7])
+_SWAP_DIAG = np.array([0, 1, 3, 2, 4, 5, 6, 7])
+
+
+def augment(
+    images: np.ndarray, targets: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random symmetry of the square per image, with the class targets permuted to match."""
+    images, targets = images.copy(), targets.copy()
+    for i in range(len(images)):
+        img, tgt = images[i], targets[i]
+        transpose, hflip, vflip = rng.integers(0, 2, 3)
+        if transpose:
+            img, tgt = img.transpose(1, 0, 2), tgt[_SWAP_HV]
+        if hflip:
+            img = img[:, ::-1]
+        if vflip:
+            img = img[::-1]
+        if hflip != vflip:
+            tgt = tgt[_SWAP_DIAG]
+        images[i], targets[i] = img, tgt
+    return images, targets
+
+
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC → normalized float NCHW (the demo model's preprocessing)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
@@ -76,26 +121,32 @@ def cached_dataset(count: int, log=print) -> tuple[np.ndarray, np.ndarray]:
         return data["images"], data["targets"]
     log(f"generating {count} training scenes (cached in {path}) …")
     start = time.time()
-    images, targets = scenes_to_arrays(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + count))
+    images, targets = scenes_to_arrays_parallel(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + count))
     log(f"  done in {time.time() - start:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, targets=targets)
     return images, targets
 
 
+def single_object_set(seeds: range) -> tuple[np.ndarray, np.ndarray]:
+    """Images and class indices of single-object scenes of the given seeds."""
+    scenes = [generate_scene(s, 1) for s in seeds]
+    return np.stack([s.image for s in scenes]), np.array([s.classes[0] for s in scenes])
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, seeds: range, batch: int = 64) -> float:
-    """Top-1 accuracy on single-object scenes of the given seeds."""
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images with integer labels."""
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
-    for start in range(0, len(seeds), batch):
-        chunk = seeds[start : start + batch]
-        scenes = [generate_scene(s, 1) for s in chunk]
-        x = to_input(np.stack([s.image for s in scenes]))
-        pred = model(x).argmax(-1).numpy()
-        correct += int((pred == np.array([s.classes[0] for s in scenes])).sum())
-    model.train()
-    return correct / len(seeds)
+    for start in range(0, len(images), batch):
+        x = to_input(images[start : start + batch]).to(device)
+        pred = model(x).argmax(-1).cpu().numpy()
+        correct += int((pred == labels[start : start + batch]).sum())
+    model.train(was_training)
+    return correct / len(images)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -119,13 +170,13 @@ def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume) and write the demo weights."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--train-scenes", type=int, default=12000)
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--train-scenes", type=int, default=16000)
+    p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-scenes", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -151,14 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         step, history = int(state["step"]), json.loads(state["history"])
         order_rng = np.random.default_rng(args.seed + step)
         print(f"resumed from {args.checkpoint} at step {step}", file=sys.stderr)
-    heldout = range(HELDOUT_SEED_BASE - args.eval_scenes, HELDOUT_SEED_BASE)  # own eval seeds
+    # validation scenes: seeds just below the held-out benchmark range, never trained on
+    val_images, val_labels = single_object_set(
+        range(HELDOUT_SEED_BASE - args.eval_scenes, HELDOUT_SEED_BASE)
+    )
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="training", file=sys.stderr)
     started = time.time()
     while step < args.steps:
         idx = order_rng.integers(0, len(images), args.batch)
-        x = to_input(images[idx]).to(device)
-        y = torch.from_numpy(targets[idx]).to(device)
+        batch_images, batch_targets = augment(images[idx], targets[idx], order_rng)
+        x = to_input(batch_images).to(device)
+        y = torch.from_numpy(batch_targets).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         loss = torch.sum(-y * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
@@ -170,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % args.eval_every == 0 or step == args.steps:
-            acc = accuracy(model.cpu() if device.type != "cpu" else model, heldout)
-            model.to(device)
+            acc = accuracy(model, val_images, val_labels)
             history.append({"step": step, "loss": round(loss.item(), 4), "accuracy": acc})
             tqdm.write(f"step {step}: loss {loss.item():.3f}, accuracy {acc:.3f}", file=sys.stderr)
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
