@@ -155,7 +155,3 @@ def generate_scene(seed: int, num_objects: int | None = None) -> Scene:
     image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return Scene(image=image, masks=tuple(masks), classes=tuple(classes))
 
-
-def generate_batch(seeds: np.ndarray | list[int], num_objects: int | None = None) -> list[Scene]:
-    """Scenes for several seeds."""
-    return [generate_scene(int(s), num_objects) for s in seeds]
