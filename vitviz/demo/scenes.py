@@ -154,4 +154,3 @@ def generate_scene(seed: int, num_objects: int | None = None) -> Scene:
         taken |= mask
     image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return Scene(image=image, masks=tuple(masks), classes=tuple(classes))
-
