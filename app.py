@@ -1,68 +1,676 @@
-"""vitviz — Streamlit page (first version: predictions and an attention-rollout overlay).
+"""vitviz — the interactive Vision Transformer attention explorer: ``streamlit run app.py``.
 
-The full explorer (heads grid, patch explorer, head statistics, downloads) is its own issue;
-this page already uses the real engine through ``vitviz.backend`` and ``vitviz.render``.
+The page is composed here from ``vitviz.ui`` (figures, anatomy, caches, downloads) and the
+engine (``vitviz.backend``, ``vitviz.methods``). The model runs once per (model, image); every
+other interaction only recomputes maps from the cached attention.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
-from vitviz import methods, render
+from vitviz import methods, models, render
 from vitviz.backend import LocalBackend
 from vitviz.errors import VitvizError
-from vitviz.images import decode_image
-from vitviz.models import CURATED
+from vitviz.images import DecodedImage, decode_image
 from vitviz.runtime import tune_allocator
+from vitviz.ui import anatomy, downloads, figures
+from vitviz.ui.state import Entry, ExplanationCache, digest
 
 ASSETS = Path(__file__).parent / "assets"
-SAMPLES = sorted(p for p in ASSETS.iterdir() if p.suffix in (".png", ".jpg"))
+SAMPLES = {
+    "chelsea.png": "Chelsea the cat",
+    "coffee.png": "A cup of coffee",
+    "astronaut.png": "Astronaut Eileen Collins",
+    "rocket.jpg": "A rocket on the launch pad",
+    "hubble_deep_field.jpg": "Hubble deep field",
+    "demo-scene-1.png": "Demo scene 1 (textures)",
+    "demo-scene-2.png": "Demo scene 2 (textures)",
+    "demo-scene-3.png": "Demo scene 3 (textures)",
+}
+SAMPLES = {k: v for k, v in SAMPLES.items() if (ASSETS / k).is_file()}
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
+VIEWS = ["How ViT sees this image", "Heads", "Rollout", "Patch explorer", "Head statistics"]
+OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
+FUSIONS = ["mean", "max", "min"]
+# widget values that must survive while their view is hidden
+PERSISTENT = ("layer", "head", "fusion", "patch", "rolled", "discard", "start_layer", "roll_fusion")
 
 tune_allocator()
-st.set_page_config(page_title="vitviz — ViT attention explorer", page_icon="🔍", layout="wide")
-st.title("vitviz — what does the Vision Transformer look at?")
+st.set_page_config(
+    page_title="vitviz — ViT attention explorer",
+    page_icon=str(ASSETS / "favicon.png"),
+    layout="wide",
+    initial_sidebar_state="expanded",
+)
+for _key in PERSISTENT:
+    if _key in st.session_state:
+        st.session_state[_key] = st.session_state[_key]
+for _key in ("fusion", "roll_fusion"):
+    st.session_state.setdefault(_key, "mean")
 
 
-@st.cache_resource(show_spinner="Loading the model…")
-def get_backend(key: str) -> LocalBackend:
-    """One loaded model per process."""
-    return LocalBackend.from_name(key)
+# ----------------------------------------------------------------------------- process caches
 
+
+@st.cache_resource(show_spinner=False)
+def explanation_cache() -> ExplanationCache:
+    """Explanations shared by every session of this server process."""
+    return ExplanationCache()
+
+
+@st.cache_resource(show_spinner=False)
+def load_failures() -> dict[tuple, tuple[str, float]]:
+    """Recent model-loading failures, so a broken choice is not retried on every rerun."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
+    """One loaded model per (name, weights) and process."""
+    return LocalBackend.from_name(name, weights=weights, random_weights=random_weights)
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def default_model() -> tuple[str, str | None]:
+    """ViT-B/16 when its weights are cached or downloadable, else the demo model and why."""
+    spec = models.CURATED["vit-b16"]
+    if models.cached_weights(spec.timm_name) is not None:
+        return "vit-b16", None
+    where = models.download_location(spec.timm_name)
+    if not models.hub_offline() and models.hub_reachable(where):
+        return "vit-b16", None
+    why = "offline mode is on" if models.hub_offline() else "the internet cannot be reached"
+    return "demo", (
+        f"ViT-B/16's ImageNet weights are not on this machine and {why}, so the page shows "
+        "vitviz's own demo model (trained on synthetic texture scenes). Connect to the internet "
+        "and pick ViT-B/16 in the sidebar to download them (about 350 MB, once)."
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def decoded_image(image_digest: str, _data: bytes, name: str) -> DecodedImage:
+    """Decode an image once per content (kept in memory only)."""
+    return decode_image(_data, name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def model_anatomy(model_id: str, _backend: LocalBackend) -> anatomy.Anatomy:
+    """Patch-embedding filters and position similarity of a loaded model."""
+    return anatomy.anatomy(_backend.loaded.model)
+
+
+@st.cache_resource(show_spinner=False)
+def gallery_thumbnails() -> dict[str, np.ndarray]:
+    """Small previews of the sample images."""
+    import cv2
+
+    out = {}
+    for name in SAMPLES:
+        img = decode_image((ASSETS / name).read_bytes(), name).image
+        rgb = np.asarray(img.convert("RGB"))
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        out[name] = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def clamp_state(key: str, lo: int, hi: int, default: int) -> None:
+    """Keep a stored slider value inside this model's range (models differ in depth)."""
+    value = st.session_state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        st.session_state[key] = default
+
+
+def load_with_progress(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
+    """Load a model; when its weights must be downloaded, show the download's progress."""
+    key = (name, weights, random_weights)
+    failed = load_failures().get(key)
+    if failed and time.time() - failed[1] < 60:
+        raise VitvizError(failed[0])
+    try:
+        if weights is None and not random_weights:
+            plan = models.weights_plan(name)
+            if plan.startswith("download") and models.hub_reachable():
+                _download(name)
+        with st.spinner(f"Loading {name}…"):
+            backend = get_backend(name, weights, random_weights)
+    except VitvizError as err:
+        load_failures()[key] = (str(err), time.time())
+        raise
+    load_failures().pop(key, None)
+    return backend
+
+
+def _download(name: str) -> None:
+    bar = st.progress(0.0, text=f"Downloading the weights of {name}…")
+    script_thread = threading.current_thread()
+    last = [-1.0]
+
+    def report(done: int, total: int | None) -> None:
+        if threading.current_thread() is not script_thread or not total:
+            return
+        frac = min(1.0, done / total)
+        if frac - last[0] >= 0.01 or frac == 1.0:
+            last[0] = frac
+            mb = f"{done / 2**20:.0f} of {total / 2**20:.0f} MB"
+            bar.progress(frac, text=f"Downloading the weights of {name}: {mb}")
+
+    models.download_weights(name, report)
+    bar.empty()
+
+
+def device_label(info: dict) -> str:
+    """The device in words: the GPU's name, or CPU."""
+    dev = info.get("device", "cpu")
+    if dev.startswith("cuda"):
+        import torch
+
+        return f"GPU: {torch.cuda.get_device_name(torch.device(dev))} ({info.get('precision')})"
+    if dev.startswith("mps"):
+        return "Apple GPU (MPS)"
+    return "CPU"
+
+
+def select_on_click(chart_key: str, targets: dict[str, int]) -> None:
+    """Callback for clickable figures: copy the clicked marker's customdata into the state.
+
+    ``targets`` maps a state key to the customdata column it takes (e.g. ``{"patch": 0}``).
+    """
+    event = st.session_state.get(chart_key)
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if not points:
+        return
+    point = points[0]
+    data = point.get("customdata")
+    if data is None:
+        return
+    for state_key, column in targets.items():
+        value = data[column]
+        st.session_state[state_key] = None if value is None else int(value)
+
+
+def jump_to_head(chart_key: str) -> None:
+    """Clicking a head in the statistics opens its map in the Heads view."""
+    select_on_click(chart_key, {"layer": 0, "head": 1})
+    event = st.session_state.get(chart_key)
+    if event and event.get("selection", {}).get("points"):
+        st.session_state["view"] = "Heads"
+
+
+def show_map(
+    entry: Entry,
+    values: np.ndarray,
+    disp: figures.Display,
+    *,
+    key: str,
+    value_name: str,
+    selected: int | None = None,
+    on_click: dict[str, int] | None = None,
+    height: int | None = None,
+) -> np.ndarray:
+    """Draw a patch map as a hoverable (and optionally clickable) figure; returns the picture."""
+    expl = entry.explanation
+    factor = figures.display_scale(expl.layout.image_size)
+    picture = figures.overlay_image(
+        expl.image, values, expl.layout, disp, selected=selected, factor=factor
+    )
+    fig = figures.patch_figure(picture, expl.layout, values, value_name=value_name, height=height)
+    if on_click:
+        st.plotly_chart(
+            fig,
+            key=key,
+            on_select=lambda: select_on_click(key, on_click),
+            selection_mode="points",
+            config={"displayModeBar": False},
+        )
+    else:
+        st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+    return picture
+
+
+def show_prefix(entry: Entry, row: np.ndarray, what: str, key: str) -> None:
+    """The strip of class/distillation/register tokens for a row of attention."""
+    layout = entry.explanation.layout
+    if layout.num_prefix:
+        st.caption(f"{what} given to the extra tokens (not on the image):")
+        fig = figures.prefix_strip(layout, row, what)
+        st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+
+
+def head_options(num_heads: int) -> list[int | None]:
+    """Head choices: all heads fused, or one."""
+    return [None, *range(num_heads)]
+
+
+def head_label(h: int | None) -> str:
+    """A head choice in words."""
+    return "all heads (fused)" if h is None else f"head {h}"
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+defaults = default_model()
+choices = [*models.CURATED, OTHER_TIMM, WEIGHTS_FILE]
+titles = {k: s.title for k, s in models.CURATED.items()}
+titles |= {OTHER_TIMM: "Any timm ViT, by name…", WEIGHTS_FILE: "A weights file on this machine…"}
 
 with st.sidebar:
-    key = st.selectbox("Model", list(CURATED), format_func=lambda k: CURATED[k].title)
-    st.caption(CURATED[key].description)
-    upload = st.file_uploader("Your image", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"])
-    sample = st.selectbox("…or a sample", [p.name for p in SAMPLES])
-    discard = st.slider("Rollout discard ratio", 0.0, 0.95, 0.0, 0.05)
-    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05)
-
-try:
-    note = get_backend(key).info()["weights"]["note"]
-    if note:
-        st.sidebar.info(note.capitalize())
-    data, name = (
-        (upload.getvalue(), upload.name) if upload else ((ASSETS / sample).read_bytes(), sample)
+    st.subheader("Model")
+    choice = st.selectbox(
+        "Model",
+        choices,
+        index=choices.index(defaults[0]),
+        format_func=lambda k: titles[k],
+        key="model",
+        label_visibility="collapsed",
     )
-    decoded = decode_image(data, name)
-    backend = get_backend(key)
-    result = backend.explain([decoded.image])[0]
+    name, weights_path = choice, None
+    if choice in models.CURATED:
+        st.caption(models.CURATED[choice].description)
+    elif choice == OTHER_TIMM:
+        name = st.text_input("timm model name", "vit_small_patch16_224.augreg_in21k_ft_in1k")
+        st.caption("Any timm ViT with global attention (ViT, DeiT, DINO, EVA, BEiT …).")
+    else:
+        name = st.text_input("timm architecture of the file", "vit_base_patch16_224")
+        weights_path = st.text_input("Weights file (.safetensors, .pth or .bin)", "") or None
+    random_weights = st.toggle(
+        "Random weights (architecture test)",
+        key="random_weights",
+        help="Skip the weights: the maps and predictions are then meaningless.",
+    )
+    if choice == WEIGHTS_FILE and weights_path is None:
+        random_weights = random_weights or False
+
+    st.subheader("Image")
+    source = st.radio(
+        "Image source", ["Samples", "Upload", "Camera"], horizontal=True, key="source"
+    )
+    upload = camera = None
+    if source == "Upload":
+        upload = st.file_uploader("Your image", type=UPLOAD_TYPES, key="upload")
+    elif source == "Camera":
+        camera = st.camera_input("Take a photo", key="camera")
+
+    st.subheader("Display")
+    disp = figures.Display(
+        colormap=st.selectbox("Colormap", list(render.COLORMAPS), key="colormap"),
+        alpha=st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="alpha"),
+        smooth=st.toggle("Smooth maps (off: one block per patch)", key="smooth"),
+        grid=st.toggle("Patch grid", key="grid"),
+    )
+
+# ----------------------------------------------------------------------------- model
+
+st.markdown("### vitviz — what does the Vision Transformer look at?")
+if defaults[1] and choice == "demo":
+    st.info(defaults[1], icon="ℹ️")
+
+fallback_reason = None
+try:
+    if choice == WEIGHTS_FILE and weights_path is None and not random_weights:
+        raise VitvizError("enter the path of a weights file in the sidebar (or pick a model)")
+    backend = load_with_progress(name, weights_path, random_weights)
 except VitvizError as err:
-    st.error(str(err))
+    fallback_reason = str(err)
+    st.error(f"Could not load {name}: {err}")
+    st.caption("Showing the vitviz demo model instead; pick another model in the sidebar.")
+    name, weights_path, random_weights = "demo", None, False
+    try:
+        backend = load_with_progress("demo", None, False)
+    except VitvizError as err2:  # even the bundled model is missing
+        st.error(str(err2))
+        st.stop()
+
+info = backend.info()
+model_id = f"{info['timm_name']}|{info['weights']['source']}|{info['weights']['location']}"
+layers, heads = info["layers"], info["heads"]
+
+with st.sidebar:
+    w = info["weights"]
+    where = w["location"] or ""
+    st.caption(
+        f"**Weights:** {w['source']}" + (f" — `{where}`" if where else "") + "  \n"
+        f"**Device:** {device_label(info)}  \n"
+        "**Backend:** in-process (this machine)"
+    )
+    if w.get("warning"):
+        st.warning(w["warning"])
+    if w.get("note"):
+        st.info(w["note"][0].upper() + w["note"][1:])
+
+# ----------------------------------------------------------------------------- image
+
+if source == "Samples":
+    default_sample = "demo-scene-1.png" if name == "demo" else "chelsea.png"
+    sample = st.session_state.get("sample") or default_sample
+    if sample not in SAMPLES:
+        sample = next(iter(SAMPLES))
+    data, image_name = (ASSETS / sample).read_bytes(), sample
+elif source == "Upload" and upload is not None:
+    data, image_name = upload.getvalue(), upload.name
+elif source == "Camera" and camera is not None:
+    data, image_name = camera.getvalue(), "camera.jpg"
+else:
+    data = image_name = None
+
+if source == "Samples":
+    with st.sidebar.expander("Sample gallery", expanded=False):
+        thumbs = gallery_thumbnails()
+        cols = st.columns(2)
+        for i, (fname, title) in enumerate(SAMPLES.items()):
+            with cols[i % 2]:
+                st.image(thumbs[fname], caption=title, width="stretch")
+                if st.button("Use", key=f"use-{fname}", width="stretch"):
+                    st.session_state["sample"] = fname
+                    st.rerun()
+
+if data is None:
+    st.info(
+        "Drop an image in the sidebar (jpg, png, webp, bmp or gif), take a photo, "
+        "or choose a sample."
+    )
     st.stop()
 
-left, right = st.columns(2)
+cache = explanation_cache()
+image_digest = digest(data)
+try:
+    decoded = decoded_image(image_digest, data, image_name)
+    entry = cache.get(model_id, image_digest, lambda: backend.explain([decoded.image])[0])
+except VitvizError as err:
+    st.error(str(err))
+    st.caption("The page keeps working: choose another image or a sample.")
+    st.stop()
+
+expl = entry.explanation
+layout = expl.layout
+attn = expl.attention
+
+# ----------------------------------------------------------------------------- page
+
+left, right = st.columns([1, 2.1], gap="medium")
 with left:
-    st.subheader("What the model saw")
-    st.image(result.image, width="stretch")
-    if result.predictions:
-        for p in result.predictions:
-            st.progress(p.probability, text=f"{p.label} — {p.probability:.1%}")
+    h, w_ = layout.image_size
+    st.image(expl.image, caption=f"What the model sees ({w_}×{h} px)", width="stretch")
+    if expl.predictions:
+        st.markdown("**Prediction**")
+        for p in expl.predictions:
+            st.progress(min(1.0, p.probability), text=f"{p.label} — {p.probability:.1%}")
     else:
-        st.info("This self-supervised backbone has no classifier, so it makes no predictions.")
+        st.info(
+            "This model is a self-supervised backbone: it has no classifier, so it makes no "
+            "prediction. Its attention still shows what it groups together — the DINO mask in "
+            "the Rollout view is the classic demo."
+        )
+    for note in decoded.notes:
+        st.caption(note)
+
 with right:
-    st.subheader("Attention rollout")
-    value_map = methods.rollout(result.attention, result.layout, discard=discard)
-    st.image(render.overlay(result.image, value_map, alpha=alpha), width="stretch")
+    if st.session_state.get("view") not in VIEWS:
+        st.session_state["view"] = "Rollout"
+    view = st.segmented_control("View", VIEWS, key="view", label_visibility="collapsed")
+    view = view or "Rollout"
+    clamp_state("layer", 0, layers - 1, layers - 1)
+    clamp_state("start_layer", 0, layers - 1, 0)
+    if st.session_state.get("head") not in head_options(heads):
+        st.session_state["head"] = None
+    clamp_state("patch", 0, layout.num_patches - 1, layout.num_patches // 2 + layout.grid[1] // 2)
+    download_map: np.ndarray | None = None
+    map_title = ""
+
+    if view == "Rollout":
+        c1, c2, c3 = st.columns(3)
+        roll_fusion = c1.segmented_control("Head fusion", FUSIONS, key="roll_fusion")
+        discard = c2.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="discard")
+        start = c3.slider("Start layer", 0, layers - 1, key="start_layer")
+        opts = dict(fusion=roll_fusion or "mean", discard=discard, start_layer=start)
+        row = np.asarray(methods.rollout_row(attn, layout, **opts))
+        values = row[layout.num_prefix :].reshape(layout.grid)
+        show_mask = st.toggle("DINO-style mask: the patches holding most of the attention")
+        if show_mask:
+            c_map, c_mask = st.columns(2)
+            with c_map:
+                download_map = show_map(entry, values, disp, key="rollout", value_name="rollout")
+            with c_mask:
+                thr = st.slider("Mass kept", 0.1, 1.0, 0.6, 0.05, key="mask_threshold")
+                src = st.radio(
+                    "Mask of", ["last layer's attention", "rollout"], horizontal=True, key="msrc"
+                )
+                mopts = dict(source="attention" if src.startswith("last") else "rollout")
+                mopts |= dict(opts) if mopts["source"] == "rollout" else {"layer": -1}
+                mvals = np.asarray(methods.mask(attn, layout, threshold=thr, **mopts))
+                mask_disp = figures.Display(disp.colormap, 0.55, False, disp.grid)
+                show_map(entry, mvals, mask_disp, key="mask", value_name="in mask")
+        else:
+            download_map = show_map(entry, values, disp, key="rollout", value_name="rollout")
+        show_prefix(entry, row, "Rollout", "rollout-prefix")
+        map_title = "rollout"
+
+    elif view == "Heads":
+        c1, c2, c3 = st.columns([2, 1.3, 1.3])
+        layer = c1.slider("Layer", 0, layers - 1, key="layer")
+        head = c2.selectbox("Head", head_options(heads), format_func=head_label, key="head")
+        fusion = c3.segmented_control("Fusion", FUSIONS, key="fusion") or "mean"
+        all_maps = entry.get(
+            "readout_maps",
+            lambda: np.stack(
+                [
+                    np.asarray(methods.attention_map(attn, layout, layer=li, head=hi))
+                    for li in range(layers)
+                    for hi in range(heads)
+                ]
+            ).reshape(layers, heads, *layout.grid),
+        )
+        row = np.asarray(methods.attention_row(attn, layout, layer=layer, head=head, fusion=fusion))
+        values = row[layout.num_prefix :].reshape(layout.grid)
+        big, grid_col = st.columns([1, 1])
+        with big:
+            st.caption(f"Layer {layer}, {head_label(head)}: what the readout attends to")
+            download_map = show_map(entry, values, disp, key="head-map", value_name="attention")
+            show_prefix(entry, row, "Attention", "head-prefix")
+        with grid_col:
+            st.caption("All layers × heads (click one to open it)")
+            tile = max(24, min(64, 560 // max(heads, 1)))
+            grid_img = entry.get(
+                ("model-view", disp, tile),
+                lambda: figures.mosaic(
+                    figures.map_tiles(expl.image, all_maps.reshape(-1, *layout.grid), disp, tile),
+                    heads,
+                    gap=2,
+                ),
+            )
+            ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+            fig = figures.mosaic_figure(
+                grid_img,
+                (tile, tile),
+                heads,
+                np.column_stack([ll.ravel(), hh.ravel()]),
+                "layer %{customdata[0]}, head %{customdata[1]}",
+                gap=2,
+            )
+            st.plotly_chart(
+                fig,
+                key="model-view",
+                on_select=lambda: select_on_click("model-view", {"layer": 0, "head": 1}),
+                selection_mode="points",
+                config={"displayModeBar": False},
+            )
+        st.caption(f"Layer {layer}: its {heads} heads side by side (click one to open it)")
+        row_tile = max(48, min(120, 900 // max(heads, 1)))
+        row_img = entry.get(
+            ("layer-view", layer, disp, row_tile),
+            lambda: figures.mosaic(
+                figures.map_tiles(expl.image, all_maps[layer], disp, row_tile), heads, gap=4
+            ),
+        )
+        fig = figures.mosaic_figure(
+            row_img,
+            (row_tile, row_tile),
+            heads,
+            np.column_stack([np.full(heads, layer), np.arange(heads)]),
+            "layer %{customdata[0]}, head %{customdata[1]}",
+        )
+        st.plotly_chart(
+            fig,
+            key="layer-view",
+            on_select=lambda: select_on_click("layer-view", {"head": 1}),
+            selection_mode="points",
+            config={"displayModeBar": False},
+        )
+        map_title = f"layer{layer}-" + ("fused-" + fusion if head is None else f"head{head}")
+
+    elif view == "Patch explorer":
+        c1, c2, c3, c4 = st.columns([2, 1.3, 1.2, 1.2])
+        rolled = c4.toggle("Rolled out", key="rolled", help="Follow attention through all layers")
+        layer = c1.slider("Layer", 0, layers - 1, key="layer", disabled=rolled)
+        head = c2.selectbox(
+            "Head", head_options(heads), format_func=head_label, key="head", disabled=rolled
+        )
+        fusion = c3.segmented_control("Fusion", FUSIONS, key="fusion") or "mean"
+        patch = int(st.session_state["patch"])
+        r, c = divmod(patch, layout.grid[1])
+        pick, result = st.columns(2)
+        with pick:
+            st.caption(f"Click a patch — selected: patch {patch} (row {r}, column {c})")
+            show_map(
+                entry,
+                np.zeros(layout.grid),
+                figures.Display(disp.colormap, 0.0, False, True),
+                key="patch-picker",
+                value_name="",
+                selected=patch,
+                on_click={"patch": 0},
+            )
+        opts = dict(patch=patch, fusion=fusion, rolled=rolled)
+        if not rolled:
+            opts |= dict(layer=layer, head=head)
+        row = np.asarray(methods.query_row(attn, layout, **opts))
+        values = row[layout.num_prefix :].reshape(layout.grid)
+        with result:
+            what = "rolled out" if rolled else f"layer {layer}, {head_label(head)}"
+            st.caption(f"What patch {patch} attends to ({what})")
+            download_map = show_map(
+                entry, values, disp, key="patch-map", value_name="attention", selected=patch
+            )
+            show_prefix(entry, row, "Attention", "patch-prefix")
+        map_title = f"patch{patch}"
+
+    elif view == "Head statistics":
+        stats = entry.get(
+            "statistics",
+            lambda: {
+                "distance": np.asarray(methods.mean_attention_distance(attn, layout)),
+                "entropy": np.asarray(methods.attention_entropy(attn, layout)),
+            },
+        )
+        sel = (st.session_state["layer"], st.session_state.get("head") or 0)
+        c1, c2 = st.columns(2)
+        with c1:
+            st.caption(
+                "Mean attention distance: how far (in pixels) each head looks, by depth. "
+                "Click a head to open its map."
+            )
+            st.plotly_chart(
+                figures.distance_figure(stats["distance"], sel),
+                key="distance",
+                on_select=lambda: jump_to_head("distance"),
+                selection_mode="points",
+                config={"displayModeBar": False},
+            )
+        with c2:
+            st.caption(
+                "Attention entropy (nats): low = sharp, focused heads; high = spread out. "
+                "Click a head to open its map."
+            )
+            st.plotly_chart(
+                figures.entropy_figure(stats["entropy"]),
+                key="entropy",
+                on_select=lambda: jump_to_head("entropy"),
+                selection_mode="points",
+                config={"displayModeBar": False},
+            )
+
+    else:  # How ViT sees this image
+        facts = model_anatomy(model_id, backend)
+        factor = figures.display_scale(layout.image_size)
+        cfg = info.get("input_config", {})
+        st.markdown(
+            f"**1. Resize and crop.** The image becomes {w_}×{h} px "
+            f"({cfg.get('interpolation', 'bicubic')} resize, crop {cfg.get('crop_pct', 1.0)}), "
+            "then each colour channel is normalised with the model's mean and std."
+        )
+        st.markdown(
+            f"**2. Cut into patches.** A {layout.grid[0]}×{layout.grid[1]} grid of "
+            f"{layout.patch_size[0]}×{layout.patch_size[1]} px patches, numbered in reading order."
+        )
+        st.image(figures.numbered_grid(expl.image, layout, factor), width=420)
+        extra = ", ".join(figures.token_labels(layout)) or "no extra tokens"
+        st.markdown(
+            f"**3. Flatten into a sequence.** {layout.num_tokens} tokens: {extra} first, then "
+            f"the {layout.num_patches} patches, left to right, top to bottom."
+        )
+        st.image(figures.token_sequence(expl.image, layout), width="stretch")
+        if facts.filters is not None:
+            st.markdown(
+                f"**4. Patch embedding.** Every patch is multiplied by {facts.width} learned "
+                "filters. These are their first principal components (what the filters mostly "
+                "detect: colour blobs, edges, stripes)."
+            )
+            st.image(figures.filters_mosaic(facts.filters), width="stretch")
+        else:
+            st.markdown("**4. Patch embedding.** This model embeds patches through a CNN.")
+        if facts.position_similarity is not None:
+            st.markdown(
+                "**5. Position embeddings.** Each small square is one patch position; its "
+                "colours show how similar its learned position embedding is to every other "
+                "position's (yellow = similar). A trained ViT learns the 2-D grid by itself."
+            )
+            st.image(
+                figures.position_mosaic(facts.position_similarity, facts.position_grid),
+                width=420,
+            )
+        else:
+            st.markdown("**5. Position embeddings.** This model has no learned absolute ones.")
+        st.markdown("**6. Encoder → readout → head.**")
+        top = None
+        if expl.predictions:
+            top = f"{expl.predictions[0].label} ({expl.predictions[0].probability:.0%})"
+        st.graphviz_chart(anatomy.pipeline_dot(info, layout, facts.width, top))
+
+    # downloads
+    stem = f"{downloads.safe_stem(image_name)}-{downloads.safe_stem(info['name'])}"
+    d1, d2, d3 = st.columns(3)
+    if download_map is not None:
+        d1.download_button(
+            "Overlay (PNG)",
+            data=lambda pic=download_map: render.to_png(pic),
+            file_name=f"{stem}-{map_title}.png",
+            mime="image/png",
+            on_click="ignore",
+            key="dl-png",
+        )
+    d2.download_button(
+        "Attention arrays (.npz)",
+        data=lambda: downloads.attention_npz(expl, info, image_name),
+        file_name=f"{stem}-attention.npz",
+        mime="application/octet-stream",
+        on_click="ignore",
+        key="dl-npz",
+    )
+    d3.download_button(
+        "Predictions (JSON)",
+        data=lambda: downloads.predictions_json(expl, info, image_name),
+        file_name=f"{stem}-predictions.json",
+        mime="application/json",
+        on_click="ignore",
+        key="dl-json",
+    )

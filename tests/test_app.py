@@ -1,44 +1,297 @@
-"""The first app page: it shows the engine's results, and errors as messages, never tracebacks."""
+"""The Streamlit page, driven by AppTest: every view's figure against the engine's arrays.
+
+The tests run offline, so the page falls back to the bundled demo model; a second model is
+loaded from a weights file the tests write. Figures are compared through the numbers their
+hover markers carry (``customdata``), which must equal what ``vitviz.methods`` computes from
+an independent run of the engine on the same image.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import tiny
+from tests.conftest import ASSETS, tiny
+from vitviz import methods
 from vitviz.backend import LocalBackend
+from vitviz.images import decode_image
+from vitviz.ui import downloads
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 120
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    """Each test starts without models cached by an earlier one."""
+    """Each test starts without models or explanations cached by an earlier one."""
     st.cache_resource.clear()
     yield
     st.cache_resource.clear()
 
 
-def test_offline_hub_model_shows_a_clear_error():
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.sidebar.selectbox[0].select("vit-b16").run()
+@pytest.fixture(scope="module")
+def demo_reference():
+    """The engine's own explanation of the default sample with the demo model."""
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = decode_image((ASSETS / "demo-scene-1.png").read_bytes(), "demo-scene-1.png").image
+    return backend.explain([image])[0]
+
+
+def decode(obj):
+    """A plotly JSON value as numpy (plotly 6 writes arrays as base64 ``bdata``)."""
+    if isinstance(obj, dict) and "bdata" in obj:
+        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+        if "shape" in obj:
+            arr = arr.reshape([int(s) for s in str(obj["shape"]).split(",")])
+        return arr
+    return np.asarray(obj)
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The figure JSON of the plotly chart with this key."""
+    for el in at.get("plotly_chart"):
+        if el.proto.id.endswith(f"-{key}") or el.proto.id.endswith(key):
+            return json.loads(el.proto.spec)
+    ids = [el.proto.id for el in at.get("plotly_chart")]
+    raise AssertionError(f"no chart {key!r}; charts: {ids}")
+
+
+def marker_data(fig: dict) -> np.ndarray:
+    """``customdata`` of the figure's marker trace."""
+    traces = [t for t in fig["data"] if t.get("type") == "scatter"]
+    return decode(traces[0]["customdata"]).astype(float)
+
+
+def start(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at.run()
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_offline_default_falls_back_to_demo_with_a_banner(demo_reference):
+    at = start()
+    ok(at)
+    banner = " ".join(i.value for i in at.info)
+    assert "ViT-B/16" in banner and "demo model" in banner
+    assert at.sidebar.selectbox(key="model").value == "demo"
+    bars = at.get("progress")
+    assert len(bars) == 5
+    top = demo_reference.predictions[0]
+    assert top.label in bars[0].proto.text and f"{top.probability:.1%}" in bars[0].proto.text
+    # the first screen's overlay is the rollout, value for value
+    values = marker_data(chart(at, "rollout"))[:, 3]
+    expected = methods.rollout(demo_reference.attention, demo_reference.layout).ravel()
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-7)
+    assert at.title or at.markdown  # a heading is shown
+
+
+def test_rollout_controls_change_the_map(demo_reference):
+    at = start()
+    at.slider(key="discard").set_value(0.5)
+    at.slider(key="start_layer").set_value(2)
+    at.segmented_control(key="roll_fusion").set_value("max").run()
+    ok(at)
+    values = marker_data(chart(at, "rollout"))[:, 3]
+    exp = methods.rollout(
+        demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
+    )
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-7)
+    plain = methods.rollout(demo_reference.attention, demo_reference.layout).ravel()
+    assert not np.allclose(values, plain)
+    # the class token's share is shown in its own strip
+    strip = chart(at, "rollout-prefix")
+    row = methods.rollout_row(
+        demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
+    )
+    np.testing.assert_allclose(decode(strip["data"][0]["z"]).ravel(), row[:1], rtol=1e-5)
+
+
+def test_dino_mask_keeps_the_smallest_set_holding_the_mass(demo_reference):
+    at = start()
+    toggles = [t for t in at.toggle if "mask" in t.label]
+    toggles[0].set_value(True).run()
+    ok(at)
+    mask_vals = marker_data(chart(at, "mask"))[:, 3]
+    exp = methods.mask(demo_reference.attention, demo_reference.layout, threshold=0.6)
+    np.testing.assert_array_equal(mask_vals, exp.ravel())
+    assert 0 < mask_vals.sum() < mask_vals.size
+
+
+def test_heads_view_shows_the_chosen_layer_and_head(demo_reference):
+    at = start()
+    at.segmented_control(key="view").set_value("Heads").run()
+    at.slider(key="layer").set_value(2)
+    at.selectbox(key="head").set_value(1).run()
+    ok(at)
+    values = marker_data(chart(at, "head-map"))[:, 3]
+    exp = methods.attention_map(demo_reference.attention, demo_reference.layout, layer=2, head=1)
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
+    # the model view has one cell per (layer, head), the layer view one per head
+    cells = marker_data(chart(at, "model-view"))
+    layers, heads = demo_reference.attention.shape[:2]
+    assert cells.shape == (layers * heads, 2)
+    assert {tuple(c) for c in cells.astype(int)} == {
+        (i, j) for i in range(layers) for j in range(heads)
+    }
+    row = marker_data(chart(at, "layer-view")).astype(int)
+    assert row.tolist() == [[2, h] for h in range(heads)]
+    # fused heads: max over heads
+    at.selectbox(key="head").set_value(None)
+    at.segmented_control(key="fusion").set_value("max").run()
+    values = marker_data(chart(at, "head-map"))[:, 3]
+    exp = methods.attention_map(
+        demo_reference.attention, demo_reference.layout, layer=2, head=None, fusion="max"
+    )
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
+
+
+def test_patch_explorer_follows_the_selected_patch(demo_reference):
+    at = start()
+    at.segmented_control(key="view").set_value("Patch explorer").run()
+    at.session_state["patch"] = 37
+    at.slider(key="layer").set_value(1).run()
+    ok(at)
+    values = marker_data(chart(at, "patch-map"))[:, 3]
+    exp = methods.query_map(demo_reference.attention, demo_reference.layout, patch=37, layer=1)
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
+    assert any("patch 37 (row 2, column 9)" in c.value for c in at.caption)
+    at.toggle(key="rolled").set_value(True).run()
+    values = marker_data(chart(at, "patch-map"))[:, 3]
+    exp = methods.query_map(demo_reference.attention, demo_reference.layout, patch=37, rolled=True)
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
+    # the picker has one clickable marker per patch
+    assert marker_data(chart(at, "patch-picker")).shape[0] == demo_reference.layout.num_patches
+
+
+def test_head_statistics_match_the_engine(demo_reference):
+    at = start()
+    at.segmented_control(key="view").set_value("Head statistics").run()
+    ok(at)
+    dist = marker_data(chart(at, "distance"))
+    exp = methods.mean_attention_distance(demo_reference.attention, demo_reference.layout)
+    layers, heads = exp.shape
+    np.testing.assert_allclose(dist[:, 2], exp.ravel(), rtol=1e-5)
+    assert dist[:, :2].astype(int).tolist() == [[i, j] for i in range(layers) for j in range(heads)]
+    ent = marker_data(chart(at, "entropy"))
+    exp = methods.attention_entropy(demo_reference.attention, demo_reference.layout)
+    np.testing.assert_allclose(ent[:, 2], exp.ravel(), rtol=1e-5)
+
+
+def test_pipeline_view_shows_every_step():
+    at = start()
+    at.segmented_control(key="view").set_value("How ViT sees this image").run()
+    ok(at)
+    text = " ".join(m.value for m in at.markdown)
+    for step in ("Cut into patches", "Flatten", "Patch embedding", "Position embeddings"):
+        assert step in text
+    assert "197 tokens: CLS first" in text  # 14×14 patches + the class token
+    assert len(at.get("graphviz_chart")) == 1
+    dot = at.get("graphviz_chart")[0].proto.spec
+    assert "6 blocks × 3 attention heads" in dot and "Linear 192 → 8 classes" in dot
+
+
+def test_views_and_display_controls_never_run_the_model_again(monkeypatch):
+    calls = []
+    original = LocalBackend.explain
+
+    def counting(self, images, **kw):
+        calls.append(len(images))
+        return original(self, images, **kw)
+
+    monkeypatch.setattr(LocalBackend, "explain", counting)
+    at = start()
+    assert calls == [1]
+    for view in ("Heads", "Patch explorer", "Head statistics", "How ViT sees this image"):
+        at.segmented_control(key="view").set_value(view).run()
+    at.segmented_control(key="view").set_value("Heads").run()
+    at.slider(key="layer").set_value(3).run()
+    at.selectbox(key="colormap").set_value("viridis").run()
+    at.slider(key="alpha").set_value(0.3).run()
+    at.toggle(key="smooth").set_value(True).run()
+    at.toggle(key="grid").set_value(True).run()
+    ok(at)
+    assert calls == [1]
+
+
+def test_upload_then_a_bad_upload_keeps_the_page_working():
+    at = start()
+    at.radio(key="source").set_value("Upload").run()
+    ok(at)
+    data = (ASSETS / "coffee.png").read_bytes()
+    at.file_uploader(key="upload").set_value(("coffee.png", data, "image/png")).run()
+    ok(at)
+    assert len(at.get("progress")) == 5
+    at.file_uploader(key="upload").set_value(("broken.png", b"not an image", "image/png")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "broken.png" in at.error[0].value
+    # the sidebar still works: back to the samples
+    at.radio(key="source").set_value("Samples").run()
+    ok(at)
+    assert len(at.get("progress")) == 5
+
+
+def test_model_switch_to_a_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    loaded = tiny("vit_tiny_patch16_224", seed=3, model_kwargs={"depth": 3, "num_classes": 5})
+    path = tmp_path / "three-layers.safetensors"
+    save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()}, str(path))
+    ref = LocalBackend.from_name("vit_tiny_patch16_224", weights=path, device="cpu")
+    image = decode_image((ASSETS / "chelsea.png").read_bytes(), "chelsea.png").image
+    expected = ref.explain([image])[0]
+
+    at = start()
+    at.selectbox(key="model").set_value("__file__").run()
+    at.text_input[0].input("vit_tiny_patch16_224")
+    at.text_input[1].input(str(path)).run()
+    ok(at)
+    assert any(str(path) in c.value for c in at.sidebar.caption)
+    at.session_state["sample"] = "chelsea.png"
+    at.segmented_control(key="view").set_value("Heads").run()
+    ok(at)
+    assert at.slider(key="layer").max == 2  # three layers, clamped from the demo's six
+    values = marker_data(chart(at, "head-map"))[:, 3]
+    exp = methods.attention_map(
+        expected.attention, expected.layout, layer=at.slider(key="layer").value
+    )
+    np.testing.assert_allclose(values, exp.ravel(), rtol=1e-4, atol=1e-7)
+
+
+def test_unavailable_model_says_why_and_falls_back():
+    at = start()
+    at.selectbox(key="model").set_value("vit-b16").run()
     assert not at.exception
     assert len(at.error) == 1
     msg = at.error[0].value
     assert "vit_base_patch16_224" in msg and "Connect to the internet" in msg
+    assert len(at.get("progress")) == 5  # the demo model still answers
 
 
-@pytest.fixture
-def tiny_backend(monkeypatch):
-    loaded = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 2})
-    monkeypatch.setattr(LocalBackend, "from_name", classmethod(lambda cls, key: cls(loaded)))
-
-
-def test_sample_image_gives_predictions_and_overlay(tiny_backend):
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception and not at.error
-    assert len(at.get("progress")) == 5  # top-5 predictions
-    assert len(at.get("image")) == 2  # the seen image and the overlay
+def test_downloads_contain_what_they_claim(demo_reference):
+    at = start()
+    ok(at)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Overlay (PNG)", "Attention arrays (.npz)", "Predictions (JSON)"]
+    info = LocalBackend.from_name("demo", device="cpu").info()
+    npz = np.load(io.BytesIO(downloads.attention_npz(demo_reference, info, "x.png")))
+    np.testing.assert_array_equal(npz["attention"], demo_reference.attention)
+    np.testing.assert_array_equal(npz["logits"], demo_reference.logits)
+    assert json.loads(str(npz["layout"]))["grid"] == [14, 14]
+    pred = json.loads(downloads.predictions_json(demo_reference, info, "x.png"))
+    assert [p["label"] for p in pred["predictions"]] == [
+        p.label for p in demo_reference.predictions
+    ]
+    assert pred["weights"]["source"] == "bundled"

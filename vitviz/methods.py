@@ -144,10 +144,33 @@ def attention_map(
         ``[..., gh, gw]`` map; for pooled readouts, the mean of the patch rows.
     """
     t, was_numpy = _as_tensor(attn)
+    return _back(_to_grid(_attention_row(t, layout, layer, head, fusion), layout), was_numpy)
+
+
+def _attention_row(
+    t: torch.Tensor, layout: TokenLayout, layer: int, head: int | None, fusion: Fusion
+) -> torch.Tensor:
     _check_attn(t, layout)
     a = _select_layer(t, layer, head, fusion)
     w = torch.as_tensor(layout.readout_weights(), dtype=a.dtype, device=a.device)
-    return _back(_to_grid(w @ a, layout), was_numpy)
+    return w @ a
+
+
+def attention_row(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+) -> Array:
+    """The full readout row of one layer (``[..., N]``, prefix tokens included).
+
+    :func:`attention_map` is this row's patch part on the grid; the first ``P`` entries are
+    what the readout gives the class, distillation and register tokens.
+    """
+    t, was_numpy = _as_tensor(attn)
+    return _back(_attention_row(t, layout, layer, head, fusion), was_numpy)
 
 
 def _discard_lowest(fused: torch.Tensor, layout: TokenLayout, ratio: float) -> torch.Tensor:
@@ -240,11 +263,24 @@ def rollout(
     Returns:
         ``[..., gh, gw]`` map.
     """
+    row = rollout_row(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
+def rollout_row(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """The full rolled-out readout row ``w @ R`` (``[..., N]``, prefix tokens included)."""
     t, was_numpy = _as_tensor(attn)
     hat = rollout_layers(t, layout, fusion=fusion, discard=discard, start_layer=start_layer)
     w = torch.as_tensor(layout.readout_weights(), dtype=hat.dtype, device=hat.device)
-    row = _rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
-    return _back(_to_grid(row, layout), was_numpy)
+    return _back(_rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :], was_numpy)
 
 
 def query_map(
@@ -269,6 +305,26 @@ def query_map(
     Returns:
         ``[..., gh, gw]`` map over the patch keys.
     """
+    opts = dict(layer=layer, head=head, fusion=fusion, rolled=rolled, discard=discard)
+    row = query_row(attn, layout, patch=patch, start_layer=start_layer, **opts)
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
+def query_row(
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    patch: int = 0,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+    rolled: bool = False,
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """The full row of one patch query (``[..., N]``, prefix tokens included); see
+    :func:`query_map`."""
     t, was_numpy = _as_tensor(attn)
     _check_attn(t, layout)
     q = layout.num_prefix + _patch_index(patch, layout)
@@ -279,7 +335,7 @@ def query_map(
         row = _rolled_rows(hat, onehot.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
     else:
         row = _select_layer(t, layer, head, fusion)[..., q, :]
-    return _back(_to_grid(row, layout), was_numpy)
+    return _back(row, was_numpy)
 
 
 def threshold_mask(values: Array, threshold: float = 0.6) -> Array:

@@ -21,6 +21,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -501,6 +502,40 @@ def download_location(timm_name: str) -> str | None:
     return f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
 
 
+def download_weights(
+    name: str, progress: Callable[[int, int | None], None] | None = None
+) -> Path | None:
+    """Download a model's hub weights into the Hugging Face cache, reporting progress.
+
+    ``progress(bytes_done, bytes_total)`` is called as the file arrives. Returns the cached
+    file, or None when the weights are not on the Hugging Face hub (timm then downloads
+    them itself from their URL, without progress). Raises WeightsError when it fails.
+    """
+    from huggingface_hub import hf_hub_download
+    from tqdm.auto import tqdm
+
+    _, timm_name, _ = resolve_name(name)
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not repo:
+        return None
+
+    class Reporter(tqdm):  # huggingface_hub drives it; we forward the byte counts
+        def update(self, n: float | None = 1) -> bool | None:
+            out = super().update(n)
+            if progress is not None:
+                progress(int(self.n), int(self.total) if self.total else None)
+            return out
+
+    errors = []
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, fname, tqdm_class=Reporter))
+        except Exception as e:  # any failure becomes one clear message
+            errors.append(f"{fname}: {str(e).strip().splitlines()[0][:200] if str(e) else e!r}")
+    raise WeightsError(f"could not download the weights of {timm_name}: {'; '.join(errors)}")
+
+
 def weights_plan(name: str) -> str:
     """One line saying where a model's weights would come from now (no network used)."""
     key, timm_name, _ = resolve_name(name)
@@ -573,6 +608,12 @@ def pick_precision(device: torch.device, precision: Precision = "auto") -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def _depth(sd: dict[str, torch.Tensor]) -> int | None:
+    """Number of transformer blocks in a state dict (``blocks.N.…`` keys), if any."""
+    found = [int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))]
+    return max(found) + 1 if found else None
+
+
 def _num_classes(sd: dict[str, torch.Tensor]) -> int:
     w = sd.get("head.weight")
     return int(w.shape[0]) if w is not None else 0
@@ -636,6 +677,8 @@ def load_model(
     try:
         if sd is not None:
             nc = kwargs.pop("num_classes", _num_classes(sd))
+            if "depth" not in kwargs and _depth(sd) is not None:
+                kwargs["depth"] = _depth(sd)  # a file may hold a shallower variant
             overlay = {**cfg_overlay, "state_dict": sd, "num_classes": nc}
             model = timm.create_model(
                 timm_name, pretrained=True, num_classes=nc, pretrained_cfg_overlay=overlay, **kwargs

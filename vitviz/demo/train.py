@@ -3,8 +3,12 @@
 A plain timm ``VisionTransformer`` (patch 16, 224 px, 6 layers, width 192, 3 heads — timm's
 ``vit_tiny_patch16_224`` with ``depth=6``) learns the eight texture classes of
 :mod:`vitviz.demo.scenes` from scratch: AdamW, linear warm-up then cosine decay, cross entropy
-on soft targets (a two-object scene is half one class, half the other). No auxiliary loss:
-nothing pushes attention toward the objects except the classification itself.
+on soft targets (a two-object scene is half one class, half the other).
+
+``--patch-loss W`` adds an auxiliary per-patch loss ("token labeling"): a linear head on every
+patch token's output predicts which object class (or background) covers that patch, with soft
+targets from the generator's masks. It is never shipped (only the classifier is saved), but it
+shapes what the patch tokens carry, so the model card says whether it was used.
 
 The scenes are generated once from fixed seeds and cached; training resumes from its
 checkpoint when run again with the same arguments. The result is written as safetensors with
@@ -66,6 +70,36 @@ def _scene_chunk(args: tuple[list[int], float]) -> tuple[np.ndarray, np.ndarray]
     return scenes_to_arrays(args[0], args[1])
 
 
+GRID = 14  # 224 px / patch 16
+BACKGROUND = len(CLASSES)  # index of the background in per-patch targets
+
+
+def patch_targets(masks: tuple[np.ndarray, ...], classes: tuple[int, ...]) -> np.ndarray:
+    """Soft per-patch targets ``[14, 14, C + 1]``: each object's share of the patch's pixels
+    in its class's slot, the rest in the background slot (the last)."""
+    from vitviz.demo.metrics import patch_coverage
+
+    out = np.zeros((GRID, GRID, len(CLASSES) + 1), np.float32)
+    for mask, c in zip(masks, classes, strict=True):
+        out[..., c] += patch_coverage(mask, (GRID, GRID))
+    out[..., BACKGROUND] = np.clip(1.0 - out[..., :BACKGROUND].sum(-1), 0.0, 1.0)
+    return out
+
+
+def scenes_to_patch_targets(seeds: range | list[int], single_share: float = 0.6) -> np.ndarray:
+    """:func:`patch_targets` of the scenes :func:`scenes_to_arrays` makes for these seeds."""
+    out = np.empty((len(seeds), GRID, GRID, len(CLASSES) + 1), np.float16)
+    for i, seed in enumerate(seeds):
+        objects = 1 if (seed % 10) < round(single_share * 10) else 2
+        scene = generate_scene(int(seed), objects)
+        out[i] = patch_targets(scene.masks, scene.classes)
+    return out
+
+
+def _patch_chunk(args: tuple[list[int], float]) -> np.ndarray:
+    return scenes_to_patch_targets(args[0], args[1])
+
+
 def scenes_to_arrays_parallel(
     seeds: range, single_share: float = 0.6, workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -88,22 +122,43 @@ _SWAP_DIAG = np.array([0, 1, 3, 2, 4, 5, 6, 7])
 
 
 def augment(
-    images: np.ndarray, targets: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random symmetry of the square per image, with the class targets permuted to match."""
+    images: np.ndarray,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+    patches: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random symmetry of the square per image, with the class targets permuted to match.
+
+    With ``patches`` (per-patch targets ``[n, gh, gw, C + 1]``) the same symmetry and class
+    permutation is applied to them too and they are returned third.
+    """
     images, targets = images.copy(), targets.copy()
+    if patches is not None:
+        patches = patches.copy()
+    swap_hv = np.append(_SWAP_HV, BACKGROUND)
+    swap_diag = np.append(_SWAP_DIAG, BACKGROUND)
     for i in range(len(images)):
         img, tgt = images[i], targets[i]
+        pt = patches[i] if patches is not None else None
         transpose, hflip, vflip = rng.integers(0, 2, 3)
         if transpose:
             img, tgt = img.transpose(1, 0, 2), tgt[_SWAP_HV]
+            if pt is not None:
+                pt = pt.transpose(1, 0, 2)[..., swap_hv]
         if hflip:
             img = img[:, ::-1]
+            pt = pt[:, ::-1] if pt is not None else None
         if vflip:
             img = img[::-1]
+            pt = pt[::-1] if pt is not None else None
         if hflip != vflip:
             tgt = tgt[_SWAP_DIAG]
+            pt = pt[..., swap_diag] if pt is not None else None
         images[i], targets[i] = img, tgt
+        if patches is not None:
+            patches[i] = pt
+    if patches is not None:
+        return images, targets, patches
     return images, targets
 
 
@@ -126,6 +181,23 @@ def cached_dataset(count: int, log=print) -> tuple[np.ndarray, np.ndarray]:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, targets=targets)
     return images, targets
+
+
+def cached_patch_targets(count: int, log=print) -> np.ndarray:
+    """Per-patch targets of the training scenes, generated once and cached."""
+    path = CACHE / f"demo-train-{count}-patches.npy"
+    if path.exists():
+        return np.load(path)
+    log(f"computing per-patch targets of {count} training scenes (cached in {path}) …")
+    seeds = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + count)
+    from multiprocessing import get_context
+
+    chunks = [(list(seeds[i : i + 256]), 0.6) for i in range(0, count, 256)]
+    with get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+        out = np.concatenate(pool.map(_patch_chunk, chunks))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
 
 
 def single_object_set(seeds: range) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-scenes", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--patch-loss",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary per-patch (token labeling) loss; 0 = off",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--checkpoint", type=Path, default=CACHE / "demo-train-checkpoint.pt")
     p.add_argument("--device", default="auto")
@@ -194,14 +272,34 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     order_rng = np.random.default_rng(args.seed)
-    step, history = 0, []
+    step, history, phases = 0, [], []
+    state = None
     if args.checkpoint.exists():
         state = torch.load(args.checkpoint, map_location=device, weights_only=True)
+    # the auxiliary head exists once any run used the patch loss; its optimizer group follows
+    aux = None
+    if args.patch_loss > 0 or (state is not None and "aux" in state):
+        aux = nn.Linear(model.embed_dim, len(CLASSES) + 1).to(device)
+        opt.add_param_group({"params": list(aux.parameters())})
+    if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        if aux is not None and "aux" in state:
+            aux.load_state_dict(state["aux"])
+            opt.load_state_dict(state["opt"])
+        else:  # first run with the patch loss: keep the model's optimizer state
+            groups = opt.param_groups
+            opt.param_groups = groups[:1]
+            opt.load_state_dict(state["opt"])
+            opt.param_groups.extend(groups[1:])
         step, history = int(state["step"]), json.loads(state["history"])
+        phases = json.loads(state.get("phases", '[{"from_step": 0, "patch_loss": 0.0}]'))
         order_rng = np.random.default_rng(args.seed + step)
         print(f"resumed from {args.checkpoint} at step {step}", file=sys.stderr)
+    if not phases or phases[-1]["patch_loss"] != args.patch_loss:
+        phases.append({"from_step": step, "patch_loss": args.patch_loss})
+    patches = None
+    if args.patch_loss > 0:
+        patches = cached_patch_targets(args.train_scenes, log=lambda m: print(m, file=sys.stderr))
     # validation scenes: seeds just below the held-out benchmark range, never trained on
     val_images, val_labels = single_object_set(
         range(HELDOUT_SEED_BASE - args.eval_scenes, HELDOUT_SEED_BASE)
@@ -211,12 +309,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     while step < args.steps:
         idx = order_rng.integers(0, len(images), args.batch)
-        batch_images, batch_targets = augment(images[idx], targets[idx], order_rng)
+        if patches is None:
+            batch_images, batch_targets = augment(images[idx], targets[idx], order_rng)
+        else:
+            batch_images, batch_targets, batch_patches = augment(
+                images[idx], targets[idx], order_rng, patches[idx]
+            )
         x = to_input(batch_images).to(device)
         y = torch.from_numpy(batch_targets).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        loss = torch.sum(-y * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
+        if patches is None:
+            loss = torch.sum(-y * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
+        else:
+            feats = model.forward_features(x)
+            logits = model.forward_head(feats)
+            loss = torch.sum(-y * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+            patch_logits = aux(feats[:, model.num_prefix_tokens :])
+            pt = torch.from_numpy(batch_patches.astype(np.float32)).to(device).flatten(1, 2)
+            patch_ce = torch.sum(-pt * torch.log_softmax(patch_logits, dim=-1), dim=-1).mean()
+            loss = loss + args.patch_loss * patch_ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -229,15 +341,16 @@ def main(argv: list[str] | None = None) -> int:
             history.append({"step": step, "loss": round(loss.item(), 4), "accuracy": acc})
             tqdm.write(f"step {step}: loss {loss.item():.3f}, accuracy {acc:.3f}", file=sys.stderr)
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "history": json.dumps(history),
-                },
-                args.checkpoint,
-            )
+            ckpt = {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "history": json.dumps(history),
+                "phases": json.dumps(phases),
+            }
+            if aux is not None:
+                ckpt["aux"] = aux.state_dict()
+            torch.save(ckpt, args.checkpoint)
     bar.close()
     meta = {
         "arch": DEMO_ARCH,
@@ -249,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "weight_decay": args.weight_decay,
         "train_scenes": args.train_scenes,
         "seed": args.seed,
+        "phases": phases,
         "history": history,
         "train_seconds_this_run": round(time.time() - started),
     }

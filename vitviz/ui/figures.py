@@ -1,0 +1,347 @@
+"""Plotly figures and rendered images for the page (pure functions: arrays in, figures out).
+
+Maps are drawn as an image (the overlay, JPEG inside the figure so a rerun's payload stays
+small) under a layer of invisible square markers, one per patch or per mosaic cell. The
+markers carry the numbers (``customdata``) for hover and make patches clickable with
+Streamlit's point selection; plotly heatmaps do not report single clicks.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+from vitviz import render
+from vitviz.layout import TokenLayout
+
+TOKEN_NAMES = {"cls": "CLS", "dist": "DIST", "reg": "REG"}
+
+
+@dataclass(frozen=True)
+class Display:
+    """How maps are drawn: colormap, overlay opacity, smooth or blocky, grid lines."""
+
+    colormap: str = "inferno"
+    alpha: float = 0.6
+    smooth: bool = False
+    grid: bool = False
+
+
+def display_scale(size: tuple[int, int], target: int = 448) -> int:
+    """Integer upscaling so small model inputs look sharp on screen."""
+    return max(1, target // max(size))
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic upscaling of an RGB image by an integer factor."""
+    if factor == 1:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+
+
+def overlay_image(
+    image: np.ndarray,
+    values: np.ndarray,
+    layout: TokenLayout,
+    display: Display,
+    *,
+    selected: int | None = None,
+    factor: int = 1,
+) -> np.ndarray:
+    """The map blended over the (upscaled) image, with grid lines and a selected patch."""
+    base = upscale(image, factor)
+    out = render.overlay(
+        base, values, alpha=display.alpha, colormap=display.colormap, smooth=display.smooth
+    )
+    if display.grid:
+        out = render.draw_patch_grid(out, layout.grid, thickness=1)
+    if selected is not None:
+        out = render.outline_patch(out, layout.grid, selected, thickness=max(2, factor + 1))
+    return out
+
+
+def data_uri(image: np.ndarray, fmt: str = "jpeg") -> str:
+    """An RGB image as a data URI (JPEG by default: a fraction of the PNG's bytes)."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode(f".{fmt}", bgr, params)
+    if not ok:
+        raise ValueError(f"could not encode a {image.shape} image as {fmt}")
+    return f"data:image/{fmt};base64,{base64.b64encode(buf.tobytes()).decode()}"
+
+
+def _image_layout(fig: go.Figure, height: int, width: int, px: int | None) -> None:
+    fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
+    fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
+    fig.update_layout(
+        margin=dict(l=0, r=0, t=0, b=0),
+        height=px,
+        dragmode=False,
+        hovermode="closest",
+        hoverdistance=-1,
+        showlegend=False,
+        clickmode="event+select",
+    )
+
+
+def patch_figure(
+    picture: np.ndarray,
+    layout: TokenLayout,
+    values: np.ndarray | None,
+    *,
+    value_name: str = "value",
+    height: int | None = None,
+) -> go.Figure:
+    """A map (already drawn into ``picture``) with one hover/click marker per patch.
+
+    ``customdata`` of patch i is ``[i, row, column, value]``; ``value`` is the map's number
+    for that patch (NaN without a map).
+    """
+    h, w = picture.shape[:2]
+    gh, gw = layout.grid
+    cell_h, cell_w = h / gh, w / gw
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    vals = np.full(gh * gw, np.nan) if values is None else np.asarray(values, float).ravel()
+    custom = np.column_stack([np.arange(gh * gw), rows, cols, vals])
+    hover = "patch %{customdata[0]} (row %{customdata[1]}, column %{customdata[2]})"
+    if values is not None:
+        hover += f"<br>{value_name} %{{customdata[3]:.4g}}"
+    fig = go.Figure(go.Image(source=data_uri(picture), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=(cols + 0.5) * cell_w,
+            y=(rows + 0.5) * cell_h,
+            mode="markers",
+            marker=dict(symbol="square", size=max(4, min(cell_w, cell_h) * 0.8), opacity=0),
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+            name="patches",
+        )
+    )
+    _image_layout(fig, h, w, height)
+    return fig
+
+
+def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 4, fill: int = 255) -> np.ndarray:
+    """Tiles of one size side by side, ``cols`` per row, ``gap`` pixels apart."""
+    th, tw = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    out = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), fill, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * (th + gap) : r * (th + gap) + th, c * (tw + gap) : c * (tw + gap) + tw] = tile
+    return out
+
+
+def mosaic_figure(
+    picture: np.ndarray,
+    tile: tuple[int, int],
+    cols: int,
+    customdata: np.ndarray,
+    hovertemplate: str,
+    *,
+    gap: int = 4,
+    height: int | None = None,
+) -> go.Figure:
+    """A mosaic image with one hover/click marker in the centre of each cell."""
+    th, tw = tile
+    n = len(customdata)
+    r, c = np.divmod(np.arange(n), cols)
+    fig = go.Figure(go.Image(source=data_uri(picture), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=c * (tw + gap) + tw / 2,
+            y=r * (th + gap) + th / 2,
+            mode="markers",
+            marker=dict(symbol="square", size=max(6, min(th, tw) * 0.6), opacity=0),
+            customdata=customdata,
+            hovertemplate=hovertemplate + "<extra></extra>",
+            name="cells",
+        )
+    )
+    _image_layout(fig, picture.shape[0], picture.shape[1], height)
+    return fig
+
+
+def map_tiles(
+    image: np.ndarray, maps: np.ndarray, display: Display, size: int = 72
+) -> list[np.ndarray]:
+    """Small overlays of many maps ``[k, gh, gw]`` on one image, ``size`` px square each."""
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return [
+        render.overlay(
+            small, m, alpha=display.alpha, colormap=display.colormap, smooth=display.smooth
+        )
+        for m in maps
+    ]
+
+
+def token_labels(layout: TokenLayout) -> list[str]:
+    """Names of the prefix tokens: CLS, DIST, REG1 … in sequence order."""
+    out, regs = [], 0
+    for kind in layout.prefix:
+        if kind == "reg":
+            regs += 1
+            out.append(f"REG{regs}")
+        else:
+            out.append(TOKEN_NAMES[kind])
+    return out
+
+
+def prefix_strip(layout: TokenLayout, row: np.ndarray, what: str) -> go.Figure:
+    """The attention the row gives the prefix tokens (class, distillation, registers)."""
+    labels = token_labels(layout)
+    vals = np.asarray(row, float)[: layout.num_prefix]
+    fig = go.Figure(
+        go.Heatmap(
+            z=[vals],
+            x=labels,
+            y=[what],
+            colorscale="Greys",
+            zmin=0,
+            zmax=max(1e-9, float(vals.max(initial=0))),
+            showscale=False,
+            texttemplate="%{z:.3f}",
+            hovertemplate="%{x}: %{z:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(height=70, margin=dict(l=0, r=0, t=0, b=0), dragmode=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> go.Figure:
+    """Mean attention distance of every head against layer depth (ViT paper, Fig. 7 right)."""
+    layers, heads = distance.shape
+    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    fig = go.Figure(
+        go.Scatter(
+            x=ll.ravel() + 1,
+            y=distance.ravel(),
+            mode="markers",
+            marker=dict(
+                size=10,
+                color=hh.ravel(),
+                colorscale="Turbo",
+                colorbar=dict(title="head"),
+                line=dict(width=0.5, color="white"),
+            ),
+            customdata=np.column_stack([ll.ravel(), hh.ravel(), distance.ravel()]),
+            hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
+            "<br>mean distance %{customdata[2]:.1f} px<extra></extra>",
+            name="heads",
+        )
+    )
+    if selected is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[selected[0] + 1],
+                y=[distance[selected]],
+                mode="markers",
+                marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=3)),
+                hoverinfo="skip",
+                name="selected",
+            )
+        )
+    fig.update_layout(
+        xaxis_title="layer (depth)",
+        yaxis_title="mean attention distance (pixels)",
+        height=360,
+        margin=dict(l=10, r=10, t=10, b=10),
+        showlegend=False,
+        dragmode=False,
+        clickmode="event+select",
+    )
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def entropy_figure(entropy: np.ndarray) -> go.Figure:
+    """Attention entropy per layer (rows) and head (columns) as clickable squares."""
+    layers, heads = entropy.shape
+    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    fig = go.Figure(
+        go.Scatter(
+            x=hh.ravel(),
+            y=ll.ravel(),
+            mode="markers",
+            marker=dict(
+                symbol="square",
+                size=max(10, min(28, 320 // max(layers, heads))),
+                color=entropy.ravel(),
+                colorscale="Viridis",
+                colorbar=dict(title="nats"),
+            ),
+            customdata=np.column_stack([ll.ravel(), hh.ravel(), entropy.ravel()]),
+            hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
+            "<br>entropy %{customdata[2]:.3f} nats<extra></extra>",
+            name="heads",
+        )
+    )
+    fig.update_layout(
+        xaxis_title="head",
+        yaxis_title="layer",
+        height=360,
+        margin=dict(l=10, r=10, t=10, b=10),
+        dragmode=False,
+        clickmode="event+select",
+    )
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(dtick=1, autorange="reversed")
+    return fig
+
+
+def numbered_grid(image: np.ndarray, layout: TokenLayout, factor: int) -> np.ndarray:
+    """The (upscaled) input with its patch grid and every patch's number."""
+    out = render.draw_patch_grid(upscale(image, factor), layout.grid, thickness=1)
+    gh, gw = layout.grid
+    ch, cw = out.shape[0] / gh, out.shape[1] / gw
+    scale = min(ch, cw) / 80
+    for i in range(gh * gw):
+        r, c = divmod(i, gw)
+        org = (int(c * cw + 2), int(r * ch + ch * 0.4))
+        for colour, thick in (((0, 0, 0), 2), ((255, 255, 255), 1)):
+            cv2.putText(out, str(i), org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick)
+    return out
+
+
+def token_sequence(
+    image: np.ndarray, layout: TokenLayout, per_row: int = 28, tile: int = 22, gap: int = 3
+) -> np.ndarray:
+    """The flattened token sequence: prefix tokens first, then every patch in order."""
+    gh, gw = layout.grid
+    ph, pw = layout.patch_size
+    tiles: list[np.ndarray] = []
+    colours = {"cls": (214, 39, 40), "dist": (255, 127, 14), "reg": (44, 160, 44)}
+    for kind, name in zip(layout.prefix, token_labels(layout), strict=True):
+        t = np.full((tile, tile, 3), colours[kind], np.uint8)
+        scale = 0.26 if len(name) > 3 else 0.3
+        cv2.putText(t, name, (1, tile // 2 + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255,) * 3, 1)
+        tiles.append(t)
+    for i in range(gh * gw):
+        r, c = divmod(i, gw)
+        patch = image[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
+        tiles.append(cv2.resize(patch, (tile, tile), interpolation=cv2.INTER_AREA))
+    return mosaic(tiles, min(per_row, len(tiles)), gap=gap)
+
+
+def filters_mosaic(filters: np.ndarray, size: int = 40, cols: int = 14) -> np.ndarray:
+    """Principal components of the patch embedding as a mosaic of enlarged tiles."""
+    tiles = [cv2.resize(f, (size, size), interpolation=cv2.INTER_NEAREST) for f in filters]
+    return mosaic(tiles, min(cols, len(tiles)), gap=3)
+
+
+def position_mosaic(similarity: np.ndarray, grid: tuple[int, int], cell: int = 3) -> np.ndarray:
+    """Every patch's position-embedding similarity map, arranged on the grid (scale −1…1)."""
+    gh, gw = grid
+    tiles = []
+    for m in similarity:
+        rgb = render.colorize(np.clip((m + 1) / 2, 0, 1), "viridis")
+        tiles.append(cv2.resize(rgb, (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST))
+    return mosaic(tiles, gw, gap=2)
