@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,10 @@ def default_model() -> tuple[str, str | None]:
     where = models.download_location(spec.timm_name)
     if not models.hub_offline() and models.hub_reachable(where):
         return "vit-b16", None
-    why = "offline mode is on" if models.hub_offline() else "the internet cannot be reached"
+    why = "offline mode is on" if models.hub_offline() else "there is no internet"
     return "demo", (
-        f"ViT-B/16's ImageNet weights are not on this machine and {why}, so the page shows "
-        "vitviz's own demo model (trained on synthetic texture scenes). Connect to the internet "
-        "and pick ViT-B/16 in the sidebar to download them (about 350 MB, once)."
+        f"ViT-B/16's ImageNet weights are not on this machine and {why}: showing vitviz's "
+        "demo model, trained on synthetic textures. Online, pick ViT-B/16 to download it."
     )
 
 
@@ -181,30 +181,31 @@ def device_label(info: dict) -> str:
     return "CPU"
 
 
-def select_on_click(chart_key: str, targets: dict[str, int]) -> None:
-    """Callback for clickable figures: copy the clicked marker's customdata into the state.
-
-    ``targets`` maps a state key to the customdata column it takes (e.g. ``{"patch": 0}``).
-    """
+def clicked_index(chart_key: str) -> int | None:
+    """Index of the marker clicked in a chart (its patch, or its cell in a mosaic)."""
     event = st.session_state.get(chart_key)
     points = (event or {}).get("selection", {}).get("points", []) if event else []
-    if not points:
-        return
-    point = points[0]
-    data = point.get("customdata")
-    if data is None:
-        return
-    for state_key, column in targets.items():
-        value = data[column]
-        st.session_state[state_key] = None if value is None else int(value)
+    for point in points:
+        for name in ("point_index", "point_number", "pointIndex", "pointNumber"):
+            if isinstance(point.get(name), int):
+                return int(point[name])
+    return None
 
 
-def jump_to_head(chart_key: str) -> None:
+def select_on_click(chart_key: str, decode: Callable[[int], dict[str, int]]) -> None:
+    """Callback for clickable figures: store what the clicked marker stands for."""
+    index = clicked_index(chart_key)
+    if index is not None:
+        for state_key, value in decode(index).items():
+            st.session_state[state_key] = value
+
+
+def jump_to_head(chart_key: str, heads: int) -> None:
     """Clicking a head in the statistics opens its map in the Heads view."""
-    select_on_click(chart_key, {"layer": 0, "head": 1})
-    event = st.session_state.get(chart_key)
-    if event and event.get("selection", {}).get("points"):
-        st.session_state["view"] = "Heads"
+    index = clicked_index(chart_key)
+    if index is not None:
+        layer, head = divmod(index, heads)
+        st.session_state.update(layer=layer, head=head, view="Heads")
 
 
 def show_map(
@@ -215,8 +216,8 @@ def show_map(
     key: str,
     value_name: str,
     selected: int | None = None,
-    on_click: dict[str, int] | None = None,
-    height: int | None = None,
+    on_click: Callable[[int], dict[str, int]] | None = None,
+    height: int = 400,
 ) -> np.ndarray:
     """Draw a patch map as a hoverable (and optionally clickable) figure; returns the picture."""
     expl = entry.explanation
@@ -311,7 +312,11 @@ with st.sidebar:
 
 # ----------------------------------------------------------------------------- model
 
-st.markdown("### vitviz — what does the Vision Transformer look at?")
+st.markdown(
+    "<style>[data-testid='stMainBlockContainer']{padding-top:2.6rem;padding-bottom:1rem}</style>",
+    unsafe_allow_html=True,
+)
+st.markdown("#### vitviz — what does the Vision Transformer look at?")
 if defaults[1] and choice == "demo":
     st.info(defaults[1], icon="ℹ️")
 
@@ -397,7 +402,11 @@ attn = expl.attention
 
 # ----------------------------------------------------------------------------- page
 
-left, right = st.columns([1, 2.1], gap="medium")
+if st.session_state.get("view") not in VIEWS:
+    st.session_state["view"] = "Rollout"
+view = st.segmented_control("View", VIEWS, key="view", label_visibility="collapsed")
+view = view or "Rollout"
+left, right = st.columns([1, 2.4], gap="medium")
 with left:
     h, w_ = layout.image_size
     st.image(expl.image, caption=f"What the model sees ({w_}×{h} px)", width="stretch")
@@ -415,10 +424,6 @@ with left:
         st.caption(note)
 
 with right:
-    if st.session_state.get("view") not in VIEWS:
-        st.session_state["view"] = "Rollout"
-    view = st.segmented_control("View", VIEWS, key="view", label_visibility="collapsed")
-    view = view or "Rollout"
     clamp_state("layer", 0, layers - 1, layers - 1)
     clamp_state("start_layer", 0, layers - 1, 0)
     if st.session_state.get("head") not in head_options(heads):
@@ -430,7 +435,7 @@ with right:
     if view == "Rollout":
         c1, c2, c3 = st.columns(3)
         roll_fusion = c1.segmented_control("Head fusion", FUSIONS, key="roll_fusion")
-        discard = c2.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="discard")
+        discard = c2.slider("Discard ratio", 0.0, 0.95, step=0.05, key="discard")
         start = c3.slider("Start layer", 0, layers - 1, key="start_layer")
         opts = dict(fusion=roll_fusion or "mean", discard=discard, start_layer=start)
         row = np.asarray(methods.rollout_row(attn, layout, **opts))
@@ -439,7 +444,9 @@ with right:
         if show_mask:
             c_map, c_mask = st.columns(2)
             with c_map:
-                download_map = show_map(entry, values, disp, key="rollout", value_name="rollout")
+                download_map = show_map(
+                    entry, values, disp, key="rollout", value_name="rollout", height=360
+                )
             with c_mask:
                 thr = st.slider("Mass kept", 0.1, 1.0, 0.6, 0.05, key="mask_threshold")
                 src = st.radio(
@@ -449,7 +456,7 @@ with right:
                 mopts |= dict(opts) if mopts["source"] == "rollout" else {"layer": -1}
                 mvals = np.asarray(methods.mask(attn, layout, threshold=thr, **mopts))
                 mask_disp = figures.Display(disp.colormap, 0.55, False, disp.grid)
-                show_map(entry, mvals, mask_disp, key="mask", value_name="in mask")
+                show_map(entry, mvals, mask_disp, key="mask", value_name="in mask", height=300)
         else:
             download_map = show_map(entry, values, disp, key="rollout", value_name="rollout")
         show_prefix(entry, row, "Rollout", "rollout-prefix")
@@ -475,7 +482,9 @@ with right:
         big, grid_col = st.columns([1, 1])
         with big:
             st.caption(f"Layer {layer}, {head_label(head)}: what the readout attends to")
-            download_map = show_map(entry, values, disp, key="head-map", value_name="attention")
+            download_map = show_map(
+                entry, values, disp, key="head-map", value_name="attention", height=360
+            )
             show_prefix(entry, row, "Attention", "head-prefix")
         with grid_col:
             st.caption("All layers × heads (click one to open it)")
@@ -496,11 +505,15 @@ with right:
                 np.column_stack([ll.ravel(), hh.ravel()]),
                 "layer %{customdata[0]}, head %{customdata[1]}",
                 gap=2,
+                height=360,
             )
             st.plotly_chart(
                 fig,
                 key="model-view",
-                on_select=lambda: select_on_click("model-view", {"layer": 0, "head": 1}),
+                on_select=lambda: select_on_click(
+                    "model-view",
+                    lambda i: dict(zip(("layer", "head"), divmod(i, heads), strict=True)),
+                ),
                 selection_mode="points",
                 config={"displayModeBar": False},
             )
@@ -518,11 +531,12 @@ with right:
             heads,
             np.column_stack([np.full(heads, layer), np.arange(heads)]),
             "layer %{customdata[0]}, head %{customdata[1]}",
+            height=row_img.shape[0] + 4,
         )
         st.plotly_chart(
             fig,
             key="layer-view",
-            on_select=lambda: select_on_click("layer-view", {"head": 1}),
+            on_select=lambda: select_on_click("layer-view", lambda i: {"head": i}),
             selection_mode="points",
             config={"displayModeBar": False},
         )
@@ -548,7 +562,8 @@ with right:
                 key="patch-picker",
                 value_name="",
                 selected=patch,
-                on_click={"patch": 0},
+                on_click=lambda i: {"patch": i},
+                height=360,
             )
         opts = dict(patch=patch, fusion=fusion, rolled=rolled)
         if not rolled:
@@ -559,7 +574,13 @@ with right:
             what = "rolled out" if rolled else f"layer {layer}, {head_label(head)}"
             st.caption(f"What patch {patch} attends to ({what})")
             download_map = show_map(
-                entry, values, disp, key="patch-map", value_name="attention", selected=patch
+                entry,
+                values,
+                disp,
+                key="patch-map",
+                value_name="attention",
+                selected=patch,
+                height=360,
             )
             show_prefix(entry, row, "Attention", "patch-prefix")
         map_title = f"patch{patch}"
@@ -582,7 +603,7 @@ with right:
             st.plotly_chart(
                 figures.distance_figure(stats["distance"], sel),
                 key="distance",
-                on_select=lambda: jump_to_head("distance"),
+                on_select=lambda: jump_to_head("distance", heads),
                 selection_mode="points",
                 config={"displayModeBar": False},
             )
@@ -594,7 +615,7 @@ with right:
             st.plotly_chart(
                 figures.entropy_figure(stats["entropy"]),
                 key="entropy",
-                on_select=lambda: jump_to_head("entropy"),
+                on_select=lambda: jump_to_head("entropy", heads),
                 selection_mode="points",
                 config={"displayModeBar": False},
             )

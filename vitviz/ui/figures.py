@@ -110,7 +110,7 @@ def patch_figure(
     vals = np.full(gh * gw, np.nan) if values is None else np.asarray(values, float).ravel()
     custom = np.column_stack([np.arange(gh * gw), rows, cols, vals])
     hover = "patch %{customdata[0]} (row %{customdata[1]}, column %{customdata[2]})"
-    if values is not None:
+    if values is not None and value_name:
         hover += f"<br>{value_name} %{{customdata[3]:.4g}}"
     fig = go.Figure(go.Image(source=data_uri(picture), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"))
     fig.add_trace(
