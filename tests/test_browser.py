@@ -149,6 +149,8 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         row, col = 3, 10
         x = box["x"] + (col + 0.5) * box["width"] / 14
         y = box["y"] + (row + 0.5) * box["height"] / 14
+        # the page must be idle (no script run in flight) or the chart may be redrawn under us
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=60_000)
         page.mouse.move(x, y)  # hovering shows the patch index
         expect(page.locator(".hovertext").first).to_contain_text(f"patch {row * 14 + col}")
         page.mouse.click(x, y)
