@@ -45,3 +45,17 @@ def cat_image() -> Image.Image:
 def coffee_image() -> Image.Image:
     """The CC0 coffee photo (600×400)."""
     return Image.open(ASSETS / "coffee.png").convert("RGB")
+
+
+def plotly_array(obj):
+    """A plotly JSON value as numpy (plotly 6 writes arrays as base64 ``bdata``)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(obj, dict) and "bdata" in obj:
+        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+        if "shape" in obj:
+            arr = arr.reshape([int(s) for s in str(obj["shape"]).split(",")])
+        return arr
+    return np.asarray(obj)

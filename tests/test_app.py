@@ -8,7 +8,6 @@ an independent run of the engine on the same image.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS, tiny
+from tests.conftest import ASSETS, plotly_array, tiny
 from vitviz import methods
 from vitviz.backend import LocalBackend
 from vitviz.images import decode_image
@@ -44,16 +43,6 @@ def demo_reference():
     return backend.explain([image])[0]
 
 
-def decode(obj):
-    """A plotly JSON value as numpy (plotly 6 writes arrays as base64 ``bdata``)."""
-    if isinstance(obj, dict) and "bdata" in obj:
-        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
-        if "shape" in obj:
-            arr = arr.reshape([int(s) for s in str(obj["shape"]).split(",")])
-        return arr
-    return np.asarray(obj)
-
-
 def chart(at: AppTest, key: str) -> dict:
     """The figure JSON of the plotly chart with this key."""
     for el in at.get("plotly_chart"):
@@ -66,7 +55,7 @@ def chart(at: AppTest, key: str) -> dict:
 def marker_data(fig: dict) -> np.ndarray:
     """``customdata`` of the figure's marker trace."""
     traces = [t for t in fig["data"] if t.get("type") == "scatter"]
-    return decode(traces[0]["customdata"]).astype(float)
+    return plotly_array(traces[0]["customdata"]).astype(float)
 
 
 def start(**state) -> AppTest:
@@ -116,7 +105,7 @@ def test_rollout_controls_change_the_map(demo_reference):
     row = methods.rollout_row(
         demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
     )
-    np.testing.assert_allclose(decode(strip["data"][0]["z"]).ravel(), row[:1], rtol=1e-5)
+    np.testing.assert_allclose(plotly_array(strip["data"][0]["z"]).ravel(), row[:1], rtol=1e-5)
 
 
 def test_dino_mask_keeps_the_smallest_set_holding_the_mass(demo_reference):

@@ -133,3 +133,41 @@ def test_shipped_demo_weights_classify_held_out_scenes():
     seen = loaded.seen_image(Image.fromarray(images[0]))
     np.testing.assert_array_equal(np.asarray(seen), images[0])
     np.testing.assert_allclose(loaded.to_tensor(seen), to_input(images[:1])[0], atol=1e-6)
+
+
+def test_patch_targets_follow_the_masks_and_the_augmentation():
+    from vitviz.demo.train import BACKGROUND, augment, patch_targets
+
+    scene = generate_scene(123, 2)
+    pt = patch_targets(scene.masks, scene.classes)
+    assert pt.shape == (14, 14, len(CLASSES) + 1)
+    np.testing.assert_allclose(pt.sum(-1), 1.0, atol=1e-6)
+    for mask, c in zip(scene.masks, scene.classes, strict=True):
+        # each object's slot holds the share of each patch's pixels it covers
+        cover = mask.reshape(14, 16, 14, 16).mean(axis=(1, 3))
+        np.testing.assert_allclose(pt[..., c], cover, atol=1e-6)
+    # the same symmetry moves images and per-patch targets together
+    rng = np.random.default_rng(5)
+    targets = np.zeros((1, len(CLASSES)), np.float32)
+    targets[0, list(scene.classes)] = 0.5
+    for _ in range(6):
+        _, tgt, pts = augment(scene.image[None], targets, rng, pt[None])
+        # background patches stay background under every symmetry
+        bg = pts[0][..., BACKGROUND]
+        moved = [
+            np.array_equal(bg, f(pt[..., BACKGROUND]))
+            for f in (
+                lambda a: a,
+                lambda a: a.T,
+                lambda a: a[:, ::-1],
+                lambda a: a[::-1],
+                lambda a: a[::-1, ::-1],
+                lambda a: a.T[:, ::-1],
+                lambda a: a.T[::-1],
+                lambda a: a.T[::-1, ::-1],
+            )
+        ]
+        assert any(moved)
+        # a class present in the scene-level target is present in the patch targets
+        present = set(np.flatnonzero(tgt[0]))
+        assert present == set(np.flatnonzero(pts[0][..., :BACKGROUND].sum(axis=(0, 1))))

@@ -521,11 +521,13 @@ def download_weights(
         return None
 
     class Reporter(tqdm):  # huggingface_hub drives it; we forward the byte counts
+        done = 0  # counted here: a disabled tqdm (HF_HUB_DISABLE_PROGRESS_BARS) keeps no n
+
         def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
+            self.done += int(n or 0)
             if progress is not None:
-                progress(int(self.n), int(self.total) if self.total else None)
-            return out
+                progress(self.done, int(self.total) if self.total else None)
+            return super().update(n)
 
     errors = []
     for fname in ("model.safetensors", "pytorch_model.bin"):
