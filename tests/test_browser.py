@@ -101,7 +101,11 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         charts = page.locator('[data-testid="stPlotlyChart"]')
         expect(charts.first).to_be_visible(timeout=120_000)
         expect(page).to_have_title(re.compile("vitviz"))
-        first = page.locator('[data-testid="stPlotlyChart"] image').first.get_attribute("href")
+        idle = page.locator(
+            '[data-testid="stStatusWidget"]'
+        )  # shown while a script run is in flight
+        expect(page.locator(".st-key-rollout image").first).to_be_visible(timeout=120_000)
+        first = page.locator(".st-key-rollout image").first.get_attribute("href")
 
         # upload a photo
         page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
@@ -109,7 +113,7 @@ def test_upload_layer_and_patch_click(server, tmp_path):
             str(ROOT / "assets" / "chelsea.png")
         )
         expect(page.get_by_text("What the model sees (224×224 px)")).to_be_visible()
-        image = page.locator('[data-testid="stPlotlyChart"] image').first
+        image = page.locator(".st-key-rollout image").first
         expect(image).not_to_have_attribute("href", first, timeout=60_000)
         overlay = image.get_attribute("href")
         assert overlay.startswith("data:image/jpeg;base64,")
@@ -127,7 +131,8 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         page.locator('[data-testid="stButtonGroup"] button', has_text="Heads").click()
         caption = page.get_by_text(re.compile(r"^Layer 5, all heads \(fused\)"))
         expect(caption).to_be_visible(timeout=60_000)
-        before = page.locator('[data-testid="stPlotlyChart"] image').first.get_attribute("href")
+        expect(idle).to_have_count(0, timeout=60_000)
+        before = page.locator(".st-key-head-map image").first.get_attribute("href")
         slider = page.locator('[data-testid="stMain"] input[type="range"][aria-label="Layer"]')
         slider.focus()
         slider.press("ArrowLeft")
@@ -135,14 +140,14 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         expect(page.get_by_text(re.compile(r"^Layer 3, all heads \(fused\)"))).to_be_visible(
             timeout=60_000
         )
-        expect(page.locator('[data-testid="stPlotlyChart"] image').first).not_to_have_attribute(
+        expect(page.locator(".st-key-head-map image").first).not_to_have_attribute(
             "href", before, timeout=60_000
         )
 
         # Patch explorer: click patch (row 3, column 10) of the picker
         page.locator('[data-testid="stButtonGroup"] button', has_text="Patch explorer").click()
         expect(page.get_by_text(re.compile(r"^Click a patch"))).to_be_visible(timeout=60_000)
-        picker = page.locator('[data-testid="stPlotlyChart"]').first
+        picker = page.locator(".st-key-patch-picker")
         img = picker.locator("image").first
         expect(img).to_be_visible()
         box = img.bounding_box()
@@ -150,7 +155,7 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         x = box["x"] + (col + 0.5) * box["width"] / 14
         y = box["y"] + (row + 0.5) * box["height"] / 14
         # the page must be idle (no script run in flight) or the chart may be redrawn under us
-        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=60_000)
+        expect(idle).to_have_count(0, timeout=60_000)
         page.mouse.move(x, y)  # hovering shows the patch index
         expect(page.locator(".hovertext").first).to_contain_text(f"patch {row * 14 + col}")
         page.mouse.click(x, y)
