@@ -175,3 +175,54 @@ def test_patch_beyond_one_images_grid_fails_that_image_only(tmp_path, weights_fi
     npz = np.load(tmp_path / "rocket.npz")
     assert npz["map"].shape == (14, 21)
     np.testing.assert_allclose(npz["map"].ravel(), npz["attention"][-1].mean(0)[1 + 250, 1:])
+
+
+def test_class_specific_methods(tmp_path, capsys):
+    from vitviz.backend import LocalBackend
+    from vitviz.images import load_image_file
+
+    scene = ASSETS / "demo-scene-2.png"
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = load_image_file(scene).image
+    for method, extra, cls, needed in [
+        ("chefer", ["--class", "anti-diagonal"], 3, range(6)),
+        ("grad-rollout", ["--class", "0", "--fusion", "max", "--start-layer", "1"], 0, range(1, 6)),
+        ("attn-grad", ["--layer", "2", "--head", "1"], None, [2]),
+    ]:
+        out = tmp_path / method
+        args = ["explain", str(scene), "--model", "demo", "--out", str(out),
+                "--method", method, *extra]  # fmt: skip
+        assert run(args) == 0
+        record = json.loads((out / "demo-scene-2.json").read_text())
+        npz = np.load(out / "demo-scene-2.npz")
+        top = record["predictions"][0]["index"]
+        want = top if cls is None else cls
+        assert record["explained_class"]["index"] == want
+        # independent: the backend's gradients for that class and the method by hand
+        ref = backend.explain_classes([image], [[want]])[0]
+        needed = list(needed)
+        got = npz["gradients"]
+        np.testing.assert_allclose(got[needed], ref.gradients[0][needed], rtol=1e-4, atol=1e-7)
+        assert not np.delete(got, needed, axis=0).any()  # layers no method reads: not computed
+        a, g = ref.explanation.attention, ref.gradients[0]
+        layout = ref.explanation.layout
+        if method == "chefer":
+            expected = methods.chefer(a, g, layout)
+        elif method == "grad-rollout":
+            expected = methods.grad_rollout(a, g, layout, fusion="max", start_layer=1)
+        else:
+            expected = np.clip(a[2, 1] * g[2, 1], 0, None)[0, 1:].reshape(14, 14)
+        np.testing.assert_allclose(npz["map"], expected, rtol=1e-4, atol=1e-8)
+
+
+def test_class_errors_exit_2(tmp_path, capsys):
+    scene = str(ASSETS / "demo-scene-2.png")
+    base = ["explain", scene, "--model", "demo", "--out", str(tmp_path)]
+    assert run([*base, "--method", "chefer", "--class", "zebra"]) == 2
+    assert "no class named 'zebra'" in capsys.readouterr().err
+    assert run([*base, "--method", "chefer", "--class", "stripes"]) == 2
+    assert "matches several classes" in capsys.readouterr().err
+    assert run([*base, "--method", "rollout", "--class", "1"]) == 2
+    assert "--class applies to the class-specific methods" in capsys.readouterr().err
+    assert run([*base, "--method", "chefer", "--class", "12"]) == 2
+    assert "class 12 does not exist" in capsys.readouterr().err

@@ -247,9 +247,10 @@ def test_torch_in_torch_out_matches_numpy():
     rng = np.random.default_rng(11)
     layout = TokenLayout(("cls",), (2, 3), (16, 16), "cls")
     attn = random_attention(rng, (3, 2, 7, 7)).astype(np.float32)
+    grads = rng.normal(size=attn.shape).astype(np.float32)
     for name in methods.METHODS:
-        a = methods.compute_map(name, attn, layout)
-        t = methods.compute_map(name, torch.from_numpy(attn), layout)
+        a = methods.compute_map(name, attn, layout, grads=grads)
+        t = methods.compute_map(name, torch.from_numpy(attn), layout, grads=torch.from_numpy(grads))
         assert isinstance(t, torch.Tensor) and isinstance(a, np.ndarray)
         np.testing.assert_allclose(t.numpy(), a, rtol=1e-6)
 
@@ -270,7 +271,17 @@ def test_registry_options_are_validated():
         methods.compute_map("attention", stack(A1), layout, fusion="median")
     with pytest.raises(OptionsError, match="tokens but the layout"):
         methods.rollout(stack(A1), TokenLayout(("cls",), (2, 2), (16, 16), "cls"))
-    assert set(methods.METHODS) == {"attention", "rollout", "query", "mask"}
+    assert set(methods.METHODS) == {
+        "attention",
+        "rollout",
+        "query",
+        "mask",
+        "chefer",
+        "grad-rollout",
+        "attn-grad",
+    }
+    with pytest.raises(OptionsError, match="class-specific"):
+        methods.compute_map("chefer", stack(A1), layout)
 
 
 def test_discard_count_survives_float_rounding():
@@ -286,10 +297,11 @@ def test_half_precision_attention_gives_fp32_results():
     layout = TokenLayout(("cls",), (2, 3), (16, 16), "cls")
     attn = random_attention(rng, (3, 4, 7, 7)).astype(np.float32)
     half = torch.from_numpy(attn).half()
+    grads = rng.normal(size=attn.shape).astype(np.float16)
     for name in methods.METHODS:
-        got = methods.compute_map(name, half, layout)
+        got = methods.compute_map(name, half, layout, grads=torch.from_numpy(grads))
         assert got.dtype == torch.float32
-        ref = methods.compute_map(name, attn, layout)
+        ref = methods.compute_map(name, attn, layout, grads=grads.astype(np.float32))
         np.testing.assert_allclose(got.numpy(), ref, atol=2e-3)
     d = methods.mean_attention_distance(half, layout)
     np.testing.assert_allclose(d.numpy(), methods.mean_attention_distance(attn, layout), rtol=1e-2)

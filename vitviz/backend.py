@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from vitviz.capture import capture_seen
+from vitviz.errors import OptionsError
+from vitviz.gradients import attention_gradients
 from vitviz.layout import TokenLayout
 from vitviz.models import LoadedModel, load_model
 
@@ -53,6 +55,24 @@ class ImageExplanation:
     predictions: list[Prediction] = field(default_factory=list)
 
 
+@dataclass
+class ClassExplanation:
+    """An explanation plus the attention gradients for some of its classes.
+
+    Attributes:
+        explanation: predictions, layout, image and attention of the same forward pass.
+        classes: the class indices explained, in order.
+        labels: their names.
+        gradients: ``[K, L, H, N, N]`` float32, ``∂y_c/∂A`` for each class (pre-softmax
+            logit); layers a method does not read are left at 0.
+    """
+
+    explanation: ImageExplanation
+    classes: list[int]
+    labels: list[str]
+    gradients: np.ndarray
+
+
 class Backend(Protocol):
     """What the CLI and the app need from an engine, local or remote."""
 
@@ -64,6 +84,17 @@ class Backend(Protocol):
         """One explanation per image, in order."""
         ...
 
+    def explain_classes(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[Sequence[int | None]],
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+    ) -> list[ClassExplanation]:
+        """Explanations with attention gradients for the given classes of each image."""
+        ...
+
 
 def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[Prediction]:
     """The ``k`` most probable classes of one logits vector."""
@@ -73,6 +104,27 @@ def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int = 5) -> 
         Prediction(int(i), labels[int(i)], float(v))
         for v, i in zip(values.tolist(), indices.tolist(), strict=True)
     ]
+
+
+def resolve_class(spec: str | int, labels: Sequence[str]) -> int:
+    """A class given as an index or a name (case-insensitive; a unique part of one works)."""
+    text = str(spec).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(labels):
+            raise OptionsError(f"class {index} does not exist: the model has {len(labels)}")
+        return index
+    low = text.lower()
+    exact = [i for i, name in enumerate(labels) if name.lower() == low]
+    if exact:
+        return exact[0]
+    partial = [i for i, name in enumerate(labels) if low in name.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if partial:
+        names = ", ".join(repr(labels[i]) for i in partial[:6])
+        raise OptionsError(f"class {text!r} matches several classes ({names}…): be more precise")
+    raise OptionsError(f"no class named {text!r}: give a class index or part of a class name")
 
 
 class LocalBackend:
@@ -112,5 +164,52 @@ class LocalBackend:
                         attention=attention[j],
                         logits=None if logits is None else logits[j].numpy(),
                         predictions=preds,
+                    )
+        return [e for e in out if e is not None]
+
+    def explain_classes(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[Sequence[int | None]],
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+    ) -> list[ClassExplanation]:
+        """Explanations plus ``∂y_c/∂A`` for each image's classes, one forward per batch.
+
+        ``classes[i]`` lists the classes of image i (the same count for every image); None
+        stands for the image's top prediction. ``layers`` limits which layers' gradients are
+        computed (see :meth:`vitviz.methods.Method.gradient_layers`).
+        """
+        if len(classes) != len(images):
+            raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
+        labels = self.loaded.labels or []
+        seen = [self.loaded.seen_image(im) for im in images]
+        out: list[ClassExplanation | None] = [None] * len(images)
+        for size in dict.fromkeys(im.size for im in seen):
+            group = [i for i, im in enumerate(seen) if im.size == size]
+            for start in range(0, len(group), self.batch_size):
+                idx = group[start : start + self.batch_size]
+                x = torch.stack([self.loaded.to_tensor(seen[i]) for i in idx])
+                logits, attention, grads, layout, wanted = attention_gradients(
+                    self.loaded, x, [list(classes[i]) for i in idx], layers=layers
+                )
+                attention_np = attention.cpu().numpy()
+                grads_np = grads.cpu().numpy()
+                for j, i in enumerate(idx):
+                    expl = ImageExplanation(
+                        image=np.asarray(seen[i], dtype=np.uint8).copy(),
+                        layout=layout,
+                        attention=attention_np[j],
+                        logits=logits[j].cpu().numpy(),
+                        predictions=top_predictions(logits[j].cpu(), labels, top_k)
+                        if labels
+                        else [],
+                    )
+                    out[i] = ClassExplanation(
+                        explanation=expl,
+                        classes=wanted[j],
+                        labels=[labels[c] if labels else str(c) for c in wanted[j]],
+                        gradients=grads_np[:, j],
                     )
         return [e for e in out if e is not None]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vitviz import methods, render
+from vitviz.backend import resolve_class
 from vitviz.errors import OptionsError, VitvizError
 from vitviz.runtime import tune_allocator
 
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--patch", type=int, help="query: patch index, row by row")
     e.add_argument("--rolled", action="store_true", help="query: use the rollout, not one layer")
     e.add_argument("--source", choices=["attention", "rollout"], help="mask: map to threshold")
+    e.add_argument(
+        "--class",
+        dest="target_class",
+        help="chefer, grad-rollout, attn-grad: class index or name (default: top prediction)",
+    )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     e.add_argument("--batch-size", type=int, default=8)
@@ -121,6 +127,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     info = backend.info()
     methods.check_options(options, info["layers"], info["heads"])
+    spec = methods.METHODS[args.method]
+    target = None
+    if spec.needs_gradients:
+        if not info["classes"]:
+            raise OptionsError(
+                f"--method {args.method} explains a class, but {info['name']} has no classifier"
+            )
+        if args.target_class is not None:
+            target = resolve_class(args.target_class, backend.loaded.labels or [])
+    elif args.target_class is not None:
+        raise OptionsError(
+            "--class applies to the class-specific methods (chefer, grad-rollout, attn-grad)"
+        )
     warning = info["weights"]["warning"]
     if warning:
         print(_banner(warning), file=sys.stderr)
@@ -128,7 +147,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"note: {info['weights']['note']}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed, outputs = 0, _Outputs(args, options, info, out)
+    failed, outputs = 0, _Outputs(args, options, info, out, target)
     bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)
     pending: list[tuple[Path, Any]] = []
     for i, name in enumerate(bar):
@@ -157,26 +176,39 @@ class _Outputs:
     options: dict[str, Any]
     info: dict[str, Any]
     out: Path
+    target: int | None = None  # class of the class-specific methods (None: top prediction)
     used: set[str] = field(default_factory=set)
 
     def explain_batch(self, backend: Any, batch: list[tuple[Path, Any]]) -> int:
         """Explain one batch and write its files; returns how many images failed."""
         from tqdm import tqdm
 
-        results = backend.explain([d.image for _, d in batch], top_k=self.args.top_k)
+        images = [d.image for _, d in batch]
+        spec = methods.METHODS[self.args.method]
+        if spec.needs_gradients:
+            layers = spec.gradient_layers(self.options, self.info["layers"])
+            classed = backend.explain_classes(
+                images, [[self.target]] * len(images), layers=layers, top_k=self.args.top_k
+            )
+            results = [(c.explanation, c) for c in classed]
+        else:
+            results = [(r, None) for r in backend.explain(images, top_k=self.args.top_k)]
         failed = 0
-        for (path, decoded), res in zip(batch, results, strict=True):
+        for (path, decoded), (res, classed_res) in zip(batch, results, strict=True):
             try:
-                self.write(path, decoded, res)
+                self.write(path, decoded, res, classed_res)
             except (VitvizError, OSError) as err:  # e.g. --patch beyond this grid, disk full
                 failed += 1
                 tqdm.write(f"error: {path}: {err}", file=sys.stderr)
         return failed
 
-    def write(self, path: Path, decoded: Any, res: Any) -> None:
+    def write(self, path: Path, decoded: Any, res: Any, classed: Any = None) -> None:
         """Compute the method's map for one image and write its PNG, NPZ and JSON."""
         a = self.args
-        value_map = methods.compute_map(a.method, res.attention, res.layout, **self.options)
+        grads = None if classed is None else classed.gradients[0]
+        value_map = methods.compute_map(
+            a.method, res.attention, res.layout, grads=grads, **self.options
+        )
         value_map = np.asarray(value_map)
         stem = _unique_stem(path, self.used)
         png = render.overlay(
@@ -192,12 +224,17 @@ class _Outputs:
         }
         if res.logits is not None:
             npz["logits"] = res.logits.astype(np.float32)
+        if grads is not None:
+            npz["gradients"] = grads.astype(np.float32)
         np.savez_compressed(self.out / f"{stem}.npz", **npz)
         record = {
             "image": str(path),
             "model": self.info,
             "method": self.args.method,
             "options": self.options,
+            "explained_class": None
+            if classed is None
+            else {"index": classed.classes[0], "label": classed.labels[0]},
             "predictions": [p.to_dict() for p in res.predictions],
             "no_predictions_reason": None
             if res.predictions

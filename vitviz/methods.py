@@ -213,10 +213,17 @@ def rollout_layers(
         raise OptionsError(f"discard ratio must be in [0, 1), got {discard}")
     s = _layer_index(start_layer, t.shape[-4])
     fused = fuse_heads(t[..., s:, :, :, :], fusion)
+    return _back(_rollout_factors(fused, layout, discard), was_numpy)
+
+
+def _rollout_factors(fused: torch.Tensor, layout: TokenLayout, discard: float) -> torch.Tensor:
+    """``rownorm(discard(fused) + I)`` for fused ``[..., L, N, N]`` matrices (right axis: rows)."""
+    if not 0.0 <= discard < 1.0:
+        raise OptionsError(f"discard ratio must be in [0, 1), got {discard}")
     fused = _discard_lowest(fused, layout, discard)
-    eye = torch.eye(t.shape[-1], dtype=fused.dtype, device=fused.device)
+    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
     hat = fused + eye
-    return _back(hat / hat.sum(dim=-1, keepdim=True), was_numpy)
+    return hat / hat.sum(dim=-1, keepdim=True)
 
 
 def _rolled_rows(hat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -424,14 +431,164 @@ def attention_entropy(attn: Array, layout: TokenLayout) -> Array:
     return _back(ent.mean(dim=-1), was_numpy)
 
 
+def _check_grads(t: torch.Tensor, g: torch.Tensor) -> None:
+    if g.shape != t.shape:
+        raise OptionsError(
+            f"gradients {tuple(g.shape)} must have the attention's shape {tuple(t.shape)}"
+        )
+
+
+def chefer_row(attn: Array, grads: Array, layout: TokenLayout) -> Array:
+    """Full readout row ``w @ R`` of Chefer et al.'s relevance (``[..., N]``)."""
+    t, was_numpy = _as_tensor(attn)
+    g, _ = _as_tensor(grads)
+    _check_attn(t, layout)
+    _check_grads(t, g)
+    # Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺): the clamp is per head, before the mean
+    abar = (_wide(g) * _wide(t)).clamp_min(0).mean(dim=-3)  # [..., L, N, N]
+    w = torch.as_tensor(layout.readout_weights(), dtype=abar.dtype, device=abar.device)
+    # R = (I + Ā_L) ⋯ (I + Ā_1); its readout row, from the left: v ← v + v Ā_l, l = L … 1
+    v = w.expand(*abar.shape[:-3], 1, -1)
+    for i in range(abar.shape[-3] - 1, -1, -1):
+        v = v + v @ abar[..., i, :, :]
+    return _back(v[..., 0, :], was_numpy)
+
+
+def chefer(attn: Array, grads: Array, layout: TokenLayout) -> Array:
+    """Generic attention explainability (Chefer, Gur, Wolf, ICCV 2021) for one class.
+
+    ``Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺)``, ``R = I``, ``R ← R + Ā_l R`` for l = 1 … L, map =
+    ``R[readout, P:]`` (readout weights from the layout: the class token, the mean of class and
+    distillation tokens, or the mean over patches).
+
+    Args:
+        attn: attention ``[..., L, H, N, N]``.
+        grads: ``∂y_c/∂A`` of the same shape (``y_c`` the pre-softmax logit of the class).
+
+    Returns:
+        ``[..., gh, gw]`` relevance map.
+    """
+    row = chefer_row(attn, grads, layout)
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
+def grad_rollout_row(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """Full readout row of gradient rollout (``[..., N]``); see :func:`grad_rollout`."""
+    t, was_numpy = _as_tensor(attn)
+    g, _ = _as_tensor(grads)
+    _check_attn(t, layout)
+    _check_grads(t, g)
+    s = _layer_index(start_layer, t.shape[-4])
+    # each layer's attention with ITS OWN gradient (vit-explain pairs them in reverse order)
+    weighted = _wide(t[..., s:, :, :, :]) * _wide(g[..., s:, :, :, :])
+    fused = fuse_heads(weighted, fusion).clamp_min(0)
+    hat = _rollout_factors(fused, layout, discard)
+    w = torch.as_tensor(layout.readout_weights(), dtype=hat.dtype, device=hat.device)
+    return _back(_rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :], was_numpy)
+
+
+def grad_rollout(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> Array:
+    """Gradient rollout (vit-explain's method, corrected) for one class.
+
+    Each layer's heads are weighted by that layer's own gradient, ``A_l ⊙ ∂y_c/∂A_l``, fused
+    (mean/max/min), clamped at 0, then rolled out like attention rollout: lowest ``discard``
+    share zeroed, ``+ I``, rows normalized to 1 (over the key axis), multiplied through the
+    layers from ``start_layer``.
+
+    Returns:
+        ``[..., gh, gw]`` map.
+    """
+    row = grad_rollout_row(
+        attn, grads, layout, fusion=fusion, discard=discard, start_layer=start_layer
+    )
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
+def attn_grad_row(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+) -> Array:
+    """Full readout row of ``(A ⊙ ∂y_c/∂A)⁺`` for one layer (``[..., N]``)."""
+    t, was_numpy = _as_tensor(attn)
+    g, _ = _as_tensor(grads)
+    _check_attn(t, layout)
+    _check_grads(t, g)
+    li = _layer_index(layer, t.shape[-4])
+    prod = (_wide(t[..., li, :, :, :]) * _wide(g[..., li, :, :, :])).clamp_min(0)
+    hi = _head_index(head, t.shape[-3])
+    a = prod[..., hi, :, :] if hi is not None else fuse_heads(prod, fusion)
+    w = torch.as_tensor(layout.readout_weights(), dtype=a.dtype, device=a.device)
+    return _back(w @ a, was_numpy)
+
+
+def attn_grad(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+) -> Array:
+    """Attention × gradient of one layer (one head, or heads fused after the clamp).
+
+    The readout row of ``(A_l^h ⊙ ∂y_c/∂A_l^h)⁺``: where this head's attention pushed the
+    class score up.
+
+    Returns:
+        ``[..., gh, gw]`` map.
+    """
+    row = attn_grad_row(attn, grads, layout, layer=layer, head=head, fusion=fusion)
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registered map method: ``fn(attn, layout, **options) -> map[..., gh, gw]``."""
+    """A registered map method: ``fn(attn, layout, **options) -> map[..., gh, gw]``.
+
+    Class-specific methods (``needs_gradients``) take ``fn(attn, grads, layout, **options)``
+    with ``grads = ∂y_c/∂A`` for the class; ``gradient_layers(options, L)`` says which
+    layers' gradients they read (the others need not be computed).
+    """
 
     name: str
     fn: Callable[..., Any]
     description: str
     options: dict[str, Any] = field(default_factory=dict)
+    needs_gradients: bool = False
+
+    def gradient_layers(self, options: dict[str, Any], num_layers: int) -> list[int]:
+        """Layers whose attention gradients this method reads (empty if class-agnostic)."""
+        if not self.needs_gradients:
+            return []
+        if "layer" in self.options:
+            return [_layer_index(options.get("layer", self.options["layer"]), num_layers)]
+        start = _layer_index(options.get("start_layer", 0), num_layers)
+        return list(range(start, num_layers))
 
 
 METHODS: dict[str, Method] = {
@@ -480,6 +637,31 @@ METHODS: dict[str, Method] = {
     )
 }
 
+for _m in (
+    Method(
+        "chefer",
+        chefer,
+        "class-specific relevance: gradient-weighted attention (Chefer et al. 2021)",
+        {},
+        needs_gradients=True,
+    ),
+    Method(
+        "grad-rollout",
+        grad_rollout,
+        "class-specific rollout of gradient-weighted attention (vit-explain, corrected)",
+        {"fusion": "mean", "discard": 0.0, "start_layer": 0},
+        needs_gradients=True,
+    ),
+    Method(
+        "attn-grad",
+        attn_grad,
+        "attention × gradient of one layer/head for a class",
+        {"layer": -1, "head": None, "fusion": "mean"},
+        needs_gradients=True,
+    ),
+):
+    METHODS[_m.name] = _m
+
 STATISTICS: dict[str, Callable[..., Any]] = {
     "mean_distance": mean_attention_distance,
     "entropy": attention_entropy,
@@ -508,7 +690,26 @@ def check_options(options: dict[str, Any], num_layers: int, num_heads: int) -> N
     _head_index(options.get("head"), num_heads)
 
 
-def compute_map(method: str, attn: Array, layout: TokenLayout, **options: Any) -> Array:
-    """Run a registered method by name with validated options."""
+def compute_map(
+    method: str,
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    grads: Array | None = None,
+    **options: Any,
+) -> Array:
+    """Run a registered method by name with validated options.
+
+    Class-specific methods need ``grads`` (``∂y_c/∂A``, e.g. from
+    :meth:`vitviz.backend.LocalBackend.explain_classes`).
+    """
     resolved = resolve_options(method, options)
-    return METHODS[method].fn(attn, layout, **resolved)
+    spec = METHODS[method]
+    if spec.needs_gradients:
+        if grads is None:
+            raise OptionsError(
+                f"method {method!r} is class-specific: it needs the attention gradients for a "
+                "class (LocalBackend.explain_classes computes them)"
+            )
+        return spec.fn(attn, grads, layout, **resolved)
+    return spec.fn(attn, layout, **resolved)

@@ -1,0 +1,218 @@
+"""Class-specific explanations: attention gradients and the methods built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import tiny
+from vitviz import methods
+from vitviz.backend import LocalBackend
+from vitviz.errors import ModelError, OptionsError
+from vitviz.gradients import attention_gradients
+from vitviz.layout import TokenLayout
+
+
+def small(name: str = "vit_tiny_patch16_224", **kw):
+    """A 2-layer, 32 px (2×2 patches) random model in float64, for exact finite differences."""
+    loaded = tiny(name, seed=4, model_kwargs={"depth": 2, "img_size": 32, "num_classes": 5, **kw})
+    loaded.model.double()
+    return loaded
+
+
+def test_gradients_equal_finite_differences():
+    loaded = small()
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    _, _, grads, _, classes = attention_gradients(loaded, x, [[3]])
+    assert classes == [[3]] and grads.shape == (1, 1, 2, 3, 5, 5)
+    rng = np.random.default_rng(1)
+    eps = 1e-6
+    for layer in (0, 1):
+        direction = torch.from_numpy(rng.normal(size=(1, 3, 5, 5)))
+
+        def logit(sign: float, layer=layer, direction=direction) -> float:
+            def bump(_m, _i, out):
+                return out + sign * eps * direction
+
+            h = loaded.model.blocks[layer].attn.attn_drop.register_forward_hook(bump)
+            try:
+                with torch.no_grad():
+                    return float(loaded.model(x)[0, 3])
+            finally:
+                h.remove()
+
+        numeric = (logit(1.0) - logit(-1.0)) / (2 * eps)
+        analytic = float((grads[0, 0, layer].double() * direction[0]).sum())
+        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def test_only_requested_layers_get_gradients():
+    loaded = small()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    _, _, grads, _, _ = attention_gradients(loaded, x, [[0], [1]], layers=[1])
+    assert float(grads[:, :, 0].abs().max()) == 0.0
+    assert float(grads[:, :, 1].abs().max()) > 0.0
+
+
+def test_batch_entries_each_get_their_own_class():
+    loaded = small()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    logits, attn, grads, _, classes = attention_gradients(loaded, x, [[0, 4], [2, 2], [None, 1]])
+    top = int(logits[2].argmax())
+    assert classes == [[0, 4], [2, 2], [top, 1]]
+    for b, cs in enumerate(classes):
+        _, a1, g1, _, _ = attention_gradients(loaded, x[b : b + 1], [cs])
+        torch.testing.assert_close(attn[b], a1[0])
+        torch.testing.assert_close(grads[:, b], g1[:, 0], rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, loaded.model(x).float())
+
+
+def test_bad_classes_and_backbones_are_refused():
+    loaded = small()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    with pytest.raises(OptionsError, match="class 9 does not exist"):
+        attention_gradients(loaded, x, [[9]])
+    with pytest.raises(OptionsError, match="same number of classes"):
+        attention_gradients(loaded, x, [[1], [2]])
+    backbone = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 1, "num_classes": 0})
+    with pytest.raises(ModelError, match="no classifier"):
+        attention_gradients(backbone, torch.randn(1, 3, 224, 224), [[0]])
+
+
+# ---------------------------------------------------------------- Chefer, hand-worked example
+
+
+def test_chefer_matches_a_hand_computation():
+    # 3 tokens (class token + 2 patches), 2 layers, 2 heads.
+    layout = TokenLayout(("cls",), (1, 2), (16, 16), "cls")
+    a1 = np.array([[0.5, 0.25, 0.25], [0, 1, 0], [0, 0, 1]])
+    g1a = np.array([[1, 2, -4], [0, 0, 0], [0, 0, 0]])  # head a: (G⊙A)⁺ = [.5, .5, 0] in row 0
+    g1b = -g1a  # head b: (G⊙A)⁺ = [0, 0, 1]; a clamp after the mean would cancel both to 0
+    a2 = np.array([[0.2, 0.6, 0.2], [0.5, 0.5, 0], [0, 0.5, 0.5]])
+    g2 = np.array([[1, 1, 1], [2, 0, 0], [0, 0, 0]])
+    attn = np.stack([np.stack([a1, a1]), np.stack([a2, a2])])
+    grads = np.stack([np.stack([g1a, g1b]), np.stack([g2, g2])]).astype(float)
+    # By hand: Ā1 = [[.25,.25,.5],0,0]; R1 = I + Ā1 = [[1.25,.25,.5],[0,1,0],[0,0,1]]
+    # Ā2 = [[.2,.6,.2],[1,0,0],0]; row 0 of Ā2 R1 = [.25,.65,.3]; R2[0] = [1.5,.9,.8]
+    got = methods.chefer(attn, grads, layout)
+    np.testing.assert_allclose(got, [[0.9, 0.8]], atol=1e-12)
+    row = methods.chefer_row(attn, grads, layout)
+    np.testing.assert_allclose(row, [1.5, 0.9, 0.8], atol=1e-12)
+
+
+def test_chefer_readout_follows_the_layout():
+    rng = np.random.default_rng(3)
+    attn = rng.dirichlet(np.ones(6), size=(2, 2, 6))
+    grads = rng.normal(size=attn.shape)
+    distilled = TokenLayout(("cls", "dist"), (2, 2), (16, 16), "cls+dist")
+    pooled = TokenLayout(("cls", "dist"), (2, 2), (16, 16), "avg")
+    # independent: the full R, then the readout rows
+    abar = np.clip(grads * attn, 0, None).mean(axis=1)
+    r = np.eye(6)
+    for layer in range(2):
+        r = r + abar[layer] @ r
+    np.testing.assert_allclose(
+        methods.chefer(attn, grads, distilled).ravel(), (r[0] + r[1])[2:] / 2, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        methods.chefer(attn, grads, pooled).ravel(), r[2:].mean(axis=0)[2:], atol=1e-12
+    )
+
+
+# ---------------------------------------------------------------- gradient rollout pairing
+
+
+def _grad_rollout_reference(attn, grads, pairing, discard=0.0):
+    """Independent gradient rollout: layer l's attention times grads[pairing[l]]."""
+    n = attn.shape[-1]
+    rolled = np.eye(n)
+    for layer in range(attn.shape[0]):
+        fused = np.clip((attn[layer] * grads[pairing[layer]]).mean(axis=0), 0, None)
+        hat = fused + np.eye(n)
+        hat = hat / hat.sum(axis=-1, keepdims=True)  # rows sum to 1
+        rolled = hat @ rolled
+    return rolled[0, 1:]
+
+
+def test_grad_rollout_pairs_each_layer_with_its_own_gradient():
+    rng = np.random.default_rng(7)
+    layout = TokenLayout(("cls",), (2, 2), (16, 16), "cls")
+    attn = rng.dirichlet(np.ones(5), size=(3, 2, 5))
+    grads = rng.normal(size=attn.shape) * np.array([1.0, 5.0, -3.0])[:, None, None, None]
+    got = methods.grad_rollout(attn, grads, layout).ravel()
+    right = _grad_rollout_reference(attn, grads, [0, 1, 2])
+    reversed_ = _grad_rollout_reference(attn, grads, [2, 1, 0])  # vit-explain's pairing
+    np.testing.assert_allclose(got, right, atol=1e-12)
+    assert not np.allclose(got, reversed_, atol=1e-3)
+
+
+def test_grad_rollout_on_a_real_model_uses_its_own_layer_gradients():
+    loaded = small()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    _, attn, grads, layout, _ = attention_gradients(loaded, x, [[2]])
+    a, g = attn[0].numpy(), grads[0, 0].numpy()
+    got = methods.grad_rollout(a, g, layout).ravel()
+    np.testing.assert_allclose(got, _grad_rollout_reference(a, g, [0, 1]), rtol=1e-5, atol=1e-9)
+
+
+def test_attn_grad_is_the_readout_row_of_the_clamped_product():
+    rng = np.random.default_rng(9)
+    layout = TokenLayout(("cls",), (2, 2), (16, 16), "cls")
+    attn = rng.dirichlet(np.ones(5), size=(3, 2, 5))
+    grads = rng.normal(size=attn.shape)
+    got = methods.attn_grad(attn, grads, layout, layer=1, head=1).ravel()
+    np.testing.assert_allclose(got, np.clip(attn[1, 1] * grads[1, 1], 0, None)[0, 1:])
+    fused = methods.attn_grad(attn, grads, layout, layer=1, fusion="max").ravel()
+    np.testing.assert_allclose(fused, np.clip(attn[1] * grads[1], 0, None).max(axis=0)[0, 1:])
+    assert methods.METHODS["attn-grad"].gradient_layers({"layer": -2}, 3) == [1]
+    assert methods.METHODS["grad-rollout"].gradient_layers({"start_layer": 1}, 3) == [1, 2]
+    assert methods.METHODS["chefer"].gradient_layers({}, 3) == [0, 1, 2]
+    assert methods.METHODS["rollout"].gradient_layers({}, 3) == []
+
+
+# ---------------------------------------------------------------- layouts and the demo model
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("deit_tiny_distilled_patch16_224", {}),
+        ("vit_tiny_patch16_224", {"reg_tokens": 2, "class_token": False, "global_pool": "avg"}),
+    ],
+)
+def test_every_layout_gets_finite_class_maps(name, kwargs, cat_image):
+    loaded = tiny(name, model_kwargs={"depth": 2, **kwargs})
+    res = LocalBackend(loaded).explain_classes([cat_image], [[None, 7]])[0]
+    expl = res.explanation
+    assert res.classes[0] == expl.predictions[0].index and res.classes[1] == 7
+    for method in ("chefer", "grad-rollout", "attn-grad"):
+        for k in range(2):
+            m = methods.compute_map(method, expl.attention, expl.layout, grads=res.gradients[k])
+            assert m.shape == expl.layout.grid and np.isfinite(m).all()
+    # the two classes give two different maps
+    a = methods.chefer(expl.attention, res.gradients[0], expl.layout)
+    b = methods.chefer(expl.attention, res.gradients[1], expl.layout)
+    assert not np.allclose(a, b)
+
+
+def test_class_maps_find_each_class_on_demo_two_object_scenes():
+    from vitviz.demo import metrics
+    from vitviz.demo.scenes import generate_scene
+
+    backend = LocalBackend.from_name("demo", device="cpu")
+    scenes = [generate_scene(9_200_000 + i, 2) for i in range(8)]
+    results = backend.explain_classes(
+        [Image.fromarray(s.image) for s in scenes], [list(s.classes) for s in scenes]
+    )
+    wins = 0
+    for scene, res in zip(scenes, results, strict=True):
+        expl = res.explanation
+        maps = [methods.chefer(expl.attention, res.gradients[k], expl.layout) for k in range(2)]
+        assert not np.allclose(maps[0], maps[1])
+        for k in range(2):
+            wins += metrics.right_object_wins(maps[k], scene.masks[k], scene.masks[1 - k])
+    assert wins >= 12  # of 16 (scene, class) pairs; class-agnostic maps get about 8

@@ -1,0 +1,87 @@
+"""Attention gradients for class-specific explanations: ``∂y_c/∂A_l`` for chosen classes.
+
+One forward pass keeps each block's attention in the autograd graph; then one backward pass
+per requested class takes the gradient of the pre-softmax logit ``y_c`` with respect to the
+attention tensors only (``torch.autograd.grad`` on them: no parameter gradients are computed
+or stored), and only for the layers a method reads. A batch may hold many images, each with
+its own classes: images do not interact in a ViT, so summing their logits and taking one
+gradient gives every image its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from vitviz.capture import forward_with_attention
+from vitviz.errors import ModelError, OptionsError
+from vitviz.layout import TokenLayout
+from vitviz.models import LoadedModel
+
+
+def attention_gradients(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    classes: Sequence[Sequence[int | None]],
+    *,
+    layers: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenLayout, list[list[int]]]:
+    """Logits, attention and attention gradients of a preprocessed batch.
+
+    Args:
+        loaded: the model.
+        x: ``[B, 3, H, W]`` normalized input.
+        classes: for each image, the same number K of class indices; None stands for the
+            image's top prediction (read from the same forward pass).
+        layers: layers whose gradients are needed (default: all); the others stay 0.
+
+    Returns:
+        ``logits [B, C]``, ``attention [B, L, H, N, N]`` (fp32, detached),
+        ``grads [K, B, L, H, N, N]`` (fp32; ``grads[k, b]`` is ``∂y_{classes[b][k]}/∂A`` of
+        image b), the token layout and the classes used (None resolved).
+    """
+    model = loaded.model
+    if not loaded.has_classifier:
+        raise ModelError(
+            "this model has no classifier (a self-supervised backbone): class-specific methods "
+            "need class scores; use rollout or attention instead"
+        )
+    b = x.shape[0]
+    if len(classes) != b or len({len(c) for c in classes}) != 1:
+        raise OptionsError("give the same number of classes for every image of the batch")
+    num_classes = int(model.num_classes)
+    for cs in classes:
+        for c in cs:
+            if c is not None and not 0 <= int(c) < num_classes:
+                raise OptionsError(f"class {c} does not exist: the model has {num_classes}")
+    num_layers = len(model.blocks)
+    need = sorted(set(range(num_layers) if layers is None else (int(i) for i in layers)))
+    if any(not 0 <= i < num_layers for i in need):
+        raise OptionsError(f"layers {need} out of range for a {num_layers}-layer model")
+    layout = loaded.layout((int(x.shape[-2]), int(x.shape[-1])))
+    x = x.to(loaded.device).requires_grad_(True)  # a graph even if the weights are frozen
+    with torch.inference_mode(False), torch.enable_grad():
+        out, attn = forward_with_attention(model, x, precision=loaded.precision)
+        logits = out.float()
+        top = logits.argmax(dim=-1).tolist()
+        resolved = [[top[j] if c is None else int(c) for c in cs] for j, cs in enumerate(classes)]
+        k_count = len(classes[0])
+        first = attn[0]
+        grads = first.new_zeros((k_count, b, num_layers, *first.shape[1:]), dtype=torch.float32)
+        rows = torch.arange(b, device=logits.device)
+        for k in range(k_count):
+            idx = torch.tensor([cs[k] for cs in resolved], device=logits.device)
+            y = logits[rows, idx].sum()
+            got = torch.autograd.grad(
+                y, [attn[i] for i in need], retain_graph=k < k_count - 1, allow_unused=True
+            )
+            for i, g in zip(need, got, strict=True):
+                if g is not None:
+                    grads[k, :, i] = g.float()
+    attention = torch.stack([a.detach().float() for a in attn], dim=1)
+    if attention.shape[-1] != layout.num_tokens:
+        raise ModelError(
+            f"attention has {attention.shape[-1]} tokens, the layout expects {layout.num_tokens}"
+        )
+    return logits.detach(), attention, grads, layout, resolved
