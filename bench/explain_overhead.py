@@ -3,10 +3,15 @@
 ``forward_ms``: timm's stock model (fused SDPA attention), logits only.
 ``explain_ms``: vitviz capture (logits + every layer's per-head attention, one forward) plus
 attention rollout, on the same device, synchronized. Both use the same weights and input.
+With ``--method chefer`` (or ``grad-rollout``, ``attn-grad``) ``explain_ms`` is the
+class-specific explanation instead: one forward that keeps the attention in the autograd graph,
+one backward to the attention of the top class (only the layers the method reads), and the
+method's map.
 Prints one JSON object (``--json``) or a short table.
 
     python bench/explain_overhead.py --model vit_base_patch16_224 --json
     python bench/explain_overhead.py --model vit_base_patch16_224 --batch 8 --json
+    python bench/explain_overhead.py --model vit_base_patch16_224 --method chefer --json
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from vitviz import methods
 from vitviz.capture import autocast_for, capture_tensor
+from vitviz.gradients import attention_gradients
 from vitviz.models import load_model, pick_device, pick_precision
 from vitviz.runtime import tune_allocator
 
@@ -59,10 +65,18 @@ def measure(args: argparse.Namespace) -> dict:
         with torch.inference_mode(), autocast_for(device, precision):
             stock(x)
 
+    spec = methods.METHODS[args.method]
+
     def explain() -> None:
+        if spec.needs_gradients:
+            layers = spec.gradient_layers({}, len(loaded.model.blocks))
+            classes = [[None]] * args.batch
+            _, attention, grads, layout, _ = attention_gradients(loaded, x, classes, layers=layers)
+            methods.compute_map(args.method, attention, layout, grads=grads[0])
+            return
         with torch.inference_mode():
             _, attention, layout = capture_tensor(loaded, x, attn_dtype=attn_dtype)
-            methods.rollout(attention, layout)
+            methods.compute_map(args.method, attention, layout)
 
     def timed(fn) -> float:
         _sync(device)
@@ -91,6 +105,7 @@ def measure(args: argparse.Namespace) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {
         "model": args.model,
+        "method": args.method,
         "device": name,
         "threads": torch.get_num_threads(),
         "precision": precision,
@@ -112,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--method", default="rollout", choices=list(methods.METHODS))
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
