@@ -40,7 +40,20 @@ VIEWS = ["How ViT sees this image", "Heads", "Rollout", "Patch explorer", "Head 
 OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
 FUSIONS = ["mean", "max", "min"]
 # widget values that must survive while their view is hidden
-PERSISTENT = ("layer", "head", "fusion", "patch", "rolled", "discard", "start_layer", "roll_fusion")
+PERSISTENT = (
+    "layer",
+    "head",
+    "fusion",
+    "patch",
+    "rolled",
+    "discard",
+    "start_layer",
+    "roll_fusion",
+    "why_class",
+    "target_class",
+    "class_method",
+)
+CLASS_METHODS = {"chefer": "Chefer et al. 2021", "grad-rollout": "gradient rollout"}
 
 tune_allocator()
 st.set_page_config(
@@ -54,6 +67,7 @@ for _key in PERSISTENT:
         st.session_state[_key] = st.session_state[_key]
 for _key in ("fusion", "roll_fusion"):
     st.session_state.setdefault(_key, "mean")
+st.session_state.setdefault("class_method", "chefer")
 
 
 # ----------------------------------------------------------------------------- process caches
@@ -258,6 +272,41 @@ def head_label(h: int | None) -> str:
     return "all heads (fused)" if h is None else f"head {h}"
 
 
+def class_picker(expl, labels: list[str], context: str) -> int:
+    """Pick the class to explain: the top-5 first, then every label (type to search)."""
+    top = [p.index for p in expl.predictions]
+    rest = sorted((i for i in range(len(labels)) if i not in top), key=lambda i: labels[i].lower())
+    probs = np.exp(expl.logits - expl.logits.max())
+    probs /= probs.sum()
+    if st.session_state.get("class_context") != context or st.session_state.get(
+        "target_class"
+    ) not in range(len(labels)):
+        st.session_state["class_context"] = context  # a new image or model: its top class
+        st.session_state["target_class"] = top[0]
+    return st.selectbox(
+        "Why this class? (top 5 first; type to search all)",
+        top + rest,
+        format_func=lambda i: f"{labels[i]} — {probs[i]:.1%}",
+        key="target_class",
+    )
+
+
+def class_gradients(entry: Entry, backend: LocalBackend, image, cls: int) -> np.ndarray:
+    """``∂y_c/∂A`` for one class of this image: one forward + backward, then cached."""
+    from collections import OrderedDict
+
+    cache = entry.get("class-gradients", OrderedDict)
+    if cls in cache:
+        cache.move_to_end(cls)
+        return cache[cls]
+    with st.spinner("Computing the class's gradients (one forward and backward pass)…"):
+        grads = backend.explain_classes([image], [[cls]])[0].gradients[0]
+    cache[cls] = grads
+    while len(cache) > 4:  # at most four classes per image are kept
+        cache.popitem(last=False)
+    return grads
+
+
 # ----------------------------------------------------------------------------- sidebar
 
 defaults = default_model()
@@ -440,8 +489,36 @@ with right:
         opts = dict(fusion=roll_fusion or "mean", discard=discard, start_layer=start)
         row = np.asarray(methods.rollout_row(attn, layout, **opts))
         values = row[layout.num_prefix :].reshape(layout.grid)
-        show_mask = st.toggle("DINO-style mask: the patches holding most of the attention")
-        if show_mask:
+        t1, t2 = st.columns(2)
+        show_mask = t1.toggle("DINO-style mask: the patches holding most of the attention")
+        why = t2.toggle(
+            "Why this class? (class-specific map)",
+            key="why_class",
+            disabled=not expl.predictions,
+            help="Gradient-weighted attention for one class (needs a classifier)",
+        )
+        if why and expl.predictions:
+            k1, k2 = st.columns([2, 1])
+            with k1:
+                cls = class_picker(expl, backend.loaded.labels, model_id + image_digest)
+            cm = k2.segmented_control(
+                "Method", list(CLASS_METHODS), format_func=CLASS_METHODS.get, key="class_method"
+            )
+            cm = cm or "chefer"
+            grads = class_gradients(entry, backend, decoded.image, cls)
+            copts = {} if cm == "chefer" else opts
+            cvals = np.asarray(methods.compute_map(cm, attn, layout, grads=grads, **copts))
+            c_map, c_cls = st.columns(2)
+            with c_map:
+                st.caption("Rollout: where attention flows (the same for every class)")
+                show_map(entry, values, disp, key="rollout", value_name="rollout", height=340)
+            with c_cls:
+                st.caption(f"Why “{backend.loaded.labels[cls]}”: {CLASS_METHODS[cm]}")
+                download_map = show_map(
+                    entry, cvals, disp, key="class-map", value_name="relevance", height=340
+                )
+            map_title = f"{cm}-class{cls}"
+        elif show_mask:
             c_map, c_mask = st.columns(2)
             with c_map:
                 download_map = show_map(
@@ -460,13 +537,14 @@ with right:
         else:
             download_map = show_map(entry, values, disp, key="rollout", value_name="rollout")
         show_prefix(entry, row, "Rollout", "rollout-prefix")
-        map_title = "rollout"
+        map_title = map_title or "rollout"
 
     elif view == "Heads":
-        c1, c2, c3 = st.columns([2, 1.3, 1.3])
+        c1, c2, c3, c4 = st.columns([2, 1.3, 1.3, 1.3])
         layer = c1.slider("Layer", 0, layers - 1, key="layer")
         head = c2.selectbox("Head", head_options(heads), format_func=head_label, key="head")
         fusion = c3.segmented_control("Fusion", FUSIONS, key="fusion") or "mean"
+        c4.toggle("Why this class?", key="why_class", disabled=not expl.predictions)
         all_maps = entry.get(
             "readout_maps",
             lambda: np.stack(
@@ -486,7 +564,19 @@ with right:
                 entry, values, disp, key="head-map", value_name="attention", height=360
             )
             show_prefix(entry, row, "Attention", "head-prefix")
+        why = bool(expl.predictions) and st.session_state.get("why_class", False)
         with grid_col:
+            if why:
+                cls = class_picker(expl, backend.loaded.labels, model_id + image_digest)
+                grads = class_gradients(entry, backend, decoded.image, cls)
+                gvals = np.asarray(
+                    methods.attn_grad(attn, grads, layout, layer=layer, head=head, fusion=fusion)
+                )
+                st.caption(f"Why “{backend.loaded.labels[cls]}”: attention × gradient of this head")
+                show_map(
+                    entry, gvals, disp, key="head-class-map", value_name="relevance", height=300
+                )
+        with grid_col if not why else st.container():
             st.caption("All layers × heads (click one to open it)")
             tile = max(24, min(64, 560 // max(heads, 1)))
             grid_img = entry.get(

@@ -284,3 +284,69 @@ def test_downloads_contain_what_they_claim(demo_reference):
         p.label for p in demo_reference.predictions
     ]
     assert pred["weights"]["source"] == "bundled"
+
+
+def test_why_this_class_shows_rollout_and_the_class_map_side_by_side(demo_reference):
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = decode_image((ASSETS / "demo-scene-1.png").read_bytes(), "demo-scene-1.png").image
+    at = start()
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    top = demo_reference.predictions[0].index
+    assert at.selectbox(key="target_class").value == top
+    options = at.selectbox(key="target_class").options
+    assert len(options) == 8 and options[0].startswith(demo_reference.predictions[0].label)
+
+    def expected(cls, method="chefer", **opts):
+        grads = backend.explain_classes([image], [[cls]])[0].gradients[0]
+        a, lay = demo_reference.attention, demo_reference.layout
+        return methods.compute_map(method, a, lay, grads=grads, **opts).ravel()
+
+    got = marker_data(chart(at, "class-map"))[:, 3]
+    np.testing.assert_allclose(got, expected(top), rtol=1e-4, atol=1e-8)
+    rollout = marker_data(chart(at, "rollout"))[:, 3]
+    np.testing.assert_allclose(
+        rollout, methods.rollout(demo_reference.attention, demo_reference.layout).ravel(), rtol=1e-5
+    )
+    # another class, another map; gradient rollout follows the rollout controls
+    other = demo_reference.predictions[1].index
+    at.selectbox(key="target_class").set_value(other).run()
+    got_other = marker_data(chart(at, "class-map"))[:, 3]
+    np.testing.assert_allclose(got_other, expected(other), rtol=1e-4, atol=1e-8)
+    assert not np.allclose(got_other, got)
+    at.slider(key="start_layer").set_value(2)
+    at.segmented_control(key="class_method").set_value("grad-rollout").run()
+    ok(at)
+    got_gr = marker_data(chart(at, "class-map"))[:, 3]
+    np.testing.assert_allclose(
+        got_gr, expected(other, "grad-rollout", start_layer=2), rtol=1e-4, atol=1e-8
+    )
+    # the Heads view shows attention × gradient of the chosen head for the same class
+    at.segmented_control(key="view").set_value("Heads").run()
+    at.slider(key="layer").set_value(4)
+    at.selectbox(key="head").set_value(2).run()
+    ok(at)
+    got_ag = marker_data(chart(at, "head-class-map"))[:, 3]
+    np.testing.assert_allclose(
+        got_ag, expected(other, "attn-grad", layer=4, head=2), rtol=1e-4, atol=1e-8
+    )
+
+
+def test_class_gradients_are_computed_once_per_class(monkeypatch):
+    calls = []
+    original = LocalBackend.explain_classes
+
+    def counting(self, images, classes, **kw):
+        calls.append([list(c) for c in classes])
+        return original(self, images, classes, **kw)
+
+    monkeypatch.setattr(LocalBackend, "explain_classes", counting)
+    at = start()
+    at.toggle(key="why_class").set_value(True).run()
+    first = at.selectbox(key="target_class").value
+    classes = [o for o in range(8) if o != first]
+    at.selectbox(key="target_class").set_value(classes[0]).run()
+    at.selectbox(key="target_class").set_value(first).run()  # cached: no new pass
+    at.slider(key="alpha").set_value(0.2).run()
+    ok(at)
+    assert calls == [[[first]], [[classes[0]]]]
