@@ -490,7 +490,9 @@ with right:
         row = np.asarray(methods.rollout_row(attn, layout, **opts))
         values = row[layout.num_prefix :].reshape(layout.grid)
         t1, t2 = st.columns(2)
-        show_mask = t1.toggle("DINO-style mask: the patches holding most of the attention")
+        show_mask = t1.toggle(
+            "DINO-style mask", help="The smallest set of patches holding most of the attention"
+        )
         why = t2.toggle(
             "Why this class? (class-specific map)",
             key="why_class",

@@ -6,8 +6,16 @@ result = backend.explain([decode_image(open("cat.jpg", "rb").read(), "cat.jpg").
 heat = rollout(result.attention, result.layout)        # [grid h, grid w]
 """
 
-from vitviz.backend import Backend, ImageExplanation, LocalBackend, Prediction
+from vitviz.backend import (
+    Backend,
+    ClassExplanation,
+    ImageExplanation,
+    LocalBackend,
+    Prediction,
+    resolve_class,
+)
 from vitviz.capture import Capture, capture, forward_with_attention
+from vitviz.gradients import attention_gradients
 from vitviz.errors import ImageError, ModelError, OptionsError, VitvizError, WeightsError
 from vitviz.images import DecodedImage, decode_image, load_image_file
 from vitviz.layout import TokenLayout
@@ -16,7 +24,10 @@ from vitviz.methods import (
     STATISTICS,
     attention_entropy,
     attention_map,
+    attn_grad,
+    chefer,
     compute_map,
+    grad_rollout,
     mask,
     mean_attention_distance,
     query_map,
@@ -33,6 +44,7 @@ __all__ = [
     "STATISTICS",
     "Backend",
     "Capture",
+    "ClassExplanation",
     "DecodedImage",
     "ImageError",
     "ImageExplanation",
@@ -45,16 +57,21 @@ __all__ = [
     "VitvizError",
     "WeightsError",
     "attention_entropy",
+    "attention_gradients",
     "attention_map",
+    "attn_grad",
     "capture",
+    "chefer",
     "compute_map",
     "decode_image",
     "forward_with_attention",
+    "grad_rollout",
     "load_image_file",
     "load_model",
     "mask",
     "mean_attention_distance",
     "query_map",
+    "resolve_class",
     "rollout",
     "rollout_matrix",
     "threshold_mask",
