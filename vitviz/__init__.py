@@ -15,8 +15,8 @@ from vitviz.backend import (
     resolve_class,
 )
 from vitviz.capture import Capture, capture, forward_with_attention
-from vitviz.gradients import attention_gradients
 from vitviz.errors import ImageError, ModelError, OptionsError, VitvizError, WeightsError
+from vitviz.gradients import attention_gradients
 from vitviz.images import DecodedImage, decode_image, load_image_file
 from vitviz.layout import TokenLayout
 from vitviz.methods import (
