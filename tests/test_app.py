@@ -350,3 +350,34 @@ def test_class_gradients_are_computed_once_per_class(monkeypatch):
     at.slider(key="alpha").set_value(0.2).run()
     ok(at)
     assert calls == [[[first]], [[classes[0]]]]
+
+
+def test_gallery_buttons_switch_the_sample():
+    at = start()
+    at.button(key="use-coffee.png").click().run()
+    ok(at)
+    assert at.session_state["sample"] == "coffee.png"
+    backend = LocalBackend.from_name("demo", device="cpu")
+    coffee = decode_image((ASSETS / "coffee.png").read_bytes(), "coffee.png").image
+    expected = backend.explain([coffee])[0]
+    values = marker_data(chart(at, "rollout"))[:, 3]
+    np.testing.assert_allclose(
+        values, methods.rollout(expected.attention, expected.layout).ravel(), rtol=1e-5
+    )
+
+
+def test_backbone_without_classifier_explains_itself(tmp_path):
+    from safetensors.torch import save_file
+
+    loaded = tiny("vit_tiny_patch16_224", seed=5, model_kwargs={"depth": 2, "num_classes": 0})
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()}, str(path))
+    at = start()
+    at.selectbox(key="model").set_value("__file__").run()
+    at.text_input[0].input("vit_tiny_patch16_224")
+    at.text_input[1].input(str(path)).run()
+    ok(at)
+    assert not at.get("progress")  # no predictions
+    assert any("no classifier" in i.value for i in at.info)
+    assert at.toggle(key="why_class").disabled
+    assert marker_data(chart(at, "rollout")).shape == (196, 4)
