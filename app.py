@@ -149,7 +149,7 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
     """Load a model; when its weights must be downloaded, show the download's progress."""
     key = (name, weights, random_weights)
     failed = load_failures().get(key)
-    if failed and time.time() - failed[1] < 60:
+    if failed and time.time() - failed[1] < 300:
         raise VitvizError(failed[0])
     try:
         if weights is None and not random_weights:

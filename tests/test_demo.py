@@ -171,3 +171,23 @@ def test_patch_targets_follow_the_masks_and_the_augmentation():
         # a class present in the scene-level target is present in the patch targets
         present = set(np.flatnonzero(tgt[0]))
         assert present == set(np.flatnonzero(pts[0][..., :BACKGROUND].sum(axis=(0, 1))))
+
+
+def test_class_losses_by_hand():
+    import math
+
+    import torch
+
+    from vitviz.demo.train import class_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    targets = torch.tensor([[0.5, 0.5, 0.0]])
+    z = math.log(math.exp(2) + 1 + math.exp(-1))
+    soft = -(0.5 * (2 - z) + 0.5 * (0 - z))
+    assert float(class_loss(logits, targets)) == pytest.approx(soft, rel=1e-6)
+
+    def sig(v):
+        return 1 / (1 + math.exp(-v))
+
+    bce = -(math.log(sig(2.0)) + math.log(sig(0.0)) + math.log(1 - sig(-1.0))) / 3
+    assert float(class_loss(logits, targets, "bce")) == pytest.approx(bce, rel=1e-6)

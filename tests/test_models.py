@@ -235,3 +235,20 @@ def test_devices_and_precision_are_checked():
             models.pick_device("cuda:1")
     with pytest.raises(ModelError, match="unknown device"):
         models.pick_device("tpu9")
+
+
+def test_hub_probe_answer_is_remembered_briefly(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_PROBES", {})
+    calls = []
+    monkeypatch.setattr(models, "_probe", lambda url, timeout: calls.append(url) or False)
+    assert not models.hub_reachable("http://127.0.0.1:9/x")
+    assert not models.hub_reachable("http://127.0.0.1:9/x")
+    assert calls == ["http://127.0.0.1:9/x"]  # the second answer came from memory
+    clock = [time.monotonic() + models.PROBE_MEMORY_SECONDS + 1]
+    monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
+    models.hub_reachable("http://127.0.0.1:9/x")
+    assert len(calls) == 2  # forgotten after 30 s

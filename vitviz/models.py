@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -455,15 +456,32 @@ def hub_offline() -> bool:
     return env in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
 
 
+_PROBES: dict[str, tuple[float, bool]] = {}  # url → (time, answer): one probe per 30 s
+PROBE_MEMORY_SECONDS = 30.0
+
+
 def hub_reachable(url: str | None = None, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether ``url`` (default: the hub) answers within ``timeout`` s; never hangs (DNS too)."""
+    """Whether ``url`` (default: the hub) answers within ``timeout`` s; never hangs (DNS too).
+
+    The answer is remembered for 30 s, so a page that asks twice in a row waits once.
+    """
     if hub_offline():
         return False
+    target = url or hub_endpoint()
+    seen = _PROBES.get(target)
+    if seen is not None and time.monotonic() - seen[0] < PROBE_MEMORY_SECONDS:
+        return seen[1]
+    answer = _probe(target, timeout)
+    _PROBES[target] = (time.monotonic(), answer)
+    return answer
+
+
+def _probe(url: str, timeout: float) -> bool:
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            req = urllib.request.Request(url or hub_endpoint(), method="HEAD")
+            req = urllib.request.Request(url, method="HEAD")
             urllib.request.urlopen(req, timeout=timeout).close()
             result.append(True)
         except urllib.error.HTTPError:

@@ -221,6 +221,14 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch: in
     return correct / len(images)
 
 
+def class_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "softmax") -> torch.Tensor:
+    """Softmax cross entropy on soft targets, or multi-label BCE on the classes present."""
+    if kind == "bce":
+        present = (targets > 0).to(logits.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(logits, present)
+    return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 2 % of the peak."""
     if step < warmup:
@@ -251,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-scenes", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--loss",
+        choices=["softmax", "bce"],
+        default="softmax",
+        help="softmax cross entropy on soft targets, or per-class sigmoid (multi-label) BCE",
+    )
     p.add_argument(
         "--patch-loss",
         type=float,
@@ -295,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         phases = json.loads(state.get("phases", '[{"from_step": 0, "patch_loss": 0.0}]'))
         order_rng = np.random.default_rng(args.seed + step)
         print(f"resumed from {args.checkpoint} at step {step}", file=sys.stderr)
-    if not phases or phases[-1]["patch_loss"] != args.patch_loss:
-        phases.append({"from_step": step, "patch_loss": args.patch_loss})
+    phase = {"from_step": step, "patch_loss": args.patch_loss, "loss": args.loss}
+    if not phases or any(phases[-1].get(k, "softmax") != phase[k] for k in ("patch_loss", "loss")):
+        phases.append(phase)
     patches = None
     if args.patch_loss > 0:
         patches = cached_patch_targets(args.train_scenes, log=lambda m: print(m, file=sys.stderr))
@@ -320,11 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         if patches is None:
-            loss = torch.sum(-y * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
+            loss = class_loss(model(x), y, args.loss)
         else:
             feats = model.forward_features(x)
             logits = model.forward_head(feats)
-            loss = torch.sum(-y * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+            loss = class_loss(logits, y, args.loss)
             patch_logits = aux(feats[:, model.num_prefix_tokens :])
             pt = torch.from_numpy(batch_patches.astype(np.float32)).to(device).flatten(1, 2)
             patch_ce = torch.sum(-pt * torch.log_softmax(patch_logits, dim=-1), dim=-1).mean()
@@ -362,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "weight_decay": args.weight_decay,
         "train_scenes": args.train_scenes,
         "seed": args.seed,
+        "loss": args.loss,
         "phases": phases,
         "history": history,
         "train_seconds_this_run": round(time.time() - started),
