@@ -204,7 +204,7 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
     from vitviz.demo.scenes import generate_scene
 
     backend = LocalBackend.from_name("demo", device="cpu")
-    scenes = [generate_scene(9_200_000 + i, 2) for i in range(8)]
+    scenes = [generate_scene(9_200_000 + i, 2) for i in range(24)]
     results = backend.explain_classes(
         [Image.fromarray(s.image) for s in scenes], [list(s.classes) for s in scenes]
     )
@@ -215,4 +215,6 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
         assert not np.allclose(maps[0], maps[1])
         for k in range(2):
             wins += metrics.right_object_wins(maps[k], scene.masks[k], scene.masks[1 - k])
-    assert wins >= 12  # of 16 (scene, class) pairs; class-agnostic maps get about 8
+    # of 48 (scene, class) pairs; a class-agnostic map wins exactly half (24); the shipped
+    # model scores 37 here and 0.84 on the 600-pair benchmark
+    assert wins >= 32
