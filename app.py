@@ -291,20 +291,30 @@ def class_picker(expl, labels: list[str], context: str) -> int:
     )
 
 
-def class_gradients(entry: Entry, backend: LocalBackend, image, cls: int) -> np.ndarray:
-    """``∂y_c/∂A`` for one class of this image: one forward + backward, then cached."""
+def class_gradients(
+    entry: Entry, backend: LocalBackend, image, cls: int, top: list[int]
+) -> np.ndarray:
+    """``∂y_c/∂A`` for one class of this image, cached.
+
+    The first request computes the top-5 classes (and ``cls``) from one forward pass with one
+    backward pass each, so switching among them is instant; any other class costs one forward
+    and one backward pass.
+    """
     from collections import OrderedDict
 
     cache = entry.get("class-gradients", OrderedDict)
     if cls in cache:
         cache.move_to_end(cls)
         return cache[cls]
-    with st.spinner("Computing the class's gradients (one forward and backward pass)…"):
-        grads = backend.explain_classes([image], [[cls]])[0].gradients[0]
-    cache[cls] = grads
-    while len(cache) > 4:  # at most four classes per image are kept
+    wanted = [cls] + ([c for c in top if c != cls] if not cache else [])
+    with st.spinner("Computing the class gradients (one forward, one backward per class)…"):
+        res = backend.explain_classes([image], [wanted])[0]
+    for c, grads in zip(res.classes, res.gradients, strict=True):
+        cache[c] = grads
+    cache.move_to_end(cls)
+    while len(cache) > 8:  # bounded: at most eight classes per image are kept
         cache.popitem(last=False)
-    return grads
+    return cache[cls]
 
 
 # ----------------------------------------------------------------------------- sidebar
@@ -507,7 +517,9 @@ with right:
                 "Method", list(CLASS_METHODS), format_func=CLASS_METHODS.get, key="class_method"
             )
             cm = cm or "chefer"
-            grads = class_gradients(entry, backend, decoded.image, cls)
+            grads = class_gradients(
+                entry, backend, decoded.image, cls, [p.index for p in expl.predictions]
+            )
             copts = {} if cm == "chefer" else opts
             cvals = np.asarray(methods.compute_map(cm, attn, layout, grads=grads, **copts))
             c_map, c_cls = st.columns(2)
@@ -570,7 +582,9 @@ with right:
         with grid_col:
             if why:
                 cls = class_picker(expl, backend.loaded.labels, model_id + image_digest)
-                grads = class_gradients(entry, backend, decoded.image, cls)
+                grads = class_gradients(
+                    entry, backend, decoded.image, cls, [p.index for p in expl.predictions]
+                )
                 gvals = np.asarray(
                     methods.attn_grad(attn, grads, layout, layer=layer, head=head, fusion=fusion)
                 )
