@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark of the core engine (under 5 minutes on one H100/H200): ViT-B/16 random weights,
-# bf16 autocast, 224 and 384 px, batch 1 and 64. One JSON object per line, each with
+# bf16 autocast, 224 and 384 px, batch 1 and 64, and Chefer at batch 1 and 16. One JSON object per line, each with
 # forward_ms, explain_ms, ratio and the peak GPU memory of each path.
 #   bash bench/gpu.sh            (needs torch, timm, safetensors, pillow, opencv, tqdm)
 set -euo pipefail
@@ -17,3 +17,8 @@ done
 # attention returned in fp16 halves the memory of the largest case
 "$py" bench/explain_overhead.py --model vit_base_patch16_224 --img-size 384 --batch 64 \
   --precision bf16 --attn-dtype float16 --repeats 20 --warmup 5 --json
+# class-specific (Chefer): one forward kept for autograd + one backward to the attention
+for batch in 1 16; do
+  "$py" bench/explain_overhead.py --model vit_base_patch16_224 --method chefer \
+    --batch "$batch" --precision bf16 --repeats 20 --warmup 5 --json
+done
