@@ -1,7 +1,8 @@
 """End to end in a real browser: ``streamlit run app.py`` driven by the system Chromium.
 
 Uploads a photo, waits for the overlay, changes the layer in the Heads view, clicks a patch in
-the Patch explorer and checks that the page followed each step without an exception. The
+the Patch explorer, clicks a head in Head statistics and checks that the page followed each
+step without an exception. The
 full-page screenshot is written to ``$VITVIZ_SCREENSHOT`` (the README's image is made with
 ``VITVIZ_SCREENSHOT=docs/screenshot.png python -m pytest tests/test_browser.py``).
 
@@ -164,6 +165,20 @@ def test_upload_layer_and_patch_click(server, tmp_path):
             page.get_by_text(f"selected: patch {patch} (row {row}, column {col})")
         ).to_be_visible(timeout=60_000)
         expect(page.get_by_text(f"What patch {patch} attends to")).to_be_visible()
+
+        # Head statistics: clicking a head's point opens its map in the Heads view
+        page.locator('[data-testid="stButtonGroup"] button', has_text="Head statistics").click()
+        points = page.locator(".st-key-distance .scatterlayer .trace").first.locator("path.point")
+        expect(points.first).to_be_visible(timeout=60_000)
+        expect(idle).to_have_count(0, timeout=60_000)
+        box = points.nth(7).bounding_box()  # layer 2, head 1 (points run head-fastest, 3 heads)
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx, cy)  # plotly's drag layer sits above the points: use the mouse
+        expect(page.locator(".hovertext").first).to_contain_text("layer 2, head 1")
+        page.mouse.click(cx, cy)
+        expect(page.get_by_text(re.compile(r"^Layer 2, head 1: what the readout"))).to_be_visible(
+            timeout=60_000
+        )
 
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
