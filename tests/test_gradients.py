@@ -216,5 +216,5 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
         for k in range(2):
             wins += metrics.right_object_wins(maps[k], scene.masks[k], scene.masks[1 - k])
     # of 48 (scene, class) pairs; a class-agnostic map wins exactly half (24); the shipped
-    # model scores 37 here and 0.84 on the 600-pair benchmark
-    assert wins >= 32
+    # model scores 39 here and 0.865 on the 600-pair benchmark
+    assert wins >= 34

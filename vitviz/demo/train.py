@@ -254,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=150)
+    p.add_argument(
+        "--schedule-from",
+        type=int,
+        default=0,
+        help="restart warm-up and cosine decay at this step (a fine-tuning run)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--train-scenes", type=int, default=16000)
     p.add_argument("--eval-every", type=int, default=200)
@@ -309,8 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         phases = json.loads(state.get("phases", '[{"from_step": 0, "patch_loss": 0.0}]'))
         order_rng = np.random.default_rng(args.seed + step)
         print(f"resumed from {args.checkpoint} at step {step}", file=sys.stderr)
-    phase = {"from_step": step, "patch_loss": args.patch_loss, "loss": args.loss}
-    if not phases or any(phases[-1].get(k, "softmax") != phase[k] for k in ("patch_loss", "loss")):
+    phase = {
+        "from_step": step,
+        "patch_loss": args.patch_loss,
+        "loss": args.loss,
+        "lr": args.lr,
+        "schedule_from": args.schedule_from,
+    }
+    if not phases or any(phases[-1].get(k) != phase[k] for k in phase if k != "from_step"):
         phases.append(phase)
     patches = None
     if args.patch_loss > 0:
@@ -333,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         x = to_input(batch_images).to(device)
         y = torch.from_numpy(batch_targets).to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            group["lr"] = lr_at(
+                step - args.schedule_from, args.steps - args.schedule_from, args.lr, args.warmup
+            )
         if patches is None:
             loss = class_loss(model(x), y, args.loss)
         else:
