@@ -348,8 +348,6 @@ with st.sidebar:
         key="random_weights",
         help="Skip the weights: the maps and predictions are then meaningless.",
     )
-    if choice == WEIGHTS_FILE and weights_path is None:
-        random_weights = random_weights or False
 
     st.subheader("Image")
     source = st.radio(

@@ -8,7 +8,7 @@ backend (HTTP client) implements the same :class:`Backend` protocol.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -143,28 +143,32 @@ class LocalBackend:
         """Model description (see :meth:`LoadedModel.describe`)."""
         return self.loaded.describe()
 
+    def _batches(self, seen: Sequence[Image.Image]) -> Iterator[list[int]]:
+        """Indices of ``seen`` in batches of at most ``batch_size`` images of one input size."""
+        for size in dict.fromkeys(im.size for im in seen):
+            group = [i for i, im in enumerate(seen) if im.size == size]
+            for start in range(0, len(group), self.batch_size):
+                yield group[start : start + self.batch_size]
+
     def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
         """Explain images in batches; images of different input sizes go in separate batches."""
         seen = [self.loaded.seen_image(im) for im in images]
         out: list[ImageExplanation | None] = [None] * len(images)
-        for size in dict.fromkeys(im.size for im in seen):
-            group = [i for i, im in enumerate(seen) if im.size == size]
-            for start in range(0, len(group), self.batch_size):
-                idx = group[start : start + self.batch_size]
-                cap = capture_seen(self.loaded, [seen[i] for i in idx])
-                attention = cap.attention.cpu().numpy()
-                logits = None if cap.logits is None else cap.logits.cpu()
-                for j, i in enumerate(idx):
-                    preds = []
-                    if logits is not None and self.loaded.labels is not None:
-                        preds = top_predictions(logits[j], self.loaded.labels, top_k)
-                    out[i] = ImageExplanation(
-                        image=cap.images[j],
-                        layout=cap.layout,
-                        attention=attention[j],
-                        logits=None if logits is None else logits[j].numpy(),
-                        predictions=preds,
-                    )
+        for idx in self._batches(seen):
+            cap = capture_seen(self.loaded, [seen[i] for i in idx])
+            attention = cap.attention.cpu().numpy()
+            logits = None if cap.logits is None else cap.logits.cpu()
+            for j, i in enumerate(idx):
+                preds = []
+                if logits is not None and self.loaded.labels is not None:
+                    preds = top_predictions(logits[j], self.loaded.labels, top_k)
+                out[i] = ImageExplanation(
+                    image=cap.images[j],
+                    layout=cap.layout,
+                    attention=attention[j],
+                    logits=None if logits is None else logits[j].numpy(),
+                    predictions=preds,
+                )
         return [e for e in out if e is not None]
 
     def explain_classes(
@@ -186,30 +190,25 @@ class LocalBackend:
         labels = self.loaded.labels or []
         seen = [self.loaded.seen_image(im) for im in images]
         out: list[ClassExplanation | None] = [None] * len(images)
-        for size in dict.fromkeys(im.size for im in seen):
-            group = [i for i, im in enumerate(seen) if im.size == size]
-            for start in range(0, len(group), self.batch_size):
-                idx = group[start : start + self.batch_size]
-                x = torch.stack([self.loaded.to_tensor(seen[i]) for i in idx])
-                logits, attention, grads, layout, wanted = attention_gradients(
-                    self.loaded, x, [list(classes[i]) for i in idx], layers=layers
+        for idx in self._batches(seen):
+            x = torch.stack([self.loaded.to_tensor(seen[i]) for i in idx])
+            logits, attention, grads, layout, wanted = attention_gradients(
+                self.loaded, x, [list(classes[i]) for i in idx], layers=layers
+            )
+            attention_np = attention.cpu().numpy()
+            grads_np = grads.cpu().numpy()
+            for j, i in enumerate(idx):
+                expl = ImageExplanation(
+                    image=np.asarray(seen[i], dtype=np.uint8).copy(),
+                    layout=layout,
+                    attention=attention_np[j],
+                    logits=logits[j].cpu().numpy(),
+                    predictions=top_predictions(logits[j].cpu(), labels, top_k) if labels else [],
                 )
-                attention_np = attention.cpu().numpy()
-                grads_np = grads.cpu().numpy()
-                for j, i in enumerate(idx):
-                    expl = ImageExplanation(
-                        image=np.asarray(seen[i], dtype=np.uint8).copy(),
-                        layout=layout,
-                        attention=attention_np[j],
-                        logits=logits[j].cpu().numpy(),
-                        predictions=top_predictions(logits[j].cpu(), labels, top_k)
-                        if labels
-                        else [],
-                    )
-                    out[i] = ClassExplanation(
-                        explanation=expl,
-                        classes=wanted[j],
-                        labels=[labels[c] if labels else str(c) for c in wanted[j]],
-                        gradients=grads_np[:, j],
-                    )
+                out[i] = ClassExplanation(
+                    explanation=expl,
+                    classes=wanted[j],
+                    labels=[labels[c] if labels else str(c) for c in wanted[j]],
+                    gradients=grads_np[:, j],
+                )
         return [e for e in out if e is not None]

@@ -100,6 +100,12 @@ def _to_grid(row: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return row[..., layout.num_prefix :].reshape(*row.shape[:-1], *layout.grid)
 
 
+def _row_grid(row: Array, layout: TokenLayout) -> Array:
+    """A full token row's patch part on the grid, in the row's own array type."""
+    t, was_numpy = _as_tensor(row)
+    return _back(_to_grid(t, layout), was_numpy)
+
+
 def fuse_heads(attn: Array, fusion: Fusion = "mean") -> Array:
     """Fuse the head axis (-3) of ``[..., H, N, N]`` attention by mean, max or min."""
     t, was_numpy = _as_tensor(attn)
@@ -271,8 +277,7 @@ def rollout(
         ``[..., gh, gw]`` map.
     """
     row = rollout_row(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
-    t, was_numpy = _as_tensor(row)
-    return _back(_to_grid(t, layout), was_numpy)
+    return _row_grid(row, layout)
 
 
 def rollout_row(
@@ -312,10 +317,18 @@ def query_map(
     Returns:
         ``[..., gh, gw]`` map over the patch keys.
     """
-    opts = dict(layer=layer, head=head, fusion=fusion, rolled=rolled, discard=discard)
-    row = query_row(attn, layout, patch=patch, start_layer=start_layer, **opts)
-    t, was_numpy = _as_tensor(row)
-    return _back(_to_grid(t, layout), was_numpy)
+    row = query_row(
+        attn,
+        layout,
+        patch=patch,
+        layer=layer,
+        head=head,
+        fusion=fusion,
+        rolled=rolled,
+        discard=discard,
+        start_layer=start_layer,
+    )
+    return _row_grid(row, layout)
 
 
 def query_row(
@@ -469,8 +482,7 @@ def chefer(attn: Array, grads: Array, layout: TokenLayout) -> Array:
         ``[..., gh, gw]`` relevance map.
     """
     row = chefer_row(attn, grads, layout)
-    t, was_numpy = _as_tensor(row)
-    return _back(_to_grid(t, layout), was_numpy)
+    return _row_grid(row, layout)
 
 
 def grad_rollout_row(
@@ -518,8 +530,7 @@ def grad_rollout(
     row = grad_rollout_row(
         attn, grads, layout, fusion=fusion, discard=discard, start_layer=start_layer
     )
-    t, was_numpy = _as_tensor(row)
-    return _back(_to_grid(t, layout), was_numpy)
+    return _row_grid(row, layout)
 
 
 def attn_grad_row(
@@ -562,8 +573,7 @@ def attn_grad(
         ``[..., gh, gw]`` map.
     """
     row = attn_grad_row(attn, grads, layout, layer=layer, head=head, fusion=fusion)
-    t, was_numpy = _as_tensor(row)
-    return _back(_to_grid(t, layout), was_numpy)
+    return _row_grid(row, layout)
 
 
 @dataclass(frozen=True)

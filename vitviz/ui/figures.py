@@ -216,23 +216,30 @@ def prefix_strip(layout: TokenLayout, row: np.ndarray, what: str) -> go.Figure:
     return fig
 
 
+def _head_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layer and head index of every entry of a ``[L, H]`` statistic, and its customdata
+    ``[layer, head, value]`` (head fastest, the order the page decodes clicks in)."""
+    layers, heads = values.shape
+    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    return ll.ravel(), hh.ravel(), np.column_stack([ll.ravel(), hh.ravel(), values.ravel()])
+
+
 def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> go.Figure:
     """Mean attention distance of every head against layer depth (ViT paper, Fig. 7 right)."""
-    layers, heads = distance.shape
-    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    ll, hh, custom = _head_points(distance)
     fig = go.Figure(
         go.Scatter(
-            x=ll.ravel() + 1,
+            x=ll + 1,
             y=distance.ravel(),
             mode="markers",
             marker=dict(
                 size=10,
-                color=hh.ravel(),
+                color=hh,
                 colorscale="Turbo",
                 colorbar=dict(title="head"),
                 line=dict(width=0.5, color="white"),
             ),
-            customdata=np.column_stack([ll.ravel(), hh.ravel(), distance.ravel()]),
+            customdata=custom,
             hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
             "<br>mean distance %{customdata[2]:.1f} px<extra></extra>",
             name="heads",
@@ -265,11 +272,11 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
 def entropy_figure(entropy: np.ndarray) -> go.Figure:
     """Attention entropy per layer (rows) and head (columns) as clickable squares."""
     layers, heads = entropy.shape
-    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    ll, hh, custom = _head_points(entropy)
     fig = go.Figure(
         go.Scatter(
-            x=hh.ravel(),
-            y=ll.ravel(),
+            x=hh,
+            y=ll,
             mode="markers",
             marker=dict(
                 symbol="square",
@@ -278,7 +285,7 @@ def entropy_figure(entropy: np.ndarray) -> go.Figure:
                 colorscale="Viridis",
                 colorbar=dict(title="nats"),
             ),
-            customdata=np.column_stack([ll.ravel(), hh.ravel(), entropy.ravel()]),
+            customdata=custom,
             hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
             "<br>entropy %{customdata[2]:.3f} nats<extra></extra>",
             name="heads",
