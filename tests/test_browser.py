@@ -88,6 +88,12 @@ def server():
     assert "Traceback" not in output, output[-3000:]
 
 
+def picture_of(image) -> str:
+    """The picture a map shows, once plotly has set it (the element exists before its href)."""
+    expect(image).to_have_attribute("href", re.compile("^data:image/"), timeout=120_000)
+    return image.get_attribute("href")
+
+
 def test_upload_layer_and_patch_click(server, tmp_path):
     shot = Path(os.environ.get("VITVIZ_SCREENSHOT", tmp_path / "screenshot.png"))
     with sync_playwright() as pw:
@@ -105,8 +111,7 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         idle = page.locator(
             '[data-testid="stStatusWidget"]'
         )  # shown while a script run is in flight
-        expect(page.locator(".st-key-rollout image").first).to_be_visible(timeout=120_000)
-        first = page.locator(".st-key-rollout image").first.get_attribute("href")
+        first = picture_of(page.locator(".st-key-rollout image").first)
 
         # upload a photo
         page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
@@ -116,7 +121,7 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         expect(page.get_by_text("What the model sees (224×224 px)")).to_be_visible()
         image = page.locator(".st-key-rollout image").first
         expect(image).not_to_have_attribute("href", first, timeout=60_000)
-        overlay = image.get_attribute("href")
+        overlay = picture_of(image)
         assert overlay.startswith("data:image/jpeg;base64,")
         # the first screen holds the image, the prediction and the overlay
         for loc in (
@@ -133,7 +138,7 @@ def test_upload_layer_and_patch_click(server, tmp_path):
         caption = page.get_by_text(re.compile(r"^Layer 5, all heads \(fused\)"))
         expect(caption).to_be_visible(timeout=60_000)
         expect(idle).to_have_count(0, timeout=60_000)
-        before = page.locator(".st-key-head-map image").first.get_attribute("href")
+        before = picture_of(page.locator(".st-key-head-map image").first)
         slider = page.locator('[data-testid="stMain"] input[type="range"][aria-label="Layer"]')
         slider.focus()
         slider.press("ArrowLeft")
