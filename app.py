@@ -7,6 +7,7 @@ other interaction only recomputes maps from the cached attention.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,9 +17,10 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods, models, render
-from vitviz.backend import LocalBackend
+from vitviz.backend import Backend, LocalBackend
 from vitviz.errors import VitvizError
 from vitviz.images import DecodedImage, decode_image
+from vitviz.remote import RemoteBackend
 from vitviz.runtime import tune_allocator
 from vitviz.ui import anatomy, downloads, figures
 from vitviz.ui.state import Entry, ExplanationCache, digest
@@ -41,6 +43,8 @@ OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
 FUSIONS = ["mean", "max", "min"]
 # widget values that must survive while their view is hidden
 PERSISTENT = (
+    "model",
+    "random_weights",
     "layer",
     "head",
     "fusion",
@@ -114,9 +118,15 @@ def decoded_image(image_digest: str, _data: bytes, name: str) -> DecodedImage:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def model_anatomy(model_id: str, _backend: LocalBackend) -> anatomy.Anatomy:
+def model_anatomy(model_id: str, _backend: Backend) -> anatomy.Anatomy:
     """Patch-embedding filters and position similarity of a loaded model."""
-    return anatomy.anatomy(_backend.loaded.model)
+    return _backend.anatomy()
+
+
+@st.cache_resource(show_spinner=False, ttl=60, max_entries=8)
+def get_remote(url: str, token: str | None) -> RemoteBackend:
+    """A client of a vitviz server (its model description is re-read every minute)."""
+    return RemoteBackend(url, token=token)
 
 
 @st.cache_resource(show_spinner=False)
@@ -187,9 +197,7 @@ def device_label(info: dict) -> str:
     """The device in words: the GPU's name, or CPU."""
     dev = info.get("device", "cpu")
     if dev.startswith("cuda"):
-        import torch
-
-        return f"GPU: {torch.cuda.get_device_name(torch.device(dev))} ({info.get('precision')})"
+        return f"GPU: {info.get('device_name', dev)} ({info.get('precision')})"
     if dev.startswith("mps"):
         return "Apple GPU (MPS)"
     return "CPU"
@@ -291,9 +299,7 @@ def class_picker(expl, labels: list[str], context: str) -> int:
     )
 
 
-def class_gradients(
-    entry: Entry, backend: LocalBackend, image, cls: int, top: list[int]
-) -> np.ndarray:
+def class_gradients(entry: Entry, backend: Backend, image, cls: int, top: list[int]) -> np.ndarray:
     """``∂y_c/∂A`` for one class of this image, cached.
 
     The first request computes the top-5 classes (and ``cls``) from one forward pass with one
@@ -324,30 +330,59 @@ choices = [*models.CURATED, OTHER_TIMM, WEIGHTS_FILE]
 titles = {k: s.title for k, s in models.CURATED.items()}
 titles |= {OTHER_TIMM: "Any timm ViT, by name…", WEIGHTS_FILE: "A weights file on this machine…"}
 
+SERVER_DEFAULT = os.environ.get("VITVIZ_SERVER", "")
+BACKENDS = {"local": "In this process", "server": "On a vitviz server"}
+
 with st.sidebar:
     st.subheader("Model")
-    choice = st.selectbox(
-        "Model",
-        choices,
-        index=choices.index(defaults[0]),
-        format_func=lambda k: titles[k],
-        key="model",
-        label_visibility="collapsed",
+    backend_kind = st.radio(
+        "Run the model",
+        list(BACKENDS),
+        index=1 if SERVER_DEFAULT else 0,
+        format_func=BACKENDS.get,
+        horizontal=True,
+        key="backend_kind",
     )
-    name, weights_path = choice, None
-    if choice in models.CURATED:
-        st.caption(models.CURATED[choice].description)
-    elif choice == OTHER_TIMM:
-        name = st.text_input("timm model name", "vit_small_patch16_224.augreg_in21k_ft_in1k")
-        st.caption("Any timm ViT with global attention (ViT, DeiT, DINO, EVA, BEiT …).")
+    server_url = server_token = None
+    choice, name, weights_path, random_weights = defaults[0], defaults[0], None, False
+    if backend_kind == "server":
+        server_url = st.text_input(
+            "Server URL", SERVER_DEFAULT or "http://127.0.0.1:8000", key="server_url"
+        ).strip()
+        server_token = (
+            st.text_input(
+                "Token (if the server needs one)",
+                type="password",
+                key="server_token",
+                help="Empty: the VITVIZ_TOKEN of the machine running this page, if any.",
+            ).strip()
+            or os.environ.get("VITVIZ_TOKEN")
+            or None
+        )
+        st.caption("The server decides the model: `python -m vitviz serve --model NAME`.")
     else:
-        name = st.text_input("timm architecture of the file", "vit_base_patch16_224")
-        weights_path = st.text_input("Weights file (.safetensors, .pth or .bin)", "") or None
-    random_weights = st.toggle(
-        "Random weights (architecture test)",
-        key="random_weights",
-        help="Skip the weights: the maps and predictions are then meaningless.",
-    )
+        choice = st.selectbox(
+            "Model",
+            choices,
+            index=choices.index(defaults[0]),
+            format_func=lambda k: titles[k],
+            key="model",
+            label_visibility="collapsed",
+        )
+        name, weights_path = choice, None
+        if choice in models.CURATED:
+            st.caption(models.CURATED[choice].description)
+        elif choice == OTHER_TIMM:
+            name = st.text_input("timm model name", "vit_small_patch16_224.augreg_in21k_ft_in1k")
+            st.caption("Any timm ViT with global attention (ViT, DeiT, DINO, EVA, BEiT …).")
+        else:
+            name = st.text_input("timm architecture of the file", "vit_base_patch16_224")
+            weights_path = st.text_input("Weights file (.safetensors, .pth or .bin)", "") or None
+        random_weights = st.toggle(
+            "Random weights (architecture test)",
+            key="random_weights",
+            help="Skip the weights: the maps and predictions are then meaningless.",
+        )
 
     st.subheader("Image")
     source = st.radio(
@@ -374,19 +409,26 @@ st.markdown(
     unsafe_allow_html=True,
 )
 st.markdown("#### vitviz — what does the Vision Transformer look at?")
-if defaults[1] and choice == "demo":
+if defaults[1] and backend_kind != "server" and choice == "demo":
     st.info(defaults[1], icon="ℹ️")
 
 fallback_reason = None
 try:
-    if choice == WEIGHTS_FILE and weights_path is None and not random_weights:
+    if backend_kind == "server":
+        try:
+            backend = get_remote(server_url, server_token)
+        except VitvizError as err:
+            name, weights_path, random_weights = "the server", None, False
+            raise VitvizError(f"{err}. Check the URL, or choose “In this process”") from None
+    elif choice == WEIGHTS_FILE and weights_path is None and not random_weights:
         raise VitvizError("enter the path of a weights file in the sidebar (or pick a model)")
-    backend = load_with_progress(name, weights_path, random_weights)
+    else:
+        backend = load_with_progress(name, weights_path, random_weights)
 except VitvizError as err:
     fallback_reason = str(err)
     st.error(f"Could not load {name}: {err}")
-    st.caption("Showing the vitviz demo model instead; pick another model in the sidebar.")
-    name, weights_path, random_weights = "demo", None, False
+    st.caption("Showing the vitviz demo model instead, in this process.")
+    name, weights_path, random_weights, backend_kind = "demo", None, False, "local"
     try:
         backend = load_with_progress("demo", None, False)
     except VitvizError as err2:  # even the bundled model is missing
@@ -395,15 +437,22 @@ except VitvizError as err:
 
 info = backend.info()
 model_id = f"{info['timm_name']}|{info['weights']['source']}|{info['weights']['location']}"
+if backend_kind == "server":
+    name = info["name"]
+    model_id = f"{info['backend']}|{model_id}"
 layers, heads = info["layers"], info["heads"]
 
 with st.sidebar:
     w = info["weights"]
     where = w["location"] or ""
+    remote = backend_kind == "server"
     st.caption(
-        f"**Weights:** {w['source']}" + (f" — `{where}`" if where else "") + "  \n"
-        f"**Device:** {device_label(info)}  \n"
-        "**Backend:** in-process (this machine)"
+        (f"**Model:** {info['title']}  \n" if remote else "")
+        + f"**Weights:** {w['source']}"
+        + (f" — `{where}`" if where else "")
+        + ("  (on the server)" if remote else "")
+        + f"  \n**Device:** {device_label(info)}  \n"
+        + (f"**Backend:** server {info['backend']}" if remote else "**Backend:** in-process")
     )
     if w.get("warning"):
         st.warning(w["warning"])
@@ -510,7 +559,7 @@ with right:
         if why and expl.predictions:
             k1, k2 = st.columns([2, 1])
             with k1:
-                cls = class_picker(expl, backend.loaded.labels, model_id + image_digest)
+                cls = class_picker(expl, backend.labels, model_id + image_digest)
             cm = k2.segmented_control(
                 "Method", list(CLASS_METHODS), format_func=CLASS_METHODS.get, key="class_method"
             )
@@ -525,7 +574,7 @@ with right:
                 st.caption("Rollout: where attention flows (the same for every class)")
                 show_map(entry, values, disp, key="rollout", value_name="rollout", height=340)
             with c_cls:
-                st.caption(f"Why “{backend.loaded.labels[cls]}”: {CLASS_METHODS[cm]}")
+                st.caption(f"Why “{backend.labels[cls]}”: {CLASS_METHODS[cm]}")
                 download_map = show_map(
                     entry, cvals, disp, key="class-map", value_name="relevance", height=340
                 )
@@ -579,14 +628,14 @@ with right:
         why = bool(expl.predictions) and st.session_state.get("why_class", False)
         with grid_col:
             if why:
-                cls = class_picker(expl, backend.loaded.labels, model_id + image_digest)
+                cls = class_picker(expl, backend.labels, model_id + image_digest)
                 grads = class_gradients(
                     entry, backend, decoded.image, cls, [p.index for p in expl.predictions]
                 )
                 gvals = np.asarray(
                     methods.attn_grad(attn, grads, layout, layer=layer, head=head, fusion=fusion)
                 )
-                st.caption(f"Why “{backend.loaded.labels[cls]}”: attention × gradient of this head")
+                st.caption(f"Why “{backend.labels[cls]}”: attention × gradient of this head")
                 show_map(
                     entry, gvals, disp, key="head-class-map", value_name="relevance", height=300
                 )

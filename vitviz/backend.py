@@ -2,8 +2,8 @@
 
 A backend turns images into :class:`ImageExplanation` objects: predictions, the token layout,
 the image as the model saw it and the full attention tensor. Maps are then computed from the
-attention with :mod:`vitviz.methods`, so changing a view never runs the model again. A remote
-backend (HTTP client) implements the same :class:`Backend` protocol.
+attention with :mod:`vitviz.methods`, so changing a view never runs the model again.
+``RemoteBackend`` (:mod:`vitviz.remote`) implements the same :class:`Backend` protocol over HTTP.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vitviz.errors import OptionsError
 from vitviz.gradients import attention_gradients
 from vitviz.layout import TokenLayout
 from vitviz.models import LoadedModel, load_model
+from vitviz.ui.anatomy import Anatomy, anatomy
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,19 @@ class ClassExplanation:
 class Backend(Protocol):
     """What the CLI and the app need from an engine, local or remote."""
 
+    batch_size: int
+
     def info(self) -> dict[str, Any]:
         """Model name, weights source, device, layers, heads, classes, input config."""
+        ...
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names (None for a backbone without a classifier)."""
+        ...
+
+    def anatomy(self) -> Anatomy:
+        """Patch-embedding filters and position-embedding similarity of the model."""
         ...
 
     def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
@@ -133,6 +145,7 @@ class LocalBackend:
     def __init__(self, loaded: LoadedModel, *, batch_size: int = 8) -> None:
         self.loaded = loaded
         self.batch_size = max(1, int(batch_size))
+        self._anatomy: Anatomy | None = None
 
     @classmethod
     def from_name(cls, name: str, *, batch_size: int = 8, **load_kwargs: Any) -> LocalBackend:
@@ -141,7 +154,29 @@ class LocalBackend:
 
     def info(self) -> dict[str, Any]:
         """Model description (see :meth:`LoadedModel.describe`)."""
-        return self.loaded.describe()
+        return {**self.loaded.describe(), "backend": "in-process"}
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names (None for a backbone without a classifier)."""
+        return self.loaded.labels
+
+    def anatomy(self) -> Anatomy:
+        """Patch-embedding filters and position similarity (computed once)."""
+        if self._anatomy is None:
+            self._anatomy = anatomy(self.loaded.model)
+        return self._anatomy
+
+    def _seen(self, images: Sequence[Image.Image], seen: bool) -> list[Image.Image]:
+        if not seen:
+            return [self.loaded.seen_image(im) for im in images]
+        for im in images:
+            if not self.loaded.geometry.is_seen(im):
+                raise OptionsError(
+                    f"an image of {im.size[0]}×{im.size[1]} px is not a resized and cropped input "
+                    "of this model; send the original image instead"
+                )
+        return [im.convert("RGB") for im in images]
 
     def _batches(self, seen: Sequence[Image.Image]) -> Iterator[list[int]]:
         """Indices of ``seen`` in batches of at most ``batch_size`` images of one input size."""
@@ -150,12 +185,17 @@ class LocalBackend:
             for start in range(0, len(group), self.batch_size):
                 yield group[start : start + self.batch_size]
 
-    def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
-        """Explain images in batches; images of different input sizes go in separate batches."""
-        seen = [self.loaded.seen_image(im) for im in images]
+    def explain(
+        self, images: Sequence[Image.Image], *, top_k: int = 5, seen: bool = False
+    ) -> list[ImageExplanation]:
+        """Explain images in batches; images of different input sizes go in separate batches.
+
+        ``seen=True``: the images are already resized and cropped for this model.
+        """
+        seen_images = self._seen(images, seen)
         out: list[ImageExplanation | None] = [None] * len(images)
-        for idx in self._batches(seen):
-            cap = capture_seen(self.loaded, [seen[i] for i in idx])
+        for idx in self._batches(seen_images):
+            cap = capture_seen(self.loaded, [seen_images[i] for i in idx])
             attention = cap.attention.cpu().numpy()
             logits = None if cap.logits is None else cap.logits.cpu()
             for j, i in enumerate(idx):
@@ -178,6 +218,7 @@ class LocalBackend:
         *,
         layers: Sequence[int] | None = None,
         top_k: int = 5,
+        seen: bool = False,
     ) -> list[ClassExplanation]:
         """Explanations plus ``∂y_c/∂A`` for each image's classes, one forward per batch.
 
@@ -188,10 +229,10 @@ class LocalBackend:
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
         labels = self.loaded.labels or []
-        seen = [self.loaded.seen_image(im) for im in images]
+        seen_images = self._seen(images, seen)
         out: list[ClassExplanation | None] = [None] * len(images)
-        for idx in self._batches(seen):
-            x = torch.stack([self.loaded.to_tensor(seen[i]) for i in idx])
+        for idx in self._batches(seen_images):
+            x = torch.stack([self.loaded.to_tensor(seen_images[i]) for i in idx])
             logits, attention, grads, layout, wanted = attention_gradients(
                 self.loaded, x, [list(classes[i]) for i in idx], layers=layers
             )
@@ -199,7 +240,7 @@ class LocalBackend:
             grads_np = grads.cpu().numpy()
             for j, i in enumerate(idx):
                 expl = ImageExplanation(
-                    image=np.asarray(seen[i], dtype=np.uint8).copy(),
+                    image=np.asarray(seen_images[i], dtype=np.uint8).copy(),
                     layout=layout,
                     attention=attention_np[j],
                     logits=logits[j].cpu().numpy(),
@@ -212,3 +253,12 @@ class LocalBackend:
                     gradients=grads_np[:, j],
                 )
         return [e for e in out if e is not None]
+
+
+def __getattr__(name: str) -> Any:
+    """``vitviz.backend.RemoteBackend`` lives in :mod:`vitviz.remote` (imported on first use)."""
+    if name == "RemoteBackend":
+        from vitviz.remote import RemoteBackend
+
+        return RemoteBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitviz explain|models``.
+"""Command line: ``python -m vitviz explain|models|serve``.
 
 ``explain`` writes, per image, a PNG overlay of the chosen method, a JSON file (predictions,
 model, weights source, method and options, input size, token layout) and an ``.npz`` with the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="explain images: overlay PNG, JSON and attention .npz")
     e.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
-    e.add_argument("--model", default="vit-b16", help="curated key or any timm ViT name")
+    e.add_argument(
+        "--model", help="curated key or any timm ViT name (default: vit-b16, or the server's)"
+    )
     src = e.add_mutually_exclusive_group()
     src.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
     src.add_argument(
@@ -67,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
     e.add_argument("--smooth", action="store_true", help="smooth instead of blocky upsampling")
     e.add_argument("--top-k", type=int, default=5)
+    e.add_argument("--server", help="explain on a vitviz server (URL) instead of in this process")
+    e.add_argument("--token", help="the server's bearer token (default: $VITVIZ_TOKEN)")
+
+    s = sub.add_parser("serve", help="serve a model over HTTP (Ray Serve; see README)")
+    s.add_argument("--model", default="vit-b16", help="curated key or any timm ViT name")
+    ssrc = s.add_mutually_exclusive_group()
+    ssrc.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
+    ssrc.add_argument("--random-weights", action="store_true", help="architecture tests only")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--replicas", help="replicas: a number, or auto (default: one per GPU)")
+    s.add_argument("--max-batch-size", type=int, default=16)
+    s.add_argument("--batch-wait-ms", type=float, default=10.0)
+    s.add_argument("--queue-limit", type=int, default=64, help="requests per replica, then 503")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request, then 504")
+    s.add_argument("--max-upload-mb", type=float, default=20.0)
+    s.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of a new one")
     return p
 
 
@@ -106,18 +128,61 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return candidate
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    """Explain every image; report each failure on one line and go on with the rest."""
-    from tqdm import tqdm
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP server until interrupted."""
+    try:
+        from vitviz.serve import run_server
+    except ImportError as err:
+        raise OptionsError(
+            f"serving needs Ray Serve ({err.name} is missing): "
+            "pip install -r requirements-serve.txt"
+        ) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("VITVIZ_TOKEN"):
+        print(
+            f"warning: serving on {args.host} without VITVIZ_TOKEN: anyone who can reach this "
+            "port can use the server",
+            file=sys.stderr,
+        )
+    settings: dict[str, Any] = {
+        "model": args.model,
+        "weights": args.weights,
+        "random_weights": args.random_weights,
+        "device": args.device,
+        "precision": args.precision,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_s": args.batch_wait_ms / 1000,
+        "queue_limit": args.queue_limit,
+        "timeout_s": args.timeout,
+        "max_upload_bytes": int(args.max_upload_mb * 2**20),
+    }
+    if args.replicas is not None:
+        settings["replicas"] = args.replicas if args.replicas == "auto" else int(args.replicas)
+    run_server(settings, host=args.host, port=args.port, address=args.address)
+    return EXIT_OK
 
+
+def _backend(args: argparse.Namespace) -> Any:
+    """The in-process engine, or a client of ``--server``."""
+    if args.server:
+        from vitviz.remote import RemoteBackend
+
+        if args.weights or args.random_weights or args.keep_aspect:
+            raise OptionsError(
+                "--weights, --random-weights and --keep-aspect are the server's choice: "
+                "start the server with them"
+            )
+        remote = RemoteBackend(args.server, token=args.token, batch_size=args.batch_size)
+        served = remote.info()["name"]
+        if args.model and args.model != served:
+            raise OptionsError(
+                f"the server at {args.server} serves {served!r}, not {args.model!r}; "
+                "leave out --model or start a server with that model"
+            )
+        return remote
     from vitviz.backend import LocalBackend
-    from vitviz.images import load_image_file
 
-    options = _method_options(args)
-    if not 0.0 <= args.alpha <= 1.0:
-        raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
-    backend = LocalBackend.from_name(
-        args.model,
+    return LocalBackend.from_name(
+        args.model or "vit-b16",
         weights=args.weights,
         random_weights=args.random_weights,
         device=args.device,
@@ -125,6 +190,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
         keep_aspect=args.keep_aspect,
         batch_size=args.batch_size,
     )
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain every image; report each failure on one line and go on with the rest."""
+    from tqdm import tqdm
+
+    from vitviz.images import load_image_file
+
+    options = _method_options(args)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
+    backend = _backend(args)
     info = backend.info()
     methods.check_options(options, info["layers"], info["heads"])
     spec = methods.METHODS[args.method]
@@ -135,7 +212,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 f"--method {args.method} explains a class, but {info['name']} has no classifier"
             )
         if args.target_class is not None:
-            target = resolve_class(args.target_class, backend.loaded.labels or [])
+            target = resolve_class(args.target_class, backend.labels or [])
     elif args.target_class is not None:
         raise OptionsError(
             "--class applies to the class-specific methods (chefer, grad-rollout, attn-grad)"
@@ -259,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return cmd_models()
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_explain(args)
     except VitvizError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,3 +25,7 @@ class WeightsError(ModelError):
 
 class OptionsError(VitvizError):
     """An explanation option (layer, head, patch, method …) is out of range or unknown."""
+
+
+class ServerError(VitvizError):
+    """A vitviz server cannot be reached, refuses the request or fails."""

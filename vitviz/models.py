@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +199,7 @@ class LoadedModel:
     keep_aspect: bool = False
 
     def __post_init__(self) -> None:
-        self._geometry = _geometry(self.data_config)
+        self.geometry = InputGeometry(self.data_config, self.keep_aspect, _patch_size(self.model))
 
     @property
     def has_classifier(self) -> bool:
@@ -222,9 +222,7 @@ class LoadedModel:
 
     def seen_image(self, image: Image.Image) -> Image.Image:
         """The image exactly as the model sees it: resized and cropped per its config."""
-        if self.keep_aspect:
-            return _aspect_crop(image, self.data_config, _patch_size(self.model))
-        return self._geometry(image.convert("RGB"))
+        return self.geometry(image)
 
     def to_tensor(self, seen: Image.Image) -> torch.Tensor:
         """Normalized ``[3, H, W]`` tensor of a seen image (model's mean/std)."""
@@ -239,10 +237,13 @@ class LoadedModel:
             "timm_name": _full_name(self.model),
             "weights": self.weights.to_dict(),
             "device": str(self.device),
+            "device_name": _device_name(self.device),
             "precision": self.precision,
             "layers": self.num_layers,
             "heads": self.num_heads,
             "classes": getattr(self.model, "num_classes", 0),
+            "keep_aspect": self.keep_aspect,
+            "patch_size": list(_patch_size(self.model)),
             "input_config": {
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in self.data_config.items()
@@ -251,10 +252,55 @@ class LoadedModel:
         }
 
 
+def _device_name(device: torch.device) -> str:
+    """The device in words: the GPU's name, Apple GPU or CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "Apple GPU (MPS)" if device.type == "mps" else "CPU"
+
+
 def _full_name(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     arch, tag = cfg.get("architecture", ""), cfg.get("tag", "")
     return f"{arch}.{tag}" if arch and tag else arch or type(model).__name__
+
+
+class InputGeometry:
+    """Resize and crop of a model's input, from its data config alone (no weights needed).
+
+    The remote client uses it with the config a server reports, so it can send the image
+    exactly as the model will see it.
+    """
+
+    def __init__(self, config: dict[str, Any], keep_aspect: bool, patch: Sequence[int]) -> None:
+        self.config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        self.keep_aspect = bool(keep_aspect)
+        self.patch = (int(patch[0]), int(patch[1]))
+        self._geometry = _geometry(self.config)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> InputGeometry:
+        """The geometry of the model a :meth:`LoadedModel.describe` dict describes."""
+        return cls(info["input_config"], info.get("keep_aspect", False), info["patch_size"])
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """The image exactly as the model sees it."""
+        if self.keep_aspect:
+            return _aspect_crop(image, self.config, self.patch)
+        return self._geometry(image.convert("RGB"))
+
+    def is_seen(self, image: Image.Image) -> bool:
+        """Whether ``image`` has a size this geometry produces (already resized and cropped)."""
+        w, h = image.size
+        if self.keep_aspect:
+            short = min(self.config["input_size"][1:])
+            return (
+                min(h, w) <= short
+                and h % self.patch[0] == 0
+                and w % self.patch[1] == 0
+                and max(h, w) <= 3 * short
+            )
+        return (h, w) == tuple(self.config["input_size"][1:])
 
 
 def _geometry(cfg: dict[str, Any]) -> T.Compose:

@@ -1,0 +1,221 @@
+"""``RemoteBackend``: the :class:`vitviz.backend.Backend` protocol over HTTP to a vitviz server.
+
+The client resizes and crops each image itself with the geometry the server reports (the same
+code the server would run), sends the model's input as a PNG and asks for the full attention
+in float16, so the page and the CLI get what the in-process engine gives, to float16
+precision. Several images are sent at once (the server batches them); a busy server's 503 is
+retried after its Retry-After.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import requests
+from PIL import Image
+
+from vitviz import wire
+from vitviz.backend import ClassExplanation, ImageExplanation, Prediction
+from vitviz.errors import ImageError, OptionsError, ServerError
+from vitviz.layout import TokenLayout
+from vitviz.models import InputGeometry
+from vitviz.ui.anatomy import Anatomy
+
+_IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
+
+
+class RemoteBackend:
+    """A client of ``python -m vitviz serve``; the same methods as ``LocalBackend``.
+
+    Args:
+        url: the server's base URL, e.g. ``http://gpu-box:8000``.
+        token: bearer token (default ``$VITVIZ_TOKEN``).
+        timeout: seconds to wait for one answer.
+        batch_size: images in flight at once.
+        retries: how often a busy (503) answer is retried.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        batch_size: int = 8,
+        retries: int = 5,
+    ) -> None:
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ServerError(f"server URL {url!r} must start with http:// or https://")
+        self.url = url
+        self.token = token if token is not None else (os.environ.get("VITVIZ_TOKEN") or None)
+        self.timeout = timeout
+        self.batch_size = max(1, int(batch_size))
+        self.retries = retries
+        self._local = threading.local()
+        self._info = self._request("GET", "/v1/model", timeout=min(timeout, 15.0)).json()
+        if self._info.get("api_version") != 1:
+            raise ServerError(
+                f"the server at {url} speaks API version {self._info.get('api_version')}, "
+                "this client version 1; use matching vitviz versions"
+            )
+        self.geometry = InputGeometry.from_info(self._info)
+        self._anatomy: Anatomy | None = None
+
+    # -- protocol --------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """The server's model description, with ``backend`` set to the URL."""
+        skip = ("labels", "methods", "limits", "api_version")
+        return {**{k: v for k, v in self._info.items() if k not in skip}, "backend": self.url}
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The server's limits (upload size, batch size, timeout, token required)."""
+        return dict(self._info["limits"])
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names of the served model (None without a classifier)."""
+        return self._info.get("labels")
+
+    def anatomy(self) -> Anatomy:
+        """The model's filters and position similarity, fetched once."""
+        if self._anatomy is None:
+            r = self._request("GET", "/v1/model/anatomy")
+            header, arrays = wire.decode(r.content)
+            grid = header.get("position_grid")
+            self._anatomy = Anatomy(
+                width=int(header["width"]),
+                patch_size=tuple(header["patch_size"]),
+                filters=arrays.get("filters"),
+                filter_variance=arrays.get("filter_variance"),
+                position_similarity=arrays.get("position_similarity"),
+                position_grid=None if grid is None else tuple(grid),
+            )
+        return self._anatomy
+
+    def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
+        """One explanation per image (full attention, float16 on the wire)."""
+        params = {"top_k": top_k, "attention": "full", "dtype": "float16", "seen": "true"}
+        return self._map(lambda im: self._explanation(*self._explain(im, params)), images)
+
+    def explain_classes(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[Sequence[int | None]],
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+    ) -> list[ClassExplanation]:
+        """Explanations plus ``∂y_c/∂A`` for each image's classes (None: top prediction)."""
+        if len(classes) != len(images):
+            raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
+        base = {"top_k": top_k, "attention": "full", "dtype": "float16", "seen": "true"}
+        if layers is not None:
+            base["layer"] = [int(x) for x in layers]
+
+        def one(pair: tuple[Image.Image, Sequence[int | None]]) -> ClassExplanation:
+            image, wanted = pair
+            params = dict(base, **{"class": ["top" if c is None else str(c) for c in wanted]})
+            header, arrays = self._explain(image, params)
+            expl = self._explanation(header, arrays)
+            stored = arrays["gradients"]
+            grads = np.zeros((stored.shape[0], *expl.attention.shape), dtype=np.float32)
+            grads[:, header["gradient_layers"]] = stored
+            return ClassExplanation(expl, header["classes"], header["class_labels"], grads)
+
+        return self._map(one, list(zip(images, classes, strict=True)))
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.batch_size, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def _explain(
+        self, image: Image.Image, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        seen = self.geometry(image)
+        buf = io.BytesIO()
+        seen.save(buf, format="PNG", compress_level=1)
+        r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue())
+        try:
+            return wire.decode(r.content)
+        except wire.WireError as err:
+            raise ServerError(f"{self.url} sent an answer vitviz cannot read: {err}") from None
+
+    @staticmethod
+    def _explanation(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> ImageExplanation:
+        logits = arrays.get("logits")
+        return ImageExplanation(
+            image=np.array(arrays["image"], dtype=np.uint8),
+            layout=TokenLayout.from_dict(header["layout"]),
+            attention=np.asarray(arrays["attention"], dtype=np.float32),
+            logits=None if logits is None else np.array(logits, dtype=np.float32),
+            predictions=[Prediction(**p) for p in header["predictions"]],
+        )
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            if self.token:
+                session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
+
+    def _request(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """One call, with 503 retried after Retry-After; errors become one clear line."""
+        url = self.url + path
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._session().request(method, url, timeout=timeout or self.timeout, **kwargs)
+            except requests.Timeout:
+                raise ServerError(
+                    f"the vitviz server at {self.url} did not answer within "
+                    f"{timeout or self.timeout:g} s"
+                ) from None
+            except requests.RequestException as err:
+                raise ServerError(
+                    f"could not reach the vitviz server at {self.url} ({type(err).__name__}); "
+                    "check the address and that `python -m vitviz serve` runs there"
+                ) from None
+            if r.status_code == 503 and attempt < self.retries:
+                time.sleep(_retry_after(r))
+                continue
+            if r.ok:
+                return r
+            raise _error(self.url, r)
+        raise AssertionError("unreachable")
+
+
+def _retry_after(r: requests.Response) -> float:
+    try:
+        return min(30.0, max(0.1, float(r.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def _error(url: str, r: requests.Response) -> Exception:
+    """The exception for a refused request, with the server's own message."""
+    try:
+        err = r.json()["error"]
+        code, message = err["code"], err["message"]
+    except (ValueError, KeyError, TypeError):
+        return ServerError(
+            f"{url} answered HTTP {r.status_code} without a vitviz error: is it a vitviz server?"
+        )
+    if code in _IMAGE_CODES:
+        return ImageError(message)
+    if code == "bad_option":
+        return OptionsError(message)
+    return ServerError(f"the vitviz server at {url} refused: {message} (HTTP {r.status_code})")

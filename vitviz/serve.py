@@ -1,0 +1,281 @@
+"""The vitviz HTTP server: a Ray Serve application with a FastAPI ingress.
+
+One replica holds one model (one GPU each when the cluster has GPUs). Requests are gathered
+into batches by ``@serve.batch`` and explained by :class:`vitviz.service.Engine`. Start it
+with ``python -m vitviz serve --model NAME`` (one machine) or deploy ``serve_config.yaml``
+on a Ray cluster (``serve deploy``); the API is documented at ``/docs`` and in the README.
+
+Endpoints (version 1; every one but health needs the bearer token when one is set):
+    ``GET /v1/health``: liveness and the model name.
+    ``GET /v1/model``: model description, labels, methods, limits.
+    ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).
+    ``POST /v1/explain``: the image bytes as the body, options as query parameters; the
+        answer is a :mod:`vitviz.wire` message.
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.config import BackpressureConfig
+
+from vitviz import wire
+from vitviz.service import API_VERSION, Admission, ApiError, Engine, Job, Settings, check_token
+from vitviz.service import too_large as _too_large
+
+api = FastAPI(
+    title="vitviz",
+    version=str(API_VERSION),
+    description=(
+        "Vision Transformer attention over HTTP. POST an image to /v1/explain; the answer is "
+        f"a binary message ({wire.MEDIA_TYPE}): 'VITVIZ1\\n', a uint32 header length, a JSON "
+        "header (predictions, token layout, array table) and raw little-endian arrays."
+    ),
+)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_options(_: Request, err: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in err.errors()
+    )
+    body = ApiError(422, "bad_option", f"invalid options: {problems}").body()
+    return JSONResponse(body, status_code=422)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(name="VitvizServer")
+@serve.ingress(api)
+class VitvizServer:
+    """One replica: a loaded model, batching, admission control and the routes."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = Settings(**settings)
+        self.engine = Engine(self.settings)
+        self.admission = Admission(self.settings.queue_limit, self.settings.retry_after_s)
+        self._run_batch.set_max_batch_size(self.settings.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+
+    def _auth(self, request: Request) -> None:
+        check_token(self.settings.token, request.headers.get("authorization"))
+
+    @api.get("/v1/health", summary="Liveness (no token needed)")
+    async def health(self) -> dict[str, Any]:
+        """The server is up and its model loaded."""
+        info = self.engine.info()
+        return {"status": "ok", "api_version": API_VERSION, "model": info["name"]}
+
+    @api.get("/v1/model", summary="Model description, labels, methods and limits")
+    async def model(self, request: Request) -> dict[str, Any]:
+        """What :meth:`vitviz.service.Engine.info` says."""
+        self._auth(request)
+        return self.engine.info()
+
+    @api.get("/v1/model/anatomy", summary="Patch filters and position similarity (binary)")
+    async def anatomy(self, request: Request) -> Response:
+        """The model's anatomy as a binary message."""
+        self._auth(request)
+        data = await asyncio.to_thread(self.engine.anatomy_message)
+        return Response(data, media_type=wire.MEDIA_TYPE)
+
+    @api.post(
+        "/v1/explain",
+        summary="Explain one image",
+        response_class=Response,
+        responses={200: {"content": {wire.MEDIA_TYPE: {}}, "description": "binary message"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "the image file's bytes (JPEG, PNG, WebP, BMP, GIF, TIFF)",
+                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def explain(
+        self,
+        request: Request,
+        top_k: Annotated[int, Query(description="predictions to return (1-50)")] = 5,
+        attention: Annotated[
+            str, Query(description="none, readout ([L,H,N] rows of the readout) or full")
+        ] = "readout",
+        dtype: Annotated[
+            str, Query(description="attention arrays: float16, uint8 or float32")
+        ] = "float16",
+        classes: Annotated[
+            list[str],
+            Query(
+                alias="class",
+                description="class-specific: a class index, name or 'top' (repeat for several)",
+            ),
+        ] = [],  # noqa: B006 - FastAPI copies defaults per request
+        layers: Annotated[
+            list[int],
+            Query(alias="layer", description="layers whose gradients to return (default all)"),
+        ] = [],  # noqa: B006
+        seen: Annotated[bool, Query(description="the image is already the model's input")] = False,
+    ) -> Response:
+        """Predictions, token layout, statistics and the attention arrays asked for."""
+        self._auth(request)
+        start = time.monotonic()
+        with self.admission:
+            body = await _read_body(request, self.settings.max_upload_bytes)
+            job = await asyncio.to_thread(
+                self.engine.make_job,
+                body,
+                seen=seen,
+                top_k=top_k,
+                attention=attention,
+                dtype=dtype,
+                classes=classes,
+                layers=layers,
+            )
+            left = self.settings.timeout_s - (time.monotonic() - start)
+            try:
+                outcome = await asyncio.wait_for(self._run_batch(job), max(left, 0.001))
+            except TimeoutError:
+                raise ApiError(
+                    504,
+                    "timeout",
+                    f"the explanation took longer than {self.settings.timeout_s:g} s; "
+                    "the server is overloaded or the image too large, try again later",
+                ) from None
+            if outcome.error is not None:
+                raise outcome.error
+            data = await asyncio.to_thread(self.engine.encode, job, outcome.result)
+        return Response(data, media_type=wire.MEDIA_TYPE)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _run_batch(self, jobs: list[Job]) -> list[Any]:
+        return await asyncio.to_thread(self.engine.run, jobs)
+
+
+def _cluster_gpus() -> int:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.cluster_resources().get("GPU", 0))
+    except Exception:  # no cluster yet: look at this machine
+        pass
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application (``import_path: vitviz.serve:build_app`` in a Serve config).
+
+    ``args``: any :class:`Settings` field (``token`` defaults to ``$VITVIZ_TOKEN``) plus
+    ``replicas`` (an int, or ``auto`` to autoscale between 1 and the number of GPUs; default
+    one per GPU, or 1 without GPUs), ``gpus_per_replica`` (default 1 with GPUs) and
+    ``cpus_per_replica`` (default 1).
+    """
+    args = dict(args)
+    known = {f.name for f in fields(Settings)}
+    extra = {"replicas", "gpus_per_replica", "cpus_per_replica"}
+    unknown = set(args) - known - extra
+    if unknown:
+        raise ValueError(f"unknown server options: {', '.join(sorted(unknown))}")
+    settings = Settings(**{k: _coerce(Settings, k, v) for k, v in args.items() if k in known})
+    if settings.token is None:
+        settings.token = os.environ.get("VITVIZ_TOKEN") or None
+    gpus = _cluster_gpus() if settings.device in ("auto", "cuda") else 0
+    per_gpu = float(args.get("gpus_per_replica", 1 if gpus else 0))
+    options: dict[str, Any] = {
+        "ray_actor_options": {
+            "num_cpus": float(args.get("cpus_per_replica", 1)),
+            "num_gpus": per_gpu,
+        },
+        # our admission control answers first (JSON 503); Serve's queue bound is the backstop
+        "max_ongoing_requests": settings.queue_limit + settings.max_batch_size,
+        "max_queued_requests": 4 * settings.queue_limit,
+        "backpressure_config": BackpressureConfig(
+            status_code=503, retry_after_s=settings.retry_after_s
+        ),
+    }
+    replicas = args.get("replicas")
+    most = max(1, int(gpus / per_gpu) if per_gpu else 1)
+    if replicas == "auto":
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": most,
+            "target_ongoing_requests": settings.max_batch_size,
+        }
+    else:
+        options["num_replicas"] = int(replicas) if replicas is not None else most
+    return VitvizServer.options(**options).bind(asdict(settings))
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Config files and ``serve run k=v`` give strings: convert to the field's type."""
+    if not isinstance(value, str):
+        return value
+    kind = next(f.type for f in fields(cls) if f.name == name)
+    if "bool" in kind:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def run_server(
+    args: dict[str, Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    ready: Sequence[str] = (),
+) -> None:
+    """Start Ray (a local instance unless ``address``), deploy, serve until interrupted."""
+    import logging
+
+    import ray
+
+    ray.init(
+        address=address or "local",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    try:
+        timeout = float(args.get("timeout_s", Settings.timeout_s))
+        serve.start(
+            http_options={"host": host, "port": port, "request_timeout_s": timeout + 30},
+            logging_config={"log_level": "WARNING"},
+        )
+        serve.run(build_app(args), name="vitviz", route_prefix="/", blocking=False)
+        print(f"vitviz server ready at http://{host}:{port}  (API docs: /docs)", flush=True)
+        for line in ready:
+            print(line, flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,415 @@
+"""What the HTTP server does with a request, without Ray or FastAPI: the testable core.
+
+A request becomes a :class:`Job` (decoded image plus validated options). :meth:`Engine.run`
+explains a list of jobs in as few batches as it can: plain jobs in one ``explain`` call,
+class-specific jobs in one ``explain_classes`` call (class lists padded to the longest,
+gradient layers merged). When a batch fails, its jobs are retried one by one, so one bad job
+never takes its batch-mates down. :meth:`Engine.encode` turns a result into the binary
+response of :mod:`vitviz.wire`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from vitviz import methods, wire
+from vitviz.backend import ClassExplanation, ImageExplanation, LocalBackend, resolve_class
+from vitviz.errors import OptionsError, VitvizError
+from vitviz.images import decode_image
+
+API_VERSION = 1
+AttentionPart = Literal["none", "readout", "full"]
+ARRAY_DTYPES = ("float16", "uint8", "float32")
+
+
+@dataclass
+class Settings:
+    """How a server runs: its model and its limits.
+
+    Attributes:
+        model: curated key, timm name or path (see :func:`vitviz.models.load_model`).
+        weights: local weights file on the server.
+        random_weights: no trained weights (architecture tests and benchmarks only).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
+        max_batch_size: most images explained in one forward pass.
+        batch_wait_s: how long a batch waits to fill up.
+        queue_limit: requests a replica accepts at once; more get 503 with Retry-After.
+        retry_after_s: the Retry-After a busy replica answers.
+        timeout_s: longest a request may wait and compute before it gets 504.
+        max_upload_bytes: largest request body.
+        max_pixels: largest decoded image (width × height).
+        token: bearer token every request but health must carry (None: open).
+        threads: CPU threads for torch (0: all cores).
+    """
+
+    model: str = "vit-b16"
+    weights: str | None = None
+    random_weights: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    max_batch_size: int = 16
+    batch_wait_s: float = 0.01
+    queue_limit: int = 64
+    retry_after_s: int = 2
+    timeout_s: float = 60.0
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    token: str | None = field(default=None, repr=False)
+    threads: int = 0
+
+    def limits(self) -> dict[str, Any]:
+        """The limits clients may read (never the token)."""
+        return {
+            "max_batch_size": self.max_batch_size,
+            "queue_limit": self.queue_limit,
+            "timeout_s": self.timeout_s,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": self.max_pixels,
+            "token_required": bool(self.token),
+        }
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def check_token(expected: str | None, authorization: str | None) -> None:
+    """Raise 401 unless ``authorization`` is ``Bearer <expected>`` (constant-time compare)."""
+    if not expected:
+        return
+    given = (authorization or "").strip()
+    scheme, _, value = given.partition(" ")
+    ok = hmac.compare_digest(value.strip().encode(), expected.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this server needs a token: send 'Authorization: Bearer <token>' "
+            "(the vitviz client reads it from VITVIZ_TOKEN or --token)",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+class Admission:
+    """A bounded count of requests in a replica; over the limit means 503 + Retry-After."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self.limit, self.retry_after_s = max(1, int(limit)), max(1, int(retry_after_s))
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Admission:
+        with self._lock:
+            if self.active >= self.limit:
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"the server is busy ({self.active} requests in progress); "
+                    f"retry in {self.retry_after_s} s",
+                    {"Retry-After": str(self.retry_after_s)},
+                )
+            self.active += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+@dataclass
+class Job:
+    """One explain request, validated.
+
+    Attributes:
+        image: the decoded image (already the model's input when ``seen``).
+        seen: the client resized and cropped it for the model already.
+        top_k: predictions to return.
+        attention: which attention to return: none, the readout rows, or the full tensor.
+        dtype: encoding of attention arrays (float16, uint8 per-row scaled, float32).
+        classes: class-specific request: class indices, None for the top prediction.
+        layers: layers whose gradients are returned (all when empty).
+    """
+
+    image: Image.Image
+    seen: bool = False
+    top_k: int = 5
+    attention: AttentionPart = "readout"
+    dtype: str = "float16"
+    classes: list[int | None] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """A job's result, or the error that stopped it."""
+
+    result: ImageExplanation | ClassExplanation | None = None
+    error: ApiError | None = None
+
+
+class Engine:
+    """The model of one replica and everything a request needs from it."""
+
+    def __init__(self, settings: Settings, backend: LocalBackend | None = None) -> None:
+        self.settings = settings
+        if backend is None:
+            if settings.threads or settings.device in ("auto", "cpu"):
+                import torch
+
+                torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+            backend = LocalBackend.from_name(
+                settings.model,
+                weights=settings.weights,
+                random_weights=settings.random_weights,
+                device=settings.device,
+                precision=settings.precision,
+                batch_size=settings.max_batch_size,
+            )
+        self.backend = backend
+        self._info = backend.info()
+        self._lock = threading.Lock()  # one forward at a time per replica
+
+    def info(self) -> dict[str, Any]:
+        """Model description, API version, methods and limits (the ``/v1/model`` body)."""
+        info = {k: v for k, v in self._info.items() if k != "backend"}
+        return {
+            "api_version": API_VERSION,
+            **info,
+            "labels": self.backend.labels,
+            "methods": {
+                name: {"description": m.description, "needs_gradients": m.needs_gradients}
+                for name, m in methods.METHODS.items()
+            },
+            "limits": self.settings.limits(),
+        }
+
+    def anatomy_message(self) -> bytes:
+        """Patch-embedding filters and position similarity as a binary message."""
+        a = self.backend.anatomy()
+        header = {
+            "api_version": API_VERSION,
+            "width": a.width,
+            "patch_size": list(a.patch_size),
+            "position_grid": None if a.position_grid is None else list(a.position_grid),
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if a.filters is not None:
+            arrays["filters"] = a.filters.astype(np.uint8)
+            arrays["filter_variance"] = np.asarray(a.filter_variance, dtype=np.float32)
+        if a.position_similarity is not None:
+            arrays["position_similarity"] = a.position_similarity.astype(np.float32)
+        return wire.encode(header, arrays)
+
+    def make_job(
+        self,
+        body: bytes,
+        *,
+        seen: bool = False,
+        top_k: int = 5,
+        attention: str = "readout",
+        dtype: str = "float16",
+        classes: Sequence[str] = (),
+        layers: Sequence[int] = (),
+    ) -> Job:
+        """Decode and validate one request; 400 with a clear message when it is wrong."""
+        if attention not in ("none", "readout", "full"):
+            raise ApiError(400, "bad_option", "attention must be none, readout or full")
+        if dtype not in ARRAY_DTYPES:
+            raise ApiError(400, "bad_option", f"dtype must be one of {', '.join(ARRAY_DTYPES)}")
+        if not 1 <= top_k <= 50:
+            raise ApiError(400, "bad_option", f"top_k must be between 1 and 50, got {top_k}")
+        if len(body) > self.settings.max_upload_bytes:
+            raise too_large(len(body), self.settings.max_upload_bytes)
+        try:
+            image = decode_image(body, "the uploaded image").image
+        except VitvizError as err:
+            raise ApiError(400, "bad_image", str(err)) from None
+        w, h = image.size
+        if w * h > self.settings.max_pixels:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"the image is {w}×{h} pixels, over this server's limit of "
+                f"{self.settings.max_pixels / 1e6:g} megapixels; downscale it",
+            )
+        if seen and not self.backend.loaded.geometry.is_seen(image):
+            raise ApiError(
+                400,
+                "bad_option",
+                f"seen=true but the image is {w}×{h} px, not a resized and cropped input of "
+                "this model; send the original image without seen",
+            )
+        wanted = self._classes(classes)
+        num_layers = self._info["layers"]
+        for layer in layers:
+            if not -num_layers <= layer < num_layers:
+                raise ApiError(
+                    400, "bad_option", f"layer {layer} does not exist: the model has {num_layers}"
+                )
+        picked = sorted({layer % num_layers for layer in layers}) if layers else []
+        return Job(image, seen, top_k, attention, dtype, wanted, picked)  # type: ignore[arg-type]
+
+    def _classes(self, classes: Sequence[str]) -> list[int | None]:
+        if not classes:
+            return []
+        labels = self.backend.labels
+        if not labels:
+            raise ApiError(
+                400, "bad_option", "this model has no classifier, so it explains no class"
+            )
+        if len(classes) > 16:
+            raise ApiError(400, "bad_option", "at most 16 classes per request")
+        out: list[int | None] = []
+        for spec in classes:
+            if str(spec).strip().lower() == "top":
+                out.append(None)
+                continue
+            try:
+                out.append(resolve_class(spec, labels))
+            except OptionsError as err:
+                raise ApiError(400, "bad_option", str(err)) from None
+        return out
+
+    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Explain jobs in as few forward passes as possible; errors stay per job."""
+        outcomes = [Outcome() for _ in jobs]
+        plain = [i for i, j in enumerate(jobs) if not j.classes]
+        classed = [i for i, j in enumerate(jobs) if j.classes]
+        for group, fn in ((plain, self._plain), (classed, self._classed)):
+            if not group:
+                continue
+            try:
+                results = fn([jobs[i] for i in group])
+            except Exception:  # the batch failed: find out which job, keep the others
+                results = []
+                for i in group:
+                    try:
+                        results.extend(fn([jobs[i]]))
+                    except Exception as err:  # reported to that client only
+                        results.append(_as_api_error(err))
+            for i, res in zip(group, results, strict=True):
+                if isinstance(res, ApiError):
+                    outcomes[i].error = res
+                else:
+                    outcomes[i].result = res
+        return outcomes
+
+    def _plain(self, jobs: Sequence[Job]) -> list[ImageExplanation]:
+        out: list[ImageExplanation | None] = [None] * len(jobs)
+        with self._lock:
+            for seen in (True, False):
+                idx = [i for i, j in enumerate(jobs) if j.seen == seen]
+                if not idx:
+                    continue
+                top_k = max(jobs[i].top_k for i in idx)
+                res = self.backend.explain([jobs[i].image for i in idx], top_k=top_k, seen=seen)
+                for i, r in zip(idx, res, strict=True):
+                    out[i] = r
+        return [r for r in out if r is not None]
+
+    def _classed(self, jobs: Sequence[Job]) -> list[ClassExplanation]:
+        out: list[ClassExplanation | None] = [None] * len(jobs)
+        num_layers = self._info["layers"]
+        layers = sorted({layer for j in jobs for layer in (j.layers or range(num_layers))})
+        k = max(len(j.classes) for j in jobs)
+        with self._lock:
+            for seen in (True, False):
+                idx = [i for i, j in enumerate(jobs) if j.seen == seen]
+                if not idx:
+                    continue
+                padded = [
+                    jobs[i].classes + [jobs[i].classes[-1]] * (k - len(jobs[i].classes))
+                    for i in idx
+                ]
+                res = self.backend.explain_classes(
+                    [jobs[i].image for i in idx],
+                    padded,
+                    layers=layers,
+                    top_k=max(jobs[i].top_k for i in idx),
+                    seen=seen,
+                )
+                for i, r in zip(idx, res, strict=True):
+                    n = len(jobs[i].classes)
+                    out[i] = ClassExplanation(
+                        r.explanation, r.classes[:n], r.labels[:n], r.gradients[:n]
+                    )
+        return [r for r in out if r is not None]
+
+    def encode(self, job: Job, result: ImageExplanation | ClassExplanation) -> bytes:
+        """The binary response for one job (see :mod:`vitviz.wire` and the README)."""
+        classed = result if isinstance(result, ClassExplanation) else None
+        expl = classed.explanation if classed else result
+        attn, layout = expl.attention, expl.layout
+        header: dict[str, Any] = {
+            "api_version": API_VERSION,
+            "model": self._info["name"],
+            "predictions": [p.to_dict() for p in expl.predictions[: job.top_k]],
+            "layout": layout.to_dict(),
+            "input_size": list(expl.image.shape[:2]),
+            "attention": job.attention,
+        }
+        arrays: dict[str, np.ndarray] = {"image": expl.image.astype(np.uint8)}
+        if expl.logits is not None:
+            arrays["logits"] = np.asarray(expl.logits, dtype=np.float32)
+        rollout = methods.rollout_row(attn, layout)
+        arrays["rollout"] = np.asarray(rollout, dtype=np.float32)
+        for name, fn in methods.STATISTICS.items():
+            arrays[name] = np.asarray(fn(attn, layout), dtype=np.float32)
+        if job.attention == "readout":
+            readout = np.einsum("n,lhnm->lhm", layout.readout_weights(), attn)
+            arrays |= wire.pack_array("readout", readout, job.dtype)
+        elif job.attention == "full":
+            arrays |= wire.pack_array("attention", attn, job.dtype)
+        if classed is not None:
+            layers = job.layers or list(range(self._info["layers"]))
+            header |= {
+                "classes": classed.classes,
+                "class_labels": classed.labels,
+                "gradient_layers": layers,
+            }
+            grads = classed.gradients[:, layers]
+            enc = "float32" if job.dtype == "float32" else "float16-scaled"
+            arrays |= wire.pack_array("gradients", grads, enc, scale_axes=2)
+            if len(layers) == self._info["layers"]:
+                arrays["chefer"] = np.stack(
+                    [np.asarray(methods.chefer_row(attn, g, layout)) for g in classed.gradients]
+                ).astype(np.float32)
+        return wire.encode(header, arrays)
+
+
+def too_large(size: int, limit: int) -> ApiError:
+    """413 for a body over the upload limit."""
+    return ApiError(
+        413,
+        "upload_too_large",
+        f"the request body is {size / 2**20:.1f} MiB, over this server's limit of "
+        f"{limit / 2**20:.1f} MiB; send a smaller or more compressed image",
+    )
+
+
+def _as_api_error(err: Exception) -> ApiError:
+    if isinstance(err, ApiError):
+        return err
+    if isinstance(err, VitvizError):
+        return ApiError(400, "bad_request", str(err))
+    return ApiError(500, "internal", f"the server failed on this image ({type(err).__name__})")

@@ -1,0 +1,120 @@
+"""The binary format of the HTTP API: a JSON header plus raw little-endian arrays.
+
+A message is ``MAGIC`` (8 bytes), the header length as a little-endian uint32, the header
+(UTF-8 JSON) and the array bytes. ``header["arrays"]`` maps each array's name to
+``{"dtype", "shape", "offset", "nbytes"}`` (offset counted from the end of the header) and,
+for scaled arrays, ``"scale"``: the name of a float32 array broadcast against it. A value is
+``stored × scale`` for float16 and ``stored / 255 × scale`` for uint8. Any language reads it
+with a JSON parser and a typed-array view; :func:`decode` is the Python reader.
+
+Encodings (:func:`pack_array`):
+    ``float32``: exact.
+    ``float16``: for attention probabilities (relative error ≤ 2⁻¹¹).
+    ``float16-scaled``: float16 of ``x / max|x|`` per leading index (one scale per
+        ``[k, l]`` for gradients), so tiny gradients neither underflow nor overflow.
+    ``uint8``: ``round(255 · x / max(x))`` per row (lossy: absolute error ≤ max/510 per row).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"VITVIZ1\n"
+MEDIA_TYPE = "application/x-vitviz"
+DTYPES = ("float32", "float16", "float16-scaled", "uint8")
+_STORED = {"float32", "float16", "uint8"}
+
+
+class WireError(ValueError):
+    """A message is not in the vitviz binary format."""
+
+
+def pack_array(name: str, x: np.ndarray, encoding: str, scale_axes: int | None = None) -> dict:
+    """Arrays (one, or two with the scale) that carry ``x`` in ``encoding``.
+
+    ``scale_axes`` is how many leading axes get their own scale (float16-scaled; default:
+    all but the last, as for uint8).
+    """
+    x = np.asarray(x)
+    if encoding == "float32":
+        return {name: x.astype("<f4")}
+    if encoding == "float16":
+        return {name: x.astype("<f2")}
+    if encoding not in ("float16-scaled", "uint8"):
+        raise ValueError(f"unknown encoding {encoding!r}: use one of {', '.join(DTYPES)}")
+    x = x.astype(np.float32)
+    axes = x.ndim - 1 if scale_axes is None else scale_axes
+    reduce = tuple(range(axes, x.ndim))
+    if encoding == "uint8":
+        peak = x.max(axis=reduce, keepdims=True) if x.size else np.ones((1,) * x.ndim)
+        scale = np.where(peak > 0, peak, 1.0).astype(np.float32)
+        stored = np.clip(np.rint(x / scale * 255.0), 0, 255).astype(np.uint8)
+    else:
+        peak = np.abs(x).max(axis=reduce, keepdims=True) if x.size else np.ones((1,) * x.ndim)
+        scale = np.where(peak > 0, peak, 1.0).astype(np.float32)
+        stored = (x / scale).astype("<f2")
+    return {name: stored, f"{name}_scale": scale.astype("<f4")}
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """One message: ``header`` (JSON-ready) plus ``arrays``; ``*_scale`` arrays link up."""
+    table: dict[str, dict[str, Any]] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.name not in _STORED:
+            raise ValueError(f"array {name!r} is {arr.dtype}; store float32, float16 or uint8")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        table[name] = {
+            "dtype": arr.dtype.name,
+            "shape": list(arr.shape),
+            "offset": offset,
+            "nbytes": len(data),
+        }
+        chunks.append(data)
+        offset += len(data)
+    for name, entry in table.items():
+        if f"{name}_scale" in table and not name.endswith("_scale"):
+            entry["scale"] = f"{name}_scale"
+    head = json.dumps({**header, "arrays": table}, separators=(",", ":")).encode()
+    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *chunks])
+
+
+def decode(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Header and arrays of a message; scaled arrays come back as float32 values."""
+    view = memoryview(message)
+    if bytes(view[: len(MAGIC)]) != MAGIC or len(view) < len(MAGIC) + 4:
+        raise WireError("not a vitviz message (bad magic): is the URL a vitviz server?")
+    (size,) = struct.unpack("<I", view[len(MAGIC) : len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    try:
+        header = json.loads(bytes(view[start : start + size]))
+    except ValueError as exc:
+        raise WireError(f"the message header is not JSON ({exc})") from None
+    body = view[start + size :]
+    raw: dict[str, np.ndarray] = {}
+    for name, entry in header.get("arrays", {}).items():
+        if entry["dtype"] not in _STORED:
+            raise WireError(f"array {name!r} has unknown dtype {entry['dtype']!r}")
+        lo, n = int(entry["offset"]), int(entry["nbytes"])
+        if lo < 0 or lo + n > len(body):
+            raise WireError(f"array {name!r} runs past the end of the message (truncated?)")
+        dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+        raw[name] = np.frombuffer(body[lo : lo + n], dtype=dtype).reshape(entry["shape"])
+    arrays: dict[str, np.ndarray] = {}
+    for name, arr in raw.items():
+        if name.endswith("_scale") and name[: -len("_scale")] in raw:
+            continue
+        scale_name = header["arrays"][name].get("scale")
+        if scale_name:
+            scale = raw[scale_name].astype(np.float32)
+            values = arr.astype(np.float32)
+            arrays[name] = values / 255.0 * scale if arr.dtype == np.uint8 else values * scale
+        else:
+            arrays[name] = arr
+    return header, arrays
