@@ -87,8 +87,12 @@ class VitvizServer:
     @api.get("/v1/health", summary="Liveness (no token needed)")
     async def health(self) -> dict[str, Any]:
         """The server is up and its model loaded."""
-        info = self.engine.info()
-        return {"status": "ok", "api_version": API_VERSION, "model": info["name"]}
+        return {
+            "status": "ok",
+            "api_version": API_VERSION,
+            "model": self.engine.info()["name"],
+            "replica": {**self.engine.stats(), "in_flight": self.admission.active},
+        }
 
     @api.get("/v1/model", summary="Model description, labels, methods and limits")
     async def model(self, request: Request) -> dict[str, Any]:
@@ -255,8 +259,14 @@ def run_server(
 ) -> None:
     """Start Ray (a local instance unless ``address``), deploy, serve until interrupted."""
     import logging
+    import signal
 
     import ray
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
 
     ray.init(
         address=address or "local",

@@ -188,6 +188,11 @@ class Engine:
         self.backend = backend
         self._info = backend.info()
         self._lock = threading.Lock()  # one forward at a time per replica
+        self.batches = self.jobs = self.largest_batch = 0
+
+    def stats(self) -> dict[str, int]:
+        """Batches run, jobs explained and the largest batch, since this replica started."""
+        return {"batches": self.batches, "jobs": self.jobs, "largest_batch": self.largest_batch}
 
     def info(self) -> dict[str, Any]:
         """Model description, API version, methods and limits (the ``/v1/model`` body)."""
@@ -292,6 +297,9 @@ class Engine:
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Explain jobs in as few forward passes as possible; errors stay per job."""
+        self.batches += 1
+        self.jobs += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
         outcomes = [Outcome() for _ in jobs]
         plain = [i for i, j in enumerate(jobs) if not j.classes]
         classed = [i for i, j in enumerate(jobs) if j.classes]

@@ -1,0 +1,344 @@
+"""The HTTP server, for real: ``python -m vitviz serve`` on loopback, driven over HTTP.
+
+Two servers run while this module's tests do, each its own Ray instance:
+- ``main``: the demo model with default limits;
+- ``strict``: a token, a queue of one request, a 2 s timeout that every explanation passes
+  (its batches wait 3 s to fill) and a 0.5 MiB upload limit, to see each refusal.
+Answers are compared with the in-process engine on the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import ASSETS
+from vitviz import methods, wire
+from vitviz.backend import LocalBackend
+from vitviz.cli import main
+from vitviz.demo.scenes import generate_scene
+from vitviz.errors import ServerError
+from vitviz.remote import RemoteBackend
+
+pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "s3cret-token"
+ATOL = 2e-3  # float16 on the wire: attention ≤ 1, so ≤ 2⁻¹¹ plus accumulated rounding
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vitviz-serve-{port}.log"
+    cmd = [sys.executable, "-m", "vitviz", "serve", "--model", "demo", "--port", str(port), *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _wait(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if requests.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """Both servers, started side by side (each needs ~20 s to come up)."""
+    main_srv = _start(["--batch-wait-ms", "30"], {"VITVIZ_TOKEN": ""})
+    strict = _start(
+        ["--queue-limit", "1", "--timeout", "2", "--batch-wait-ms", "3000"]
+        + ["--max-upload-mb", "0.5"],
+        {"VITVIZ_TOKEN": TOKEN},
+    )
+    try:
+        for proc, url, log in (main_srv, strict):
+            _wait(proc, url, log)
+        yield {"main": main_srv[1], "strict": strict[1]}
+    finally:
+        for proc, _, log in (main_srv, strict):
+            _stop(proc)
+            text = log.read_text(errors="replace")
+            log.unlink(missing_ok=True)
+            assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalBackend:
+    return LocalBackend.from_name("demo", device="cpu")
+
+
+def scenes(n: int, start: int = 100) -> list[Image.Image]:
+    return [Image.fromarray(generate_scene(start + i).image) for i in range(n)]
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def assert_same(remote, local) -> None:
+    """A remote explanation equals the in-process one, to float16 precision."""
+    assert remote.layout == local.layout
+    assert np.array_equal(remote.image, local.image)
+    assert [p.index for p in remote.predictions] == [p.index for p in local.predictions]
+    for r, lo in zip(remote.predictions, local.predictions, strict=True):
+        assert r.label == lo.label and abs(r.probability - lo.probability) < 1e-4
+    np.testing.assert_allclose(remote.attention, local.attention, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(remote.logits, local.logits, atol=1e-4, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- main server
+
+
+def test_health_and_model_description(servers, local):
+    health = requests.get(f"{servers['main']}/v1/health", timeout=10).json()
+    assert health["status"] == "ok" and health["model"] == "demo"
+    info = requests.get(f"{servers['main']}/v1/model", timeout=10).json()
+    assert info["api_version"] == 1 and info["name"] == "demo"
+    assert info["labels"] == local.labels
+    assert (info["layers"], info["heads"]) == (local.loaded.num_layers, local.loaded.num_heads)
+    assert set(info["methods"]) == set(methods.METHODS)
+    assert info["methods"]["chefer"]["needs_gradients"] is True
+    assert info["limits"]["token_required"] is False
+    assert "token" not in json.dumps(info["limits"]).replace("token_required", "")
+    docs = requests.get(f"{servers['main']}/openapi.json", timeout=10).json()
+    assert {"/v1/health", "/v1/model", "/v1/model/anatomy", "/v1/explain"} <= set(docs["paths"])
+
+
+def test_anatomy_matches_the_local_model(servers, local):
+    remote = RemoteBackend(servers["main"]).anatomy()
+    here = local.anatomy()
+    assert np.array_equal(remote.filters, here.filters)
+    np.testing.assert_allclose(remote.position_similarity, here.position_similarity, atol=1e-6)
+    assert remote.position_grid == here.position_grid and remote.width == here.width
+
+
+def test_remote_backend_equals_the_local_engine(servers, local):
+    remote = RemoteBackend(servers["main"])
+    images = [Image.open(ASSETS / n).convert("RGB") for n in ("chelsea.png", "coffee.png")]
+    for r, lo in zip(remote.explain(images), local.explain(images), strict=True):
+        assert_same(r, lo)
+    info = remote.info()
+    assert info["backend"] == servers["main"] and info["name"] == "demo"
+
+
+def test_class_gradients_equal_the_local_engine(servers, local):
+    remote = RemoteBackend(servers["main"])
+    images = scenes(2, start=7)
+    wanted = [[None, 2], [5, 1]]
+    r_all = remote.explain_classes(images, wanted)
+    l_all = local.explain_classes(images, wanted)
+    for r, lo in zip(r_all, l_all, strict=True):
+        assert r.classes == lo.classes and r.labels == lo.labels
+        assert_same(r.explanation, lo.explanation)
+        scale = np.abs(lo.gradients).max()
+        np.testing.assert_allclose(r.gradients, lo.gradients, atol=2e-3 * scale, rtol=0)
+        for k in range(2):  # the class maps a user sees agree as well
+            a = methods.chefer(r.explanation.attention, r.gradients[k], r.explanation.layout)
+            b = methods.chefer(lo.explanation.attention, lo.gradients[k], lo.explanation.layout)
+            np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3 * np.abs(b).max())
+    # only the layers asked for are sent; the others stay zero as in the local engine
+    some = remote.explain_classes(images[:1], [[3]], layers=[4, 5])[0]
+    assert not some.gradients[:, :4].any() and some.gradients[:, 4:].any()
+
+
+def test_the_server_resizes_original_uploads_itself(servers, local):
+    data = (ASSETS / "chelsea.png").read_bytes()
+    r = requests.post(
+        f"{servers['main']}/v1/explain", data=data, params={"dtype": "uint8"}, timeout=60
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == wire.MEDIA_TYPE
+    header, arrays = wire.decode(r.content)
+    here = local.explain([Image.open(ASSETS / "chelsea.png")])[0]
+    assert np.array_equal(arrays["image"], here.image)
+    assert "attention" not in arrays  # only on request
+    readout = here.attention[:, :, here.layout.readout_tokens[0], :]
+    bound = readout.max(-1, keepdims=True) / 510 + 1e-6  # uint8, scaled per row
+    assert np.all(np.abs(arrays["readout"] - readout) <= bound)
+    np.testing.assert_allclose(
+        arrays["rollout"], methods.rollout_row(here.attention, here.layout), atol=1e-5
+    )
+    assert header["predictions"][0]["index"] == here.predictions[0].index
+
+
+@pytest.mark.parametrize(
+    ("params", "body", "status", "code", "words"),
+    [
+        ({}, b"this is not an image", 400, "bad_image", "not an image"),
+        ({}, b"", 400, "bad_image", "empty"),
+        ({"top_k": "many"}, None, 422, "bad_option", "top_k"),
+        ({"attention": "some"}, None, 400, "bad_option", "attention must be"),
+        ({"class": "unicorn"}, None, 400, "bad_option", "no class named"),
+        ({"class": "2", "layer": "9"}, None, 400, "bad_option", "layer 9"),
+        ({"seen": "true"}, None, 400, "bad_option", "seen=true"),
+    ],
+)
+def test_bad_requests_get_json_errors(servers, params, body, status, code, words):
+    data = (ASSETS / "chelsea.png").read_bytes() if body is None else body
+    r = requests.post(f"{servers['main']}/v1/explain", data=data, params=params, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and words in err["message"]
+    assert "Traceback" not in r.text
+
+
+def test_sixteen_concurrent_clients_get_their_own_answers(servers, local):
+    """Different images at once, mixed plain and class-specific: no cross-talk in batches."""
+    images = scenes(16, start=300)
+    expected = local.explain(images)
+    expected_classes = {
+        i: local.explain_classes([images[i]], [[None]])[0] for i in range(0, 16, 4)
+    }
+    remote = RemoteBackend(servers["main"])
+    before = requests.get(f"{servers['main']}/v1/health", timeout=10).json()["replica"]
+    barrier = threading.Barrier(16)
+
+    def client(i: int):
+        barrier.wait()
+        if i in expected_classes:
+            return remote.explain_classes([images[i]], [[None]])[0]
+        return remote.explain([images[i]])[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(client, range(16)))
+    for i, got in enumerate(answers):
+        if i in expected_classes:
+            want = expected_classes[i]
+            assert got.classes == want.classes
+            scale = np.abs(want.gradients).max()
+            np.testing.assert_allclose(got.gradients, want.gradients, atol=2e-3 * scale)
+            got = got.explanation
+        assert_same(got, expected[i])
+    after = requests.get(f"{servers['main']}/v1/health", timeout=10).json()["replica"]
+    assert after["jobs"] - before["jobs"] == 16
+    assert after["batches"] - before["batches"] < 16  # requests were batched together
+    assert after["largest_batch"] > 1
+
+
+def test_cli_explains_through_the_server(servers, tmp_path, capsys):
+    img = tmp_path / "cat.png"
+    img.write_bytes((ASSETS / "chelsea.png").read_bytes())
+    args = ["explain", str(img), "--method", "chefer"]
+    assert main([*args, "--server", servers["main"], "--out", str(tmp_path / "r")]) == 0
+    assert main([*args, "--model", "demo", "--out", str(tmp_path / "l")]) == 0
+    remote = json.loads((tmp_path / "r" / "cat.json").read_text())
+    here = json.loads((tmp_path / "l" / "cat.json").read_text())
+    assert remote["model"]["backend"] == servers["main"] and here["model"]["backend"] != (
+        servers["main"]
+    )
+    assert remote["explained_class"] == here["explained_class"]
+    assert [p["index"] for p in remote["predictions"]] == [p["index"] for p in here["predictions"]]
+    with np.load(tmp_path / "r" / "cat.npz") as r, np.load(tmp_path / "l" / "cat.npz") as lo:
+        np.testing.assert_allclose(r["attention"], lo["attention"], atol=ATOL)
+        np.testing.assert_allclose(r["map"], lo["map"], rtol=2e-2, atol=2e-3 * lo["map"].max())
+    capsys.readouterr()
+    assert main([*args, "--server", servers["main"], "--model", "vit-b16"]) == 2
+    assert "serves 'demo', not 'vit-b16'" in capsys.readouterr().err
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message(capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    start = time.time()
+    assert main(["explain", str(ASSETS / "chelsea.png"), "--server", url]) == 2
+    assert time.time() - start < 10
+    err = capsys.readouterr().err
+    assert f"could not reach the vitviz server at {url}" in err and "Traceback" not in err
+    with pytest.raises(ServerError, match="http://"):
+        RemoteBackend("gpu-box:8000")
+
+
+# ----------------------------------------------------------------------------- strict server
+
+
+def test_token_is_enforced(servers):
+    url = servers["strict"]
+    assert requests.get(f"{url}/v1/health", timeout=10).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        r = requests.get(f"{url}/v1/model", headers=headers, timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "unauthorized"
+        r = requests.post(f"{url}/v1/explain", data=b"x", headers=headers, timeout=10)
+        assert r.status_code == 401
+    with pytest.raises(ServerError, match="needs a token"):
+        RemoteBackend(url, token="wrong")
+    remote = RemoteBackend(url, token=TOKEN)
+    assert remote.info()["name"] == "demo" and remote.limits["token_required"] is True
+
+
+def test_uploads_over_the_limit_are_refused(servers):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = requests.post(
+        f"{servers['strict']}/v1/explain", data=b"\0" * (600 * 1024), headers=auth, timeout=30
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
+
+
+def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
+    url, auth = servers["strict"], {"Authorization": f"Bearer {TOKEN}"}
+    data = png(scenes(1)[0])
+    first: dict = {}
+
+    def slow() -> None:  # holds the only slot: its batch waits 3 s, the timeout is 2 s
+        first["r"] = requests.post(f"{url}/v1/explain", data=data, headers=auth, timeout=30)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.time() + 1.5
+    while time.time() < deadline:  # until the slow request holds the slot
+        health = requests.get(f"{url}/v1/health", timeout=10).json()
+        if health["replica"]["in_flight"] == 1:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the first request never reached the server")
+    busy = requests.post(f"{url}/v1/explain", data=data, headers=auth, timeout=30)
+    t.join()
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
+    assert int(busy.headers["Retry-After"]) >= 1
+    timed_out = first["r"]
+    assert timed_out.status_code == 504 and timed_out.json()["error"]["code"] == "timeout"

@@ -1,0 +1,129 @@
+"""The server's core without Ray: request validation, batching, per-job errors, encoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitviz import methods, wire
+from vitviz.backend import LocalBackend
+from vitviz.demo.scenes import generate_scene
+from vitviz.service import Admission, ApiError, Engine, Job, Settings, check_token
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(Settings(model="demo", max_pixels=2_000_000), LocalBackend.from_name("demo"))
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scene(seed: int) -> Image.Image:
+    return Image.fromarray(generate_scene(seed).image)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"attention": "all"}, 400, "attention must be"),
+        ({"dtype": "int4"}, 400, "dtype must be"),
+        ({"top_k": 0}, 400, "top_k"),
+        ({"classes": ["no such class"]}, 400, "no class named"),
+        ({"classes": ["99"]}, 400, "does not exist"),
+        ({"layers": [6]}, 400, "layer 6 does not exist"),
+        ({"seen": True}, 400, "not a resized and cropped input"),
+    ],
+)
+def test_bad_options_are_refused_with_what_to_do(engine, kwargs, status, words):
+    with pytest.raises(ApiError) as err:
+        engine.make_job(png(Image.new("RGB", (300, 200), "gray")), **kwargs)
+    assert err.value.status == status and words in err.value.message
+
+
+def test_bad_and_oversized_images_are_refused(engine):
+    with pytest.raises(ApiError) as err:
+        engine.make_job(b"GIF89a broken")
+    assert err.value.status == 400 and err.value.code == "bad_image"
+    big = Image.new("RGB", (2000, 1500))
+    with pytest.raises(ApiError) as err:
+        engine.make_job(png(big))
+    assert err.value.status == 413 and "megapixels" in err.value.message
+
+
+def test_class_names_top_and_negative_layers_resolve(engine):
+    labels = engine.backend.labels
+    job = engine.make_job(png(scene(1)), classes=["top", labels[3], "5"], layers=[-1, 0, -1])
+    assert job.classes == [None, 3, 5] and job.layers == [0, 5]
+
+
+def test_one_broken_job_does_not_take_down_its_batch(engine):
+    good = [engine.make_job(png(scene(s)), attention="full") for s in (1, 2, 3)]
+    broken = Job(Image.new("RGB", (50, 50)), seen=True)  # slipped past validation
+    outcomes = engine.run([good[0], broken, good[1], good[2]])
+    assert outcomes[1].result is None and outcomes[1].error.status == 400
+    for job, out in zip(good, [outcomes[0], outcomes[2], outcomes[3]], strict=True):
+        alone = engine.run([job])[0].result
+        assert out.error is None
+        assert np.allclose(out.result.attention, alone.attention, atol=1e-5)
+        assert out.result.predictions[0].index == alone.predictions[0].index
+
+
+def test_class_jobs_of_different_lengths_share_a_batch_correctly(engine):
+    a = engine.make_job(png(scene(4)), classes=["2"])
+    b = engine.make_job(png(scene(5)), classes=["top", "1", "6"], layers=[5])
+    both = engine.run([a, b])
+    for job, out in zip((a, b), both, strict=True):
+        alone = engine.backend.explain_classes([job.image], [job.classes])[0]
+        assert out.result.classes == alone.classes
+        assert out.result.gradients.shape[0] == len(job.classes)
+        assert np.allclose(out.result.gradients, alone.gradients, atol=1e-5, rtol=1e-4)
+
+
+def test_encoded_answer_matches_the_engine(engine):
+    job = engine.make_job(png(scene(6)), classes=["top"], attention="readout")
+    res = engine.run([job])[0].result
+    header, arrays = wire.decode(engine.encode(job, res))
+    expl = res.explanation
+    layout = expl.layout
+    assert header["classes"] == res.classes and header["gradient_layers"] == list(range(6))
+    assert [p["index"] for p in header["predictions"]] == [p.index for p in expl.predictions]
+    assert np.array_equal(arrays["image"], expl.image)
+    assert "attention" not in arrays  # the full tensor only when asked
+    # readout rows: the class token's row of every head, checked against plain indexing
+    cls = layout.readout_tokens[0]
+    assert np.allclose(arrays["readout"], expl.attention[:, :, cls, :], atol=1e-3)
+    assert np.allclose(arrays["rollout"], methods.rollout_row(expl.attention, layout), atol=1e-6)
+    for name, fn in methods.STATISTICS.items():
+        assert np.allclose(arrays[name], fn(expl.attention, layout), atol=1e-5)
+    chefer = methods.chefer_row(expl.attention, res.gradients[0], layout)
+    assert np.allclose(arrays["chefer"][0], chefer, atol=1e-5)
+    g = arrays["gradients"]
+    assert np.allclose(g, res.gradients, atol=2e-3 * np.abs(res.gradients).max())
+
+
+def test_token_is_checked():
+    check_token(None, None)  # no token configured: open
+    check_token("s3cret", "Bearer s3cret")
+    check_token("s3cret", "bearer  s3cret ")
+    for bad in (None, "", "Bearer wrong", "Basic s3cret", "s3cret", "Bearer s3cre"):
+        with pytest.raises(ApiError) as err:
+            check_token("s3cret", bad)
+        assert err.value.status == 401 and err.value.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_admission_bounds_requests_and_says_when_to_retry():
+    gate = Admission(limit=2, retry_after_s=3)
+    with gate, gate:
+        with pytest.raises(ApiError) as err, gate:
+            pass
+        assert err.value.status == 503 and err.value.headers["Retry-After"] == "3"
+    assert gate.active == 0
+    with gate:  # free again
+        assert gate.active == 1

@@ -1,0 +1,71 @@
+"""The binary message format of the HTTP API (vitviz.wire)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from vitviz import wire
+
+
+def test_round_trip_keeps_header_shapes_and_exact_dtypes():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    logits = rng.normal(size=7).astype(np.float32)
+    msg = wire.encode({"model": "m", "n": [1, 2]}, {"image": image, "logits": logits})
+    header, arrays = wire.decode(msg)
+    assert header["model"] == "m" and header["n"] == [1, 2]
+    assert arrays["image"].dtype == np.uint8 and np.array_equal(arrays["image"], image)
+    assert np.array_equal(arrays["logits"], logits)
+    # the layout is what the README documents: magic, uint32 length, JSON, raw arrays
+    assert msg[:8] == b"VITVIZ1\n"
+    (size,) = struct.unpack("<I", msg[8:12])
+    table = json.loads(msg[12 : 12 + size])["arrays"]
+    body = msg[12 + size :]
+    entry = table["logits"]
+    raw = np.frombuffer(body[entry["offset"] : entry["offset"] + entry["nbytes"]], "<f4")
+    assert np.array_equal(raw, logits)
+
+
+def test_float16_attention_within_half_precision():
+    rng = np.random.default_rng(1)
+    a = rng.random((2, 3, 6, 6)).astype(np.float32)
+    a /= a.sum(-1, keepdims=True)
+    _, out = wire.decode(wire.encode({}, wire.pack_array("attention", a, "float16")))
+    assert out["attention"].dtype == np.float16
+    assert np.allclose(out["attention"], a, rtol=2**-10, atol=0)
+
+
+def test_uint8_is_scaled_per_row_with_the_documented_error_bound():
+    rng = np.random.default_rng(2)
+    a = rng.random((3, 5, 8)).astype(np.float32) * rng.random((3, 5, 1)).astype(np.float32)
+    packed = wire.pack_array("readout", a, "uint8")
+    assert packed["readout"].dtype == np.uint8 and packed["readout_scale"].shape == (3, 5, 1)
+    _, out = wire.decode(wire.encode({}, packed))
+    err = np.abs(out["readout"] - a)
+    assert np.all(err <= a.max(-1, keepdims=True) / 510 + 1e-7)
+    # each row's maximum survives exactly (up to float32 rounding)
+    assert np.allclose(out["readout"].max(-1), a.max(-1), rtol=1e-6)
+
+
+def test_scaled_float16_keeps_tiny_gradients_that_plain_float16_loses():
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(2, 3, 4, 4)).astype(np.float32) * 1e-9  # below float16's range
+    g[1] *= 1e12  # and another class far above it: scales are per leading index
+    assert not np.any(g[0].astype(np.float16))  # plain float16 flushes all of it to zero
+    _, out = wire.decode(wire.encode({}, wire.pack_array("g", g, "float16-scaled", 2)))
+    rel = np.abs(out["g"] - g).max(axis=(2, 3)) / np.abs(g).max(axis=(2, 3))
+    assert np.all(rel < 1e-3)
+
+
+def test_bad_messages_are_refused_with_a_reason():
+    with pytest.raises(wire.WireError, match="magic"):
+        wire.decode(b"<html>not found</html>")
+    msg = wire.encode({}, {"x": np.arange(100, dtype=np.float32)})
+    with pytest.raises(wire.WireError, match="truncated"):
+        wire.decode(msg[:-8])
+    with pytest.raises(ValueError, match="float64"):
+        wire.encode({}, {"x": np.zeros(3)})
