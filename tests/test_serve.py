@@ -89,11 +89,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def servers():
     """Both servers, started side by side (each needs ~20 s to come up)."""
     main_srv = _start(["--batch-wait-ms", "30"], {"VITVIZ_TOKEN": ""})
-    strict = _start(
-        ["--queue-limit", "1", "--timeout", "2", "--batch-wait-ms", "3000"]
-        + ["--max-upload-mb", "0.5"],
-        {"VITVIZ_TOKEN": TOKEN},
-    )
+    limits = ["--queue-limit", "1", "--timeout", "2", "--batch-wait-ms", "3000"]
+    strict = _start([*limits, "--max-upload-mb", "0.5"], {"VITVIZ_TOKEN": TOKEN})
     try:
         for proc, url, log in (main_srv, strict):
             _wait(proc, url, log)
@@ -231,9 +228,7 @@ def test_sixteen_concurrent_clients_get_their_own_answers(servers, local):
     """Different images at once, mixed plain and class-specific: no cross-talk in batches."""
     images = scenes(16, start=300)
     expected = local.explain(images)
-    expected_classes = {
-        i: local.explain_classes([images[i]], [[None]])[0] for i in range(0, 16, 4)
-    }
+    expected_classes = {i: local.explain_classes([images[i]], [[None]])[0] for i in range(0, 16, 4)}
     remote = RemoteBackend(servers["main"])
     before = requests.get(f"{servers['main']}/v1/health", timeout=10).json()["replica"]
     barrier = threading.Barrier(16)
@@ -268,9 +263,8 @@ def test_cli_explains_through_the_server(servers, tmp_path, capsys):
     assert main([*args, "--model", "demo", "--out", str(tmp_path / "l")]) == 0
     remote = json.loads((tmp_path / "r" / "cat.json").read_text())
     here = json.loads((tmp_path / "l" / "cat.json").read_text())
-    assert remote["model"]["backend"] == servers["main"] and here["model"]["backend"] != (
-        servers["main"]
-    )
+    assert remote["model"]["backend"] == servers["main"]
+    assert here["model"]["backend"] == "in-process"
     assert remote["explained_class"] == here["explained_class"]
     assert [p["index"] for p in remote["predictions"]] == [p["index"] for p in here["predictions"]]
     with np.load(tmp_path / "r" / "cat.npz") as r, np.load(tmp_path / "l" / "cat.npz") as lo:
@@ -342,3 +336,52 @@ def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
     assert int(busy.headers["Retry-After"]) >= 1
     timed_out = first["r"]
     assert timed_out.status_code == 504 and timed_out.json()["error"]["code"] == "timeout"
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, local, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, chart, marker_data, ok
+
+    def no_local_model(*a, **k):
+        raise AssertionError("the page ran the model in-process")
+
+    monkeypatch.setattr(LocalBackend, "explain", no_local_model)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["backend_kind"] = "server"
+    at.session_state["server_url"] = servers["main"]
+    at.session_state["source"] = "Samples"
+    at.session_state["sample"] = "chelsea.png"
+    at.run()
+    ok(at)
+    caption = " ".join(c.value for c in at.sidebar.caption)
+    assert f"Backend:** server {servers['main']}" in caption and "(on the server)" in caption
+    monkeypatch.undo()
+    here = local.explain([Image.open(ASSETS / "chelsea.png")])[0]
+    values = marker_data(chart(at, "rollout"))[:, 3]
+    want = methods.rollout(here.attention, here.layout).ravel()
+    np.testing.assert_allclose(values, want, rtol=1e-2, atol=1e-3 * want.max())
+    top = here.predictions[0]
+    assert top.label in at.get("progress")[0].proto.text
+    # the anatomy view gets the model's filters from the server
+    at.segmented_control(key="view").set_value("How ViT sees this image").run()
+    ok(at)
+    assert "6 blocks × 3 attention heads" in at.get("graphviz_chart")[0].proto.spec
+
+
+def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, chart
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["backend_kind"] = "server"
+    at.session_state["server_url"] = f"http://127.0.0.1:{free_port()}"
+    at.run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "could not reach the vitviz server" in errors and "In this process" in errors
+    assert chart(at, "rollout")  # the demo model, in-process, fills the page

@@ -379,15 +379,16 @@ class Engine:
         arrays: dict[str, np.ndarray] = {"image": expl.image.astype(np.uint8)}
         if expl.logits is not None:
             arrays["logits"] = np.asarray(expl.logits, dtype=np.float32)
-        rollout = methods.rollout_row(attn, layout)
-        arrays["rollout"] = np.asarray(rollout, dtype=np.float32)
-        for name, fn in methods.STATISTICS.items():
-            arrays[name] = np.asarray(fn(attn, layout), dtype=np.float32)
+        if job.attention == "full":  # the client derives the rest from the tensor
+            arrays |= wire.pack_array("attention", attn, job.dtype)
+        else:
+            rollout = methods.rollout_row(attn, layout)
+            arrays["rollout"] = np.asarray(rollout, dtype=np.float32)
+            for name, fn in methods.STATISTICS.items():
+                arrays[name] = np.asarray(fn(attn, layout), dtype=np.float32)
         if job.attention == "readout":
             readout = np.einsum("n,lhnm->lhm", layout.readout_weights(), attn)
             arrays |= wire.pack_array("readout", readout, job.dtype)
-        elif job.attention == "full":
-            arrays |= wire.pack_array("attention", attn, job.dtype)
         if classed is not None:
             layers = job.layers or list(range(self._info["layers"]))
             header |= {

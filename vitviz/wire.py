@@ -43,7 +43,7 @@ def pack_array(name: str, x: np.ndarray, encoding: str, scale_axes: int | None =
     if encoding == "float32":
         return {name: x.astype("<f4")}
     if encoding == "float16":
-        return {name: x.astype("<f2")}
+        return {name: _half(x)}
     if encoding not in ("float16-scaled", "uint8"):
         raise ValueError(f"unknown encoding {encoding!r}: use one of {', '.join(DTYPES)}")
     x = x.astype(np.float32)
@@ -56,8 +56,18 @@ def pack_array(name: str, x: np.ndarray, encoding: str, scale_axes: int | None =
     else:
         peak = np.abs(x).max(axis=reduce, keepdims=True) if x.size else np.ones((1,) * x.ndim)
         scale = np.where(peak > 0, peak, 1.0).astype(np.float32)
-        stored = (x / scale).astype("<f2")
+        stored = _half(x / scale)
     return {name: stored, f"{name}_scale": scale.astype("<f4")}
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """float16 copy of ``x`` (torch's conversion is ~8× faster than numpy's when present)."""
+    try:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).half().numpy()
+    except ImportError:
+        return x.astype("<f2")
 
 
 def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
