@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark of the core engine (under 5 minutes on one H100/H200): ViT-B/16 random weights,
-# bf16 autocast, 224 and 384 px, batch 1 and 64, and Chefer at batch 1 and 16. One JSON object per line, each with
+# bf16 autocast, 224 and 384 px, batch 1 and 64, Chefer at batch 1 and 16, and the HTTP server
+# (bench/serve_load.py) when Ray Serve is installed. One JSON object per line, each with
 # forward_ms, explain_ms, ratio and the peak GPU memory of each path.
 #   bash bench/gpu.sh            (needs torch, timm, safetensors, pillow, opencv, tqdm)
 set -euo pipefail
@@ -22,3 +23,9 @@ for batch in 1 16; do
   "$py" bench/explain_overhead.py --model vit_base_patch16_224 --method chefer \
     --batch "$batch" --precision bf16 --repeats 20 --warmup 5 --json
 done
+# the HTTP server against the same model batched in-process (needs ray[serve] on the machine)
+if "$py" -c "import ray.serve" 2>/dev/null; then
+  "$py" bench/serve_load.py --json --device cuda --precision fp32 --requests 96
+else
+  echo "# ray[serve] not installed here: skipped bench/serve_load.py"
+fi

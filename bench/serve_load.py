@@ -57,6 +57,7 @@ def _start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vitviz", "serve", "--model", args.model, "--port", str(port)]
     cmd += ["--max-batch-size", str(args.batch), "--batch-wait-ms", str(args.wait_ms)]
     cmd += ["--queue-limit", "256", "--timeout", "600", "--weights", args.weights]
+    cmd += ["--device", args.device, "--precision", args.precision]
     log = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attention", choices=["full", "readout"], default="full")
     p.add_argument("--images", type=int, default=16, help="distinct images")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (server and in-process alike)")
+    p.add_argument("--precision", default="fp32", help="fp32 keeps answers comparable")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -159,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         save_file({k: v.contiguous() for k, v in state.items()}, args.weights)
         del model
     local = LocalBackend.from_name(
-        args.model, weights=args.weights, device="cpu", batch_size=args.batch
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch,
     )
     images = [Image.fromarray(generate_scene(9000 + i).image) for i in range(args.images)]
     seen = [local.loaded.seen_image(im) for im in images]
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": levels,
         f"ratio_{levels[-1]['clients']}_clients": round(top / inprocess, 3),
         "server_batches": health["replica"],
+        "device": args.device,
+        "precision": args.precision,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
     }

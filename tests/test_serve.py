@@ -385,3 +385,34 @@ def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
     errors = " ".join(e.value for e in at.error)
     assert "could not reach the vitviz server" in errors and "In this process" in errors
     assert chart(at, "rollout")  # the demo model, in-process, fills the page
+
+
+# ----------------------------------------------------------------------------- deployment
+
+
+def test_serve_config_in_the_repo_is_valid_and_builds(monkeypatch):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from vitviz import serve
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    app_cfg = schema.applications[0]
+    assert app_cfg.import_path == "vitviz.serve:build_app"
+    assert config["http_options"]["host"] == "127.0.0.1"  # loopback unless changed on purpose
+    monkeypatch.setattr(serve, "_cluster_gpus", lambda: 4)
+    deployment = serve.build_app(app_cfg.args)._bound_deployment
+    assert deployment.num_replicas == 4  # one replica per GPU
+    assert deployment.ray_actor_options["num_gpus"] == 1
+    (settings,) = deployment.init_args
+    assert settings["model"] == "vit-b16" and settings["token"] is None  # never in the config
+    auto = serve.build_app({**app_cfg.args, "replicas": "auto"})._bound_deployment
+    scaling = auto._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
+    monkeypatch.setattr(serve, "_cluster_gpus", lambda: 0)
+    cpu = serve.build_app({"model": "demo", "max_batch_size": "8"})._bound_deployment
+    assert cpu.num_replicas == 1 and cpu.ray_actor_options["num_gpus"] == 0
+    assert cpu.init_args[0]["max_batch_size"] == 8  # `serve run … k=v` strings are converted
+    with pytest.raises(ValueError, match="unknown server options: colour"):
+        serve.build_app({"colour": "red"})

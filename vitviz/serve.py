@@ -76,6 +76,8 @@ class VitvizServer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
+        if self.settings.token is None:  # read here, so the secret is not a deployment arg
+            self.settings.token = os.environ.get("VITVIZ_TOKEN") or None
         self.engine = Engine(self.settings)
         self.admission = Admission(self.settings.queue_limit, self.settings.retry_after_s)
         self._run_batch.set_max_batch_size(self.settings.max_batch_size)
@@ -194,7 +196,8 @@ def _cluster_gpus() -> int:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Serve application (``import_path: vitviz.serve:build_app`` in a Serve config).
 
-    ``args``: any :class:`Settings` field (``token`` defaults to ``$VITVIZ_TOKEN``) plus
+    ``args``: any :class:`Settings` field (``token`` defaults to each replica's
+    ``$VITVIZ_TOKEN``, so the secret need not be in the config) plus
     ``replicas`` (an int, or ``auto`` to autoscale between 1 and the number of GPUs; default
     one per GPU, or 1 without GPUs), ``gpus_per_replica`` (default 1 with GPUs) and
     ``cpus_per_replica`` (default 1).
@@ -206,8 +209,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if unknown:
         raise ValueError(f"unknown server options: {', '.join(sorted(unknown))}")
     settings = Settings(**{k: _coerce(Settings, k, v) for k, v in args.items() if k in known})
-    if settings.token is None:
-        settings.token = os.environ.get("VITVIZ_TOKEN") or None
     gpus = _cluster_gpus() if settings.device in ("auto", "cuda") else 0
     per_gpu = float(args.get("gpus_per_replica", 1 if gpus else 0))
     options: dict[str, Any] = {
