@@ -314,7 +314,11 @@ def class_gradients(entry: Entry, backend: Backend, image, cls: int, top: list[i
         return cache[cls]
     wanted = [cls] + ([c for c in top if c != cls] if not cache else [])
     with st.spinner("Computing the class gradients (one forward, one backward per class)…"):
-        res = backend.explain_classes([image], [wanted])[0]
+        try:
+            res = backend.explain_classes([image], [wanted])[0]
+        except VitvizError as err:  # e.g. the server went away: say so, keep the page
+            st.error(f"Could not compute the class map: {err}")
+            st.stop()
     for c, grads in zip(res.classes, res.gradients, strict=True):
         cache[c] = grads
     cache.move_to_end(cls)
@@ -774,7 +778,11 @@ with right:
             )
 
     else:  # How ViT sees this image
-        facts = model_anatomy(model_id, backend)
+        try:
+            facts = model_anatomy(model_id, backend)
+        except VitvizError as err:
+            st.error(f"Could not read the model's anatomy: {err}")
+            st.stop()
         factor = figures.display_scale(layout.image_size)
         cfg = info.get("input_config", {})
         st.markdown(

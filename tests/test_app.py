@@ -384,3 +384,19 @@ def test_backbone_without_classifier_explains_itself(tmp_path):
     assert any("no classifier" in i.value for i in at.info)
     assert at.toggle(key="why_class").disabled
     assert marker_data(chart(at, "rollout")).shape == (196, 4)
+
+
+def test_a_failing_backend_after_the_page_loaded_shows_an_error_not_a_traceback(monkeypatch):
+    from vitviz.errors import ServerError
+
+    at = start()
+    ok(at)
+
+    def gone(*a, **k):
+        raise ServerError("could not reach the vitviz server at http://x (ConnectionError)")
+
+    monkeypatch.setattr(LocalBackend, "explain_classes", gone)
+    at.toggle(key="why_class").set_value(True).run()
+    assert not at.exception
+    assert any("Could not compute the class map" in e.value for e in at.error)
+    assert any("could not reach" in e.value for e in at.error)

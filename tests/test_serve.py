@@ -310,6 +310,10 @@ def test_uploads_over_the_limit_are_refused(servers):
         f"{servers['strict']}/v1/explain", data=b"\0" * (600 * 1024), headers=auth, timeout=30
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
+    # without a Content-Length (chunked), the body is cut off as it streams in
+    chunks = (b"\0" * 65536 for _ in range(10))
+    r = requests.post(f"{servers['strict']}/v1/explain", data=chunks, headers=auth, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
 
 
 def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
@@ -336,6 +340,12 @@ def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
     assert int(busy.headers["Retry-After"]) >= 1
     timed_out = first["r"]
     assert timed_out.status_code == 504 and timed_out.json()["error"]["code"] == "timeout"
+    # the timed-out work still runs, so it keeps its slot until it ends (no overcommit)
+    assert requests.get(f"{url}/v1/health", timeout=10).json()["replica"]["in_flight"] == 1
+    deadline = time.time() + 20
+    while requests.get(f"{url}/v1/health", timeout=10).json()["replica"]["in_flight"]:
+        assert time.time() < deadline, "the slot was never given back"
+        time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -416,3 +426,29 @@ def test_serve_config_in_the_repo_is_valid_and_builds(monkeypatch):
     assert cpu.init_args[0]["max_batch_size"] == 8  # `serve run … k=v` strings are converted
     with pytest.raises(ValueError, match="unknown server options: colour"):
         serve.build_app({"colour": "red"})
+
+
+def test_a_url_that_is_not_a_vitviz_server_gets_a_clear_error():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = 200 if self.path == "/v1/model" else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(ServerError, match="not as a vitviz server"):
+            RemoteBackend(url)
+        with pytest.raises(ServerError, match="no such page"):
+            RemoteBackend(url + "/elsewhere")
+    finally:
+        httpd.shutdown()

@@ -127,3 +127,38 @@ def test_admission_bounds_requests_and_says_when_to_retry():
     assert gate.active == 0
     with gate:  # free again
         assert gate.active == 1
+
+
+def test_required_token_comes_from_the_environment_or_the_replica_refuses(monkeypatch):
+    monkeypatch.delenv("VITVIZ_TOKEN", raising=False)
+    open_server = Settings()
+    open_server.resolve_token()
+    assert open_server.token is None
+    with pytest.raises(RuntimeError, match="export VITVIZ_TOKEN"):
+        Settings(require_token=True).resolve_token()
+    monkeypatch.setenv("VITVIZ_TOKEN", "from-env")
+    locked = Settings(require_token=True)
+    locked.resolve_token()
+    assert locked.token == "from-env"
+    assert "from-env" not in repr(locked) and "token" not in str(locked.limits()).replace(
+        "token_required", ""
+    )
+
+
+def test_model_info_names_the_weights_file_but_not_the_server_directories(engine):
+    info = engine.info()
+    assert info["weights"]["location"] == "vitviz-demo.safetensors"
+    assert "/" not in info["weights"]["location"]
+
+
+def test_pixel_limit_is_checked_before_decoding(engine, monkeypatch):
+    from PIL import ImageFile
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the pixels were decoded")
+
+    body = png(Image.new("RGB", (1800, 1200)))  # 2.16 MP, over this engine's 2 MP
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(ApiError) as err:
+        engine.make_job(body)
+    assert err.value.status == 413 and "2-megapixel limit" in err.value.message

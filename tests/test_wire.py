@@ -69,3 +69,18 @@ def test_bad_messages_are_refused_with_a_reason():
         wire.decode(msg[:-8])
     with pytest.raises(ValueError, match="float64"):
         wire.encode({}, {"x": np.zeros(3)})
+
+
+def test_malformed_headers_are_wire_errors_not_crashes():
+    good = wire.encode({}, {"x": np.arange(4, dtype=np.float32)})
+    (size,) = struct.unpack("<I", good[8:12])
+    header = json.loads(good[12 : 12 + size])
+    for broken in (
+        {"arrays": {"x": {"dtype": "float32"}}},  # no shape or offset
+        {"arrays": {"x": {**header["arrays"]["x"], "shape": [3]}}},  # shape ≠ bytes
+        {"arrays": []},
+    ):
+        head = json.dumps(broken).encode()
+        msg = good[:8] + struct.pack("<I", len(head)) + head + good[12 + size :]
+        with pytest.raises(wire.WireError):
+            wire.decode(msg)

@@ -21,7 +21,7 @@ import numpy as np
 
 from vitviz import methods, render
 from vitviz.backend import resolve_class
-from vitviz.errors import OptionsError, VitvizError
+from vitviz.errors import OptionsError, ServerError, VitvizError
 from vitviz.runtime import tune_allocator
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -154,6 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "queue_limit": args.queue_limit,
         "timeout_s": args.timeout,
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
+        # a token here means every replica must have one (joined nodes read their own env)
+        "require_token": bool(os.environ.get("VITVIZ_TOKEN")),
     }
     if args.replicas is not None:
         settings["replicas"] = args.replicas if args.replicas == "auto" else int(args.replicas)
@@ -235,7 +237,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             failed += 1
             tqdm.write(f"error: {err}", file=sys.stderr)
         if len(pending) == backend.batch_size or (i == len(args.images) - 1 and pending):
-            failed += outputs.explain_batch(backend, pending)
+            try:
+                failed += outputs.explain_batch(backend, pending)
+            except ServerError as err:  # e.g. busy or timed out: these images, not the run
+                failed += len(pending)
+                for path, _ in pending:
+                    tqdm.write(f"error: {path}: {err}", file=sys.stderr)
             pending = []
     bar.close()
     done = len(args.images) - failed

@@ -15,6 +15,10 @@ class ImageError(VitvizError):
     """An image could not be decoded or is outside the accepted limits."""
 
 
+class ImageTooLarge(ImageError):
+    """An image file or its pixel count is over a limit."""
+
+
 class ModelError(VitvizError):
     """A model name, architecture or weights source cannot be used."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from vitviz.errors import ImageError
+from vitviz.errors import ImageError, ImageTooLarge
 
 MAX_BYTES: int = 50 * 1024 * 1024
 """Largest accepted encoded file, in bytes (50 MiB)."""
@@ -58,18 +58,28 @@ class DecodedImage:
     notes: tuple[str, ...]
 
 
-def decode_image(data: bytes, name: str = "image") -> DecodedImage:
+def decode_image(
+    data: bytes,
+    name: str = "image",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
+) -> DecodedImage:
     """Decode and validate untrusted image bytes.
 
     Args:
         data: The encoded file (bytes, bytearray or memoryview).
         name: Display name used in notes and error messages.
+        max_pixels: refuse images with more pixels (checked from the header, before decoding;
+            at most :data:`MAX_PIXELS`).
+        max_bytes: refuse larger files (at most :data:`MAX_BYTES`).
 
     Returns:
         The decoded image, converted to upright 8-bit RGB.
 
     Raises:
-        ImageError: The bytes are empty, too large, not a supported image, a decompression bomb,
+        ImageTooLarge: The file or the image is over a limit.
+        ImageError: The bytes are empty, not a supported image, a decompression bomb,
             truncated or otherwise undecodable. The message is one line starting with ``name``.
     """
     label = _label(name)
@@ -78,20 +88,21 @@ def decode_image(data: bytes, name: str = "image") -> DecodedImage:
             f"{label}: expected the file's bytes, got {type(data).__name__}; pass the file content"
         )
     size = memoryview(data).nbytes
+    max_pixels, max_bytes = min(max_pixels, MAX_PIXELS), min(max_bytes, MAX_BYTES)
     if size == 0:
         raise ImageError(f"{label}: the file is empty (0 bytes); choose an image file")
-    if size > MAX_BYTES:
-        raise ImageError(
-            f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(MAX_BYTES)} "
+    if size > max_bytes:
+        raise ImageTooLarge(
+            f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(max_bytes)} "
             "limit; use a smaller or more compressed image file"
         )
     data = bytes(data)
     try:
-        image, notes = _decode(data, label)
+        image, notes = _decode(data, label, max_pixels)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(_bomb_message(label, data, exc)) from None
+        raise ImageTooLarge(_bomb_message(label, data, exc)) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{label}: this is not an image in a format vitviz reads; use one of {SUPPORTED}"
@@ -128,7 +139,7 @@ def load_image_file(path: str | os.PathLike[str]) -> DecodedImage:
         if os.path.isdir(path):
             raise IsADirectoryError(path)
         if size > MAX_BYTES:
-            raise ImageError(
+            raise ImageTooLarge(
                 f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(MAX_BYTES)} "
                 "limit; use a smaller or more compressed image file"
             )
@@ -151,13 +162,13 @@ def load_image_file(path: str | os.PathLike[str]) -> DecodedImage:
     return decode_image(data, name=name)
 
 
-def _decode(data: bytes, label: str) -> tuple[Image.Image, list[str]]:
+def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, list[str]]:
     """Open, check, load and convert ``data``; Pillow's exceptions pass through."""
     notes: list[str] = []
     with Image.open(io.BytesIO(data), formats=_FORMATS) as source:
         width, height = source.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(_too_large_message(label, (width, height)))
+        if width * height > max_pixels:
+            raise ImageTooLarge(_too_large_message(label, (width, height), max_pixels))
         if max(width, height) > MAX_ASPECT * min(width, height):
             raise ImageError(
                 f"{label}: the image is {width}×{height} pixels, more than {MAX_ASPECT}:1; "
@@ -288,12 +299,12 @@ def _over_white(rgba: Image.Image, notes: list[str]) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _too_large_message(label: str, size: tuple[int, int]) -> str:
-    """The one-line error for an image with more than MAX_PIXELS pixels."""
+def _too_large_message(label: str, size: tuple[int, int], limit: int = MAX_PIXELS) -> str:
+    """The one-line error for an image with more than ``limit`` pixels."""
     width, height = size
     return (
         f"{label}: the image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels), "
-        f"over the {MAX_PIXELS / 1e6:g}-megapixel limit; downscale it and try again"
+        f"over the {limit / 1e6:g}-megapixel limit; downscale it and try again"
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter
 
 from vitviz import wire
 from vitviz.backend import ClassExplanation, ImageExplanation, Prediction
@@ -59,8 +59,22 @@ class RemoteBackend:
         self.timeout = timeout
         self.batch_size = max(1, int(batch_size))
         self.retries = retries
-        self._local = threading.local()
-        self._info = self._request("GET", "/v1/model", timeout=min(timeout, 15.0)).json()
+        self._http = requests.Session()
+        pool = max(16, self.batch_size)
+        self._http.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
+        self._http.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
+        if self.token:
+            self._http.headers["Authorization"] = f"Bearer {self.token}"
+        r = self._request("GET", "/v1/model", timeout=min(timeout, 15.0))
+        try:
+            self._info = r.json()
+            if "input_config" not in self._info or "labels" not in self._info:
+                raise KeyError("input_config")
+        except (ValueError, KeyError, TypeError):
+            self._http.close()
+            raise ServerError(
+                f"{url} answered, but not as a vitviz server: check the URL and port"
+            ) from None
         if self._info.get("api_version") != 1:
             raise ServerError(
                 f"the server at {url} speaks API version {self._info.get('api_version')}, "
@@ -89,7 +103,7 @@ class RemoteBackend:
         """The model's filters and position similarity, fetched once."""
         if self._anatomy is None:
             r = self._request("GET", "/v1/model/anatomy")
-            header, arrays = wire.decode(r.content)
+            header, arrays = self._decode(r)
             grid = header.get("position_grid")
             self._anatomy = Anatomy(
                 width=int(header["width"]),
@@ -147,10 +161,17 @@ class RemoteBackend:
         buf = io.BytesIO()
         seen.save(buf, format="PNG", compress_level=1)
         r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue())
+        return self._decode(r)
+
+    def _decode(self, r: requests.Response) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         try:
             return wire.decode(r.content)
         except wire.WireError as err:
             raise ServerError(f"{self.url} sent an answer vitviz cannot read: {err}") from None
+
+    def close(self) -> None:
+        """Close the connections to the server."""
+        self._http.close()
 
     @staticmethod
     def _explanation(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> ImageExplanation:
@@ -163,14 +184,6 @@ class RemoteBackend:
             predictions=[Prediction(**p) for p in header["predictions"]],
         )
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            if self.token:
-                session.headers["Authorization"] = f"Bearer {self.token}"
-        return session
-
     def _request(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> requests.Response:
@@ -178,7 +191,7 @@ class RemoteBackend:
         url = self.url + path
         for attempt in range(self.retries + 1):
             try:
-                r = self._session().request(method, url, timeout=timeout or self.timeout, **kwargs)
+                r = self._http.request(method, url, timeout=timeout or self.timeout, **kwargs)
             except requests.Timeout:
                 raise ServerError(
                     f"the vitviz server at {self.url} did not answer within "
@@ -211,9 +224,13 @@ def _error(url: str, r: requests.Response) -> Exception:
         err = r.json()["error"]
         code, message = err["code"], err["message"]
     except (ValueError, KeyError, TypeError):
-        return ServerError(
-            f"{url} answered HTTP {r.status_code} without a vitviz error: is it a vitviz server?"
-        )
+        what = {
+            404: "no such page: is the URL a vitviz server (python -m vitviz serve)?",
+            502: "a proxy in front of it could not reach it",
+            503: "it is busy or still starting; try again in a moment",
+            504: "it took too long to answer",
+        }.get(r.status_code, "an unexpected answer")
+        return ServerError(f"the vitviz server at {url} answered HTTP {r.status_code}: {what}")
     if code in _IMAGE_CODES:
         return ImageError(message)
     if code == "bad_option":

@@ -14,7 +14,6 @@ Endpoints (version 1; every one but health needs the bearer token when one is se
 """
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -44,6 +43,12 @@ api = FastAPI(
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(Exception)
+async def _internal(_: Request, err: Exception) -> JSONResponse:
+    body = ApiError(500, "internal", f"the server failed ({type(err).__name__})").body()
+    return JSONResponse(body, status_code=500)
 
 
 @api.exception_handler(RequestValidationError)
@@ -76,8 +81,7 @@ class VitvizServer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
-        if self.settings.token is None:  # read here, so the secret is not a deployment arg
-            self.settings.token = os.environ.get("VITVIZ_TOKEN") or None
+        self.settings.resolve_token()  # read here, so the secret is not a deployment arg
         self.engine = Engine(self.settings)
         self.admission = Admission(self.settings.queue_limit, self.settings.retry_after_s)
         self._run_batch.set_max_batch_size(self.settings.max_batch_size)
@@ -148,8 +152,18 @@ class VitvizServer:
         """Predictions, token layout, statistics and the attention arrays asked for."""
         self._auth(request)
         start = time.monotonic()
-        with self.admission:
-            body = await _read_body(request, self.settings.max_upload_bytes)
+        limit = self.settings.timeout_s
+        self.admission.acquire()
+        release = True
+        try:
+            try:
+                body = await asyncio.wait_for(
+                    _read_body(request, self.settings.max_upload_bytes), limit
+                )
+            except TimeoutError:
+                raise ApiError(
+                    408, "upload_timeout", f"the upload took longer than {limit:g} s"
+                ) from None
             job = await asyncio.to_thread(
                 self.engine.make_job,
                 body,
@@ -160,20 +174,32 @@ class VitvizServer:
                 classes=classes,
                 layers=layers,
             )
-            left = self.settings.timeout_s - (time.monotonic() - start)
+            left = limit - (time.monotonic() - start)
+            task = asyncio.ensure_future(self._run_batch(job))
             try:
-                outcome = await asyncio.wait_for(self._run_batch(job), max(left, 0.001))
+                outcome = await asyncio.wait_for(asyncio.shield(task), max(left, 0.001))
             except TimeoutError:
+                # the work goes on: its slot is given back only when it ends
+                release = False
+                task.add_done_callback(self._release_after)
                 raise ApiError(
                     504,
                     "timeout",
-                    f"the explanation took longer than {self.settings.timeout_s:g} s; "
-                    "the server is overloaded or the image too large, try again later",
+                    f"the explanation took longer than {limit:g} s; "
+                    "the server is overloaded, try again later",
                 ) from None
             if outcome.error is not None:
                 raise outcome.error
             data = await asyncio.to_thread(self.engine.encode, job, outcome.result)
+        finally:
+            if release:
+                self.admission.release()
         return Response(data, media_type=wire.MEDIA_TYPE)
+
+    def _release_after(self, task: asyncio.Future) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it
+        self.admission.release()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _run_batch(self, jobs: list[Job]) -> list[Any]:
@@ -209,6 +235,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if unknown:
         raise ValueError(f"unknown server options: {', '.join(sorted(unknown))}")
     settings = Settings(**{k: _coerce(Settings, k, v) for k, v in args.items() if k in known})
+    if settings.device.startswith("cuda:"):  # Ray gives each replica its own GPU as cuda:0
+        settings.device = "cuda"
     gpus = _cluster_gpus() if settings.device in ("auto", "cuda") else 0
     per_gpu = float(args.get("gpus_per_replica", 1 if gpus else 0))
     options: dict[str, Any] = {
@@ -269,11 +297,14 @@ def run_server(
 
     signal.signal(signal.SIGTERM, _stop)
 
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    extra = {"_node_ip_address": "127.0.0.1"} if address is None and loopback else {}
     ray.init(
         address=address or "local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         configure_logging=True,
+        **extra,  # a private instance: Ray's own ports stay on loopback too
     )
     try:
         timeout = float(args.get("timeout_s", Settings.timeout_s))
@@ -288,5 +319,8 @@ def run_server(
         while True:
             time.sleep(3600)
     finally:
-        serve.shutdown()
+        if address is None:
+            serve.shutdown()
+        else:  # a shared cluster: take only our application down
+            serve.delete("vitviz")
         ray.shutdown()

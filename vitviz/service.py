@@ -15,14 +15,15 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from vitviz import methods, wire
+from vitviz import images, methods, wire
 from vitviz.backend import ClassExplanation, ImageExplanation, LocalBackend, resolve_class
-from vitviz.errors import OptionsError, VitvizError
+from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.images import decode_image
 
 API_VERSION = 1
@@ -47,7 +48,10 @@ class Settings:
         timeout_s: longest a request may wait and compute before it gets 504.
         max_upload_bytes: largest request body.
         max_pixels: largest decoded image (width × height).
-        token: bearer token every request but health must carry (None: open).
+        token: bearer token every API request but health must carry (None: each replica
+            reads ``$VITVIZ_TOKEN``; empty: open).
+        require_token: a replica without a token refuses to start (so a node whose
+            environment lacks ``VITVIZ_TOKEN`` cannot serve an open replica).
         threads: CPU threads for torch (0: all cores).
     """
 
@@ -64,7 +68,18 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     token: str | None = field(default=None, repr=False)
+    require_token: bool = False
     threads: int = 0
+
+    def resolve_token(self) -> None:
+        """Take the token from ``$VITVIZ_TOKEN`` unless given; enforce ``require_token``."""
+        if self.token is None:
+            self.token = os.environ.get("VITVIZ_TOKEN") or None
+        if self.require_token and not self.token:
+            raise RuntimeError(
+                "require_token is set but this replica has no token: export VITVIZ_TOKEN "
+                "where the replica runs (before `ray start` on every node) or pass token"
+            )
 
     def limits(self) -> dict[str, Any]:
         """The limits clients may read (never the token)."""
@@ -73,7 +88,7 @@ class Settings:
             "queue_limit": self.queue_limit,
             "timeout_s": self.timeout_s,
             "max_upload_bytes": self.max_upload_bytes,
-            "max_pixels": self.max_pixels,
+            "max_pixels": min(self.max_pixels, images.MAX_PIXELS),
             "token_required": bool(self.token),
         }
 
@@ -118,7 +133,8 @@ class Admission:
         self.active = 0
         self._lock = threading.Lock()
 
-    def __enter__(self) -> Admission:
+    def acquire(self) -> None:
+        """Take a slot, or raise 503 when none is free."""
         with self._lock:
             if self.active >= self.limit:
                 raise ApiError(
@@ -129,11 +145,18 @@ class Admission:
                     {"Retry-After": str(self.retry_after_s)},
                 )
             self.active += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self.active -= 1
+
+    def __enter__(self) -> Admission:
+        self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.active -= 1
+        self.release()
 
 
 @dataclass
@@ -197,6 +220,10 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """Model description, API version, methods and limits (the ``/v1/model`` body)."""
         info = {k: v for k, v in self._info.items() if k != "backend"}
+        weights = dict(info["weights"])
+        if weights.get("location"):  # the file's name, never the server's directories
+            weights["location"] = Path(str(weights["location"])).name
+        info["weights"] = weights
         return {
             "api_version": API_VERSION,
             **info,
@@ -241,22 +268,23 @@ class Engine:
             raise ApiError(400, "bad_option", "attention must be none, readout or full")
         if dtype not in ARRAY_DTYPES:
             raise ApiError(400, "bad_option", f"dtype must be one of {', '.join(ARRAY_DTYPES)}")
-        if not 1 <= top_k <= 50:
-            raise ApiError(400, "bad_option", f"top_k must be between 1 and 50, got {top_k}")
+        most = max(50, len(self.backend.labels or []))
+        if not 1 <= top_k <= most:
+            raise ApiError(400, "bad_option", f"top_k must be between 1 and {most}, got {top_k}")
         if len(body) > self.settings.max_upload_bytes:
             raise too_large(len(body), self.settings.max_upload_bytes)
         try:
-            image = decode_image(body, "the uploaded image").image
+            image = decode_image(
+                body,
+                "the uploaded image",
+                max_pixels=self.settings.max_pixels,
+                max_bytes=self.settings.max_upload_bytes,
+            ).image
+        except ImageTooLarge as err:
+            raise ApiError(413, "image_too_large", str(err)) from None
         except VitvizError as err:
             raise ApiError(400, "bad_image", str(err)) from None
         w, h = image.size
-        if w * h > self.settings.max_pixels:
-            raise ApiError(
-                413,
-                "image_too_large",
-                f"the image is {w}×{h} pixels, over this server's limit of "
-                f"{self.settings.max_pixels / 1e6:g} megapixels; downscale it",
-            )
         if seen and not self.backend.loaded.geometry.is_seen(image):
             raise ApiError(
                 400,

@@ -96,7 +96,20 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def decode(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Header and arrays of a message; scaled arrays come back as float32 values."""
+    """Header and arrays of a message; scaled arrays come back as float32 values.
+
+    Raises:
+        WireError: the bytes are not a well-formed message.
+    """
+    try:
+        return _decode(message)
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise WireError(f"malformed message ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     view = memoryview(message)
     if bytes(view[: len(MAGIC)]) != MAGIC or len(view) < len(MAGIC) + 4:
         raise WireError("not a vitviz message (bad magic): is the URL a vitviz server?")
