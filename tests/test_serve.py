@@ -356,10 +356,16 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
 
     from tests.test_app import APP, chart, marker_data, ok
 
+    cat = Image.open(ASSETS / "chelsea.png")
+    here = local.explain([cat])[0]
+    top = here.predictions[0]
+    lc = local.explain_classes([cat], [[top.index]])[0]
+
     def no_local_model(*a, **k):
         raise AssertionError("the page ran the model in-process")
 
     monkeypatch.setattr(LocalBackend, "explain", no_local_model)
+    monkeypatch.setattr(LocalBackend, "explain_classes", no_local_model)
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["backend_kind"] = "server"
     at.session_state["server_url"] = servers["main"]
@@ -369,13 +375,17 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     ok(at)
     caption = " ".join(c.value for c in at.sidebar.caption)
     assert f"Backend:** server {servers['main']}" in caption and "(on the server)" in caption
-    monkeypatch.undo()
-    here = local.explain([Image.open(ASSETS / "chelsea.png")])[0]
     values = marker_data(chart(at, "rollout"))[:, 3]
     want = methods.rollout(here.attention, here.layout).ravel()
     np.testing.assert_allclose(values, want, rtol=1e-2, atol=1e-3 * want.max())
-    top = here.predictions[0]
     assert top.label in at.get("progress")[0].proto.text
+    # "why this class?" gets the gradients from the server: the class map matches the engine's
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    assert at.session_state["target_class"] == top.index
+    want = methods.chefer(lc.explanation.attention, lc.gradients[0], lc.explanation.layout)
+    got = marker_data(chart(at, "class-map"))[:, 3]
+    np.testing.assert_allclose(got, want.ravel(), rtol=2e-2, atol=2e-3 * np.abs(want).max())
     # the anatomy view gets the model's filters from the server
     at.segmented_control(key="view").set_value("How ViT sees this image").run()
     ok(at)
