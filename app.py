@@ -335,21 +335,28 @@ titles = {k: s.title for k, s in models.CURATED.items()}
 titles |= {OTHER_TIMM: "Any timm ViT, by name…", WEIGHTS_FILE: "A weights file on this machine…"}
 
 SERVER_DEFAULT = os.environ.get("VITVIZ_SERVER", "")
+# a classroom deployment: the page only talks to that server (no models, no file paths here)
+SERVER_ONLY = bool(SERVER_DEFAULT) and os.environ.get("VITVIZ_SERVER_ONLY") == "1"
 BACKENDS = {"local": "In this process", "server": "On a vitviz server"}
 
 with st.sidebar:
     st.subheader("Model")
-    backend_kind = st.radio(
-        "Run the model",
-        list(BACKENDS),
-        index=1 if SERVER_DEFAULT else 0,
-        format_func=BACKENDS.get,
-        horizontal=True,
-        key="backend_kind",
-    )
+    if SERVER_ONLY:
+        backend_kind = "server"
+    else:
+        backend_kind = st.radio(
+            "Run the model",
+            list(BACKENDS),
+            index=1 if SERVER_DEFAULT else 0,
+            format_func=BACKENDS.get,
+            horizontal=True,
+            key="backend_kind",
+        )
     server_url = server_token = None
     choice, name, weights_path, random_weights = defaults[0], defaults[0], None, False
-    if backend_kind == "server":
+    if SERVER_ONLY:
+        server_url, server_token = SERVER_DEFAULT, os.environ.get("VITVIZ_TOKEN") or None
+    elif backend_kind == "server":
         server_url = st.text_input(
             "Server URL", SERVER_DEFAULT or "http://127.0.0.1:8000", key="server_url"
         ).strip()
@@ -363,6 +370,7 @@ with st.sidebar:
             or os.environ.get("VITVIZ_TOKEN")
             or None
         )
+    if backend_kind == "server":
         st.caption("The server decides the model: `python -m vitviz serve --model NAME`.")
     else:
         choice = st.selectbox(
@@ -431,6 +439,9 @@ try:
 except VitvizError as err:
     fallback_reason = str(err)
     st.error(f"Could not load {name}: {err}")
+    if SERVER_ONLY:  # never run a model on this machine: wait for the server
+        st.caption("This page only works with its server; try again in a moment.")
+        st.stop()
     st.caption("Showing the vitviz demo model instead, in this process.")
     name, weights_path, random_weights, backend_kind = "demo", None, False, "local"
     try:

@@ -392,6 +392,26 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     assert "6 blocks × 3 attention heads" in at.get("graphviz_chart")[0].proto.spec
 
 
+def test_a_server_only_page_offers_no_local_models_or_file_paths(servers, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, ok
+
+    monkeypatch.setenv("VITVIZ_SERVER", servers["main"])
+    monkeypatch.setenv("VITVIZ_SERVER_ONLY", "1")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    ok(at)
+    keys = {w.key for w in at.sidebar.radio} | {w.key for w in at.sidebar.selectbox}
+    assert "backend_kind" not in keys and "model" not in keys
+    assert not [t for t in at.sidebar.text_input if t.key in ("server_url", "server_token")]
+    assert f"server {servers['main']}" in " ".join(c.value for c in at.sidebar.caption)
+    # when its server is away, the page says so and runs nothing here
+    monkeypatch.setenv("VITVIZ_SERVER", f"http://127.0.0.1:{free_port()}")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception and not at.get("plotly_chart")
+    assert any("could not reach the vitviz server" in e.value for e in at.error)
+
+
 def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
     from streamlit.testing.v1 import AppTest
 
