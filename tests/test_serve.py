@@ -326,7 +326,7 @@ def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.time() + 1.5
+    deadline = time.time() + 2.5
     while time.time() < deadline:  # until the slow request holds the slot
         health = requests.get(f"{url}/v1/health", timeout=10).json()
         if health["replica"]["in_flight"] == 1:

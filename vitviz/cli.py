@@ -159,7 +159,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     if args.replicas is not None:
         settings["replicas"] = args.replicas if args.replicas == "auto" else int(args.replicas)
-    run_server(settings, host=args.host, port=args.port, address=args.address)
+    try:
+        run_server(settings, host=args.host, port=args.port, address=args.address)
+    except (VitvizError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # Ray's own start-up failures: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ServerError(
+            f"the server could not start ({type(err).__name__}: {first}); "
+            "see the messages above, or the logs under /tmp/ray/session_latest/logs"
+        ) from None
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ Endpoints (version 1; every one but health needs the bearer token when one is se
 """
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -297,6 +298,10 @@ def run_server(
 
     signal.signal(signal.SIGTERM, _stop)
 
+    # a busy machine (a model loading next door) can starve Serve's proxy for more than its
+    # default 5 s readiness check, after which Serve gives up on it: allow more
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     loopback = host in ("127.0.0.1", "localhost", "::1")
     extra = {"_node_ip_address": "127.0.0.1"} if address is None and loopback else {}
     ray.init(
