@@ -47,6 +47,24 @@ def coffee_image() -> Image.Image:
     return Image.open(ASSETS / "coffee.png").convert("RGB")
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(image: Image.Image) -> bytes:
+    """An image as PNG file bytes."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def plotly_array(obj):
     """A plotly JSON value as numpy (plotly 6 writes arrays as base64 ``bdata``)."""
     import base64

@@ -9,11 +9,9 @@ Answers are compared with the in-process engine on the same images.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ASSETS
+from tests.conftest import ASSETS, free_port, png
 from vitviz import methods, wire
 from vitviz.backend import LocalBackend
 from vitviz.cli import main
@@ -39,12 +37,6 @@ pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirement
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
 ATOL = 2e-3  # float16 on the wire: attention ≤ 1, so ≤ 2⁻¹¹ plus accumulated rounding
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
@@ -110,12 +102,6 @@ def local() -> LocalBackend:
 
 def scenes(n: int, start: int = 100) -> list[Image.Image]:
     return [Image.fromarray(generate_scene(start + i).image) for i in range(n)]
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def assert_same(remote, local) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import png
 from vitviz import methods, wire
 from vitviz.backend import LocalBackend
 from vitviz.demo.scenes import generate_scene
@@ -17,12 +16,6 @@ from vitviz.service import Admission, ApiError, Engine, Job, Settings, check_tok
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     return Engine(Settings(model="demo", max_pixels=2_000_000), LocalBackend.from_name("demo"))
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def scene(seed: int) -> Image.Image:

@@ -132,12 +132,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server until interrupted."""
     try:
         from vitviz.serve import run_server
+        from vitviz.service import LOOPBACK_HOSTS
     except ImportError as err:
         raise OptionsError(
             f"serving needs Ray Serve ({err.name} is missing): "
             "pip install -r requirements-serve.txt"
         ) from None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("VITVIZ_TOKEN"):
+    if args.host not in LOOPBACK_HOSTS and not os.environ.get("VITVIZ_TOKEN"):
         print(
             f"warning: serving on {args.host} without VITVIZ_TOKEN: anyone who can reach this "
             "port can use the server",

@@ -63,7 +63,6 @@ def decode_image(
     name: str = "image",
     *,
     max_pixels: int = MAX_PIXELS,
-    max_bytes: int = MAX_BYTES,
 ) -> DecodedImage:
     """Decode and validate untrusted image bytes.
 
@@ -72,7 +71,6 @@ def decode_image(
         name: Display name used in notes and error messages.
         max_pixels: refuse images with more pixels (checked from the header, before decoding;
             at most :data:`MAX_PIXELS`).
-        max_bytes: refuse larger files (at most :data:`MAX_BYTES`).
 
     Returns:
         The decoded image, converted to upright 8-bit RGB.
@@ -88,12 +86,12 @@ def decode_image(
             f"{label}: expected the file's bytes, got {type(data).__name__}; pass the file content"
         )
     size = memoryview(data).nbytes
-    max_pixels, max_bytes = min(max_pixels, MAX_PIXELS), min(max_bytes, MAX_BYTES)
+    max_pixels = min(max_pixels, MAX_PIXELS)
     if size == 0:
         raise ImageError(f"{label}: the file is empty (0 bytes); choose an image file")
-    if size > max_bytes:
+    if size > MAX_BYTES:
         raise ImageTooLarge(
-            f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(max_bytes)} "
+            f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(MAX_BYTES)} "
             "limit; use a smaller or more compressed image file"
         )
     data = bytes(data)

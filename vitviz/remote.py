@@ -29,6 +29,8 @@ from vitviz.models import InputGeometry
 from vitviz.ui.anatomy import Anatomy
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
+# what the page needs: the model's input (resized here), the whole attention in float16
+_FULL = {"attention": "full", "dtype": "float16", "seen": "true"}
 
 
 class RemoteBackend:
@@ -117,7 +119,7 @@ class RemoteBackend:
 
     def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
         """One explanation per image (full attention, float16 on the wire)."""
-        params = {"top_k": top_k, "attention": "full", "dtype": "float16", "seen": "true"}
+        params = _FULL | {"top_k": top_k}
         return self._map(lambda im: self._explanation(*self._explain(im, params)), images)
 
     def explain_classes(
@@ -131,7 +133,7 @@ class RemoteBackend:
         """Explanations plus ``∂y_c/∂A`` for each image's classes (None: top prediction)."""
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
-        base = {"top_k": top_k, "attention": "full", "dtype": "float16", "seen": "true"}
+        base: dict[str, Any] = _FULL | {"top_k": top_k}
         if layers is not None:
             base["layer"] = [int(x) for x in layers]
 

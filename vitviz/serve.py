@@ -27,7 +27,16 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from vitviz import wire
-from vitviz.service import API_VERSION, Admission, ApiError, Engine, Job, Settings, check_token
+from vitviz.service import (
+    API_VERSION,
+    LOOPBACK_HOSTS,
+    Admission,
+    ApiError,
+    Engine,
+    Job,
+    Settings,
+    check_token,
+)
 from vitviz.service import too_large as _too_large
 
 api = FastAPI(
@@ -97,7 +106,7 @@ class VitvizServer:
         return {
             "status": "ok",
             "api_version": API_VERSION,
-            "model": self.engine.info()["name"],
+            "model": self.engine.name,
             "replica": {**self.engine.stats(), "in_flight": self.admission.active},
         }
 
@@ -302,7 +311,7 @@ def run_server(
     # default 5 s readiness check, after which Serve gives up on it: allow more
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
-    loopback = host in ("127.0.0.1", "localhost", "::1")
+    loopback = host in LOOPBACK_HOSTS
     extra = {"_node_ip_address": "127.0.0.1"} if address is None and loopback else {}
     ray.init(
         address=address or "local",

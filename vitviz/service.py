@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.images import decode_image
 
 API_VERSION = 1
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AttentionPart = Literal["none", "readout", "full"]
 ARRAY_DTYPES = ("float16", "uint8", "float32")
 
@@ -210,6 +211,7 @@ class Engine:
             )
         self.backend = backend
         self._info = backend.info()
+        self.name: str = self._info["name"]
         self._lock = threading.Lock()  # one forward at a time per replica
         self.batches = self.jobs = self.largest_batch = 0
 
@@ -278,7 +280,6 @@ class Engine:
                 body,
                 "the uploaded image",
                 max_pixels=self.settings.max_pixels,
-                max_bytes=self.settings.max_upload_bytes,
             ).image
         except ImageTooLarge as err:
             raise ApiError(413, "image_too_large", str(err)) from None
@@ -353,10 +354,7 @@ class Engine:
     def _plain(self, jobs: Sequence[Job]) -> list[ImageExplanation]:
         out: list[ImageExplanation | None] = [None] * len(jobs)
         with self._lock:
-            for seen in (True, False):
-                idx = [i for i, j in enumerate(jobs) if j.seen == seen]
-                if not idx:
-                    continue
+            for seen, idx in _by_seen(jobs):
                 top_k = max(jobs[i].top_k for i in idx)
                 res = self.backend.explain([jobs[i].image for i in idx], top_k=top_k, seen=seen)
                 for i, r in zip(idx, res, strict=True):
@@ -369,10 +367,7 @@ class Engine:
         layers = sorted({layer for j in jobs for layer in (j.layers or range(num_layers))})
         k = max(len(j.classes) for j in jobs)
         with self._lock:
-            for seen in (True, False):
-                idx = [i for i, j in enumerate(jobs) if j.seen == seen]
-                if not idx:
-                    continue
+            for seen, idx in _by_seen(jobs):
                 padded = [
                     jobs[i].classes + [jobs[i].classes[-1]] * (k - len(jobs[i].classes))
                     for i in idx
@@ -432,6 +427,14 @@ class Engine:
                     [np.asarray(methods.chefer_row(attn, g, layout)) for g in classed.gradients]
                 ).astype(np.float32)
         return wire.encode(header, arrays)
+
+
+def _by_seen(jobs: Sequence[Job]) -> Iterator[tuple[bool, list[int]]]:
+    """Indices of the jobs the client preprocessed, then of the others (non-empty groups)."""
+    for seen in (True, False):
+        idx = [i for i, j in enumerate(jobs) if j.seen == seen]
+        if idx:
+            yield seen, idx
 
 
 def too_large(size: int, limit: int) -> ApiError:
