@@ -7,7 +7,7 @@ other interaction only recomputes maps from the cached attention.
 
 from __future__ import annotations
 
-import os
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -17,13 +17,15 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods, models, render
-from vitviz.backend import Backend, LocalBackend
-from vitviz.errors import VitvizError
+from vitviz.backend import Backend, ImageExplanation, LocalBackend
+from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
 from vitviz.remote import RemoteBackend
-from vitviz.runtime import tune_allocator
+from vitviz.results import ClassRelevance
+from vitviz.runtime import release_memory, tune_allocator
 from vitviz.ui import anatomy, downloads, figures
-from vitviz.ui.state import Entry, ExplanationCache, digest
+from vitviz.ui.servers import ServerPolicy
+from vitviz.ui.state import Entry, ExplanationCache, PageCaches, digest
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLES = {
@@ -78,9 +80,16 @@ st.session_state.setdefault("class_method", "chefer")
 
 
 @st.cache_resource(show_spinner=False)
+def page_caches() -> PageCaches:
+    """Models, model inputs, explanations and class relevance of this server process."""
+    gc.collect()
+    gc.freeze()  # libraries are here for good: later collections skip them (~0.5 ms, not 190)
+    return PageCaches()
+
+
 def explanation_cache() -> ExplanationCache:
     """Explanations shared by every session of this server process."""
-    return ExplanationCache()
+    return page_caches().explanations
 
 
 @st.cache_resource(show_spinner=False)
@@ -89,10 +98,18 @@ def load_failures() -> dict[tuple, tuple[str, float]]:
     return {}
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
 def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
-    """One loaded model per (name, weights) and process."""
-    return LocalBackend.from_name(name, weights=weights, random_weights=random_weights)
+    """One loaded model per (name, weights) and process, within the page's size limits."""
+    caches = page_caches()
+    return caches.models.get_or_compute(
+        (name, weights, random_weights),
+        lambda: LocalBackend.from_name(
+            name,
+            weights=weights,
+            random_weights=random_weights,
+            max_params=caches.limits.max_params,
+        ),
+    )
 
 
 @st.cache_resource(show_spinner=False, ttl=300)
@@ -111,10 +128,31 @@ def default_model() -> tuple[str, str | None]:
     )
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def decoded_image(image_digest: str, _data: bytes, name: str) -> DecodedImage:
-    """Decode an image once per content (kept in memory only)."""
-    return decode_image(_data, name)
+def explain_once(backend: Backend, image) -> ImageExplanation:
+    """Explain one model input; first free what earlier runs of this page left behind.
+
+    Every run of this script is a new module whose functions and globals form reference
+    cycles, so the explanations an old run shows (evicted from the cache since) stay alive
+    until Python's cyclic collector runs, which can be many uploads later. Collect them
+    now (cheap: :func:`page_caches` froze the libraries out of the collector's way), and
+    give the freed heap back to the kernel after the forward pass.
+    """
+    gc.collect()
+    result = backend.explain([image], seen=True)[0]
+    release_memory()
+    return result
+
+
+def model_input(image_digest: str, data: bytes, name: str, backend: Backend) -> DecodedImage:
+    """An image decoded and reduced at once to the model's input (kept in memory only).
+
+    The full-size pixels live only while decoding: what is cached is bounded by the model's
+    input size, whatever the upload's.
+    """
+    key = (image_digest, backend.geometry.key)
+    return page_caches().images.get_or_compute(
+        key, lambda: decode_image(data, name, reduce=backend.geometry)
+    )
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -124,8 +162,12 @@ def model_anatomy(model_id: str, _backend: Backend) -> anatomy.Anatomy:
 
 
 @st.cache_resource(show_spinner=False, ttl=60, max_entries=8)
-def get_remote(url: str, token: str | None) -> RemoteBackend:
-    """A client of a vitviz server (its model description is re-read every minute)."""
+def get_remote(url: str, token: str) -> RemoteBackend:
+    """A client of a vitviz server (its model description is re-read every minute).
+
+    ``token`` is passed explicitly ("" for none): the client never falls back to this
+    machine's ``VITVIZ_TOKEN`` (see :class:`vitviz.ui.servers.ServerPolicy`).
+    """
     return RemoteBackend(url, token=token)
 
 
@@ -168,6 +210,13 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
                 _download(name)
         with st.spinner(f"Loading {name}…"):
             backend = get_backend(name, weights, random_weights)
+    except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
+        message = (
+            f"“{weights}” is not a readable weights file: give the path of a .safetensors, "
+            ".pth or .bin file holding a model's tensors, on the machine running this page"
+        )
+        load_failures()[key] = (message, time.time())
+        raise VitvizError(message) from None
     except VitvizError as err:
         load_failures()[key] = (str(err), time.time())
         raise
@@ -191,6 +240,21 @@ def _download(name: str) -> None:
 
     models.download_weights(name, report)
     bar.empty()
+
+
+def display_location(weights: dict) -> str:
+    """Where weights came from, without the machine's directories.
+
+    Files inside the project are shown relative to it, other files by name; the hub by URL.
+    """
+    where = str(weights.get("location") or "")
+    if not where or weights.get("source") not in ("file", "bundled", "cache"):
+        return where
+    path = Path(where).resolve()
+    try:
+        return str(path.relative_to(Path(__file__).resolve().parent))
+    except ValueError:
+        return path.name
 
 
 def device_label(info: dict) -> str:
@@ -299,32 +363,36 @@ def class_picker(expl, labels: list[str], context: str) -> int:
     )
 
 
-def class_gradients(entry: Entry, backend: Backend, image, cls: int, top: list[int]) -> np.ndarray:
-    """``∂y_c/∂A`` for one class of this image, cached.
+def class_relevance(
+    model_id: str, image_digest: str, backend: Backend, image, cls: int, top: list[int]
+) -> ClassRelevance:
+    """What the class maps read of ``∂y_c/∂A`` for one class of this image, cached.
 
     The first request computes the top-5 classes (and ``cls``) from one forward pass with one
     backward pass each, so switching among them is instant; any other class costs one forward
-    and one backward pass.
+    and one backward pass. Sessions asking for the same class at once compute it once; the
+    cache is bounded in bytes.
     """
-    from collections import OrderedDict
+    cache = page_caches().relevance
+    key = (model_id, image_digest, cls)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
 
-    cache = entry.get("class-gradients", OrderedDict)
-    if cls in cache:
-        cache.move_to_end(cls)
-        return cache[cls]
-    wanted = [cls] + ([c for c in top if c != cls] if not cache else [])
+    def compute() -> ClassRelevance:
+        others = [c for c in top if c != cls and (model_id, image_digest, c) not in cache]
+        res = backend.explain_classes([image], [[cls, *others]], seen=True)[0]
+        for rel in res.relevance[1:]:
+            cache.put((model_id, image_digest, rel.index), rel)
+        return res.relevance[0]
+
     with st.spinner("Computing the class gradients (one forward, one backward per class)…"):
         try:
-            res = backend.explain_classes([image], [wanted])[0]
+            return cache.get_or_compute(key, compute)
         except VitvizError as err:  # e.g. the server went away: say so, keep the page
             st.error(f"Could not compute the class map: {err}")
             st.stop()
-    for c, grads in zip(res.classes, res.gradients, strict=True):
-        cache[c] = grads
-    cache.move_to_end(cls)
-    while len(cache) > 8:  # bounded: at most eight classes per image are kept
-        cache.popitem(last=False)
-    return cache[cls]
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------- sidebar
@@ -334,9 +402,14 @@ choices = [*models.CURATED, OTHER_TIMM, WEIGHTS_FILE]
 titles = {k: s.title for k, s in models.CURATED.items()}
 titles |= {OTHER_TIMM: "Any timm ViT, by name…", WEIGHTS_FILE: "A weights file on this machine…"}
 
-SERVER_DEFAULT = os.environ.get("VITVIZ_SERVER", "")
+try:
+    POLICY = ServerPolicy.from_env()
+except VitvizError as err:  # the operator's VITVIZ_SERVER or allow-list is malformed
+    st.error(f"This page is misconfigured: {err}")
+    st.stop()
+SERVER_DEFAULT = POLICY.default or ""
 # a classroom deployment: the page only talks to that server (no models, no file paths here)
-SERVER_ONLY = bool(SERVER_DEFAULT) and os.environ.get("VITVIZ_SERVER_ONLY") == "1"
+SERVER_ONLY = POLICY.server_only
 BACKENDS = {"local": "In this process", "server": "On a vitviz server"}
 
 with st.sidebar:
@@ -352,24 +425,27 @@ with st.sidebar:
             horizontal=True,
             key="backend_kind",
         )
-    server_url = server_token = None
+    server_url, typed_token = "", ""
     choice, name, weights_path, random_weights = defaults[0], defaults[0], None, False
     if SERVER_ONLY:
-        server_url, server_token = SERVER_DEFAULT, os.environ.get("VITVIZ_TOKEN") or None
+        server_url = SERVER_DEFAULT
     elif backend_kind == "server":
-        server_url = st.text_input(
-            "Server URL", SERVER_DEFAULT or "http://127.0.0.1:8000", key="server_url"
-        ).strip()
-        server_token = (
-            st.text_input(
-                "Token (if the server needs one)",
-                type="password",
-                key="server_token",
-                help="Empty: the VITVIZ_TOKEN of the machine running this page, if any.",
+        if POLICY.any_url:
+            server_url = st.text_input(
+                "Server URL", SERVER_DEFAULT or "http://127.0.0.1:8000", key="server_url"
             ).strip()
-            or os.environ.get("VITVIZ_TOKEN")
-            or None
-        )
+        else:
+            if st.session_state.get("server_url") not in POLICY.allowed:
+                if st.session_state.get("server_url"):
+                    st.warning("That server is not one of this page's; showing its own.")
+                st.session_state["server_url"] = POLICY.allowed[0]
+            server_url = st.selectbox("Server", POLICY.allowed, key="server_url")
+        typed_token = st.text_input(
+            "Token (if the server needs one)",
+            type="password",
+            key="server_token",
+            help="Empty: no token, or this page's own token when the server is its own.",
+        ).strip()
     if backend_kind == "server":
         st.caption("The server decides the model: `python -m vitviz serve --model NAME`.")
     else:
@@ -428,7 +504,8 @@ fallback_reason = None
 try:
     if backend_kind == "server":
         try:
-            backend = get_remote(server_url, server_token)
+            url = POLICY.check(server_url)
+            backend = get_remote(url, POLICY.token_for(url, typed_token))
         except VitvizError as err:
             name, weights_path, random_weights = "the server", None, False
             raise VitvizError(f"{err}. Check the URL, or choose “In this process”") from None
@@ -459,7 +536,7 @@ layers, heads = info["layers"], info["heads"]
 
 with st.sidebar:
     w = info["weights"]
-    where = w["location"] or ""
+    where = display_location(w)
     remote = backend_kind == "server"
     st.caption(
         (f"**Model:** {info['title']}  \n" if remote else "")
@@ -510,8 +587,8 @@ if data is None:
 cache = explanation_cache()
 image_digest = digest(data)
 try:
-    decoded = decoded_image(image_digest, data, image_name)
-    entry = cache.get(model_id, image_digest, lambda: backend.explain([decoded.image])[0])
+    decoded = model_input(image_digest, data, image_name, backend)
+    entry = cache.get(model_id, image_digest, lambda: explain_once(backend, decoded.image))
 except VitvizError as err:
     st.error(str(err))
     st.caption("The page keeps working: choose another image or a sample.")
@@ -520,6 +597,7 @@ except VitvizError as err:
 expl = entry.explanation
 layout = expl.layout
 attn = expl.attention
+top_classes = [p.index for p in expl.predictions]
 
 # ----------------------------------------------------------------------------- page
 
@@ -579,8 +657,8 @@ with right:
                 "Method", list(CLASS_METHODS), format_func=CLASS_METHODS.get, key="class_method"
             )
             cm = cm or "chefer"
-            grads = class_gradients(
-                entry, backend, decoded.image, cls, [p.index for p in expl.predictions]
+            grads = class_relevance(
+                model_id, image_digest, backend, decoded.image, cls, top_classes
             )
             copts = {} if cm == "chefer" else opts
             cvals = np.asarray(methods.compute_map(cm, attn, layout, grads=grads, **copts))
@@ -644,8 +722,8 @@ with right:
         with grid_col:
             if why:
                 cls = class_picker(expl, backend.labels, model_id + image_digest)
-                grads = class_gradients(
-                    entry, backend, decoded.image, cls, [p.index for p in expl.predictions]
+                grads = class_relevance(
+                    model_id, image_digest, backend, decoded.image, cls, top_classes
                 )
                 gvals = np.asarray(
                     methods.attn_grad(attn, grads, layout, layer=layer, head=head, fusion=fusion)

@@ -199,7 +199,7 @@ def test_class_specific_methods(tmp_path, capsys):
         want = top if cls is None else cls
         assert record["explained_class"]["index"] == want
         # independent: the backend's gradients for that class and the method by hand
-        ref = backend.explain_classes([image], [[want]])[0]
+        ref = backend.explain_classes([image], [[want]], full_gradients=True)[0]
         needed = list(needed)
         got = npz["gradients"]
         np.testing.assert_allclose(got[needed], ref.gradients[0][needed], rtol=1e-4, atol=1e-7)

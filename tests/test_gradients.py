@@ -186,16 +186,20 @@ def test_attn_grad_is_the_readout_row_of_the_clamped_product():
 )
 def test_every_layout_gets_finite_class_maps(name, kwargs, cat_image):
     loaded = tiny(name, model_kwargs={"depth": 2, **kwargs})
-    res = LocalBackend(loaded).explain_classes([cat_image], [[None, 7]])[0]
+    res = LocalBackend(loaded).explain_classes([cat_image], [[None, 7]], full_gradients=True)[0]
     expl = res.explanation
     assert res.classes[0] == expl.predictions[0].index and res.classes[1] == 7
+    assert [r.index for r in res.relevance] == res.classes
     for method in ("chefer", "grad-rollout", "attn-grad"):
         for k in range(2):
-            m = methods.compute_map(method, expl.attention, expl.layout, grads=res.gradients[k])
+            m = methods.compute_map(method, expl.attention, expl.layout, grads=res.relevance[k])
             assert m.shape == expl.layout.grid and np.isfinite(m).all()
+            # the compact relevance gives the map the full gradients give
+            full = methods.compute_map(method, expl.attention, expl.layout, grads=res.gradients[k])
+            np.testing.assert_allclose(m, full, rtol=1e-5, atol=1e-7 * np.abs(full).max())
     # the two classes give two different maps
-    a = methods.chefer(expl.attention, res.gradients[0], expl.layout)
-    b = methods.chefer(expl.attention, res.gradients[1], expl.layout)
+    a = methods.chefer(expl.attention, res.relevance[0], expl.layout)
+    b = methods.chefer(expl.attention, res.relevance[1], expl.layout)
     assert not np.allclose(a, b)
 
 
@@ -211,7 +215,7 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
     wins = 0
     for scene, res in zip(scenes, results, strict=True):
         expl = res.explanation
-        maps = [methods.chefer(expl.attention, res.gradients[k], expl.layout) for k in range(2)]
+        maps = [methods.chefer(expl.attention, res.relevance[k], expl.layout) for k in range(2)]
         assert not np.allclose(maps[0], maps[1])
         for k in range(2):
             wins += metrics.right_object_wins(maps[k], scene.masks[k], scene.masks[1 - k])

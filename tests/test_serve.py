@@ -154,20 +154,28 @@ def test_class_gradients_equal_the_local_engine(servers, local):
     remote = RemoteBackend(servers["main"])
     images = scenes(2, start=7)
     wanted = [[None, 2], [5, 1]]
-    r_all = remote.explain_classes(images, wanted)
-    l_all = local.explain_classes(images, wanted)
-    for r, lo in zip(r_all, l_all, strict=True):
-        assert r.classes == lo.classes and r.labels == lo.labels
+    r_all = remote.explain_classes(images, wanted, full_gradients=True)
+    l_all = local.explain_classes(images, wanted, full_gradients=True)
+    light = remote.explain_classes(images, wanted)  # the default: relevance only
+    for r, lo, li in zip(r_all, l_all, light, strict=True):
+        assert r.classes == lo.classes == li.classes and r.labels == lo.labels
         assert_same(r.explanation, lo.explanation)
+        assert li.gradients is None
         scale = np.abs(lo.gradients).max()
         np.testing.assert_allclose(r.gradients, lo.gradients, atol=2e-3 * scale, rtol=0)
+        attn, layout = lo.explanation.attention, lo.explanation.layout
         for k in range(2):  # the class maps a user sees agree as well
-            a = methods.chefer(r.explanation.attention, r.gradients[k], r.explanation.layout)
-            b = methods.chefer(lo.explanation.attention, lo.gradients[k], lo.explanation.layout)
-            np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3 * np.abs(b).max())
+            b = methods.chefer(attn, lo.gradients[k], layout)
+            for got in (r.gradients[k], li.relevance[k]):
+                a = methods.chefer(r.explanation.attention, got, r.explanation.layout)
+                np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3 * np.abs(b).max())
+            want = methods.grad_rollout(attn, lo.gradients[k], layout, fusion="min", discard=0.5)
+            a = methods.grad_rollout(attn, li.relevance[k], layout, fusion="min", discard=0.5)
+            np.testing.assert_allclose(a, want, rtol=2e-2, atol=2e-3 * np.abs(want).max())
     # only the layers asked for are sent; the others stay zero as in the local engine
-    some = remote.explain_classes(images[:1], [[3]], layers=[4, 5])[0]
+    some = remote.explain_classes(images[:1], [[3]], layers=[4, 5], full_gradients=True)[0]
     assert not some.gradients[:, :4].any() and some.gradients[:, 4:].any()
+    assert some.relevance[0].layers == (4, 5) and some.relevance[0].chefer is None
 
 
 def test_the_server_resizes_original_uploads_itself(servers, local):
@@ -214,7 +222,10 @@ def test_sixteen_concurrent_clients_get_their_own_answers(servers, local):
     """Different images at once, mixed plain and class-specific: no cross-talk in batches."""
     images = scenes(16, start=300)
     expected = local.explain(images)
-    expected_classes = {i: local.explain_classes([images[i]], [[None]])[0] for i in range(0, 16, 4)}
+    expected_classes = {
+        i: local.explain_classes([images[i]], [[None]], full_gradients=True)[0]
+        for i in range(0, 16, 4)
+    }
     remote = RemoteBackend(servers["main"])
     before = requests.get(f"{servers['main']}/v1/health", timeout=10).json()["replica"]
     barrier = threading.Barrier(16)
@@ -231,8 +242,9 @@ def test_sixteen_concurrent_clients_get_their_own_answers(servers, local):
         if i in expected_classes:
             want = expected_classes[i]
             assert got.classes == want.classes
-            scale = np.abs(want.gradients).max()
-            np.testing.assert_allclose(got.gradients, want.gradients, atol=2e-3 * scale)
+            layout = want.explanation.layout
+            b = methods.chefer_row(want.explanation.attention, want.gradients[0], layout)
+            np.testing.assert_allclose(got.relevance[0].chefer, b, rtol=1e-3, atol=1e-6)
             got = got.explanation
         assert_same(got, expected[i])
     after = requests.get(f"{servers['main']}/v1/health", timeout=10).json()["replica"]
@@ -345,7 +357,7 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     cat = Image.open(ASSETS / "chelsea.png")
     here = local.explain([cat])[0]
     top = here.predictions[0]
-    lc = local.explain_classes([cat], [[top.index]])[0]
+    lc = local.explain_classes([cat], [[top.index]], full_gradients=True)[0]
 
     def no_local_model(*a, **k):
         raise AssertionError("the page ran the model in-process")

@@ -58,7 +58,7 @@ def test_class_names_top_and_negative_layers_resolve(engine):
 
 def test_one_broken_job_does_not_take_down_its_batch(engine):
     good = [engine.make_job(png(scene(s)), attention="full") for s in (1, 2, 3)]
-    broken = Job(Image.new("RGB", (50, 50)), seen=True)  # slipped past validation
+    broken = Job(Image.new("RGB", (50, 50)))  # slipped past validation
     outcomes = engine.run([good[0], broken, good[1], good[2]])
     assert outcomes[1].result is None and outcomes[1].error.status == 400
     for job, out in zip(good, [outcomes[0], outcomes[2], outcomes[3]], strict=True):
@@ -69,14 +69,29 @@ def test_one_broken_job_does_not_take_down_its_batch(engine):
 
 
 def test_class_jobs_of_different_lengths_share_a_batch_correctly(engine):
-    a = engine.make_job(png(scene(4)), classes=["2"])
+    a = engine.make_job(png(scene(4)), classes=["2"], gradients="full")
     b = engine.make_job(png(scene(5)), classes=["top", "1", "6"], layers=[5])
     both = engine.run([a, b])
     for job, out in zip((a, b), both, strict=True):
-        alone = engine.backend.explain_classes([job.image], [job.classes])[0]
+        alone = engine.backend.explain_classes(
+            [job.image], [job.classes], layers=job.layers or None, seen=True, full_gradients=True
+        )[0]
         assert out.result.classes == alone.classes
-        assert out.result.gradients.shape[0] == len(job.classes)
-        assert np.allclose(out.result.gradients, alone.gradients, atol=1e-5, rtol=1e-4)
+        assert len(out.result.relevance) == len(job.classes)
+        for got, want in zip(out.result.relevance, alone.relevance, strict=True):
+            assert got.index == want.index and got.layers == want.layers
+            for name in ("fused", "heads", "fused_rows"):
+                assert np.allclose(getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-4)
+    # full gradients only where asked for, and only the layers asked for elsewhere
+    assert both[0].result.gradients.shape[0] == 1 and both[1].result.gradients is None
+    assert np.allclose(both[0].result.gradients, alone_a(engine, a), atol=1e-5, rtol=1e-4)
+    assert both[1].result.relevance[0].layers == (5,) and both[1].result.relevance[0].chefer is None
+    assert not both[1].result.relevance[0].fused[:, :5].any()
+
+
+def alone_a(engine, job):
+    res = engine.backend.explain_classes([job.image], [job.classes], seen=True, full_gradients=True)
+    return res[0].gradients
 
 
 def test_encoded_answer_matches_the_engine(engine):
@@ -95,10 +110,19 @@ def test_encoded_answer_matches_the_engine(engine):
     assert np.allclose(arrays["rollout"], methods.rollout_row(expl.attention, layout), atol=1e-6)
     for name, fn in methods.STATISTICS.items():
         assert np.allclose(arrays[name], fn(expl.attention, layout), atol=1e-5)
-    chefer = methods.chefer_row(expl.attention, res.gradients[0], layout)
+    full = engine.backend.explain_classes([job.image], [[None]], seen=True, full_gradients=True)
+    grads = full[0].gradients
+    chefer = methods.chefer_row(expl.attention, grads[0], layout)  # from the full gradients
     assert np.allclose(arrays["chefer"][0], chefer, atol=1e-5)
-    g = arrays["gradients"]
-    assert np.allclose(g, res.gradients, atol=2e-3 * np.abs(res.gradients).max())
+    assert "gradients" not in arrays  # the relevance is what the maps read; full only if asked
+    (rel,) = wire.decode_relevance(header, arrays)
+    for method, opts in (("grad-rollout", {"fusion": "max"}), ("attn-grad", {"head": 1})):
+        got = methods.compute_map(method, expl.attention, layout, grads=rel, **opts)
+        want = methods.compute_map(method, expl.attention, layout, grads=grads[0], **opts)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+    full_job = engine.make_job(png(scene(6)), classes=["top"], gradients="full")
+    _, arrays = wire.decode(engine.encode(full_job, engine.run([full_job])[0].result))
+    assert np.allclose(arrays["gradients"], grads, atol=2e-3 * np.abs(grads).max())
 
 
 def test_token_is_checked():

@@ -12,6 +12,7 @@ import torch
 from tests.conftest import plotly_array, tiny
 from vitviz import models
 from vitviz.backend import ImageExplanation
+from vitviz.cache import nbytes
 from vitviz.layout import TokenLayout
 from vitviz.ui import anatomy, downloads, figures
 from vitviz.ui.state import ExplanationCache, digest
@@ -114,17 +115,18 @@ def _expl(seed: int) -> ImageExplanation:
 
 
 def test_explanation_cache_computes_once_and_evicts_the_oldest():
-    cache = ExplanationCache(capacity=2)
+    cache = ExplanationCache(max_bytes=int(2.5 * nbytes(_expl(0))))  # room for two
     calls = []
 
     def compute(i):
         return lambda: calls.append(i) or _expl(i)
 
     a = cache.get("m", "a", compute(1))
-    assert cache.get("m", "a", compute(99)) is a and calls == [1]
+    assert cache.get("m", "a", compute(99)).explanation is a.explanation and calls == [1]
     cache.get("m", "b", compute(2))
     cache.get("other-model", "a", compute(3))  # same image, another model: computed
     assert calls == [1, 2, 3] and cache.model_calls == 3 and len(cache) == 2
+    assert cache.nbytes <= 2.5 * nbytes(_expl(0))
     cache.get("m", "a", compute(4))  # "a" was evicted (least recently used)
     assert calls == [1, 2, 3, 4]
     entry = cache.get("m", "a", compute(5))

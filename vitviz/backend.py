@@ -18,9 +18,10 @@ from PIL import Image
 
 from vitviz.capture import capture_seen
 from vitviz.errors import OptionsError
-from vitviz.gradients import attention_gradients
+from vitviz.gradients import attention_relevance
 from vitviz.layout import TokenLayout
-from vitviz.models import LoadedModel, load_model
+from vitviz.models import InputGeometry, LoadedModel, load_model
+from vitviz.results import ClassRelevance
 from vitviz.ui.anatomy import Anatomy, anatomy
 
 
@@ -58,20 +59,24 @@ class ImageExplanation:
 
 @dataclass
 class ClassExplanation:
-    """An explanation plus the attention gradients for some of its classes.
+    """An explanation plus what the class-specific methods need for some of its classes.
 
     Attributes:
         explanation: predictions, layout, image and attention of the same forward pass.
         classes: the class indices explained, in order.
         labels: their names.
-        gradients: ``[K, L, H, N, N]`` float32, ``∂y_c/∂A`` for each class (pre-softmax
-            logit); layers a method does not read are left at 0.
+        relevance: one :class:`~vitviz.results.ClassRelevance` per class: the parts of
+            ``∂y_c/∂A`` the maps read (pass it as ``grads`` to any class-specific method).
+        gradients: ``[K, L, H, N, N]`` float32 ``∂y_c/∂A`` for each class (pre-softmax logit;
+            layers not asked for are 0), only when asked for (``full_gradients=True``):
+            4× to 12× the size of the relevance.
     """
 
     explanation: ImageExplanation
     classes: list[int]
     labels: list[str]
-    gradients: np.ndarray
+    relevance: list[ClassRelevance]
+    gradients: np.ndarray | None = None
 
 
 class Backend(Protocol):
@@ -92,8 +97,15 @@ class Backend(Protocol):
         """Patch-embedding filters and position-embedding similarity of the model."""
         ...
 
-    def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
-        """One explanation per image, in order."""
+    @property
+    def geometry(self) -> InputGeometry:
+        """The model's resize and crop (what :meth:`explain` applies unless ``seen``)."""
+        ...
+
+    def explain(
+        self, images: Sequence[Image.Image], *, top_k: int = 5, seen: bool = False
+    ) -> list[ImageExplanation]:
+        """One explanation per image, in order (``seen``: already resized and cropped)."""
         ...
 
     def explain_classes(
@@ -103,8 +115,10 @@ class Backend(Protocol):
         *,
         layers: Sequence[int] | None = None,
         top_k: int = 5,
+        seen: bool = False,
+        full_gradients: bool = False,
     ) -> list[ClassExplanation]:
-        """Explanations with attention gradients for the given classes of each image."""
+        """Explanations with the class relevance for the given classes of each image."""
         ...
 
 
@@ -167,6 +181,11 @@ class LocalBackend:
             self._anatomy = anatomy(self.loaded.model)
         return self._anatomy
 
+    @property
+    def geometry(self) -> InputGeometry:
+        """The model's resize and crop."""
+        return self.loaded.geometry
+
     def _seen(self, images: Sequence[Image.Image], seen: bool) -> list[Image.Image]:
         if not seen:
             return [self.loaded.seen_image(im) for im in images]
@@ -205,7 +224,7 @@ class LocalBackend:
                 out[i] = ImageExplanation(
                     image=cap.images[j],
                     layout=cap.layout,
-                    attention=attention[j],
+                    attention=attention[j] if len(idx) == 1 else attention[j].copy(),
                     logits=None if logits is None else logits[j].numpy(),
                     predictions=preds,
                 )
@@ -219,12 +238,14 @@ class LocalBackend:
         layers: Sequence[int] | None = None,
         top_k: int = 5,
         seen: bool = False,
+        full_gradients: bool = False,
     ) -> list[ClassExplanation]:
-        """Explanations plus ``∂y_c/∂A`` for each image's classes, one forward per batch.
+        """Explanations plus each class's relevance, one forward per batch.
 
         ``classes[i]`` lists the classes of image i (the same count for every image); None
         stands for the image's top prediction. ``layers`` limits which layers' gradients are
-        computed (see :meth:`vitviz.methods.Method.gradient_layers`).
+        computed (see :meth:`vitviz.methods.Method.gradient_layers`). ``full_gradients`` also
+        returns ``∂y_c/∂A`` itself (large: ``[K, L, H, N, N]`` per image).
         """
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
@@ -233,24 +254,30 @@ class LocalBackend:
         out: list[ClassExplanation | None] = [None] * len(images)
         for idx in self._batches(seen_images):
             x = torch.stack([self.loaded.to_tensor(seen_images[i]) for i in idx])
-            logits, attention, grads, layout, wanted = attention_gradients(
-                self.loaded, x, [list(classes[i]) for i in idx], layers=layers
+            res = attention_relevance(
+                self.loaded,
+                x,
+                [list(classes[i]) for i in idx],
+                layers=layers,
+                keep_gradients=full_gradients,
             )
-            attention_np = attention.cpu().numpy()
-            grads_np = grads.cpu().numpy()
+            attention_np = res.attention.cpu().numpy()
+            grads_np = None if res.gradients is None else res.gradients.cpu().numpy()
             for j, i in enumerate(idx):
+                logits = res.logits[j].cpu()
                 expl = ImageExplanation(
                     image=np.asarray(seen_images[i], dtype=np.uint8).copy(),
-                    layout=layout,
-                    attention=attention_np[j],
-                    logits=logits[j].cpu().numpy(),
-                    predictions=top_predictions(logits[j].cpu(), labels, top_k) if labels else [],
+                    layout=res.layout,
+                    attention=attention_np[j] if len(idx) == 1 else attention_np[j].copy(),
+                    logits=logits.numpy(),
+                    predictions=top_predictions(logits, labels, top_k) if labels else [],
                 )
                 out[i] = ClassExplanation(
                     explanation=expl,
-                    classes=wanted[j],
-                    labels=[labels[c] if labels else str(c) for c in wanted[j]],
-                    gradients=grads_np[:, j],
+                    classes=res.classes[j],
+                    labels=[labels[c] if labels else str(c) for c in res.classes[j]],
+                    relevance=res.relevance[j],
+                    gradients=None if grads_np is None else grads_np[:, j].copy(),
                 )
         return [e for e in out if e is not None]
 

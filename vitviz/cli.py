@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--queue-limit", type=int, default=64, help="requests per replica, then 503")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request, then 504")
     s.add_argument("--max-upload-mb", type=float, default=20.0)
+    s.add_argument(
+        "--upload-timeout", type=float, default=15.0, help="seconds to send a body, then 408"
+    )
+    s.add_argument("--max-uploads", type=int, default=128, help="bodies received at once")
+    s.add_argument("--max-answer-mb", type=float, default=128.0, help="largest answer, else 400")
     s.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of a new one")
     return p
 
@@ -119,6 +124,24 @@ def cmd_models() -> int:
     return EXIT_OK
 
 
+def _output_folder(name: str) -> Path:
+    """The ``--out`` folder, created and checked writable before any model work."""
+    import tempfile
+
+    out = Path(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise OptionsError(
+            f"--out {name}: cannot write output files there ({why}); "
+            "give a folder you can write to (it is created if missing)"
+        ) from None
+    return out
+
+
 def _unique_stem(path: Path, used: set[str]) -> str:
     stem, n = path.stem, 2
     candidate = stem
@@ -126,6 +149,21 @@ def _unique_stem(path: Path, used: set[str]) -> str:
         candidate, n = f"{stem}-{n}", n + 1
     used.add(candidate)
     return candidate
+
+
+def _check_before_ray(args: argparse.Namespace) -> None:
+    """Model name, weights file and limits, checked in seconds before Ray starts."""
+    from vitviz.models import read_state_dict, resolve_name
+
+    for name in ("max_batch_size", "queue_limit", "max_uploads"):
+        if getattr(args, name) < 1:
+            raise OptionsError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("timeout", "upload_timeout", "max_upload_mb", "max_answer_mb"):
+        if not getattr(args, name) > 0:
+            raise OptionsError(f"--{name.replace('_', '-')} must be positive")
+    resolve_name(args.model)
+    if args.weights:
+        read_state_dict(args.weights)  # unreadable, unsafe or empty files fail here
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs Ray Serve ({err.name} is missing): "
             "pip install -r requirements-serve.txt"
         ) from None
+    _check_before_ray(args)
     if args.host not in LOOPBACK_HOSTS and not os.environ.get("VITVIZ_TOKEN"):
         print(
             f"warning: serving on {args.host} without VITVIZ_TOKEN: anyone who can reach this "
@@ -155,6 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "queue_limit": args.queue_limit,
         "timeout_s": args.timeout,
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
+        "upload_timeout_s": args.upload_timeout,
+        "max_uploads": args.max_uploads,
+        "max_answer_bytes": int(args.max_answer_mb * 2**20),
         # a token here means every replica must have one (joined nodes read their own env)
         "require_token": bool(os.environ.get("VITVIZ_TOKEN")),
     }
@@ -213,6 +255,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     options = _method_options(args)
     if not 0.0 <= args.alpha <= 1.0:
         raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.top_k < 1:
+        raise OptionsError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise OptionsError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = _output_folder(args.out)
     backend = _backend(args)
     info = backend.info()
     methods.check_options(options, info["layers"], info["heads"])
@@ -234,15 +281,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(_banner(warning), file=sys.stderr)
     if info["weights"]["note"]:
         print(f"note: {info['weights']['note']}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed, outputs = 0, _Outputs(args, options, info, out, target)
     bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)
     pending: list[tuple[Path, Any]] = []
     for i, name in enumerate(bar):
         path = Path(name)
         try:
-            pending.append((path, load_image_file(path)))
+            pending.append((path, load_image_file(path, reduce=backend.geometry)))
         except VitvizError as err:
             failed += 1
             tqdm.write(f"error: {err}", file=sys.stderr)
@@ -282,11 +327,17 @@ class _Outputs:
         if spec.needs_gradients:
             layers = spec.gradient_layers(self.options, self.info["layers"])
             classed = backend.explain_classes(
-                images, [[self.target]] * len(images), layers=layers, top_k=self.args.top_k
+                images,
+                [[self.target]] * len(images),
+                layers=layers,
+                top_k=self.args.top_k,
+                seen=True,
+                full_gradients=True,  # written to the .npz
             )
             results = [(c.explanation, c) for c in classed]
         else:
-            results = [(r, None) for r in backend.explain(images, top_k=self.args.top_k)]
+            explained = backend.explain(images, top_k=self.args.top_k, seen=True)
+            results = [(r, None) for r in explained]
         failed = 0
         for (path, decoded), (res, classed_res) in zip(batch, results, strict=True):
             try:
@@ -300,8 +351,9 @@ class _Outputs:
         """Compute the method's map for one image and write its PNG, NPZ and JSON."""
         a = self.args
         grads = None if classed is None else classed.gradients[0]
+        relevance = None if classed is None else classed.relevance[0]
         value_map = methods.compute_map(
-            a.method, res.attention, res.layout, grads=grads, **self.options
+            a.method, res.attention, res.layout, grads=relevance, **self.options
         )
         value_map = np.asarray(value_map)
         stem = _unique_stem(path, self.used)

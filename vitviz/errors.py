@@ -27,6 +27,10 @@ class WeightsError(ModelError):
     """A weights file or download cannot be used (missing, unsafe, unreachable, mismatched)."""
 
 
+class WeightsFileError(WeightsError):
+    """A weights file cannot be read: missing, not a regular file, unsafe or not weights."""
+
+
 class OptionsError(VitvizError):
     """An explanation option (layer, head, patch, method …) is out of range or unknown."""
 

@@ -11,13 +11,37 @@ gradient gives every image its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from vitviz.capture import forward_with_attention
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
+from vitviz.methods import relevance_parts
 from vitviz.models import LoadedModel
+from vitviz.results import ClassRelevance
+
+
+@dataclass
+class ClassGradients:
+    """What :func:`attention_relevance` returns for a batch.
+
+    Attributes:
+        logits: ``[B, C]``.
+        attention: ``[B, L, H, N, N]`` fp32, detached.
+        layout: the token layout of the batch.
+        classes: for each image, the classes explained (None resolved to the top one).
+        relevance: ``relevance[b][k]`` is image b's :class:`ClassRelevance` for its class k.
+        gradients: ``[K, B, L, H, N, N]`` fp32 when asked for (``keep_gradients``), else None.
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    layout: TokenLayout
+    classes: list[list[int]]
+    relevance: list[list[ClassRelevance]]
+    gradients: torch.Tensor | None = None
 
 
 def attention_gradients(
@@ -27,7 +51,7 @@ def attention_gradients(
     *,
     layers: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenLayout, list[list[int]]]:
-    """Logits, attention and attention gradients of a preprocessed batch.
+    """Logits, attention and the full attention gradients of a preprocessed batch.
 
     Args:
         loaded: the model.
@@ -40,6 +64,27 @@ def attention_gradients(
         ``logits [B, C]``, ``attention [B, L, H, N, N]`` (fp32, detached),
         ``grads [K, B, L, H, N, N]`` (fp32; ``grads[k, b]`` is ``∂y_{classes[b][k]}/∂A`` of
         image b), the token layout and the classes used (None resolved).
+    """
+    out = attention_relevance(loaded, x, classes, layers=layers, keep_gradients=True, reduce=False)
+    assert out.gradients is not None
+    return out.logits, out.attention, out.gradients, out.layout, out.classes
+
+
+def attention_relevance(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    classes: Sequence[Sequence[int | None]],
+    *,
+    layers: Sequence[int] | None = None,
+    keep_gradients: bool = False,
+    reduce: bool = True,
+) -> ClassGradients:
+    """One forward, one backward per class, each class's gradients reduced at once.
+
+    The ``[B, L, H, N, N]`` gradient of class k is turned into every image's
+    :class:`~vitviz.results.ClassRelevance` right after its backward pass and then dropped,
+    so memory holds one class's gradients at a time, not K of them (unless
+    ``keep_gradients``).
     """
     model = loaded.model
     if not loaded.has_classifier:
@@ -60,15 +105,24 @@ def attention_gradients(
     if any(not 0 <= i < num_layers for i in need):
         raise OptionsError(f"layers {need} out of range for a {num_layers}-layer model")
     layout = loaded.layout((int(x.shape[-2]), int(x.shape[-1])))
+    labels = loaded.labels or [str(i) for i in range(num_classes)]
     x = x.to(loaded.device).requires_grad_(True)  # a graph even if the weights are frozen
+    relevance: list[list[ClassRelevance]] = [[] for _ in range(b)]
+    grads = None
     with torch.inference_mode(False), torch.enable_grad():
         out, attn = forward_with_attention(model, x, precision=loaded.precision)
         logits = out.float()
+        attention = torch.stack([a.detach().float() for a in attn], dim=1)
+        if attention.shape[-1] != layout.num_tokens:
+            raise ModelError(
+                f"attention has {attention.shape[-1]} tokens, "
+                f"the layout expects {layout.num_tokens}"
+            )
         top = logits.argmax(dim=-1).tolist()
         resolved = [[top[j] if c is None else int(c) for c in cs] for j, cs in enumerate(classes)]
         k_count = len(classes[0])
-        first = attn[0]
-        grads = first.new_zeros((k_count, b, num_layers, *first.shape[1:]), dtype=torch.float32)
+        if keep_gradients:
+            grads = attention.new_zeros((k_count, *attention.shape))
         rows = torch.arange(b, device=logits.device)
         for k in range(k_count):
             idx = torch.tensor([cs[k] for cs in resolved], device=logits.device)
@@ -76,12 +130,22 @@ def attention_gradients(
             got = torch.autograd.grad(
                 y, [attn[i] for i in need], retain_graph=k < k_count - 1, allow_unused=True
             )
-            for i, g in zip(need, got, strict=True):
-                if g is not None:
-                    grads[k, :, i] = g.float()
-    attention = torch.stack([a.detach().float() for a in attn], dim=1)
-    if attention.shape[-1] != layout.num_tokens:
-        raise ModelError(
-            f"attention has {attention.shape[-1]} tokens, the layout expects {layout.num_tokens}"
-        )
-    return logits.detach(), attention, grads, layout, resolved
+            g = torch.zeros_like(attention) if grads is None else grads[k]
+            for i, gi in zip(need, got, strict=True):
+                if gi is not None:
+                    g[:, i] = gi.float()
+            del got
+            if reduce:
+                parts = relevance_parts(attention, g, layout, chefer=len(need) == num_layers)
+                arrays = {n: None if v is None else v.cpu().numpy() for n, v in parts.items()}
+                for j in range(b):
+                    relevance[j].append(
+                        ClassRelevance(
+                            index=resolved[j][k],
+                            label=labels[resolved[j][k]],
+                            layers=tuple(need),
+                            **{n: None if v is None else v[j].copy() for n, v in arrays.items()},
+                        )
+                    )
+            del g
+    return ClassGradients(logits.detach(), attention, layout, resolved, relevance, grads)

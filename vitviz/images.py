@@ -13,21 +13,34 @@ from __future__ import annotations
 
 import io
 import os
+import stat
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from vitviz.errors import ImageError, ImageTooLarge
+from vitviz.runtime import release_memory
 
 MAX_BYTES: int = 50 * 1024 * 1024
 """Largest accepted encoded file, in bytes (50 MiB)."""
 
 MAX_PIXELS: int = 40_000_000
+"""Largest accepted image, in pixels (width × height, 40 megapixels)."""
+
 # Longest side over shortest: a 40000×1 strip would become gigapixels once the short side is
 # resized to the model's input size.
 MAX_ASPECT: int = 20
-"""Largest accepted image, in pixels (width × height, 40 megapixels)."""
+
+LARGE_PIXELS: int = 4_000_000
+"""Images with more pixels than this decode one slot at a time (see :data:`DECODE_SLOTS`)."""
+
+DECODE_SLOTS = threading.BoundedSemaphore(2)
+"""How many large images a process decodes at once: the full-size pixels of a 40-megapixel
+image take ~120 MB until :func:`decode_reduced` has reduced them, so concurrent uploads wait
+for a slot instead of adding up."""
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 """The formats vitviz reads, as said to users."""
@@ -63,6 +76,7 @@ def decode_image(
     name: str = "image",
     *,
     max_pixels: int = MAX_PIXELS,
+    reduce: Callable[[Image.Image], Image.Image] | None = None,
 ) -> DecodedImage:
     """Decode and validate untrusted image bytes.
 
@@ -71,6 +85,11 @@ def decode_image(
         name: Display name used in notes and error messages.
         max_pixels: refuse images with more pixels (checked from the header, before decoding;
             at most :data:`MAX_PIXELS`).
+        reduce: applied to the upright RGB image at once (e.g. a model's resize and crop);
+            the returned image is then the reduced one and the full-size pixels are freed
+            before this returns, so what a caller keeps is bounded by what ``reduce`` makes,
+            not by the upload. Large images are decoded and reduced one
+            :data:`DECODE_SLOTS` slot at a time.
 
     Returns:
         The decoded image, converted to upright 8-bit RGB.
@@ -96,7 +115,7 @@ def decode_image(
         )
     data = bytes(data)
     try:
-        image, notes = _decode(data, label, max_pixels)
+        image, notes, size = _decode(data, label, max_pixels, reduce)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -115,14 +134,20 @@ def decode_image(
             f"{label}: could not decode the image ({_reason(exc)}); "
             "try saving it again as PNG or JPEG"
         ) from None
-    return DecodedImage(name=name, image=image, original_size=image.size, notes=tuple(notes))
+    return DecodedImage(name=name, image=image, original_size=size, notes=tuple(notes))
 
 
-def load_image_file(path: str | os.PathLike[str]) -> DecodedImage:
+def load_image_file(
+    path: str | os.PathLike[str],
+    *,
+    reduce: Callable[[Image.Image], Image.Image] | None = None,
+) -> DecodedImage:
     """Read an image file and decode it with :func:`decode_image`.
 
     Args:
-        path: Path of the image file; ``str(path)`` becomes the display name.
+        path: Path of the image file; ``str(path)`` becomes the display name. Only regular
+            files are read (a FIFO or device is refused at once, never waited on).
+        reduce: see :func:`decode_image`.
 
     Returns:
         The decoded image.
@@ -133,15 +158,21 @@ def load_image_file(path: str | os.PathLike[str]) -> DecodedImage:
     name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
     label = _label(name)
     try:
-        size = os.stat(path).st_size
-        if os.path.isdir(path):
-            raise IsADirectoryError(path)
-        if size > MAX_BYTES:
-            raise ImageTooLarge(
-                f"{label}: the file is {_format_bytes(size)}, over the {_format_bytes(MAX_BYTES)} "
-                "limit; use a smaller or more compressed image file"
-            )
-        with open(path, "rb") as file:
+        # O_NONBLOCK: opening a FIFO or a device must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(
+                    f"{label}: not a regular file (a pipe, device or socket); give an image file"
+                )
+            if info.st_size > MAX_BYTES:
+                raise ImageTooLarge(
+                    f"{label}: the file is {_format_bytes(info.st_size)}, over the "
+                    f"{_format_bytes(MAX_BYTES)} limit; use a smaller or more compressed image file"
+                )
             data = file.read(MAX_BYTES + 1)
     except ImageError:
         raise
@@ -157,11 +188,19 @@ def load_image_file(path: str | os.PathLike[str]) -> DecodedImage:
         raise ImageError(
             f"{label}: could not read the file ({_reason(exc)}); check the path"
         ) from None
-    return decode_image(data, name=name)
+    return decode_image(data, name=name, reduce=reduce)
 
 
-def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, list[str]]:
-    """Open, check, load and convert ``data``; Pillow's exceptions pass through."""
+def _decode(
+    data: bytes,
+    label: str,
+    max_pixels: int,
+    reduce: Callable[[Image.Image], Image.Image] | None = None,
+) -> tuple[Image.Image, list[str], tuple[int, int]]:
+    """Open, check, load, convert and reduce ``data``; Pillow's exceptions pass through.
+
+    Returns the image, the notes and the upright size before ``reduce``.
+    """
     notes: list[str] = []
     with Image.open(io.BytesIO(data), formats=_FORMATS) as source:
         width, height = source.size
@@ -172,18 +211,32 @@ def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, list
                 f"{label}: the image is {width}×{height} pixels, more than {MAX_ASPECT}:1; "
                 "crop it to a less extreme shape and try again"
             )
-        frames = _frame_count(source)
-        if frames != 1:
-            notes.append(_frames_note(source.format, frames))
-        if _has_16_bit_samples(source):
-            notes.append("16-bit image scaled to 8 bits")
-        source.load()
-        upright = _exif_upright(source, notes)
-        rgb = _to_rgb(upright, notes)
-        if rgb is source or isinstance(rgb, ImageFile.ImageFile):
-            rgb = rgb.copy()
-    rgb.load()
-    return rgb, list(dict.fromkeys(notes))
+        large = width * height > LARGE_PIXELS
+        if large:
+            DECODE_SLOTS.acquire()
+        try:
+            frames = _frame_count(source)
+            if frames != 1:
+                notes.append(_frames_note(source.format, frames))
+            if _has_16_bit_samples(source):
+                notes.append("16-bit image scaled to 8 bits")
+            source.load()
+            upright = _exif_upright(source, notes)
+            rgb = _to_rgb(upright, notes)
+            size = rgb.size
+            if reduce is not None:
+                rgb = reduce(rgb)
+            del upright
+            if rgb is source or isinstance(rgb, ImageFile.ImageFile):
+                rgb = rgb.copy()
+            rgb.load()
+        finally:
+            if large:
+                DECODE_SLOTS.release()
+    if large:
+        del source
+        release_memory()  # the full-size pixels are free: return them to the kernel
+    return rgb, list(dict.fromkeys(notes)), size
 
 
 def _frame_count(image: Image.Image) -> int | None:

@@ -31,10 +31,11 @@ import torch
 
 from vitviz.errors import OptionsError
 from vitviz.layout import TokenLayout
+from vitviz.results import FUSION_ORDER, ClassRelevance
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 Fusion = Literal["mean", "max", "min"]
-FUSIONS: tuple[str, ...] = ("mean", "max", "min")
+FUSIONS: tuple[str, ...] = FUSION_ORDER
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -451,11 +452,102 @@ def _check_grads(t: torch.Tensor, g: torch.Tensor) -> None:
         )
 
 
-def chefer_row(attn: Array, grads: Array, layout: TokenLayout) -> Array:
-    """Full readout row ``w @ R`` of Chefer et al.'s relevance (``[..., N]``)."""
-    t, was_numpy = _as_tensor(attn)
+Gradients = TypeVar("Gradients", np.ndarray, torch.Tensor, ClassRelevance)
+
+
+def _fusion_index(fusion: str) -> int:
+    if fusion not in FUSION_ORDER:
+        raise OptionsError(f"unknown head fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+    return FUSION_ORDER.index(fusion)
+
+
+def _check_relevance(rel: ClassRelevance, t: torch.Tensor, layout: TokenLayout) -> None:
+    n = layout.num_tokens
+    if rel.heads.shape[-1] != n or rel.num_layers != t.shape[-4]:
+        raise OptionsError(
+            f"the class relevance covers {rel.num_layers} layers of {rel.heads.shape[-1]} tokens "
+            f"but the attention has {t.shape[-4]} layers of {n}: they come from different runs"
+        )
+
+
+def _need_layers(rel: ClassRelevance, layers: range | list[int], method: str) -> None:
+    missing = sorted(set(layers) - set(rel.layers))
+    if missing:
+        raise OptionsError(
+            f"{method} reads the gradients of layers {missing[0]}–{missing[-1]}, which were not "
+            "computed for this class: ask for them (or for all layers)"
+        )
+
+
+def _like(x: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    """A relevance array as a float32 tensor on the attention's device."""
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=t.device)
+
+
+def relevance_parts(
+    attn: torch.Tensor, grads: torch.Tensor, layout: TokenLayout, *, chefer: bool = True
+) -> dict[str, torch.Tensor | None]:
+    """The parts of :class:`~vitviz.results.ClassRelevance` for ``[..., L, H, N, N]`` inputs.
+
+    Returns tensors with the inputs' leading dims: ``chefer [..., N]`` (None when
+    ``chefer`` is False), ``fused [..., 3, L, N, N]``, ``heads [..., L, H, N]`` and
+    ``fused_rows [..., 3, L, N]`` (fusions in :data:`~vitviz.results.FUSION_ORDER`).
+    """
+    prod = _wide(attn) * _wide(grads)  # [..., L, H, N, N]
+    fused = torch.stack(
+        [prod.mean(dim=-3), prod.amax(dim=-3), prod.amin(dim=-3)], dim=-4
+    ).clamp_min(0)
+    pos = prod.clamp_min_(0)  # (A ⊙ G)⁺, in place: prod is not needed any more
+    pos_fused = torch.stack([pos.mean(dim=-3), pos.amax(dim=-3), pos.amin(dim=-3)], dim=-4)
+    w = torch.as_tensor(layout.readout_weights(), dtype=pos.dtype, device=pos.device)
+    heads = torch.einsum("n,...nm->...m", w, pos)
+    fused_rows = torch.einsum("n,...nm->...m", w, pos_fused)
+    row = None
+    if chefer:  # Ā_l = mean_h((G ⊙ A)⁺); v ← v + v Ā_l from the last layer down
+        abar = pos_fused[..., 0, :, :, :]
+        row = w.expand(*abar.shape[:-3], 1, -1)
+        for i in range(abar.shape[-3] - 1, -1, -1):
+            row = row + row @ abar[..., i, :, :]
+        row = row[..., 0, :]
+    return {"chefer": row, "fused": fused, "heads": heads, "fused_rows": fused_rows}
+
+
+def class_relevance(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    index: int = -1,
+    label: str = "",
+    layers: list[int] | tuple[int, ...] | None = None,
+) -> ClassRelevance:
+    """Reduce one image's ``[L, H, N, N]`` attention gradients to what the methods read.
+
+    ``layers``: the layers whose gradients were computed (default: all).
+    """
+    t, _ = _as_tensor(attn)
     g, _ = _as_tensor(grads)
     _check_attn(t, layout)
+    _check_grads(t, g)
+    if t.ndim != 4:
+        raise OptionsError("class_relevance takes one image's attention [L, H, N, N]")
+    num_layers = t.shape[-4]
+    done = tuple(range(num_layers)) if layers is None else tuple(sorted(set(layers)))
+    parts = relevance_parts(t, g, layout, chefer=len(done) == num_layers)
+    arrays = {k: None if v is None else v.detach().cpu().numpy() for k, v in parts.items()}
+    return ClassRelevance(index=int(index), label=str(label), layers=done, **arrays)
+
+
+def chefer_row(attn: Array, grads: Gradients, layout: TokenLayout) -> Array:
+    """Full readout row ``w @ R`` of Chefer et al.'s relevance (``[..., N]``)."""
+    t, was_numpy = _as_tensor(attn)
+    _check_attn(t, layout)
+    if isinstance(grads, ClassRelevance):
+        _check_relevance(grads, t, layout)
+        if grads.chefer is None:
+            _need_layers(grads, range(t.shape[-4]), "Chefer's relevance")
+        return _back(_like(grads.chefer, t), was_numpy)
+    g, _ = _as_tensor(grads)
     _check_grads(t, g)
     # Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺): the clamp is per head, before the mean
     abar = (_wide(g) * _wide(t)).clamp_min(0).mean(dim=-3)  # [..., L, N, N]
@@ -467,7 +559,7 @@ def chefer_row(attn: Array, grads: Array, layout: TokenLayout) -> Array:
     return _back(v[..., 0, :], was_numpy)
 
 
-def chefer(attn: Array, grads: Array, layout: TokenLayout) -> Array:
+def chefer(attn: Array, grads: Gradients, layout: TokenLayout) -> Array:
     """Generic attention explainability (Chefer, Gur, Wolf, ICCV 2021) for one class.
 
     ``Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺)``, ``R = I``, ``R ← R + Ā_l R`` for l = 1 … L, map =
@@ -476,7 +568,8 @@ def chefer(attn: Array, grads: Array, layout: TokenLayout) -> Array:
 
     Args:
         attn: attention ``[..., L, H, N, N]``.
-        grads: ``∂y_c/∂A`` of the same shape (``y_c`` the pre-softmax logit of the class).
+        grads: ``∂y_c/∂A`` of the same shape (``y_c`` the pre-softmax logit of the class), or
+            its :class:`~vitviz.results.ClassRelevance`.
 
     Returns:
         ``[..., gh, gw]`` relevance map.
@@ -487,7 +580,7 @@ def chefer(attn: Array, grads: Array, layout: TokenLayout) -> Array:
 
 def grad_rollout_row(
     attn: Array,
-    grads: Array,
+    grads: Gradients,
     layout: TokenLayout,
     *,
     fusion: Fusion = "mean",
@@ -496,13 +589,18 @@ def grad_rollout_row(
 ) -> Array:
     """Full readout row of gradient rollout (``[..., N]``); see :func:`grad_rollout`."""
     t, was_numpy = _as_tensor(attn)
-    g, _ = _as_tensor(grads)
     _check_attn(t, layout)
-    _check_grads(t, g)
     s = _layer_index(start_layer, t.shape[-4])
-    # each layer's attention with ITS OWN gradient (vit-explain pairs them in reverse order)
-    weighted = _wide(t[..., s:, :, :, :]) * _wide(g[..., s:, :, :, :])
-    fused = fuse_heads(weighted, fusion).clamp_min(0)
+    if isinstance(grads, ClassRelevance):
+        _check_relevance(grads, t, layout)
+        _need_layers(grads, range(s, t.shape[-4]), "gradient rollout")
+        fused = _like(grads.fused[_fusion_index(fusion), s:], t)
+    else:
+        g, _ = _as_tensor(grads)
+        _check_grads(t, g)
+        # each layer's attention with ITS OWN gradient (vit-explain pairs them in reverse order)
+        weighted = _wide(t[..., s:, :, :, :]) * _wide(g[..., s:, :, :, :])
+        fused = fuse_heads(weighted, fusion).clamp_min(0)
     hat = _rollout_factors(fused, layout, discard)
     w = torch.as_tensor(layout.readout_weights(), dtype=hat.dtype, device=hat.device)
     return _back(_rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :], was_numpy)
@@ -510,7 +608,7 @@ def grad_rollout_row(
 
 def grad_rollout(
     attn: Array,
-    grads: Array,
+    grads: Gradients,
     layout: TokenLayout,
     *,
     fusion: Fusion = "mean",
@@ -522,7 +620,8 @@ def grad_rollout(
     Each layer's heads are weighted by that layer's own gradient, ``A_l ⊙ ∂y_c/∂A_l``, fused
     (mean/max/min), clamped at 0, then rolled out like attention rollout: lowest ``discard``
     share zeroed, ``+ I``, rows normalized to 1 (over the key axis), multiplied through the
-    layers from ``start_layer``.
+    layers from ``start_layer``. ``grads`` may be the full gradients or a
+    :class:`~vitviz.results.ClassRelevance`.
 
     Returns:
         ``[..., gh, gw]`` map.
@@ -535,7 +634,7 @@ def grad_rollout(
 
 def attn_grad_row(
     attn: Array,
-    grads: Array,
+    grads: Gradients,
     layout: TokenLayout,
     *,
     layer: int = -1,
@@ -544,12 +643,17 @@ def attn_grad_row(
 ) -> Array:
     """Full readout row of ``(A ⊙ ∂y_c/∂A)⁺`` for one layer (``[..., N]``)."""
     t, was_numpy = _as_tensor(attn)
-    g, _ = _as_tensor(grads)
     _check_attn(t, layout)
-    _check_grads(t, g)
     li = _layer_index(layer, t.shape[-4])
-    prod = (_wide(t[..., li, :, :, :]) * _wide(g[..., li, :, :, :])).clamp_min(0)
     hi = _head_index(head, t.shape[-3])
+    if isinstance(grads, ClassRelevance):
+        _check_relevance(grads, t, layout)
+        _need_layers(grads, [li], "attention × gradient")
+        row = grads.heads[li, hi] if hi is not None else grads.fused_rows[_fusion_index(fusion), li]
+        return _back(_like(row, t), was_numpy)
+    g, _ = _as_tensor(grads)
+    _check_grads(t, g)
+    prod = (_wide(t[..., li, :, :, :]) * _wide(g[..., li, :, :, :])).clamp_min(0)
     a = prod[..., hi, :, :] if hi is not None else fuse_heads(prod, fusion)
     w = torch.as_tensor(layout.readout_weights(), dtype=a.dtype, device=a.device)
     return _back(w @ a, was_numpy)
@@ -557,7 +661,7 @@ def attn_grad_row(
 
 def attn_grad(
     attn: Array,
-    grads: Array,
+    grads: Gradients,
     layout: TokenLayout,
     *,
     layer: int = -1,
@@ -567,7 +671,7 @@ def attn_grad(
     """Attention × gradient of one layer (one head, or heads fused after the clamp).
 
     The readout row of ``(A_l^h ⊙ ∂y_c/∂A_l^h)⁺``: where this head's attention pushed the
-    class score up.
+    class score up. ``grads``: the full gradients or a :class:`~vitviz.results.ClassRelevance`.
 
     Returns:
         ``[..., gh, gw]`` map.
@@ -705,13 +809,14 @@ def compute_map(
     attn: Array,
     layout: TokenLayout,
     *,
-    grads: Array | None = None,
+    grads: Array | ClassRelevance | None = None,
     **options: Any,
 ) -> Array:
     """Run a registered method by name with validated options.
 
-    Class-specific methods need ``grads`` (``∂y_c/∂A``, e.g. from
-    :meth:`vitviz.backend.LocalBackend.explain_classes`).
+    Class-specific methods need ``grads``: ``∂y_c/∂A`` or its
+    :class:`~vitviz.results.ClassRelevance` (what
+    :meth:`vitviz.backend.LocalBackend.explain_classes` returns).
     """
     resolved = resolve_options(method, options)
     spec = METHODS[method]

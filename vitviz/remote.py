@@ -117,10 +117,15 @@ class RemoteBackend:
             )
         return self._anatomy
 
-    def explain(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[ImageExplanation]:
-        """One explanation per image (full attention, float16 on the wire)."""
+    def explain(
+        self, images: Sequence[Image.Image], *, top_k: int = 5, seen: bool = False
+    ) -> list[ImageExplanation]:
+        """One explanation per image (full attention, float16 on the wire).
+
+        ``seen``: the images are already the model's input (see :attr:`geometry`).
+        """
         params = _FULL | {"top_k": top_k}
-        return self._map(lambda im: self._explanation(*self._explain(im, params)), images)
+        return self._map(lambda im: self._explanation(*self._explain(im, params, seen)), images)
 
     def explain_classes(
         self,
@@ -129,23 +134,39 @@ class RemoteBackend:
         *,
         layers: Sequence[int] | None = None,
         top_k: int = 5,
+        seen: bool = False,
+        full_gradients: bool = False,
     ) -> list[ClassExplanation]:
-        """Explanations plus ``∂y_c/∂A`` for each image's classes (None: top prediction)."""
+        """Explanations plus each class's relevance (None: the top prediction).
+
+        ``full_gradients`` also fetches ``∂y_c/∂A`` (large; the server may refuse it past its
+        answer limit).
+        """
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
         base: dict[str, Any] = _FULL | {"top_k": top_k}
         if layers is not None:
             base["layer"] = [int(x) for x in layers]
+        if full_gradients:
+            base["gradients"] = "full"
 
         def one(pair: tuple[Image.Image, Sequence[int | None]]) -> ClassExplanation:
             image, wanted = pair
             params = dict(base, **{"class": ["top" if c is None else str(c) for c in wanted]})
-            header, arrays = self._explain(image, params)
+            header, arrays = self._explain(image, params, seen)
             expl = self._explanation(header, arrays)
-            stored = arrays["gradients"]
-            grads = np.zeros((stored.shape[0], *expl.attention.shape), dtype=np.float32)
-            grads[:, header["gradient_layers"]] = stored
-            return ClassExplanation(expl, header["classes"], header["class_labels"], grads)
+            try:
+                relevance = wire.decode_relevance(header, arrays)
+            except wire.WireError as err:
+                raise ServerError(f"{self.url} sent an answer vitviz cannot read: {err}") from None
+            grads = None
+            if full_gradients:
+                stored = arrays["gradients"]
+                grads = np.zeros((stored.shape[0], *expl.attention.shape), dtype=np.float32)
+                grads[:, header["gradient_layers"]] = stored
+            return ClassExplanation(
+                expl, header["classes"], header["class_labels"], relevance, grads
+            )
 
         return self._map(one, list(zip(images, classes, strict=True)))
 
@@ -157,11 +178,19 @@ class RemoteBackend:
             return list(pool.map(fn, items))
 
     def _explain(
-        self, image: Image.Image, params: dict[str, Any]
+        self, image: Image.Image, params: dict[str, Any], seen: bool = False
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        seen = self.geometry(image)
+        if seen:
+            if not self.geometry.is_seen(image):
+                raise OptionsError(
+                    f"an image of {image.size[0]}×{image.size[1]} px is not a resized and "
+                    "cropped input of this model; send the original image instead"
+                )
+            model_input = image.convert("RGB")
+        else:
+            model_input = self.geometry(image)
         buf = io.BytesIO()
-        seen.save(buf, format="PNG", compress_level=1)
+        model_input.save(buf, format="PNG", compress_level=1)
         r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue())
         return self._decode(r)
 

@@ -32,3 +32,19 @@ def tune_allocator() -> bool:
             ok = False
     _TUNED.append(ok)
     return ok
+
+
+def release_memory() -> bool:
+    """Give freed heap memory back to the kernel now (glibc ``malloc_trim``; no-op elsewhere).
+
+    Called after a large transient allocation (a decoded 40-megapixel upload, say), so a
+    process that keeps freed heap for speed (:func:`tune_allocator`) does not keep that peak
+    for ever: glibc returns the free pages of every arena, not only the top of the heap.
+    Takes a few milliseconds.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -29,7 +29,6 @@ from ray.serve.config import BackpressureConfig
 from vitviz import wire
 from vitviz.service import (
     API_VERSION,
-    LOOPBACK_HOSTS,
     Admission,
     ApiError,
     Engine,
@@ -84,6 +83,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _receive(request: Request, settings: Settings, uploads: Admission) -> bytes:
+    """Read the body under its own slot and timeout, before the request takes a queue slot.
+
+    A client that trickles its body holds an upload slot (at most ``max_uploads``) for at
+    most ``upload_timeout_s`` and then gets 408; it never holds one of the queue's slots.
+    """
+    limit = settings.upload_timeout_s
+    with uploads:
+        try:
+            return await asyncio.wait_for(_read_body(request, settings.max_upload_bytes), limit)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"the upload took longer than {limit:g} s; send the image faster or smaller",
+            ) from None
+
+
 @serve.deployment(name="VitvizServer")
 @serve.ingress(api)
 class VitvizServer:
@@ -94,6 +111,9 @@ class VitvizServer:
         self.settings.resolve_token()  # read here, so the secret is not a deployment arg
         self.engine = Engine(self.settings)
         self.admission = Admission(self.settings.queue_limit, self.settings.retry_after_s)
+        self.uploads = Admission(
+            self.settings.max_uploads, self.settings.retry_after_s, "uploads being received"
+        )
         self._run_batch.set_max_batch_size(self.settings.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
 
@@ -107,7 +127,11 @@ class VitvizServer:
             "status": "ok",
             "api_version": API_VERSION,
             "model": self.engine.name,
-            "replica": {**self.engine.stats(), "in_flight": self.admission.active},
+            "replica": {
+                **self.engine.stats(),
+                "in_flight": self.admission.active,
+                "uploading": self.uploads.active,
+            },
         }
 
     @api.get("/v1/model", summary="Model description, labels, methods and limits")
@@ -158,22 +182,19 @@ class VitvizServer:
             Query(alias="layer", description="layers whose gradients to return (default all)"),
         ] = [],  # noqa: B006
         seen: Annotated[bool, Query(description="the image is already the model's input")] = False,
+        gradients: Annotated[
+            str,
+            Query(description="class answers: relevance (what the maps read) or full (∂y/∂A too)"),
+        ] = "relevance",
     ) -> Response:
         """Predictions, token layout, statistics and the attention arrays asked for."""
         self._auth(request)
+        body = await _receive(request, self.settings, self.uploads)
         start = time.monotonic()
         limit = self.settings.timeout_s
         self.admission.acquire()
         release = True
         try:
-            try:
-                body = await asyncio.wait_for(
-                    _read_body(request, self.settings.max_upload_bytes), limit
-                )
-            except TimeoutError:
-                raise ApiError(
-                    408, "upload_timeout", f"the upload took longer than {limit:g} s"
-                ) from None
             job = await asyncio.to_thread(
                 self.engine.make_job,
                 body,
@@ -183,7 +204,9 @@ class VitvizServer:
                 dtype=dtype,
                 classes=classes,
                 layers=layers,
+                gradients=gradients,
             )
+            del body  # the job holds the model's input; the upload is no longer needed
             left = limit - (time.monotonic() - start)
             task = asyncio.ensure_future(self._run_batch(job))
             try:
@@ -255,7 +278,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             "num_gpus": per_gpu,
         },
         # our admission control answers first (JSON 503); Serve's queue bound is the backstop
-        "max_ongoing_requests": settings.queue_limit + settings.max_batch_size,
+        "max_ongoing_requests": settings.queue_limit
+        + settings.max_uploads
+        + settings.max_batch_size,
         "max_queued_requests": 4 * settings.queue_limit,
         "backpressure_config": BackpressureConfig(
             status_code=503, retry_after_s=settings.retry_after_s
@@ -288,6 +313,26 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     return value
 
 
+def private_ray_on_loopback() -> None:
+    """Keep every port of a private Ray instance on loopback, with metrics off.
+
+    By default Ray binds its GCS, raylet and worker gRPC servers to the machine's network
+    address (all interfaces in older versions) and exports Prometheus metrics there, even
+    when ``ray.init`` starts a one-machine instance; ``_node_ip_address="127.0.0.1"`` is turned
+    back into that address. Ray keeps everything on loopback in its local-only mode (the
+    default on macOS and Windows, chosen with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), and
+    ``RAY_enable_metrics_collection=0`` stops the metrics exporters. Both go into the
+    environment the Ray processes inherit; the first is also read by this process's Ray
+    module, so it is set there too. Checked with Ray 2.60: every listening socket of the
+    server's processes is then on 127.0.0.1 (``tests/test_serve.py``).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_enable_metrics_collection"] = "0"  # noqa: SIM112 - Ray reads this name
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def run_server(
     args: dict[str, Any],
     *,
@@ -311,14 +356,13 @@ def run_server(
     # default 5 s readiness check, after which Serve gives up on it: allow more
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
-    loopback = host in LOOPBACK_HOSTS
-    extra = {"_node_ip_address": "127.0.0.1"} if address is None and loopback else {}
+    if address is None:
+        private_ray_on_loopback()
     ray.init(
         address=address or "local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         configure_logging=True,
-        **extra,  # a private instance: Ray's own ports stay on loopback too
     )
     try:
         timeout = float(args.get("timeout_s", Settings.timeout_s))

@@ -29,6 +29,7 @@ from vitviz.images import decode_image
 API_VERSION = 1
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AttentionPart = Literal["none", "readout", "full"]
+GradientPart = Literal["relevance", "full"]
 ARRAY_DTYPES = ("float16", "uint8", "float32")
 
 
@@ -48,6 +49,12 @@ class Settings:
         retry_after_s: the Retry-After a busy replica answers.
         timeout_s: longest a request may wait and compute before it gets 504.
         max_upload_bytes: largest request body.
+        upload_timeout_s: longest a client may take to send its body (then 408); the body is
+            read before the request takes a queue slot, so slow uploads never block others.
+        max_uploads: bodies being received at once (more get 503), so slow clients cannot
+            hold unbounded memory or connections.
+        max_answer_bytes: largest answer; a request whose answer would be larger (many
+            classes with full gradients, say) is refused with 400 before any work.
         max_pixels: largest decoded image (width × height).
         token: bearer token every API request but health must carry (None: each replica
             reads ``$VITVIZ_TOKEN``; empty: open).
@@ -67,6 +74,9 @@ class Settings:
     retry_after_s: int = 2
     timeout_s: float = 60.0
     max_upload_bytes: int = 20 * 1024 * 1024
+    upload_timeout_s: float = 15.0
+    max_uploads: int = 128
+    max_answer_bytes: int = 128 * 1024 * 1024
     max_pixels: int = 40_000_000
     token: str | None = field(default=None, repr=False)
     require_token: bool = False
@@ -89,6 +99,8 @@ class Settings:
             "queue_limit": self.queue_limit,
             "timeout_s": self.timeout_s,
             "max_upload_bytes": self.max_upload_bytes,
+            "upload_timeout_s": self.upload_timeout_s,
+            "max_answer_bytes": self.max_answer_bytes,
             "max_pixels": min(self.max_pixels, images.MAX_PIXELS),
             "token_required": bool(self.token),
         }
@@ -129,8 +141,9 @@ def check_token(expected: str | None, authorization: str | None) -> None:
 class Admission:
     """A bounded count of requests in a replica; over the limit means 503 + Retry-After."""
 
-    def __init__(self, limit: int, retry_after_s: int) -> None:
+    def __init__(self, limit: int, retry_after_s: int, what: str = "requests in progress") -> None:
         self.limit, self.retry_after_s = max(1, int(limit)), max(1, int(retry_after_s))
+        self.what = what
         self.active = 0
         self._lock = threading.Lock()
 
@@ -141,7 +154,7 @@ class Admission:
                 raise ApiError(
                     503,
                     "busy",
-                    f"the server is busy ({self.active} requests in progress); "
+                    f"the server is busy ({self.active} {self.what}); "
                     f"retry in {self.retry_after_s} s",
                     {"Retry-After": str(self.retry_after_s)},
                 )
@@ -165,22 +178,24 @@ class Job:
     """One explain request, validated.
 
     Attributes:
-        image: the decoded image (already the model's input when ``seen``).
-        seen: the client resized and cropped it for the model already.
+        image: the model's input: resized and cropped right after decoding (or by the
+            client), so a queued job holds the model's input size, never the upload's.
         top_k: predictions to return.
         attention: which attention to return: none, the readout rows, or the full tensor.
         dtype: encoding of attention arrays (float16, uint8 per-row scaled, float32).
         classes: class-specific request: class indices, None for the top prediction.
-        layers: layers whose gradients are returned (all when empty).
+        layers: layers whose gradients are computed (all when empty).
+        gradients: what a class answer carries: ``relevance`` (what the maps read) or
+            ``full`` (also ``∂y_c/∂A`` of the layers asked for).
     """
 
     image: Image.Image
-    seen: bool = False
     top_k: int = 5
     attention: AttentionPart = "readout"
     dtype: str = "float16"
     classes: list[int | None] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
+    gradients: GradientPart = "relevance"
 
 
 @dataclass
@@ -211,6 +226,7 @@ class Engine:
             )
         self.backend = backend
         self._info = backend.info()
+        self.info_ = _Shape(self._info["layers"], self._info["heads"], self._info["classes"])
         self.name: str = self._info["name"]
         self._lock = threading.Lock()  # one forward at a time per replica
         self.batches = self.jobs = self.largest_batch = 0
@@ -264,44 +280,79 @@ class Engine:
         dtype: str = "float16",
         classes: Sequence[str] = (),
         layers: Sequence[int] = (),
+        gradients: str = "relevance",
     ) -> Job:
-        """Decode and validate one request; 400 with a clear message when it is wrong."""
+        """Decode and validate one request; 400 with a clear message when it is wrong.
+
+        The image is reduced to the model's input as it is decoded, and the answer's size is
+        checked against ``max_answer_bytes`` before any model work.
+        """
         if attention not in ("none", "readout", "full"):
             raise ApiError(400, "bad_option", "attention must be none, readout or full")
         if dtype not in ARRAY_DTYPES:
             raise ApiError(400, "bad_option", f"dtype must be one of {', '.join(ARRAY_DTYPES)}")
+        if gradients not in ("relevance", "full"):
+            raise ApiError(400, "bad_option", "gradients must be relevance or full")
         most = max(50, len(self.backend.labels or []))
         if not 1 <= top_k <= most:
             raise ApiError(400, "bad_option", f"top_k must be between 1 and {most}, got {top_k}")
         if len(body) > self.settings.max_upload_bytes:
             raise too_large(len(body), self.settings.max_upload_bytes)
-        try:
-            image = decode_image(
-                body,
-                "the uploaded image",
-                max_pixels=self.settings.max_pixels,
-            ).image
-        except ImageTooLarge as err:
-            raise ApiError(413, "image_too_large", str(err)) from None
-        except VitvizError as err:
-            raise ApiError(400, "bad_image", str(err)) from None
-        w, h = image.size
-        if seen and not self.backend.loaded.geometry.is_seen(image):
-            raise ApiError(
-                400,
-                "bad_option",
-                f"seen=true but the image is {w}×{h} px, not a resized and cropped input of "
-                "this model; send the original image without seen",
-            )
         wanted = self._classes(classes)
-        num_layers = self._info["layers"]
+        num_layers = self.info_.layers
         for layer in layers:
             if not -num_layers <= layer < num_layers:
                 raise ApiError(
                     400, "bad_option", f"layer {layer} does not exist: the model has {num_layers}"
                 )
         picked = sorted({layer % num_layers for layer in layers}) if layers else []
-        return Job(image, seen, top_k, attention, dtype, wanted, picked)  # type: ignore[arg-type]
+        geometry = self.backend.geometry
+        try:
+            image = decode_image(
+                body,
+                "the uploaded image",
+                max_pixels=self.settings.max_pixels,
+                reduce=None if seen else geometry,
+            ).image
+        except ImageTooLarge as err:
+            raise ApiError(413, "image_too_large", str(err)) from None
+        except VitvizError as err:
+            raise ApiError(400, "bad_image", str(err)) from None
+        w, h = image.size
+        if seen and not geometry.is_seen(image):
+            raise ApiError(
+                400,
+                "bad_option",
+                f"seen=true but the image is {w}×{h} px, not a resized and cropped input of "
+                "this model; send the original image without seen",
+            )
+        job = Job(image, top_k, attention, dtype, wanted, picked, gradients)  # type: ignore[arg-type]
+        size = self.answer_bytes(job)
+        if size > self.settings.max_answer_bytes:
+            raise ApiError(
+                400,
+                "answer_too_large",
+                f"this answer would be {size / 2**20:.0f} MiB, over this server's limit of "
+                f"{self.settings.max_answer_bytes / 2**20:.0f} MiB; ask for fewer classes or "
+                "layers, gradients=relevance, attention=readout or a smaller dtype",
+            )
+        return job
+
+    def answer_bytes(self, job: Job) -> int:
+        """The size of ``job``'s answer, from the model's shape (before any work)."""
+        w, h = job.image.size
+        n = self.backend.loaded.layout((h, w)).num_tokens
+        num_layers, heads = self.info_.layers, self.info_.heads
+        item = {"float32": 4, "float16": 2, "uint8": 1}[job.dtype]
+        size = w * h * 3 + 4 * (self.info_.classes + 2 * num_layers * heads + n) + 64 * 1024
+        size += {"full": n * n, "readout": n, "none": 0}[job.attention] * num_layers * heads * item
+        k = len(job.classes)
+        if k:
+            wide = 4 if job.dtype == "float32" else 2
+            size += k * (3 * num_layers * n * n * wide + 4 * n * (num_layers * (heads + 3) + 1))
+            if job.gradients == "full":
+                size += k * len(job.layers or range(num_layers)) * heads * n * n * wide
+        return size
 
     def _classes(self, classes: Sequence[str]) -> list[int | None]:
         if not classes:
@@ -352,39 +403,48 @@ class Engine:
         return outcomes
 
     def _plain(self, jobs: Sequence[Job]) -> list[ImageExplanation]:
-        out: list[ImageExplanation | None] = [None] * len(jobs)
+        top_k = max(j.top_k for j in jobs)
         with self._lock:
-            for seen, idx in _by_seen(jobs):
-                top_k = max(jobs[i].top_k for i in idx)
-                res = self.backend.explain([jobs[i].image for i in idx], top_k=top_k, seen=seen)
-                for i, r in zip(idx, res, strict=True):
-                    out[i] = r
-        return [r for r in out if r is not None]
+            return self.backend.explain([j.image for j in jobs], top_k=top_k, seen=True)
 
     def _classed(self, jobs: Sequence[Job]) -> list[ClassExplanation]:
-        out: list[ClassExplanation | None] = [None] * len(jobs)
-        num_layers = self._info["layers"]
+        """Class jobs in forward passes of at most ``max_batch_size`` (image, class) pairs.
+
+        Each pass holds every pair's relevance (and, for ``gradients=full`` jobs, their
+        gradients), so the pairs, not the images, bound a batch's memory.
+        """
+        out: list[ClassExplanation] = []
+        for chunk in _class_chunks(jobs, self.settings.max_batch_size):
+            out.extend(self._class_pass([jobs[i] for i in chunk]))
+        return out
+
+    def _class_pass(self, jobs: Sequence[Job]) -> list[ClassExplanation]:
+        num_layers = self.info_.layers
         layers = sorted({layer for j in jobs for layer in (j.layers or range(num_layers))})
         k = max(len(j.classes) for j in jobs)
+        padded = [j.classes + [j.classes[-1]] * (k - len(j.classes)) for j in jobs]
         with self._lock:
-            for seen, idx in _by_seen(jobs):
-                padded = [
-                    jobs[i].classes + [jobs[i].classes[-1]] * (k - len(jobs[i].classes))
-                    for i in idx
-                ]
-                res = self.backend.explain_classes(
-                    [jobs[i].image for i in idx],
-                    padded,
-                    layers=layers,
-                    top_k=max(jobs[i].top_k for i in idx),
-                    seen=seen,
-                )
-                for i, r in zip(idx, res, strict=True):
-                    n = len(jobs[i].classes)
-                    out[i] = ClassExplanation(
-                        r.explanation, r.classes[:n], r.labels[:n], r.gradients[:n]
-                    )
-        return [r for r in out if r is not None]
+            res = self.backend.explain_classes(
+                [j.image for j in jobs],
+                padded,
+                layers=layers,
+                top_k=max(j.top_k for j in jobs),
+                seen=True,
+                full_gradients=any(j.gradients == "full" for j in jobs),
+            )
+        out = []
+        for job, r in zip(jobs, res, strict=True):
+            n = len(job.classes)
+            grads = None
+            if job.gradients == "full" and r.gradients is not None:
+                grads = r.gradients[:n]
+            relevance = r.relevance[:n]
+            if job.layers and job.layers != layers:  # what this job asked for, not its batch's
+                relevance = [rel.only(job.layers) for rel in relevance]
+            out.append(
+                ClassExplanation(r.explanation, r.classes[:n], r.labels[:n], relevance, grads)
+            )
+        return out
 
     def encode(self, job: Job, result: ImageExplanation | ClassExplanation) -> bytes:
         """The binary response for one job (see :mod:`vitviz.wire` and the README)."""
@@ -413,28 +473,44 @@ class Engine:
             readout = np.einsum("n,lhnm->lhm", layout.readout_weights(), attn)
             arrays |= wire.pack_array("readout", readout, job.dtype)
         if classed is not None:
-            layers = job.layers or list(range(self._info["layers"]))
+            layers = job.layers or list(range(self.info_.layers))
             header |= {
                 "classes": classed.classes,
                 "class_labels": classed.labels,
                 "gradient_layers": layers,
             }
-            grads = classed.gradients[:, layers]
-            enc = "float32" if job.dtype == "float32" else "float16-scaled"
-            arrays |= wire.pack_array("gradients", grads, enc, scale_axes=2)
-            if len(layers) == self._info["layers"]:
-                arrays["chefer"] = np.stack(
-                    [np.asarray(methods.chefer_row(attn, g, layout)) for g in classed.gradients]
-                ).astype(np.float32)
+            arrays |= wire.encode_relevance(classed.relevance, job.dtype)
+            if job.gradients == "full" and classed.gradients is not None:
+                enc = "float32" if job.dtype == "float32" else "float16-scaled"
+                grads = classed.gradients[:, layers]
+                arrays |= wire.pack_array("gradients", grads, enc, scale_axes=2)
         return wire.encode(header, arrays)
 
 
-def _by_seen(jobs: Sequence[Job]) -> Iterator[tuple[bool, list[int]]]:
-    """Indices of the jobs the client preprocessed, then of the others (non-empty groups)."""
-    for seen in (True, False):
-        idx = [i for i, j in enumerate(jobs) if j.seen == seen]
-        if idx:
-            yield seen, idx
+@dataclass(frozen=True)
+class _Shape:
+    layers: int
+    heads: int
+    classes: int
+
+
+def _class_chunks(jobs: Sequence[Job], budget: int) -> Iterator[list[int]]:
+    """Indices of class jobs in runs whose (image, class) pairs stay within ``budget``.
+
+    Class lists are padded to the longest of their run, so a run of n jobs with at most k
+    classes costs n·k pairs; a single job always runs, whatever its count.
+    """
+    chunk: list[int] = []
+    widest = 0
+    for i, job in enumerate(jobs):
+        k = max(widest, len(job.classes))
+        if chunk and (len(chunk) + 1) * k > budget:
+            yield chunk
+            chunk, k = [], len(job.classes)
+        chunk.append(i)
+        widest = k
+    if chunk:
+        yield chunk
 
 
 def too_large(size: int, limit: int) -> ApiError:

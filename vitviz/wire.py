@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from vitviz.results import ClassRelevance
 
 MAGIC = b"VITVIZ1\n"
 MEDIA_TYPE = "application/x-vitviz"
@@ -141,3 +144,46 @@ def _decode(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         else:
             arrays[name] = arr
     return header, arrays
+
+
+def encode_relevance(relevance: Sequence[ClassRelevance], dtype: str) -> dict[str, np.ndarray]:
+    """Wire arrays of some classes' relevance (see :class:`~vitviz.results.ClassRelevance`).
+
+    ``relevance_fused`` ``[K, 3, L, N, N]`` goes as float16 scaled per (class, fusion, layer)
+    unless ``dtype`` is float32; the small row arrays go as float32; ``chefer`` ``[K, N]``
+    only when every layer's gradients were computed.
+    """
+    enc = "float32" if dtype == "float32" else "float16-scaled"
+    fused = np.stack([r.fused for r in relevance])
+    arrays = pack_array("relevance_fused", fused, enc, scale_axes=3)
+    arrays["relevance_heads"] = np.stack([r.heads for r in relevance]).astype(np.float32)
+    arrays["relevance_fused_rows"] = np.stack([r.fused_rows for r in relevance]).astype(np.float32)
+    if all(r.chefer is not None for r in relevance):
+        arrays["chefer"] = np.stack([r.chefer for r in relevance]).astype(np.float32)
+    return arrays
+
+
+def decode_relevance(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[ClassRelevance]:
+    """The classes' relevance from a class answer (the inverse of :func:`encode_relevance`).
+
+    Raises:
+        WireError: the answer lacks or mangles the relevance arrays.
+    """
+    try:
+        layers = tuple(int(x) for x in header["gradient_layers"])
+        chefer = arrays.get("chefer")
+        pairs = list(zip(header["classes"], header["class_labels"], strict=True))
+        return [
+            ClassRelevance(
+                index=int(c),
+                label=str(label),
+                layers=layers,
+                chefer=None if chefer is None else np.array(chefer[k], np.float32),
+                fused=np.array(arrays["relevance_fused"][k], np.float32),
+                heads=np.array(arrays["relevance_heads"][k], np.float32),
+                fused_rows=np.array(arrays["relevance_fused_rows"][k], np.float32),
+            )
+            for k, (c, label) in enumerate(pairs)
+        ]
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise WireError(f"the class answer lacks its relevance arrays ({err!r})") from None

@@ -1,70 +1,129 @@
-"""Process-wide caches behind the page: explanations per (model, image), computed once.
+"""Process-wide caches behind the page, bounded in bytes and safe for concurrent sessions.
 
-Streamlit reruns the whole script on every interaction. The model is loaded once per process
-(``st.cache_resource`` in ``app.py``); an explanation is computed once per (model, image) and
-kept here, with whatever is derived from it (statistics, mosaics), so changing a view, layer,
-head, colormap, opacity or patch never runs the model again. ``model_calls`` counts the real
-computations, for tests and ``bench/interaction.py``.
+Streamlit reruns the whole script on every interaction, and every browser session of one
+server process shares what is cached here:
+
+* models (:attr:`PageCaches.models`), bounded by their parameter bytes;
+* images reduced to the model's input right after decoding (never the upload's full size);
+* explanations per (model, image), computed once: changing a view, layer, head, colormap,
+  opacity or patch never runs the model again; several sessions opening the same new image
+  at once run it once (single flight);
+* what is derived from an explanation (statistics, mosaics), and each class's relevance.
+
+Each cache is a :class:`~vitviz.cache.ByteLRU`; the budgets come from the environment
+(:class:`PageLimits`). ``model_calls`` counts the real explanations, for tests and
+``bench/interaction.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from vitviz.backend import ImageExplanation
+from vitviz.cache import ByteLRU
+from vitviz.results import ClassRelevance
+
+MB = 2**20
 
 
-@dataclass
+@dataclass(frozen=True)
+class PageLimits:
+    """What one page process may hold, from the operator's environment.
+
+    Attributes:
+        max_params: largest model a visitor may load (``VITVIZ_MAX_PARAMS``, default 350 M:
+            ViT-L/16 fits, ViT-H and the giant ViTs do not).
+        model_bytes: loaded models kept (``VITVIZ_MODEL_CACHE_MB``, default 2048).
+        cache_bytes: explanations, class relevance, derived figures and model-input images
+            together (``VITVIZ_CACHE_MB``, default 256), shared 60/25/10/5 %.
+    """
+
+    max_params: int = 350_000_000
+    model_bytes: int = 2048 * MB
+    cache_bytes: int = 256 * MB
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PageLimits:
+        """Limits from ``VITVIZ_MAX_PARAMS``, ``VITVIZ_MODEL_CACHE_MB``, ``VITVIZ_CACHE_MB``."""
+        env = os.environ if environ is None else environ
+
+        def number(name: str, default: float) -> float:
+            text = env.get(name, "").strip().replace("_", "")
+            try:
+                value = float(text) if text else default
+            except ValueError:
+                raise ValueError(f"{name}={text!r} is not a number") from None
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {text}")
+            return value
+
+        return cls(
+            max_params=int(number("VITVIZ_MAX_PARAMS", cls.max_params)),
+            model_bytes=int(number("VITVIZ_MODEL_CACHE_MB", cls.model_bytes / MB) * MB),
+            cache_bytes=int(number("VITVIZ_CACHE_MB", cls.cache_bytes / MB) * MB),
+        )
+
+
 class Entry:
     """One cached explanation and the things derived from it, by key."""
 
-    explanation: ImageExplanation
-    derived: dict[Hashable, Any] = field(default_factory=dict)
+    def __init__(self, explanation: ImageExplanation, key: Hashable, derived: ByteLRU) -> None:
+        self.explanation = explanation
+        self._key = key
+        self._derived = derived
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """A derived value, computed on first use (keep keys small; values are shared)."""
-        if key not in self.derived:
-            if len(self.derived) > 64:  # bounded: display settings make new keys
-                self.derived.pop(next(iter(self.derived)))
-            self.derived[key] = compute()
-        return self.derived[key]
+        """A derived value, computed once (bounded with every entry's, in bytes)."""
+        return self._derived.get_or_compute((self._key, key), compute)
 
 
 class ExplanationCache:
-    """A small LRU of explanations shared by all sessions of this process."""
+    """Explanations per (model, image) and what is derived from them, shared by all sessions."""
 
-    def __init__(self, capacity: int = 12) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        self._lock = threading.Lock()
-        self.model_calls = 0
+    def __init__(self, max_bytes: int = 160 * MB, derived_bytes: int = 24 * MB) -> None:
+        self._items: ByteLRU[ImageExplanation] = ByteLRU(max_bytes)
+        self.derived: ByteLRU[Any] = ByteLRU(derived_bytes)
+
+    @property
+    def model_calls(self) -> int:
+        """Explanations computed so far (cache misses that ran the model)."""
+        return self._items.computations
 
     def get(
         self, model_id: str, image_digest: str, compute: Callable[[], ImageExplanation]
     ) -> Entry:
-        """The entry for this model and image, running ``compute`` only on a miss."""
+        """The entry for this model and image, running ``compute`` once on a miss."""
         key = (model_id, image_digest)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        explanation = compute()  # outside the lock: other sessions keep being served
-        with self._lock:
-            self.model_calls += 1
-            entry = self._items.get(key) or Entry(explanation)
-            self._items[key] = entry
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-            return entry
+        return Entry(self._items.get_or_compute(key, compute), key, self.derived)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by explanations and derived values."""
+        return self._items.nbytes + self.derived.nbytes
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class PageCaches:
+    """Everything one page process keeps for its sessions, each part bounded in bytes."""
+
+    def __init__(self, limits: PageLimits | None = None) -> None:
+        self.limits = limits or PageLimits.from_env()
+        total = self.limits.cache_bytes
+        self.models: ByteLRU[Any] = ByteLRU(self.limits.model_bytes)
+        self.explanations = ExplanationCache(int(total * 0.60), int(total * 0.10))
+        self.relevance: ByteLRU[ClassRelevance] = ByteLRU(int(total * 0.25))
+        self.images: ByteLRU[Any] = ByteLRU(int(total * 0.05))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by everything but the models."""
+        return self.explanations.nbytes + self.relevance.nbytes + self.images.nbytes
 
 
 def digest(data: bytes) -> str:
