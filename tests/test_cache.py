@@ -137,4 +137,4 @@ def test_many_sessions_never_break_the_bound_or_each_other(busy_switching):
     for t in threads:
         t.join()
     assert failures == [] and over == []
-    assert cache.nbytes == sum(nbytes(cache.get(k)) for k in cache.keys())  # noqa: SIM118
+    assert cache.nbytes == sum(nbytes(cache.get(k)) for k in cache)

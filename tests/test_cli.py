@@ -226,3 +226,59 @@ def test_class_errors_exit_2(tmp_path, capsys):
     assert "--class applies to the class-specific methods" in capsys.readouterr().err
     assert run([*base, "--method", "chefer", "--class", "12"]) == 2
     assert "class 12 does not exist" in capsys.readouterr().err
+
+
+def test_unusable_output_folders_exit_2_before_any_model_work(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    image = str(ASSETS / "chelsea.png")
+    for out in (a_file, a_file / "below", Path("/proc/vitviz-cannot-write-here")):
+        assert run(["explain", image, "--model", "demo", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot write output files there" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("k", ["-5", "0"])
+def test_top_k_must_be_positive(tmp_path, capsys, k):
+    image = str(ASSETS / "chelsea.png")
+    assert run(["explain", image, "--model", "demo", "--out", str(tmp_path), "--top-k", k]) == 2
+    err = capsys.readouterr().err
+    assert "--top-k must be at least 1" in err and "self-supervised" not in err
+
+
+def test_a_fifo_among_the_images_fails_that_one_at_once(tmp_path, capsys):
+    import os
+    import time
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    args = ["explain", str(fifo), str(ASSETS / "chelsea.png"), "--model", "demo"]
+    assert run([*args, "--out", str(tmp_path / "out")]) == 1
+    assert time.perf_counter() - start < 30
+    assert "not a regular file" in capsys.readouterr().err
+    assert (tmp_path / "out" / "chelsea.json").is_file()
+
+
+def test_serve_checks_model_and_weights_before_starting_ray(tmp_path):
+    import time
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    for args, words in [
+        (["--weights", str(bad)], "refused to load"),
+        (["--weights", str(empty)], "holds no tensors"),
+        (["--model", "swin_tiny_patch4_window7_224"], "windowed attention"),
+        (["--queue-limit", "0"], "--queue-limit must be at least 1"),
+        (["--upload-timeout", "0"], "--upload-timeout must be positive"),
+    ]:
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", "vitviz", "serve", "--model", "vit_tiny_patch16_224", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert time.perf_counter() - start < 30
+        assert words in done.stderr and "Traceback" not in done.stderr
+        assert "ray" not in done.stderr.lower().replace("refused to load", "")
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -222,3 +222,97 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
     # of 48 (scene, class) pairs; a class-agnostic map wins exactly half (24); the shipped
     # model scores 39 here and 0.865 on the 600-pair benchmark
     assert wins >= 34
+
+
+LAYOUTS = {
+    "cls": TokenLayout(prefix=("cls",), grid=(2, 3), patch_size=(16, 16), readout="cls"),
+    "cls+dist": TokenLayout(
+        prefix=("cls", "dist"), grid=(2, 3), patch_size=(16, 16), readout="cls+dist"
+    ),
+    "avg, registers": TokenLayout(
+        prefix=("reg", "reg"), grid=(2, 3), patch_size=(16, 16), readout="avg"
+    ),
+}
+
+
+def random_case(layout: TokenLayout, seed: int = 0, layers: int = 4, heads: int = 3):
+    rng = np.random.default_rng(seed)
+    n = layout.num_tokens
+    logits = rng.normal(size=(layers, heads, n, n)) * 2
+    attn = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    grads = rng.normal(size=attn.shape) * 10.0 ** rng.uniform(-3, 1)
+    return attn.astype(np.float32), grads.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_class_relevance_gives_every_class_map_the_full_gradients_give(name):
+    layout = LAYOUTS[name]
+    attn, grads = random_case(layout)
+    rel = methods.class_relevance(attn, grads, layout, index=2, label="two")
+    assert rel.layers == (0, 1, 2, 3) and (rel.index, rel.label) == (2, "two")
+    cases = [("chefer", {})]
+    for fusion in methods.FUSIONS:
+        for discard in (0.0, 0.4):
+            for start in (0, 2):
+                opts = {"fusion": fusion, "discard": discard, "start_layer": start}
+                cases.append(("grad-rollout", opts))
+        for head in (None, 0, 2):
+            for layer in (0, -1):
+                cases.append(("attn-grad", {"fusion": fusion, "head": head, "layer": layer}))
+    for method, opts in cases:
+        want = methods.compute_map(method, attn, layout, grads=grads, **opts)
+        got = methods.compute_map(method, attn, layout, grads=rel, **opts)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # tensors in, tensors out, as with full gradients
+    t = methods.grad_rollout(torch.from_numpy(attn), rel, layout, fusion="max")
+    assert isinstance(t, torch.Tensor) and t.shape == layout.grid
+
+
+def test_class_relevance_is_smaller_than_the_gradients_for_many_heads():
+    layout = TokenLayout(prefix=("cls",), grid=(14, 14), patch_size=(16, 16), readout="cls")
+    attn, grads = random_case(layout, layers=2, heads=12)  # ViT-B/16's N and H
+    rel = methods.class_relevance(attn, grads, layout)
+    assert rel.nbytes <= grads.nbytes / 3.5  # 3 fused matrices per layer instead of 12 heads
+
+
+def test_relevance_of_some_layers_says_which_maps_it_cannot_make():
+    layout = LAYOUTS["cls"]
+    attn, grads = random_case(layout)
+    partial = methods.class_relevance(attn, grads, layout).only([2, 3])
+    assert partial.layers == (2, 3) and partial.chefer is None
+    want = methods.grad_rollout(attn, grads, layout, start_layer=2)
+    np.testing.assert_allclose(
+        methods.grad_rollout(attn, partial, layout, start_layer=2), want, rtol=1e-5
+    )
+    with pytest.raises(OptionsError, match="were not computed"):
+        methods.chefer(attn, partial, layout)
+    with pytest.raises(OptionsError, match="were not computed"):
+        methods.grad_rollout(attn, partial, layout, start_layer=1)
+    with pytest.raises(OptionsError, match="were not computed"):
+        methods.attn_grad(attn, partial, layout, layer=0)
+    other = LAYOUTS["cls+dist"]
+    with pytest.raises(OptionsError, match="different runs"):
+        methods.chefer(random_case(other)[0], methods.class_relevance(attn, grads, layout), other)
+
+
+def test_batched_backward_reduces_each_class_as_the_full_gradients_do(vit_tiny, cat_image):
+    """One pass for several images and classes equals the per-image full gradients."""
+    from vitviz.gradients import attention_relevance
+
+    loaded = vit_tiny
+    x = torch.stack([loaded.to_tensor(loaded.seen_image(cat_image.rotate(a))) for a in (0, 90)])
+    out = attention_relevance(loaded, x, [[1, 5], [None, 5]], keep_gradients=True)
+    assert out.gradients is not None and out.gradients.shape[:2] == (2, 2)
+    for b in range(2):
+        for k in range(2):
+            rel = out.relevance[b][k]
+            assert rel.index == out.classes[b][k] and rel.label == loaded.labels[rel.index]
+            ref = methods.class_relevance(
+                out.attention[b], out.gradients[k, b], out.layout, index=rel.index
+            )
+            np.testing.assert_allclose(rel.chefer, ref.chefer, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(rel.fused, ref.fused, rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(rel.heads, ref.heads, rtol=1e-5, atol=1e-9)
+    light = attention_relevance(loaded, x, [[1, 5], [None, 5]])
+    assert light.gradients is None  # only the reduced form is kept
+    np.testing.assert_allclose(light.relevance[1][1].fused, out.relevance[1][1].fused, rtol=1e-6)

@@ -508,3 +508,64 @@ def test_extreme_aspect_ratio_is_refused_before_decoding():
     buf = io.BytesIO()
     ok.save(buf, format="PNG")
     assert decode_image(buf.getvalue(), "ok.png").image.size == (4000, 200)
+
+
+def test_reduce_keeps_only_the_reduced_image_and_reports_the_original_size():
+    data = encode(Image.new("P", (3000, 2000), 0), "PNG")
+    seen = []
+
+    def to_model_input(image: Image.Image) -> Image.Image:
+        seen.append(image.size)
+        return image.resize((224, 224))
+
+    decoded = decode_image(data, "big.png", reduce=to_model_input)
+    assert seen == [(3000, 2000)]  # once, on the upright RGB image
+    assert decoded.image.size == (224, 224) and decoded.image.mode == "RGB"
+    assert decoded.original_size == (3000, 2000)
+
+
+def test_large_images_decode_a_bounded_number_at_a_time(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(images, "LARGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(images, "DECODE_SLOTS", threading.BoundedSemaphore(2))
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_reduce(image: Image.Image) -> Image.Image:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # the full-size pixels are held meanwhile
+        with lock:
+            inside[0] -= 1
+        return image.resize((8, 8))
+
+    big, small = (
+        encode(Image.new("RGB", (200, 200)), "PNG"),
+        encode(Image.new("RGB", (50, 50)), "PNG"),
+    )
+    threads = [
+        threading.Thread(target=decode_image, args=(big,), kwargs={"reduce": slow_reduce})
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    # a small image is not held up by the large ones
+    start = time.perf_counter()
+    decode_image(small, reduce=lambda im: im)
+    assert time.perf_counter() - start < 0.05
+    for t in threads:
+        t.join()
+    assert most[0] == 2
+
+
+def test_load_image_file_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image_file(fifo)
+    assert time.perf_counter() - start < 1.0

@@ -252,3 +252,50 @@ def test_hub_probe_answer_is_remembered_briefly(monkeypatch):
     monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
     models.hub_reachable("http://127.0.0.1:9/x")
     assert len(calls) == 2  # forgotten after 30 s
+
+
+def test_parameter_count_on_the_meta_device_matches_the_built_model():
+    built = tiny("vit_tiny_patch16_224", model_kwargs={"depth": 3})
+    real = sum(t.numel() for t in (*built.model.parameters(), *built.model.buffers()))
+    assert models.parameter_count("vit_tiny_patch16_224", {"depth": 3}) == real
+    assert models.parameter_count("demo") == models.parameter_count(
+        "vit_tiny_patch16_224", {"depth": 6, "num_classes": 8}
+    )
+
+
+def test_models_over_the_size_limit_are_refused_in_seconds_without_allocating():
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match=r"1,844 M parameters .* over the limit of 350 M"):
+        models.load_model("vit_gigantic_patch14_224", random_weights=True, max_params=350_000_000)
+    assert time.perf_counter() - start < 5
+    assert psutil.Process().memory_info().rss - rss < 200 * 2**20  # not its 6.9 GiB
+    assert models.load_model("demo", max_params=350_000_000).name == "demo"
+
+
+def test_weights_files_over_the_limit_are_refused_before_reading(tmp_path, monkeypatch):
+    m = tiny("vit_small_patch16_224", model_kwargs={"depth": 6})  # 11 M parameters: 44 MB
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
+    import safetensors
+
+    def no_reading(*a, **k):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_reading)
+    with pytest.raises(WeightsError, match="over the limit"):
+        # the name passes (vit_tiny: 5.7 M), the file's size does not
+        models.load_model("vit_tiny_patch16_224", weights=path, max_params=6_000_000)
+
+
+def test_a_weights_file_without_tensors_is_refused_not_replaced_by_the_hub(tmp_path):
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    with pytest.raises(WeightsError, match="holds no tensors"):
+        models.load_model("vit_tiny_patch16_224", weights=empty)
+    pth = tmp_path / "empty.pth"
+    torch.save({}, pth)
+    with pytest.raises(WeightsError, match="holds no tensors"):
+        models.read_state_dict(pth)

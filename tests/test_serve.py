@@ -1,9 +1,10 @@
 """The HTTP server, for real: ``python -m vitviz serve`` on loopback, driven over HTTP.
 
 Two servers run while this module's tests do, each its own Ray instance:
-- ``main``: the demo model with default limits;
+- ``main``: the demo model with default limits but a 5 s upload timeout;
 - ``strict``: a token, a queue of one request, a 2 s timeout that every explanation passes
-  (its batches wait 3 s to fill) and a 0.5 MiB upload limit, to see each refusal.
+  (its batches wait 3 s to fill), a 0.5 MiB upload limit, two uploads at a time and a 3 s
+  upload timeout, to see each refusal.
 Answers are compared with the in-process engine on the same images.
 """
 
@@ -80,13 +81,14 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def servers():
     """Both servers, started side by side (each needs ~20 s to come up)."""
-    main_srv = _start(["--batch-wait-ms", "30"], {"VITVIZ_TOKEN": ""})
+    main_srv = _start(["--batch-wait-ms", "30", "--upload-timeout", "5"], {"VITVIZ_TOKEN": ""})
     limits = ["--queue-limit", "1", "--timeout", "2", "--batch-wait-ms", "3000"]
-    strict = _start([*limits, "--max-upload-mb", "0.5"], {"VITVIZ_TOKEN": TOKEN})
+    uploads = ["--max-uploads", "2", "--upload-timeout", "3"]
+    strict = _start([*limits, *uploads, "--max-upload-mb", "0.5"], {"VITVIZ_TOKEN": TOKEN})
     try:
         for proc, url, log in (main_srv, strict):
             _wait(proc, url, log)
-        yield {"main": main_srv[1], "strict": strict[1]}
+        yield {"main": main_srv[1], "strict": strict[1], "main_pid": main_srv[0].pid}
     finally:
         for proc, _, log in (main_srv, strict):
             _stop(proc)
@@ -284,7 +286,102 @@ def test_unreachable_server_fails_fast_with_a_clear_message(capsys):
         RemoteBackend("gpu-box:8000")
 
 
+class Trickler:
+    """A client that sends its headers, then its body one byte at a time (slowloris)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        import socket
+
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(
+            f"POST /v1/explain HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4096\r\n"
+            f"{extra}Content-Type: application/octet-stream\r\n\r\n\0".encode()
+        )
+
+    def answer(self, within: float) -> str:
+        """The status line the server finally sends, dripping a byte every 0.2 s meanwhile."""
+        import contextlib
+
+        self.sock.settimeout(0.2)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(b"\0")
+            try:
+                got = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return "reset"
+            return got.split(b"\r\n", 1)[0].decode() if got else "closed"
+        return "no answer"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_slow_uploads_do_not_lock_other_clients_out(servers):
+    """70 slowloris clients (more than the 64 queue slots) while a normal client is served."""
+    url = servers["main"]
+    tricklers = [Trickler(url) for _ in range(70)]
+    try:
+        deadline = time.time() + 10
+        while requests.get(f"{url}/v1/health", timeout=10).json()["replica"]["uploading"] < 60:
+            assert time.time() < deadline, "the trickling uploads never reached the replica"
+            time.sleep(0.1)
+        health = requests.get(f"{url}/v1/health", timeout=10).json()["replica"]
+        assert health["in_flight"] == 0  # uploading clients hold no queue slot
+        start = time.time()
+        r = requests.post(f"{url}/v1/explain", data=png(scenes(1)[0]), timeout=30)
+        assert r.status_code == 200 and time.time() - start < 10
+        # the slow ones are cut off after the upload timeout (5 s here) with 408
+        answers = [t.answer(within=20) for t in tricklers]
+        assert all(" 408 " in a for a in answers), set(answers)
+    finally:
+        for t in tricklers:
+            t.close()
+    r = requests.get(f"{url}/v1/health", timeout=10).json()["replica"]
+    assert r["uploading"] == 0 and r["in_flight"] == 0
+
+
+def test_every_port_of_a_started_server_is_on_loopback(servers):
+    import psutil
+
+    root = psutil.Process(servers["main_pid"])
+    tree = {p.pid: p for p in (root, *root.children(recursive=True))}
+    listening = [
+        (c.laddr.ip, c.laddr.port, tree[c.pid].name())
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in tree
+    ]
+    names = {name for _, _, name in listening}
+    assert any("raylet" in n for n in names) and any("gcs_server" in n for n in names)
+    assert len(listening) >= 5  # the HTTP proxy, GCS, raylet, workers, agents
+    loopback = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    assert [x for x in listening if x[0] not in loopback] == []
+
+
 # ----------------------------------------------------------------------------- strict server
+
+
+def test_uploads_beyond_the_upload_slots_get_503_and_slow_ones_408(servers):
+    url, auth = servers["strict"], {"Authorization": f"Bearer {TOKEN}"}
+    slow = [Trickler(url, auth) for _ in range(2)]
+    try:
+        deadline = time.time() + 10
+        while requests.get(f"{url}/v1/health", timeout=10).json()["replica"]["uploading"] < 2:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        third = requests.post(f"{url}/v1/explain", data=b"x", headers=auth, timeout=30)
+        assert third.status_code == 503 and "uploads being received" in third.text
+        assert int(third.headers["Retry-After"]) >= 1
+        answers = [t.answer(within=15) for t in slow]
+        assert all(" 408 " in a for a in answers), answers
+    finally:
+        for t in slow:
+            t.close()
 
 
 def test_token_is_enforced(servers):

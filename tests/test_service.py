@@ -179,3 +179,68 @@ def test_pixel_limit_is_checked_before_decoding(engine, monkeypatch):
     with pytest.raises(ApiError) as err:
         engine.make_job(body)
     assert err.value.status == 413 and "2-megapixel limit" in err.value.message
+
+
+def test_a_job_holds_the_model_input_not_the_upload(engine):
+    upload = Image.new("P", (1800, 1000), 3)  # 1.8 MP, a few KB as PNG
+    job = engine.make_job(png(upload))
+    assert job.image.size == (224, 224) and job.image.mode == "RGB"
+    # the same pixels the engine would make from the original
+    want = engine.backend.explain([upload.convert("RGB")])[0].image
+    assert np.array_equal(np.asarray(job.image), want)
+
+
+def test_answers_over_the_size_limit_are_refused_before_any_work(monkeypatch):
+    backend = LocalBackend.from_name("demo")
+    engine = Engine(Settings(model="demo", max_answer_bytes=8 * 2**20), backend)
+    ran = []
+    monkeypatch.setattr(backend, "explain_classes", lambda *a, **k: ran.append(1))
+    body = png(scene(3))
+    eight = [str(c) for c in range(8)]
+    with pytest.raises(ApiError) as err:
+        engine.make_job(body, classes=eight, gradients="full", attention="full")
+    assert err.value.status == 400 and err.value.code == "answer_too_large"
+    assert "MiB" in err.value.message and "fewer classes" in err.value.message
+    assert engine.make_job(body, classes=eight[:2])  # the relevance alone fits
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"attention": "full"},
+        {"attention": "readout", "dtype": "uint8"},
+        {"classes": ["top", "3"], "attention": "full"},
+        {"classes": ["1"], "gradients": "full", "dtype": "float32", "layers": [2, 4]},
+    ],
+)
+def test_the_answer_size_estimate_covers_the_real_answer(engine, kwargs):
+    job = engine.make_job(png(scene(8)), **kwargs)
+    real = len(engine.encode(job, engine.run([job])[0].result))
+    estimate = engine.answer_bytes(job)
+    assert real <= estimate <= 1.25 * real + 80 * 1024
+
+
+def test_class_batches_are_bounded_by_image_class_pairs(monkeypatch):
+    from vitviz.service import _class_chunks
+
+    jobs = [Job(Image.new("RGB", (224, 224)), classes=[None] * k) for k in (1, 1, 3, 1, 4, 4)]
+    chunks = list(_class_chunks(jobs, budget=4))
+    assert chunks == [[0, 1], [2], [3], [4], [5]]
+    for chunk in chunks:  # padded to the longest list of the chunk
+        assert len(chunk) * max(len(jobs[i].classes) for i in chunk) <= 4 or len(chunk) == 1
+    assert list(_class_chunks(jobs[:2], budget=16)) == [[0, 1]]
+
+    backend = LocalBackend.from_name("demo")
+    engine = Engine(Settings(model="demo", max_batch_size=4), backend)
+    calls = []
+    original = backend.explain_classes
+
+    def counting(images, classes, **kw):
+        calls.append(len(images) * len(classes[0]))
+        return original(images, classes, **kw)
+
+    monkeypatch.setattr(backend, "explain_classes", counting)
+    three = [engine.make_job(png(scene(s)), classes=["top", "1", "2"]) for s in (1, 2, 3)]
+    outcomes = engine.run(three)
+    assert all(o.error is None for o in outcomes) and max(calls) <= 4 and len(calls) == 3

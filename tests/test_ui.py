@@ -207,3 +207,64 @@ def test_data_uri_round_trips_as_png():
         cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
     )
     np.testing.assert_array_equal(back, img)
+
+
+def test_sessions_opening_the_same_new_image_run_the_model_once():
+    import threading
+    import time
+
+    cache = ExplanationCache(max_bytes=10**7)
+    calls = []
+    barrier = threading.Barrier(4)
+    entries = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.1)  # the model runs while the other sessions arrive
+        return _expl(1)
+
+    def session():
+        barrier.wait()
+        entries.append(cache.get("model", "new-image", compute))
+
+    threads = [threading.Thread(target=session) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and cache.model_calls == 1
+    assert len({id(e.explanation) for e in entries}) == 1
+
+
+def test_derived_values_under_concurrent_sessions_never_fail_or_overflow():
+    """The old per-entry dict raised KeyError and passed its bound under this load."""
+    import random
+    import sys
+    import threading
+
+    cache = ExplanationCache(max_bytes=10**7, derived_bytes=50 * 8 * 64)
+    entry = cache.get("m", "a", lambda: _expl(0))
+    failures, peak = [], [0]
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def session(seed):
+            rng = random.Random(seed)
+            for _ in range(400):
+                key = ("view", rng.randrange(120))
+                try:
+                    got = entry.get(key, lambda k=key: np.full(64, k[1], np.float64))
+                    assert got[0] == key[1]
+                except Exception as err:
+                    failures.append(repr(err))
+                peak[0] = max(peak[0], cache.derived.nbytes)
+
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert failures == [] and peak[0] <= cache.derived.max_bytes

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -159,3 +159,6 @@ class ByteLRU(Generic[V]):
         """Keys from least to most recently used."""
         with self._lock:
             return list(self._items)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.keys())

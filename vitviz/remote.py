@@ -222,7 +222,13 @@ class RemoteBackend:
         url = self.url + path
         for attempt in range(self.retries + 1):
             try:
-                r = self._http.request(method, url, timeout=timeout or self.timeout, **kwargs)
+                r = self._http.request(
+                    method,
+                    url,
+                    timeout=timeout or self.timeout,
+                    allow_redirects=False,  # a vitviz server never redirects; the token stays
+                    **kwargs,
+                )
             except requests.Timeout:
                 raise ServerError(
                     f"the vitviz server at {self.url} did not answer within "
@@ -236,7 +242,7 @@ class RemoteBackend:
             if r.status_code == 503 and attempt < self.retries:
                 time.sleep(_retry_after(r))
                 continue
-            if r.ok:
+            if r.ok and not r.is_redirect:
                 return r
             raise _error(self.url, r)
         raise AssertionError("unreachable")
@@ -256,6 +262,10 @@ def _error(url: str, r: requests.Response) -> Exception:
         code, message = err["code"], err["message"]
     except (ValueError, KeyError, TypeError):
         what = {
+            301: "it redirects elsewhere; give the address it redirects to",
+            302: "it redirects elsewhere; give the address it redirects to",
+            307: "it redirects elsewhere; give the address it redirects to",
+            308: "it redirects elsewhere; give the address it redirects to",
             404: "no such page: is the URL a vitviz server (python -m vitviz serve)?",
             502: "a proxy in front of it could not reach it",
             503: "it is busy or still starting; try again in a moment",

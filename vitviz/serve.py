@@ -101,12 +101,44 @@ async def _receive(request: Request, settings: Settings, uploads: Admission) -> 
             ) from None
 
 
+# Above the deployment class: Serve ships the class with the module globals defined before it.
+LOOPBACK_ENV = "VITVIZ_RAY_LOOPBACK"
+
+
+def replica_grpc_on_loopback() -> None:
+    """Open a Serve replica's inter-deployment gRPC port on loopback, not on all interfaces.
+
+    Ray Serve 2.60 opens it on ``[::]:0`` whatever the node's address (``replica.py``,
+    ``_on_initialized``). In a private one-machine instance nothing outside the machine
+    needs it, so this replica's process opens it on 127.0.0.1 instead. Runs in the replica
+    before Serve starts that server; a Ray version without this hook is left as it is.
+    """
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "vitviz_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"127.0.0.1:{port}"
+        return original(server, address)
+
+    on_loopback.vitviz_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
+
+
 @serve.deployment(name="VitvizServer")
 @serve.ingress(api)
 class VitvizServer:
     """One replica: a loaded model, batching, admission control and the routes."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        if os.environ.get(LOOPBACK_ENV) == "1":  # inherited from a private instance's start
+            replica_grpc_on_loopback()
         self.settings = Settings(**settings)
         self.settings.resolve_token()  # read here, so the secret is not a deployment arg
         self.engine = Engine(self.settings)
@@ -328,6 +360,7 @@ def private_ray_on_loopback() -> None:
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_enable_metrics_collection"] = "0"  # noqa: SIM112 - Ray reads this name
+    os.environ[LOOPBACK_ENV] = "1"  # for the replicas: see replica_grpc_on_loopback
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
