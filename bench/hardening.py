@@ -97,7 +97,8 @@ def bench_page(args: argparse.Namespace) -> dict:
         assert not errors, errors
         peak = max(peak, rss_mb())
     after = rss_mb()
-    caches = _cache_resources()[0]  # the page's own PageCaches
+    found = _cache_resources()  # the page's own PageCaches (None before they existed)
+    caches = found[0] if found else None
     return {
         "mode": "page",
         "model": args.model,
@@ -107,8 +108,8 @@ def bench_page(args: argparse.Namespace) -> dict:
         "rss_before_mb": round(before, 1),
         "rss_growth_mb": round(after - before, 1),
         "rss_peak_growth_mb": round(peak - before, 1),
-        "cached_mb": round(caches.nbytes / MB, 1),
-        "cache_budget_mb": round(caches.limits.cache_bytes / MB, 1),
+        "cached_mb": None if caches is None else round(caches.nbytes / MB, 1),
+        "cache_budget_mb": None if caches is None else round(caches.limits.cache_bytes / MB, 1),
         "upload_s_median": round(statistics.median(times), 3),
     }
 
@@ -117,8 +118,10 @@ def _cache_resources() -> list:
     """Values Streamlit's ``st.cache_resource`` holds in this process."""
     import gc
 
-    from vitviz.ui.state import PageCaches
-
+    try:
+        from vitviz.ui.state import PageCaches
+    except ImportError:  # an older vitviz
+        return []
     return [o for o in gc.get_objects() if isinstance(o, PageCaches)]
 
 
@@ -138,7 +141,14 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "vitviz", "serve", "--model", args.model, "--port", str(port)]
     if args.model not in ("demo",):
         cmd.append("--random-weights")
-    cmd += ["--upload-timeout", str(args.upload_timeout)]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "vitviz", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
+    if "--upload-timeout" in help_text:  # older versions had only the request timeout
+        cmd += ["--upload-timeout", str(args.upload_timeout)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITVIZ_TOKEN": ""}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -293,7 +303,7 @@ def bench_server(args: argparse.Namespace) -> dict:
             "slow_uploads": {
                 "tricklers": args.tricklers,
                 "upload_timeout_s": args.upload_timeout,
-                "uploading_seen_by_server": health["uploading"],
+                "uploading_seen_by_server": health.get("uploading"),
                 "in_flight_seen_by_server": health["in_flight"],
                 "without": {
                     "statuses": sorted(set(base_codes)),
