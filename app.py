@@ -25,7 +25,7 @@ from vitviz.results import ClassRelevance
 from vitviz.runtime import release_memory, tune_allocator
 from vitviz.ui import anatomy, downloads, figures
 from vitviz.ui.servers import ServerPolicy
-from vitviz.ui.state import Entry, ExplanationCache, PageCaches, digest
+from vitviz.ui.state import Entry, ExplanationCache, PageCaches, PageLimits, digest
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLES = {
@@ -82,9 +82,14 @@ st.session_state.setdefault("class_method", "chefer")
 @st.cache_resource(show_spinner=False)
 def page_caches() -> PageCaches:
     """Models, model inputs, explanations and class relevance of this server process."""
+    try:
+        limits = PageLimits.from_env()
+    except VitvizError as err:  # the operator's VITVIZ_*_MB or VITVIZ_MAX_PARAMS is malformed
+        st.error(f"This page is misconfigured: {err}")
+        st.stop()
     gc.collect()
     gc.freeze()  # libraries are here for good: later collections skip them (~0.5 ms, not 190)
-    return PageCaches()
+    return PageCaches(limits)
 
 
 def explanation_cache() -> ExplanationCache:
@@ -98,18 +103,27 @@ def load_failures() -> dict[tuple, tuple[str, float]]:
     return {}
 
 
+MODEL_LOADS = threading.BoundedSemaphore(1)  # one model built at a time per page process
+
+
 def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
-    """One loaded model per (name, weights) and process, within the page's size limits."""
+    """One loaded model per (name, weights) and process, within the page's size limits.
+
+    Models are built one at a time, so visitors choosing different models at once cannot add
+    up their memory beyond one model over the cache's budget.
+    """
     caches = page_caches()
-    return caches.models.get_or_compute(
-        (name, weights, random_weights),
-        lambda: LocalBackend.from_name(
-            name,
-            weights=weights,
-            random_weights=random_weights,
-            max_params=caches.limits.max_params,
-        ),
-    )
+
+    def load() -> LocalBackend:
+        with MODEL_LOADS:
+            return LocalBackend.from_name(
+                name,
+                weights=weights,
+                random_weights=random_weights,
+                max_params=caches.limits.max_params,
+            )
+
+    return caches.models.get_or_compute((name, weights, random_weights), load)
 
 
 @st.cache_resource(show_spinner=False, ttl=300)
@@ -204,6 +218,8 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
     if failed and time.time() - failed[1] < 300:
         raise VitvizError(failed[0])
     try:
+        # before anything is downloaded or built (the loader checks again, for files)
+        models.check_model_size(name, page_caches().limits.max_params)
         if weights is None and not random_weights:
             plan = models.weights_plan(name)
             if plan.startswith("download") and models.hub_reachable():
@@ -238,23 +254,10 @@ def _download(name: str) -> None:
             mb = f"{done / 2**20:.0f} of {total / 2**20:.0f} MB"
             bar.progress(frac, text=f"Downloading the weights of {name}: {mb}")
 
-    models.download_weights(name, report)
-    bar.empty()
-
-
-def display_location(weights: dict) -> str:
-    """Where weights came from, without the machine's directories.
-
-    Files inside the project are shown relative to it, other files by name; the hub by URL.
-    """
-    where = str(weights.get("location") or "")
-    if not where or weights.get("source") not in ("file", "bundled", "cache"):
-        return where
-    path = Path(where).resolve()
     try:
-        return str(path.relative_to(Path(__file__).resolve().parent))
-    except ValueError:
-        return path.name
+        models.download_weights(name, report)
+    finally:  # a failed download leaves no stale bar behind
+        bar.empty()
 
 
 def device_label(info: dict) -> str:
@@ -536,7 +539,7 @@ layers, heads = info["layers"], info["heads"]
 
 with st.sidebar:
     w = info["weights"]
-    where = display_location(w)
+    where = downloads.display_location(w)
     remote = backend_kind == "server"
     st.caption(
         (f"**Model:** {info['title']}  \n" if remote else "")

@@ -77,3 +77,14 @@ def plotly_array(obj):
             arr = arr.reshape([int(s) for s in str(obj["shape"]).split(",")])
         return arr
     return np.asarray(obj)
+
+
+def in_threads(target, count: int) -> None:
+    """Run ``target(i)`` for i in 0…count-1, each in its own thread, and wait for all."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

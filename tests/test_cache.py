@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import in_threads
 from vitviz.cache import ByteLRU, nbytes
 
 
@@ -50,18 +51,37 @@ def test_evicts_least_recently_used_past_the_byte_budget():
     assert cache.get("a") is not None  # "a" is now the most recent
     cache.put("c", block())  # 1200 > 1000: "b" goes
     assert cache.keys() == ["a", "c"] and cache.nbytes == 800
-    cache.put("huge", np.zeros(1000, np.float32))  # over the budget alone: not kept
-    assert "huge" not in cache and cache.nbytes == 800
     cache.put("a", np.zeros(10, np.float32))  # replacing counts the new size
     assert cache.nbytes == 440
     cache.discard(lambda k: k == "c")
     assert cache.keys() == ["a"] and cache.nbytes == 40
 
 
-def test_a_value_too_big_to_keep_is_still_returned():
-    cache = ByteLRU(max_bytes=10)
-    big = np.zeros(100)
-    assert cache.get_or_compute("x", lambda: big) is big and len(cache) == 0
+def test_a_value_bigger_than_the_budget_is_kept_alone():
+    cache = ByteLRU(max_bytes=1000)
+    cache.put("small", np.zeros(10, np.float32))
+    big = np.zeros(1000, np.float32)  # 4000 bytes
+    assert cache.get_or_compute("big", lambda: big) is big
+    assert cache.keys() == ["big"] and cache.nbytes == 4000  # not recomputed on every use
+    assert cache.get_or_compute("big", lambda: 1 / 0) is big
+    cache.put("next", np.zeros(10, np.float32))  # the next one pushes it out
+    assert cache.keys() == ["next"] and cache.nbytes == 40
+
+
+def test_a_failure_while_storing_does_not_leave_waiters_hanging():
+    def sizeof(value):
+        if value == "unmeasurable":
+            raise RuntimeError("cannot measure")
+        return 1
+
+    cache: ByteLRU[str] = ByteLRU(max_bytes=10, sizeof=sizeof)
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("k", lambda: "unmeasurable")
+    done = []
+    t = threading.Thread(target=lambda: done.append(cache.get_or_compute("k", lambda: "ok")))
+    t.start()
+    t.join(5)
+    assert done == ["ok"]
 
 
 def test_concurrent_requests_for_one_key_compute_it_once(busy_switching):
@@ -75,15 +95,11 @@ def test_concurrent_requests_for_one_key_compute_it_once(busy_switching):
         time.sleep(0.05)  # a model run: the others arrive meanwhile
         return object()
 
-    def session():
+    def session(_):
         barrier.wait()
         results.append(cache.get_or_compute("image", compute))
 
-    threads = [threading.Thread(target=session) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(session, 8)
     assert len(calls) == 1 and cache.computations == 1
     assert len(results) == 8 and all(r is results[0] for r in results)
 
@@ -131,10 +147,6 @@ def test_many_sessions_never_break_the_bound_or_each_other(busy_switching):
             if cache.nbytes > cache.max_bytes or len(cache) > 20:
                 over.append(cache.nbytes)
 
-    threads = [threading.Thread(target=session, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(session, 8)
     assert failures == [] and over == []
     assert cache.nbytes == sum(nbytes(cache.get(k)) for k in cache)

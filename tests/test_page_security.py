@@ -310,3 +310,66 @@ def test_uploads_are_kept_at_the_model_input_size_and_caches_stay_in_budget(monk
     assert caches.images.nbytes <= 4 * (224 * 224 * 3 + 1024)  # pixels, plus names and notes
     assert caches.nbytes <= caches.limits.cache_bytes
     assert len(caches.explanations) < 4  # the oldest were evicted to stay in budget
+
+
+def test_this_machines_netrc_is_not_sent_to_a_typed_url(monkeypatch, listener, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"default login me password {SECRET}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    at = page(monkeypatch, {}, backend_kind="server", server_url=listener.url)
+    assert not at.exception and listener.requests
+    assert all("Authorization" not in req for req in listener.requests)
+
+
+def test_a_model_over_the_limit_is_not_even_downloaded(monkeypatch):
+    from vitviz import models
+
+    downloads = []
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(models, "download_weights", lambda name, *a: downloads.append(name))
+    at = page(monkeypatch, {"VITVIZ_MAX_PARAMS": "50e6"}, model="vit-b16")
+    assert not at.exception
+    assert downloads == []
+    assert any("87 M parameters" in e.value for e in at.error)
+
+
+def test_downloads_name_no_directory_of_the_machine(tmp_path):
+    from tests.test_app import LocalBackend
+    from vitviz.ui import downloads
+
+    backend = LocalBackend.from_name("demo", device="cpu")
+    expl = backend.explain([Image.open(ASSETS / "chelsea.png")])[0]
+    elsewhere = {
+        **backend.info(),
+        "weights": {"source": "file", "location": str(tmp_path / "w.pt")},
+    }
+    for info, shown in (
+        (backend.info(), "assets/demo/vitviz-demo.safetensors"),
+        (elsewhere, "w.pt"),
+    ):
+        npz = np.load(io.BytesIO(downloads.attention_npz(expl, info, "x.png")))
+        model = json.loads(str(npz["model"]))
+        pred = json.loads(downloads.predictions_json(expl, info, "x.png"))
+        for weights in (model["weights"], pred["weights"]):
+            assert weights["location"] == shown
+        assert str(tmp_path) not in str(npz["model"]) and str(ASSETS) not in str(npz["model"])
+
+
+def test_malformed_limits_and_urls_say_what_is_wrong_without_secrets(monkeypatch):
+    from vitviz.errors import OptionsError
+    from vitviz.ui.state import PageLimits
+
+    for bad in ("inf", "nan", "-3", "lots"):
+        with pytest.raises(OptionsError, match="VITVIZ_CACHE_MB"):
+            PageLimits.from_env({"VITVIZ_CACHE_MB": bad})
+    at = page(monkeypatch, {"VITVIZ_MODEL_CACHE_MB": "inf"})
+    assert not at.exception
+    assert any("misconfigured" in e.value and "VITVIZ_MODEL_CACHE_MB" in e.value for e in at.error)
+    with pytest.raises(ServerError) as err:
+        normalize("ftp://operator:hunter2@gpu-box:8000")
+    assert "hunter2" not in str(err.value) and "gpu-box" in str(err.value)
+    at = page(monkeypatch, {"VITVIZ_SERVER": "http://operator:hunter2@gpu-box:8000"})
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "misconfigured" in shown and "hunter2" not in shown

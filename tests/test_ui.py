@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import plotly_array, tiny
+from tests.conftest import in_threads, plotly_array, tiny
 from vitviz import models
 from vitviz.backend import ImageExplanation
 from vitviz.cache import nbytes
@@ -223,15 +223,11 @@ def test_sessions_opening_the_same_new_image_run_the_model_once():
         time.sleep(0.1)  # the model runs while the other sessions arrive
         return _expl(1)
 
-    def session():
+    def session(_):
         barrier.wait()
         entries.append(cache.get("model", "new-image", compute))
 
-    threads = [threading.Thread(target=session) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(session, 4)
     assert len(calls) == 1 and cache.model_calls == 1
     assert len({id(e.explanation) for e in entries}) == 1
 
@@ -240,7 +236,6 @@ def test_derived_values_under_concurrent_sessions_never_fail_or_overflow():
     """The old per-entry dict raised KeyError and passed its bound under this load."""
     import random
     import sys
-    import threading
 
     cache = ExplanationCache(max_bytes=10**7, derived_bytes=50 * 8 * 64)
     entry = cache.get("m", "a", lambda: _expl(0))
@@ -260,11 +255,7 @@ def test_derived_values_under_concurrent_sessions_never_fail_or_overflow():
                     failures.append(repr(err))
                 peak[0] = max(peak[0], cache.derived.nbytes)
 
-        threads = [threading.Thread(target=session, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(session, 6)
     finally:
         sys.setswitchinterval(before)
     assert failures == [] and peak[0] <= cache.derived.max_bytes

@@ -84,3 +84,28 @@ def test_malformed_headers_are_wire_errors_not_crashes():
         msg = good[:8] + struct.pack("<I", len(head)) + head + good[12 + size :]
         with pytest.raises(wire.WireError):
             wire.decode(msg)
+
+
+def test_a_class_answer_without_its_relevance_is_a_wire_error():
+    import pytest
+
+    from vitviz.results import ClassRelevance
+
+    rel = ClassRelevance(
+        index=3,
+        label="three",
+        layers=(0, 1),
+        chefer=np.ones(5, np.float32),
+        fused=np.ones((3, 2, 5, 5), np.float32),
+        heads=np.ones((2, 4, 5), np.float32),
+        fused_rows=np.ones((3, 2, 5), np.float32),
+    )
+    header = {"classes": [3], "class_labels": ["three"], "gradient_layers": [0, 1]}
+    arrays = wire.encode_relevance([rel], "float16")
+    (back,) = wire.decode_relevance(header, arrays)
+    assert back.index == 3 and back.layers == (0, 1)
+    np.testing.assert_allclose(back.fused, rel.fused, rtol=1e-3)
+    for missing in ("chefer", "relevance_fused", "relevance_heads"):
+        broken = {k: v for k, v in arrays.items() if k != missing}
+        with pytest.raises(wire.WireError):
+            wire.decode_relevance(header, broken)

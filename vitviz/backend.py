@@ -69,7 +69,7 @@ class ClassExplanation:
             ``∂y_c/∂A`` the maps read (pass it as ``grads`` to any class-specific method).
         gradients: ``[K, L, H, N, N]`` float32 ``∂y_c/∂A`` for each class (pre-softmax logit;
             layers not asked for are 0), only when asked for (``full_gradients=True``):
-            4× to 12× the size of the relevance.
+            about H/3 times the size of the relevance (4× for 12 heads).
     """
 
     explanation: ImageExplanation

@@ -66,8 +66,12 @@ def nbytes(obj: Any, _seen: set[int] | None = None) -> int:
 class ByteLRU(Generic[V]):
     """Least-recently-used cache whose entries together hold at most ``max_bytes``.
 
+    A value larger than the whole budget is kept alone (everything else is evicted), so the
+    cache holds at most ``max(max_bytes, its largest value)``: recomputing such a value on
+    every use would cost far more than holding it.
+
     Args:
-        max_bytes: the budget; a value larger than it is returned but not kept.
+        max_bytes: the budget.
         sizeof: how to measure a value (default :func:`nbytes`).
     """
 
@@ -97,16 +101,17 @@ class ByteLRU(Generic[V]):
             return future.result()
         try:
             value = compute()
-        except BaseException as err:
             with self._lock:
-                self._pending.pop(key, None)
+                self.computations += 1
+                self._store(key, value)
+        except BaseException as err:
             future.set_exception(err)
             raise
-        with self._lock:
-            self.computations += 1
-            self._store(key, value)
-            self._pending.pop(key, None)
-        future.set_result(value)
+        else:
+            future.set_result(value)
+        finally:  # whatever happened, later callers must not wait on this future
+            with self._lock:
+                self._pending.pop(key, None)
         return value
 
     def get(self, key: Hashable, default: Any = None) -> V | Any:
@@ -127,13 +132,12 @@ class ByteLRU(Generic[V]):
         old = self._items.pop(key, None)
         if old is not None:
             self.nbytes -= old[1]
-        if size > self.max_bytes:
-            return  # too big to keep: the caller still gets it
-        self._items[key] = (value, size)
-        self.nbytes += size
-        while self.nbytes > self.max_bytes and self._items:
+        # evict first, so the count never passes the budget (unless one value is larger)
+        while self._items and self.nbytes + size > self.max_bytes:
             _, (_, dropped) = self._items.popitem(last=False)
             self.nbytes -= dropped
+        self._items[key] = (value, size)
+        self.nbytes += size
 
     def discard(self, predicate: Callable[[Hashable], bool]) -> None:
         """Drop every entry whose key matches ``predicate``."""

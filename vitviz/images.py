@@ -39,8 +39,8 @@ LARGE_PIXELS: int = 4_000_000
 
 DECODE_SLOTS = threading.BoundedSemaphore(2)
 """How many large images a process decodes at once: the full-size pixels of a 40-megapixel
-image take ~120 MB until :func:`decode_reduced` has reduced them, so concurrent uploads wait
-for a slot instead of adding up."""
+image take ~120 MB until :func:`decode_image` has reduced them (its ``reduce``), so concurrent
+uploads wait for a slot instead of adding up."""
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 """The formats vitviz reads, as said to users."""

@@ -546,6 +546,7 @@ def chefer_row(attn: Array, grads: Gradients, layout: TokenLayout) -> Array:
         _check_relevance(grads, t, layout)
         if grads.chefer is None:
             _need_layers(grads, range(t.shape[-4]), "Chefer's relevance")
+            raise OptionsError("this class relevance carries no Chefer row; compute it again")
         return _back(_like(grads.chefer, t), was_numpy)
     g, _ = _as_tensor(grads)
     _check_grads(t, g)

@@ -520,6 +520,18 @@ def parameter_count(name: str, model_kwargs: dict[str, Any] | None = None) -> in
     return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
 
 
+def check_model_size(
+    name: str, max_params: int | None, model_kwargs: dict[str, Any] | None = None
+) -> None:
+    """Refuse a model with more than ``max_params`` parameters, before building or downloading.
+
+    Raises:
+        ModelError: over the limit (or an unknown or refused name).
+    """
+    if max_params is not None:
+        _check_size(name, parameter_count(name, model_kwargs), max_params)
+
+
 def _check_size(name: str, count: int, max_params: int | None) -> None:
     if max_params is not None and count > max_params:
         raise ModelError(
@@ -764,8 +776,7 @@ def load_model(
     meta: dict[str, str] = {}
     if weights is not None and random_weights:
         raise ModelError("choose either a weights file or random weights, not both")
-    if max_params is not None:
-        _check_size(name, parameter_count(name, kwargs), max_params)
+    check_model_size(name, max_params, kwargs)
     if weights is not None:
         limit = None if max_params is None else 4 * max_params + 2**20
         sd, meta = read_state_dict(weights, max_bytes=limit)

@@ -29,6 +29,7 @@ from vitviz.models import InputGeometry
 from vitviz.ui.anatomy import Anatomy
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
+API_VERSION = 2  # 2: class answers carry the classes' relevance, not their full gradients
 # what the page needs: the model's input (resized here), the whole attention in float16
 _FULL = {"attention": "full", "dtype": "float16", "seen": "true"}
 
@@ -62,6 +63,8 @@ class RemoteBackend:
         self.batch_size = max(1, int(batch_size))
         self.retries = retries
         self._http = requests.Session()
+        # no ~/.netrc or proxy settings of this machine: the URL may come from a page visitor
+        self._http.trust_env = False
         pool = max(16, self.batch_size)
         self._http.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
         self._http.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
@@ -77,10 +80,11 @@ class RemoteBackend:
             raise ServerError(
                 f"{url} answered, but not as a vitviz server: check the URL and port"
             ) from None
-        if self._info.get("api_version") != 1:
+        if self._info.get("api_version") != API_VERSION:
+            self._http.close()
             raise ServerError(
                 f"the server at {url} speaks API version {self._info.get('api_version')}, "
-                "this client version 1; use matching vitviz versions"
+                f"this client version {API_VERSION}; use matching vitviz versions"
             )
         self.geometry = InputGeometry.from_info(self._info)
         self._anatomy: Anatomy | None = None
@@ -161,7 +165,9 @@ class RemoteBackend:
                 raise ServerError(f"{self.url} sent an answer vitviz cannot read: {err}") from None
             grads = None
             if full_gradients:
-                stored = arrays["gradients"]
+                stored = arrays.get("gradients")
+                if stored is None:
+                    raise ServerError(f"{self.url} sent no gradients although they were asked for")
                 grads = np.zeros((stored.shape[0], *expl.attention.shape), dtype=np.float32)
                 grads[:, header["gradient_layers"]] = stored
             return ClassExplanation(

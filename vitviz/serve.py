@@ -5,7 +5,7 @@ into batches by ``@serve.batch`` and explained by :class:`vitviz.service.Engine`
 with ``python -m vitviz serve --model NAME`` (one machine) or deploy ``serve_config.yaml``
 on a Ray cluster (``serve deploy``); the API is documented at ``/docs`` and in the README.
 
-Endpoints (version 1; every one but health needs the bearer token when one is set):
+Endpoints (version 2; every one but health needs the bearer token when one is set):
     ``GET /v1/health``: liveness and the model name.
     ``GET /v1/model``: model description, labels, methods, limits.
     ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).

@@ -26,7 +26,7 @@ from vitviz.backend import ClassExplanation, ImageExplanation, LocalBackend, res
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.images import decode_image
 
-API_VERSION = 1
+API_VERSION = 2  # 2: class answers carry each class's relevance; full gradients on request
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AttentionPart = Literal["none", "readout", "full"]
 GradientPart = Literal["relevance", "full"]

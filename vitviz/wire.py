@@ -173,6 +173,9 @@ def decode_relevance(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> l
         layers = tuple(int(x) for x in header["gradient_layers"])
         chefer = arrays.get("chefer")
         pairs = list(zip(header["classes"], header["class_labels"], strict=True))
+        num_layers = int(arrays["relevance_heads"].shape[1])
+        if chefer is None and len(set(layers)) == num_layers:
+            raise KeyError("chefer")
         return [
             ClassRelevance(
                 index=int(c),

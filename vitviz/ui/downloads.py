@@ -1,15 +1,45 @@
-"""What the page's download buttons hand out: attention arrays, predictions, overlays."""
+"""What the page's download buttons hand out: attention arrays, predictions, overlays.
+
+Nothing handed out names a directory of the machine running the page: weights files inside
+the project are named relative to it, others by file name (:func:`public_info`).
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vitviz.backend import ImageExplanation
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def display_location(weights: dict[str, Any]) -> str:
+    """Where weights came from, without the machine's directories.
+
+    Files inside the project are shown relative to it, other files by name; the hub by URL.
+    """
+    where = str(weights.get("location") or "")
+    if not where or weights.get("source") not in ("file", "bundled", "cache"):
+        return where
+    path = Path(where).resolve()
+    try:
+        return str(path.relative_to(PROJECT))
+    except ValueError:
+        return path.name
+
+
+def public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A model description fit to show or hand out (see :func:`display_location`)."""
+    weights = dict(info.get("weights") or {})
+    if weights:
+        weights["location"] = display_location(weights)
+    return {**info, "weights": weights}
 
 
 def safe_stem(name: str) -> str:
@@ -29,7 +59,7 @@ def attention_npz(expl: ImageExplanation, info: dict[str, Any], image_name: str)
         "attention": np.asarray(expl.attention, np.float32),
         "image": expl.image,
         "layout": np.array(json.dumps(expl.layout.to_dict())),
-        "model": np.array(json.dumps(info)),
+        "model": np.array(json.dumps(public_info(info))),
         "image_name": np.array(image_name),
     }
     if expl.logits is not None:
@@ -41,6 +71,7 @@ def attention_npz(expl: ImageExplanation, info: dict[str, Any], image_name: str)
 
 def predictions_json(expl: ImageExplanation, info: dict[str, Any], image_name: str) -> str:
     """The top predictions with the model and weights they came from."""
+    info = public_info(info)
     return json.dumps(
         {
             "image": image_name,

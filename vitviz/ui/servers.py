@@ -24,28 +24,44 @@ from urllib.parse import urlsplit
 from vitviz.errors import ServerError
 
 
+def _shown(text: str) -> str:
+    """A URL as error messages may quote it: never a user name or password."""
+    try:
+        parts = urlsplit(text)
+        if "@" in parts.netloc:
+            return repr(parts._replace(netloc="…@" + parts.netloc.rsplit("@", 1)[1]).geturl())
+    except ValueError:
+        return "the server URL"
+    return repr(text)
+
+
 def normalize(url: str) -> str:
     """``scheme://host:port/path`` with the default port spelled out; refuses odd URLs.
 
     Raises:
         ServerError: not http(s), no host, credentials in the URL, a query or fragment.
+            Messages never repeat a user name or password found in the URL.
     """
     text = url.strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ServerError("the server URL is malformed; give http://HOST:PORT") from None
+    shown = _shown(text)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise ServerError(f"server URL {text!r} must start with http:// or https://")
+        raise ServerError(f"server URL {shown} must start with http:// or https://")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise ServerError(f"server URL {text!r} has an invalid port") from None
+        raise ServerError(f"server URL {shown} has an invalid port") from None
     host = (parts.hostname or "").lower()
     if not host or parts.username is not None or parts.password is not None:
-        raise ServerError(f"server URL {text!r} must name a host (and no user or password)")
+        raise ServerError(f"server URL {shown} must name a host (and no user or password)")
     if parts.query or parts.fragment:
-        raise ServerError(f"server URL {text!r} must not have a query or fragment")
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}{parts.path.rstrip('/')}"
+        raise ServerError(f"server URL {shown} must not have a query or fragment")
+    name = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{name}:{port}{parts.path.rstrip('/')}"
 
 
 def origin(url: str) -> str:

@@ -11,13 +11,13 @@ server process shares what is cached here:
 * what is derived from an explanation (statistics, mosaics), and each class's relevance.
 
 Each cache is a :class:`~vitviz.cache.ByteLRU`; the budgets come from the environment
-(:class:`PageLimits`). ``model_calls`` counts the real explanations, for tests and
-``bench/interaction.py``.
+(:class:`PageLimits`). ``ExplanationCache.model_calls`` counts the real explanations (tests).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from typing import Any
 
 from vitviz.backend import ImageExplanation
 from vitviz.cache import ByteLRU
+from vitviz.errors import OptionsError
 from vitviz.results import ClassRelevance
 
 MB = 2**20
@@ -48,7 +49,11 @@ class PageLimits:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PageLimits:
-        """Limits from ``VITVIZ_MAX_PARAMS``, ``VITVIZ_MODEL_CACHE_MB``, ``VITVIZ_CACHE_MB``."""
+        """Limits from ``VITVIZ_MAX_PARAMS``, ``VITVIZ_MODEL_CACHE_MB``, ``VITVIZ_CACHE_MB``.
+
+        Raises:
+            OptionsError: a value that is not a positive finite number.
+        """
         env = os.environ if environ is None else environ
 
         def number(name: str, default: float) -> float:
@@ -56,9 +61,9 @@ class PageLimits:
             try:
                 value = float(text) if text else default
             except ValueError:
-                raise ValueError(f"{name}={text!r} is not a number") from None
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {text}")
+                raise OptionsError(f"{name}={text!r} is not a number") from None
+            if not math.isfinite(value) or value <= 0:
+                raise OptionsError(f"{name} must be a positive number, got {text}")
             return value
 
         return cls(
