@@ -17,13 +17,14 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods, models, render
-from vitviz.backend import Backend, ImageExplanation, LocalBackend
+from vitviz.backends import Backend
+from vitviz.backends.local import LocalBackend
+from vitviz.backends.remote import RemoteBackend
 from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
-from vitviz.remote import RemoteBackend
-from vitviz.results import ClassRelevance
+from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
 from vitviz.runtime import release_memory, tune_allocator
-from vitviz.ui import anatomy, downloads, figures
+from vitviz.ui import downloads, figures, pipeline
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.state import Entry, ExplanationCache, PageCaches, PageLimits, digest
 
@@ -170,7 +171,7 @@ def model_input(image_digest: str, data: bytes, name: str, backend: Backend) -> 
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def model_anatomy(model_id: str, _backend: Backend) -> anatomy.Anatomy:
+def model_anatomy(model_id: str, _backend: Backend) -> Anatomy:
     """Patch-embedding filters and position similarity of a loaded model."""
     return _backend.anatomy()
 
@@ -258,16 +259,6 @@ def _download(name: str) -> None:
         models.download_weights(name, report)
     finally:  # a failed download leaves no stale bar behind
         bar.empty()
-
-
-def device_label(info: dict) -> str:
-    """The device in words: the GPU's name, or CPU."""
-    dev = info.get("device", "cpu")
-    if dev.startswith("cuda"):
-        return f"GPU: {info.get('device_name', dev)} ({info.get('precision')})"
-    if dev.startswith("mps"):
-        return "Apple GPU (MPS)"
-    return "CPU"
 
 
 def clicked_index(chart_key: str) -> int | None:
@@ -531,28 +522,28 @@ except VitvizError as err:
         st.stop()
 
 info = backend.info()
-model_id = f"{info['timm_name']}|{info['weights']['source']}|{info['weights']['location']}"
+model_id = f"{info.timm_name}|{info.weights.source}|{info.weights.location}"
 if backend_kind == "server":
-    name = info["name"]
-    model_id = f"{info['backend']}|{model_id}"
-layers, heads = info["layers"], info["heads"]
+    name = info.name
+    model_id = f"{info.backend}|{model_id}"
+layers, heads = info.layers, info.heads
 
 with st.sidebar:
-    w = info["weights"]
+    w = info.weights
     where = downloads.display_location(w)
     remote = backend_kind == "server"
     st.caption(
-        (f"**Model:** {info['title']}  \n" if remote else "")
-        + f"**Weights:** {w['source']}"
+        (f"**Model:** {info.title}  \n" if remote else "")
+        + f"**Weights:** {w.source}"
         + (f" — `{where}`" if where else "")
         + ("  (on the server)" if remote else "")
-        + f"  \n**Device:** {device_label(info)}  \n"
-        + (f"**Backend:** server {info['backend']}" if remote else "**Backend:** in-process")
+        + f"  \n**Device:** {info.device_label}  \n"
+        + (f"**Backend:** server {info.backend}" if remote else "**Backend:** in-process")
     )
-    if w.get("warning"):
-        st.warning(w["warning"])
-    if w.get("note"):
-        st.info(w["note"][0].upper() + w["note"][1:])
+    if w.warning:
+        st.warning(w.warning)
+    if w.note:
+        st.info(w.note[0].upper() + w.note[1:])
 
 # ----------------------------------------------------------------------------- image
 
@@ -876,7 +867,7 @@ with right:
             st.error(f"Could not read the model's anatomy: {err}")
             st.stop()
         factor = figures.display_scale(layout.image_size)
-        cfg = info.get("input_config", {})
+        cfg = info.input_config
         st.markdown(
             f"**1. Resize and crop.** The image becomes {w_}×{h} px "
             f"({cfg.get('interpolation', 'bicubic')} resize, crop {cfg.get('crop_pct', 1.0)}), "
@@ -918,10 +909,10 @@ with right:
         top = None
         if expl.predictions:
             top = f"{expl.predictions[0].label} ({expl.predictions[0].probability:.0%})"
-        st.graphviz_chart(anatomy.pipeline_dot(info, layout, facts.width, top))
+        st.graphviz_chart(pipeline.pipeline_dot(info, layout, facts.width, top))
 
     # downloads
-    stem = f"{downloads.safe_stem(image_name)}-{downloads.safe_stem(info['name'])}"
+    stem = f"{downloads.safe_stem(image_name)}-{downloads.safe_stem(info.name)}"
     d1, d2, d3 = st.columns(3)
     if download_map is not None:
         d1.download_button(

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vitviz import methods
-from vitviz.backend import LocalBackend
+from vitviz.backends.local import LocalBackend
 from vitviz.demo import metrics
 from vitviz.demo.scenes import generate_scene
 from vitviz.demo.train import HELDOUT_SEED_BASE
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = LocalBackend.from_name("demo", weights=args.weights, device="cpu")
     result = evaluate(backend, args.single, args.double)
     result["scenes"] = {"single": args.single, "double": args.double}
-    result["weights"] = backend.info()["weights"]["location"]
+    result["weights"] = backend.info().weights.location
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0

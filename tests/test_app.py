@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, plotly_array, tiny
 from vitviz import methods
-from vitviz.backend import LocalBackend
+from vitviz.backends.local import LocalBackend
 from vitviz.images import decode_image
 from vitviz.ui import downloads
 

@@ -178,7 +178,7 @@ def test_patch_beyond_one_images_grid_fails_that_image_only(tmp_path, weights_fi
 
 
 def test_class_specific_methods(tmp_path, capsys):
-    from vitviz.backend import LocalBackend
+    from vitviz.backends.local import LocalBackend
     from vitviz.images import load_image_file
 
     scene = ASSETS / "demo-scene-2.png"

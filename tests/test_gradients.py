@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.conftest import tiny
 from vitviz import methods
-from vitviz.backend import LocalBackend
+from vitviz.backends.local import LocalBackend
 from vitviz.errors import ModelError, OptionsError
 from vitviz.gradients import attention_gradients
 from vitviz.layout import TokenLayout

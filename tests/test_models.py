@@ -111,7 +111,7 @@ def test_cached_weights_load_without_network(tmp_path, monkeypatch, cat_image):
     a = tiny("vit_tiny_patch16_224", seed=5)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
-    monkeypatch.setattr(models, "cached_weights", lambda name: path)
+    monkeypatch.setattr(models.loading, "cached_weights", lambda name: path)
     b = models.load_model("vit_tiny_patch16_224")
     assert b.weights.source == "cache"
     assert torch.equal(capture(a, [cat_image]).logits, capture(b, [cat_image]).logits)
@@ -242,14 +242,14 @@ def test_hub_probe_answer_is_remembered_briefly(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(models, "_PROBES", {})
+    monkeypatch.setattr(models.hub, "_PROBES", {})
     calls = []
-    monkeypatch.setattr(models, "_probe", lambda url, timeout: calls.append(url) or False)
+    monkeypatch.setattr(models.hub, "_probe", lambda url, timeout: calls.append(url) or False)
     assert not models.hub_reachable("http://127.0.0.1:9/x")
     assert not models.hub_reachable("http://127.0.0.1:9/x")
     assert calls == ["http://127.0.0.1:9/x"]  # the second answer came from memory
     clock = [time.monotonic() + models.PROBE_MEMORY_SECONDS + 1]
-    monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(models.hub.time, "monotonic", lambda: clock[0])
     models.hub_reachable("http://127.0.0.1:9/x")
     assert len(calls) == 2  # forgotten after 30 s
 

@@ -340,10 +340,9 @@ def test_downloads_name_no_directory_of_the_machine(tmp_path):
 
     backend = LocalBackend.from_name("demo", device="cpu")
     expl = backend.explain([Image.open(ASSETS / "chelsea.png")])[0]
-    elsewhere = {
-        **backend.info(),
-        "weights": {"source": "file", "location": str(tmp_path / "w.pt")},
-    }
+    from vitviz.results import WeightsInfo
+
+    elsewhere = backend.info().with_(weights=WeightsInfo("file", str(tmp_path / "w.pt")))
     for info, shown in (
         (backend.info(), "assets/demo/vitviz-demo.safetensors"),
         (elsewhere, "w.pt"),

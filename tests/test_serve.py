@@ -26,12 +26,13 @@ import requests
 from PIL import Image
 
 from tests.conftest import ASSETS, free_port, png
-from vitviz import methods, wire
-from vitviz.backend import LocalBackend
+from vitviz import methods
+from vitviz.backends.local import LocalBackend
+from vitviz.backends.remote import RemoteBackend
 from vitviz.cli import main
 from vitviz.demo.scenes import generate_scene
 from vitviz.errors import ServerError
-from vitviz.remote import RemoteBackend
+from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
 
@@ -149,7 +150,7 @@ def test_remote_backend_equals_the_local_engine(servers, local):
     for r, lo in zip(remote.explain(images), local.explain(images), strict=True):
         assert_same(r, lo)
     info = remote.info()
-    assert info["backend"] == servers["main"] and info["name"] == "demo"
+    assert info.backend == servers["main"] and info.name == "demo"
 
 
 def test_class_gradients_equal_the_local_engine(servers, local):
@@ -396,7 +397,7 @@ def test_token_is_enforced(servers):
     with pytest.raises(ServerError, match="needs a token"):
         RemoteBackend(url, token="wrong")
     remote = RemoteBackend(url, token=TOKEN)
-    assert remote.info()["name"] == "demo" and remote.limits["token_required"] is True
+    assert remote.info().name == "demo" and remote.limits["token_required"] is True
 
 
 def test_uploads_over_the_limit_are_refused(servers):
@@ -529,12 +530,12 @@ def test_serve_config_in_the_repo_is_valid_and_builds(monkeypatch):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from vitviz import serve
+    from vitviz.server import serve
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)
     app_cfg = schema.applications[0]
-    assert app_cfg.import_path == "vitviz.serve:build_app"
+    assert app_cfg.import_path == "vitviz.server.serve:build_app"
     assert config["http_options"]["host"] == "127.0.0.1"  # loopback unless changed on purpose
     monkeypatch.setattr(serve, "_cluster_gpus", lambda: 4)
     deployment = serve.build_app(app_cfg.args)._bound_deployment

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png
-from vitviz import methods, wire
-from vitviz.backend import LocalBackend
+from vitviz import methods
+from vitviz.backends.local import LocalBackend
 from vitviz.demo.scenes import generate_scene
-from vitviz.service import Admission, ApiError, Engine, Job, Settings, check_token
+from vitviz.server import wire
+from vitviz.server.service import Admission, ApiError, Engine, Job, Settings, check_token
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +223,7 @@ def test_the_answer_size_estimate_covers_the_real_answer(engine, kwargs):
 
 
 def test_class_batches_are_bounded_by_image_class_pairs(monkeypatch):
-    from vitviz.service import _class_chunks
+    from vitviz.server.service import _class_chunks
 
     jobs = [Job(Image.new("RGB", (224, 224)), classes=[None] * k) for k in (1, 1, 3, 1, 4, 4)]
     chunks = list(_class_chunks(jobs, budget=4))

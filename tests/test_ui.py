@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tests.conftest import in_threads, plotly_array, tiny
-from vitviz import models
-from vitviz.backend import ImageExplanation
+from vitviz import anatomy, models
 from vitviz.cache import nbytes
+from vitviz.errors import WeightsError
 from vitviz.layout import TokenLayout
-from vitviz.ui import anatomy, downloads, figures
+from vitviz.results import ImageExplanation
+from vitviz.ui import downloads, figures, pipeline
 from vitviz.ui.state import ExplanationCache, digest
 
 LAYOUT = TokenLayout(("cls", "reg", "reg"), (4, 5), (16, 16), "cls")
@@ -53,7 +54,7 @@ def test_hybrid_models_have_no_patch_filters():
 
 def test_pipeline_diagram_names_the_real_numbers(vit_tiny):
     info = vit_tiny.describe()
-    dot = anatomy.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'a "quoted" cat (80%)')
+    dot = pipeline.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'a "quoted" cat (80%)')
     assert "14×14 = 196 patches" in dot and "12 blocks × 3 attention heads" in dot
     assert '\\"quoted\\"' in dot  # quotes cannot break the graphviz source
 
@@ -141,7 +142,7 @@ def test_downloads(vit_tiny, cat_image):
     import io
     import json
 
-    from vitviz.backend import LocalBackend
+    from vitviz.backends.local import LocalBackend
 
     expl = LocalBackend(vit_tiny).explain([cat_image])[0]
     info = vit_tiny.describe()
@@ -195,7 +196,7 @@ def test_download_failure_is_one_clear_error(monkeypatch):
         raise OSError(f"cannot reach the hub for {filename}")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing)
-    with pytest.raises(models.WeightsError, match="could not download the weights"):
+    with pytest.raises(WeightsError, match="could not download the weights"):
         models.download_weights("vit-b16")
 
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from vitviz import wire
+from vitviz.server import wire
 
 
 def test_round_trip_keeps_header_shapes_and_exact_dtypes():

@@ -1,79 +1,72 @@
 """vitviz: an interactive Vision Transformer attention explorer (library API).
 
-from vitviz import LocalBackend, decode_image, rollout
+from vitviz import LocalBackend, compute_map, decode_image
 backend = LocalBackend.from_name("vit-b16")
 result = backend.explain([decode_image(open("cat.jpg", "rb").read(), "cat.jpg").image])[0]
-heat = rollout(result.attention, result.layout)        # [grid h, grid w]
+heat = compute_map("rollout", result.attention, result.layout)   # [grid h, grid w]
+
+Names are imported on first use (PEP 562), so ``import vitviz`` and the torch-free parts
+(``vitviz.results``, ``vitviz.server.wire``, ``vitviz.backends.remote``) never load torch.
 """
 
-from vitviz.backend import (
-    Backend,
-    ClassExplanation,
-    ImageExplanation,
-    LocalBackend,
-    Prediction,
-    resolve_class,
-)
-from vitviz.capture import Capture, capture, forward_with_attention
-from vitviz.errors import ImageError, ModelError, OptionsError, VitvizError, WeightsError
-from vitviz.gradients import attention_gradients
-from vitviz.images import DecodedImage, decode_image, load_image_file
-from vitviz.layout import TokenLayout
-from vitviz.methods import (
-    METHODS,
-    STATISTICS,
-    attention_entropy,
-    attention_map,
-    attn_grad,
-    chefer,
-    compute_map,
-    grad_rollout,
-    mask,
-    mean_attention_distance,
-    query_map,
-    rollout,
-    rollout_matrix,
-    threshold_mask,
-)
-from vitviz.models import CURATED, LoadedModel, load_model
-from vitviz.runtime import tune_allocator
+from __future__ import annotations
 
-__all__ = [
-    "CURATED",
-    "METHODS",
-    "STATISTICS",
-    "Backend",
-    "Capture",
-    "ClassExplanation",
-    "DecodedImage",
-    "ImageError",
-    "ImageExplanation",
-    "LoadedModel",
-    "LocalBackend",
-    "ModelError",
-    "OptionsError",
-    "Prediction",
-    "TokenLayout",
-    "VitvizError",
-    "WeightsError",
-    "attention_entropy",
-    "attention_gradients",
-    "attention_map",
-    "attn_grad",
-    "capture",
-    "chefer",
-    "compute_map",
-    "decode_image",
-    "forward_with_attention",
-    "grad_rollout",
-    "load_image_file",
-    "load_model",
-    "mask",
-    "mean_attention_distance",
-    "query_map",
-    "resolve_class",
-    "rollout",
-    "rollout_matrix",
-    "threshold_mask",
-    "tune_allocator",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Anatomy": "vitviz.results",
+    "Backend": "vitviz.backends",
+    "Capture": "vitviz.capture",
+    "ClassExplanation": "vitviz.results",
+    "ClassRelevance": "vitviz.results",
+    "CURATED": "vitviz.models",
+    "DecodedImage": "vitviz.images",
+    "ImageError": "vitviz.errors",
+    "ImageExplanation": "vitviz.results",
+    "InputGeometry": "vitviz.geometry",
+    "LoadedModel": "vitviz.models",
+    "LocalBackend": "vitviz.backends.local",
+    "METHODS": "vitviz.methods",
+    "ModelError": "vitviz.errors",
+    "ModelInfo": "vitviz.results",
+    "OptionsError": "vitviz.errors",
+    "Prediction": "vitviz.results",
+    "RemoteBackend": "vitviz.backends.remote",
+    "STATISTICS": "vitviz.methods",
+    "TokenLayout": "vitviz.layout",
+    "VitvizError": "vitviz.errors",
+    "WeightsError": "vitviz.errors",
+    "attention_entropy": "vitviz.methods",
+    "attention_gradients": "vitviz.gradients",
+    "attention_relevance": "vitviz.gradients",
+    "capture": "vitviz.capture",
+    "class_relevance": "vitviz.methods",
+    "compute_map": "vitviz.methods",
+    "compute_row": "vitviz.methods",
+    "decode_image": "vitviz.images",
+    "forward_with_attention": "vitviz.capture",
+    "load_image_file": "vitviz.images",
+    "load_model": "vitviz.models",
+    "mean_attention_distance": "vitviz.methods",
+    "resolve_class": "vitviz.classes",
+    "rollout_matrix": "vitviz.methods",
+    "threshold_mask": "vitviz.methods",
+    "tune_allocator": "vitviz.runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name's module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitviz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

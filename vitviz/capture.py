@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,9 +24,6 @@ from torch import nn
 
 from vitviz.errors import ModelError
 from vitviz.layout import TokenLayout
-
-if TYPE_CHECKING:
-    from vitviz.models import LoadedModel
 
 _SINK: contextvars.ContextVar[_Sink | None] = contextvars.ContextVar(
     "vitviz_attention_sink", default=None
@@ -72,14 +69,44 @@ def _collect(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         sink.add(output)
 
 
-def prepare(model: nn.Module) -> None:
-    """Make ``model`` capturable (idempotent): unfused attention and one hook per block."""
+class Capturable(Protocol):
+    """What capture needs of a loaded model (:class:`vitviz.models.LoadedModel` has it)."""
+
+    model: nn.Module
+    device: torch.device
+    precision: str
+    hook: str
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the model outputs class logits."""
+        ...
+
+    def layout(self, input_hw: tuple[int, int]) -> TokenLayout:
+        """The token layout for an input of ``(height, width)`` pixels."""
+        ...
+
+    def to_tensor(self, seen: Image.Image) -> torch.Tensor:
+        """The normalized ``[3, H, W]`` tensor of a model input."""
+        ...
+
+    def seen_image(self, image: Image.Image) -> Image.Image:
+        """The image resized and cropped as the model sees it."""
+        ...
+
+
+def prepare(model: nn.Module, hook: str = "attn.attn_drop") -> None:
+    """Make ``model`` capturable (idempotent): unfused attention and one hook per block.
+
+    ``hook`` is the path, inside each block, of the module whose output is the softmax
+    probabilities (the family's hook point, :data:`vitviz.models.FAMILIES`).
+    """
     if getattr(model, _PREPARED, None):
         return
     handles = []
     for blk in model.blocks:
         blk.attn.fused_attn = False
-        handles.append(blk.attn.attn_drop.register_forward_hook(_collect))
+        handles.append(blk.get_submodule(hook).register_forward_hook(_collect))
     setattr(model, _PREPARED, handles)
 
 
@@ -112,9 +139,13 @@ def autocast_for(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def _run(
-    model: nn.Module, x: torch.Tensor, precision: str, dtype: torch.dtype | None
+    model: nn.Module,
+    x: torch.Tensor,
+    precision: str,
+    dtype: torch.dtype | None,
+    hook: str = "attn.attn_drop",
 ) -> tuple[torch.Tensor, _Sink]:
-    prepare(model)
+    prepare(model, hook)
     sink = _Sink(len(model.blocks), int(model.blocks[0].attn.num_heads), dtype)
     token = _SINK.set(sink)
     try:
@@ -131,19 +162,19 @@ def _run(
 
 
 def forward_with_attention(
-    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32"
+    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32", hook: str = "attn.attn_drop"
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run ``model(x)`` once; return its output and each block's ``[B, H, N, N]`` attention.
 
     The attention tensors are the ones the model used, so gradients flow to them when the
     caller enables grad mode (class-specific methods need that).
     """
-    out, sink = _run(model, x, precision, None)
+    out, sink = _run(model, x, precision, None, hook)
     return out, sink.layers
 
 
 def capture_tensor(
-    loaded: LoadedModel, x: torch.Tensor, *, attn_dtype: torch.dtype = torch.float32
+    loaded: Capturable, x: torch.Tensor, *, attn_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor | None, torch.Tensor, TokenLayout]:
     """Capture a preprocessed batch ``x [B, 3, H, W]`` in inference mode.
 
@@ -153,7 +184,9 @@ def capture_tensor(
     """
     layout = loaded.layout((int(x.shape[-2]), int(x.shape[-1])))
     with torch.inference_mode():
-        out, sink = _run(loaded.model, x.to(loaded.device), loaded.precision, attn_dtype)
+        out, sink = _run(
+            loaded.model, x.to(loaded.device), loaded.precision, attn_dtype, loaded.hook
+        )
     attention = sink.buffer
     if attention is None or attention.shape[-1] != layout.num_tokens:
         raise ModelError(
@@ -165,7 +198,7 @@ def capture_tensor(
 
 
 def capture(
-    loaded: LoadedModel,
+    loaded: Capturable,
     images: Sequence[Image.Image],
     *,
     attn_dtype: torch.dtype = torch.float32,
@@ -175,7 +208,7 @@ def capture(
 
 
 def capture_seen(
-    loaded: LoadedModel,
+    loaded: Capturable,
     seen: Sequence[Image.Image],
     *,
     attn_dtype: torch.dtype = torch.float32,

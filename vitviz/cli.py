@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from vitviz import methods, render
-from vitviz.backend import resolve_class
+from vitviz.classes import resolve_class
 from vitviz.errors import OptionsError, ServerError, VitvizError
+from vitviz.results import ModelInfo
 from vitviz.runtime import tune_allocator
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -169,8 +170,8 @@ def _check_before_ray(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server until interrupted."""
     try:
-        from vitviz.serve import run_server
-        from vitviz.service import LOOPBACK_HOSTS
+        from vitviz.server.serve import run_server
+        from vitviz.server.service import LOOPBACK_HOSTS
     except ImportError as err:
         raise OptionsError(
             f"serving needs Ray Serve ({err.name} is missing): "
@@ -218,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _backend(args: argparse.Namespace) -> Any:
     """The in-process engine, or a client of ``--server``."""
     if args.server:
-        from vitviz.remote import RemoteBackend
+        from vitviz.backends.remote import RemoteBackend
 
         if args.weights or args.random_weights or args.keep_aspect:
             raise OptionsError(
@@ -226,14 +227,14 @@ def _backend(args: argparse.Namespace) -> Any:
                 "start the server with them"
             )
         remote = RemoteBackend(args.server, token=args.token, batch_size=args.batch_size)
-        served = remote.info()["name"]
+        served = remote.info().name
         if args.model and args.model != served:
             raise OptionsError(
                 f"the server at {args.server} serves {served!r}, not {args.model!r}; "
                 "leave out --model or start a server with that model"
             )
         return remote
-    from vitviz.backend import LocalBackend
+    from vitviz.backends.local import LocalBackend
 
     return LocalBackend.from_name(
         args.model or "vit-b16",
@@ -262,13 +263,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = _output_folder(args.out)
     backend = _backend(args)
     info = backend.info()
-    methods.check_options(options, info["layers"], info["heads"])
+    methods.check_options(options, info.layers, info.heads)
     spec = methods.METHODS[args.method]
     target = None
     if spec.needs_gradients:
-        if not info["classes"]:
+        if not info.classes:
             raise OptionsError(
-                f"--method {args.method} explains a class, but {info['name']} has no classifier"
+                f"--method {args.method} explains a class, but {info.name} has no classifier"
             )
         if args.target_class is not None:
             target = resolve_class(args.target_class, backend.labels or [])
@@ -276,11 +277,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise OptionsError(
             "--class applies to the class-specific methods (chefer, grad-rollout, attn-grad)"
         )
-    warning = info["weights"]["warning"]
+    warning = info.weights.warning
     if warning:
         print(_banner(warning), file=sys.stderr)
-    if info["weights"]["note"]:
-        print(f"note: {info['weights']['note']}", file=sys.stderr)
+    if info.weights.note:
+        print(f"note: {info.weights.note}", file=sys.stderr)
     failed, outputs = 0, _Outputs(args, options, info, out, target)
     bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)
     pending: list[tuple[Path, Any]] = []
@@ -313,7 +314,7 @@ class _Outputs:
 
     args: argparse.Namespace
     options: dict[str, Any]
-    info: dict[str, Any]
+    info: ModelInfo
     out: Path
     target: int | None = None  # class of the class-specific methods (None: top prediction)
     used: set[str] = field(default_factory=set)
@@ -325,7 +326,7 @@ class _Outputs:
         images = [d.image for _, d in batch]
         spec = methods.METHODS[self.args.method]
         if spec.needs_gradients:
-            layers = spec.gradient_layers(self.options, self.info["layers"])
+            layers = spec.gradient_layers(self.options, self.info.layers)
             classed = backend.explain_classes(
                 images,
                 [[self.target]] * len(images),
@@ -360,7 +361,7 @@ class _Outputs:
         png = render.overlay(
             res.image, value_map, alpha=a.alpha, colormap=a.colormap, smooth=a.smooth
         )
-        if self.info["weights"]["warning"]:
+        if self.info.weights.warning:
             png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
         (self.out / f"{stem}.png").write_bytes(render.to_png(png))
         npz: dict[str, np.ndarray] = {
@@ -375,7 +376,7 @@ class _Outputs:
         np.savez_compressed(self.out / f"{stem}.npz", **npz)
         record = {
             "image": str(path),
-            "model": self.info,
+            "model": self.info.to_dict(),
             "method": self.args.method,
             "options": self.options,
             "explained_class": None

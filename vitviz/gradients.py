@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from vitviz.capture import forward_with_attention
+from vitviz.capture import Capturable, forward_with_attention
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.methods import relevance_parts
-from vitviz.models import LoadedModel
 from vitviz.results import ClassRelevance
+
+
+class Classifier(Capturable, Protocol):
+    """A capturable model with class names (:class:`vitviz.models.LoadedModel`)."""
+
+    labels: list[str] | None
 
 
 @dataclass
@@ -45,7 +51,7 @@ class ClassGradients:
 
 
 def attention_gradients(
-    loaded: LoadedModel,
+    loaded: Classifier,
     x: torch.Tensor,
     classes: Sequence[Sequence[int | None]],
     *,
@@ -71,7 +77,7 @@ def attention_gradients(
 
 
 def attention_relevance(
-    loaded: LoadedModel,
+    loaded: Classifier,
     x: torch.Tensor,
     classes: Sequence[Sequence[int | None]],
     *,
@@ -110,7 +116,7 @@ def attention_relevance(
     relevance: list[list[ClassRelevance]] = [[] for _ in range(b)]
     grads = None
     with torch.inference_mode(False), torch.enable_grad():
-        out, attn = forward_with_attention(model, x, precision=loaded.precision)
+        out, attn = forward_with_attention(model, x, precision=loaded.precision, hook=loaded.hook)
         logits = out.float()
         attention = torch.stack([a.detach().float() for a in attn], dim=1)
         if attention.shape[-1] != layout.num_tokens:

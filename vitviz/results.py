@@ -1,9 +1,18 @@
-"""Result types that cross boundaries (engine → page, server → client), numpy only.
+"""Result types that cross every boundary (engine → page, server → client), numpy only.
 
-:class:`ClassRelevance` is what the class-specific methods read of one class's attention
-gradients ``G = ∂y_c/∂A``. The full ``[L, H, N, N]`` gradient is H·N/… times larger than
-what the maps need (H/3 times: 4× for ViT-B/16's 12 heads), so the engine reduces it right
-after each backward pass and only this travels and is cached:
+Nothing here imports torch, timm or Streamlit, so the HTTP client, the wire format, the
+page's state and its downloads can use these types without loading a model library:
+
+* :class:`Prediction`, :class:`ImageExplanation`, :class:`ClassExplanation`: what a backend
+  returns for an image;
+* :class:`ClassRelevance`: what the class-specific methods read of one class's attention
+  gradients (see below);
+* :class:`WeightsInfo`, :class:`ModelInfo`: what a backend says about its model;
+* :class:`Anatomy`: the model's patch-embedding filters and position-embedding similarity.
+
+``ClassRelevance``: the full ``[L, H, N, N]`` gradient ``G = ∂y_c/∂A`` is H/3 times larger
+than what the maps need (4× for ViT-B/16's 12 heads), so the engine reduces it right after
+each backward pass and only this travels and is cached:
 
 * ``chefer``: the readout row of Chefer et al.'s relevance (the method has no options);
 * ``fused[f, l]``: ``fuse_f(A_l ⊙ G_l)⁺`` for each head fusion f (mean, max, min): what
@@ -11,18 +20,51 @@ after each backward pass and only this travels and is cached:
 * ``heads[l, h]``: the readout row of ``(A_l^h ⊙ G_l^h)⁺`` (attention × gradient, one head);
 * ``fused_rows[f, l]``: the readout row of ``fuse_f((A_l ⊙ G_l)⁺)`` (attention × gradient,
   heads fused after the clamp).
-
-For ViT-B/16 that is 5.7 MB per class in float32 instead of 22 MB.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
+from vitviz.layout import TokenLayout
+
 FUSION_ORDER: tuple[str, ...] = ("mean", "max", "min")
 """The order of the fusion axis of :attr:`ClassRelevance.fused` and ``fused_rows``."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class prediction."""
+
+    index: int
+    label: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"index": self.index, "label": self.label, "probability": self.probability}
+
+
+@dataclass
+class ImageExplanation:
+    """Everything one image's forward pass gives.
+
+    Attributes:
+        image: RGB uint8 ``H×W×3``, exactly the pixels the model saw.
+        layout: token layout of this input.
+        attention: ``[L, H, N, N]`` attention probabilities (float32, rows sum to 1).
+        logits: ``[C]`` pre-softmax scores, or None without a classifier.
+        predictions: top-k classes (empty without a classifier).
+    """
+
+    image: np.ndarray
+    layout: TokenLayout
+    attention: np.ndarray
+    logits: np.ndarray | None
+    predictions: list[Prediction] = field(default_factory=list)
 
 
 @dataclass
@@ -75,3 +117,161 @@ class ClassRelevance:
                 self.fused_rows.dtype
             ),
         )
+
+
+@dataclass
+class ClassExplanation:
+    """An explanation plus what the class-specific methods need for some of its classes.
+
+    Attributes:
+        explanation: predictions, layout, image and attention of the same forward pass.
+        classes: the class indices explained, in order.
+        labels: their names.
+        relevance: one :class:`ClassRelevance` per class: the parts of ``∂y_c/∂A`` the maps
+            read (pass it as ``grads`` to any class-specific method).
+        gradients: ``[K, L, H, N, N]`` float32 ``∂y_c/∂A`` for each class (pre-softmax logit;
+            layers not asked for are 0), only when asked for (``full_gradients=True``):
+            about H/3 times the size of the relevance (4× for 12 heads).
+    """
+
+    explanation: ImageExplanation
+    classes: list[int]
+    labels: list[str]
+    relevance: list[ClassRelevance]
+    gradients: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from.
+
+    Attributes:
+        source: ``file``, ``cache``, ``hub``, ``random`` or ``bundled``.
+        location: the file, cache file or hub address.
+        warning: shown in large letters (random weights).
+        note: shown beside the model (the demo model's limits).
+    """
+
+    source: str
+    location: str
+    warning: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "source": self.source,
+            "location": self.location,
+            "warning": self.warning,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeightsInfo:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            str(data.get("source", "")),
+            str(data.get("location") or ""),
+            data.get("warning"),
+            data.get("note"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend says about its model (the ``/v1/model`` description, typed).
+
+    Attributes:
+        name: curated key or timm name the model was asked for by.
+        title: the name shown to people.
+        timm_name: ``architecture.tag`` of the timm model.
+        weights: where its weights came from.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        device_name: the GPU's name, ``Apple GPU (MPS)`` or ``CPU``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        layers: transformer blocks.
+        heads: attention heads per block.
+        classes: classifier outputs (0 for a backbone).
+        keep_aspect: the model takes non-square input.
+        patch_size: input pixels per token along (y, x).
+        input_config: the model's preprocessing (``input_size``, ``interpolation``, ``mean``,
+            ``std``, ``crop_pct``, ``crop_mode``).
+        backend: ``in-process`` or the server's URL.
+    """
+
+    name: str
+    title: str
+    timm_name: str
+    weights: WeightsInfo
+    device: str
+    device_name: str
+    precision: str
+    layers: int
+    heads: int
+    classes: int
+    keep_aspect: bool
+    patch_size: tuple[int, int]
+    input_config: dict[str, Any]
+    backend: str = "in-process"
+
+    @property
+    def device_label(self) -> str:
+        """The device in words: ``GPU: <name> (<precision>)``, ``Apple GPU (MPS)`` or ``CPU``."""
+        if self.device.startswith("cuda"):
+            return f"GPU: {self.device_name} ({self.precision})"
+        return self.device_name
+
+    @property
+    def remote(self) -> bool:
+        """Whether a server runs the model."""
+        return self.backend != "in-process"
+
+    def with_(self, **changes: Any) -> ModelInfo:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (lists for tuples)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["weights"] = self.weights.to_dict()
+        out["patch_size"] = list(self.patch_size)
+        out["input_config"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.input_config.items()
+        }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """The inverse of :meth:`to_dict`; keys it does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["weights"] = WeightsInfo.from_dict(dict(data.get("weights") or {}))
+        values["patch_size"] = tuple(int(x) for x in data["patch_size"])
+        values["input_config"] = dict(data.get("input_config") or {})
+        for name in ("layers", "heads", "classes"):
+            values[name] = int(values[name])
+        values["keep_aspect"] = bool(values.get("keep_aspect", False))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Facts about one model that do not depend on the image.
+
+    Attributes:
+        width: embedding width D.
+        patch_size: (height, width) of a patch in input pixels.
+        filters: ``[k, ph, pw, 3]`` uint8 principal components of the patch embedding, or
+            None when patches are embedded through a CNN (hybrid models).
+        filter_variance: share of the weights' variance each component explains.
+        position_similarity: ``[gh·gw, gh, gw]`` cosine similarity of every patch's position
+            embedding with all others, or None when the model has no learned positions.
+        position_grid: the grid the position embeddings were learned for.
+    """
+
+    width: int
+    patch_size: tuple[int, int]
+    filters: np.ndarray | None
+    filter_variance: np.ndarray | None
+    position_similarity: np.ndarray | None
+    position_grid: tuple[int, int] | None

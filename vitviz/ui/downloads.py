@@ -9,23 +9,23 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from vitviz.backend import ImageExplanation
+from vitviz.results import ImageExplanation, ModelInfo, WeightsInfo
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def display_location(weights: dict[str, Any]) -> str:
+def display_location(weights: WeightsInfo) -> str:
     """Where weights came from, without the machine's directories.
 
     Files inside the project are shown relative to it, other files by name; the hub by URL.
     """
-    where = str(weights.get("location") or "")
-    if not where or weights.get("source") not in ("file", "bundled", "cache"):
+    where = weights.location
+    if not where or weights.source not in ("file", "bundled", "cache"):
         return where
     path = Path(where).resolve()
     try:
@@ -34,12 +34,9 @@ def display_location(weights: dict[str, Any]) -> str:
         return path.name
 
 
-def public_info(info: dict[str, Any]) -> dict[str, Any]:
+def public_info(info: ModelInfo) -> ModelInfo:
     """A model description fit to show or hand out (see :func:`display_location`)."""
-    weights = dict(info.get("weights") or {})
-    if weights:
-        weights["location"] = display_location(weights)
-    return {**info, "weights": weights}
+    return info.with_(weights=replace(info.weights, location=display_location(info.weights)))
 
 
 def safe_stem(name: str) -> str:
@@ -48,7 +45,7 @@ def safe_stem(name: str) -> str:
     return stem[:60] or "image"
 
 
-def attention_npz(expl: ImageExplanation, info: dict[str, Any], image_name: str) -> bytes:
+def attention_npz(expl: ImageExplanation, info: ModelInfo, image_name: str) -> bytes:
     """All arrays of one explanation as ``.npz``.
 
     Keys: ``attention`` ``[L, H, N, N]`` float32, ``image`` (the pixels the model saw),
@@ -59,7 +56,7 @@ def attention_npz(expl: ImageExplanation, info: dict[str, Any], image_name: str)
         "attention": np.asarray(expl.attention, np.float32),
         "image": expl.image,
         "layout": np.array(json.dumps(expl.layout.to_dict())),
-        "model": np.array(json.dumps(public_info(info))),
+        "model": np.array(json.dumps(public_info(info).to_dict())),
         "image_name": np.array(image_name),
     }
     if expl.logits is not None:
@@ -69,15 +66,15 @@ def attention_npz(expl: ImageExplanation, info: dict[str, Any], image_name: str)
     return buf.getvalue()
 
 
-def predictions_json(expl: ImageExplanation, info: dict[str, Any], image_name: str) -> str:
+def predictions_json(expl: ImageExplanation, info: ModelInfo, image_name: str) -> str:
     """The top predictions with the model and weights they came from."""
     info = public_info(info)
     return json.dumps(
         {
             "image": image_name,
-            "model": info.get("name"),
-            "timm_name": info.get("timm_name"),
-            "weights": info.get("weights"),
+            "model": info.name,
+            "timm_name": info.timm_name,
+            "weights": info.weights.to_dict(),
             "predictions": [p.to_dict() for p in expl.predictions],
         },
         indent=2,

@@ -23,10 +23,9 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vitviz.backend import ImageExplanation
 from vitviz.cache import ByteLRU
 from vitviz.errors import OptionsError
-from vitviz.results import ClassRelevance
+from vitviz.results import ClassRelevance, ImageExplanation
 
 MB = 2**20
 

@@ -1,4 +1,4 @@
-"""``RemoteBackend``: the :class:`vitviz.backend.Backend` protocol over HTTP to a vitviz server.
+"""``RemoteBackend``: the :class:`vitviz.backends.Backend` protocol over HTTP to a vitviz server.
 
 The client resizes and crops each image itself with the geometry the server reports (the same
 code the server would run), sends the model's input as a PNG and asks for the full attention
@@ -21,12 +21,11 @@ import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
-from vitviz import wire
-from vitviz.backend import ClassExplanation, ImageExplanation, Prediction
 from vitviz.errors import ImageError, OptionsError, ServerError
+from vitviz.geometry import InputGeometry
 from vitviz.layout import TokenLayout
-from vitviz.models import InputGeometry
-from vitviz.ui.anatomy import Anatomy
+from vitviz.results import Anatomy, ClassExplanation, ImageExplanation, ModelInfo, Prediction
+from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
 API_VERSION = 2  # 2: class answers carry the classes' relevance, not their full gradients
@@ -86,14 +85,23 @@ class RemoteBackend:
                 f"the server at {url} speaks API version {self._info.get('api_version')}, "
                 f"this client version {API_VERSION}; use matching vitviz versions"
             )
-        self.geometry = InputGeometry.from_info(self._info)
+        try:
+            self._model = ModelInfo.from_dict({**self._info, "backend": self.url})
+        except (KeyError, TypeError, ValueError):
+            self._http.close()
+            raise ServerError(f"{url} describes its model in a way vitviz cannot read") from None
+        self._geometry = InputGeometry.from_info(self._model)
         self._anatomy: Anatomy | None = None
 
     # -- protocol --------------------------------------------------------------------------
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """The server's model description, with ``backend`` set to the URL."""
-        skip = ("labels", "methods", "limits", "api_version")
-        return {**{k: v for k, v in self._info.items() if k not in skip}, "backend": self.url}
+        return self._model
+
+    @property
+    def geometry(self) -> InputGeometry:
+        """The served model's resize and crop (applied here before sending)."""
+        return self._geometry
 
     @property
     def limits(self) -> dict[str, Any]:

@@ -21,10 +21,13 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from vitviz import images, methods, wire
-from vitviz.backend import ClassExplanation, ImageExplanation, LocalBackend, resolve_class
+from vitviz import images, methods
+from vitviz.backends.local import LocalBackend
+from vitviz.classes import resolve_class
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.images import decode_image
+from vitviz.results import ClassExplanation, ImageExplanation
+from vitviz.server import wire
 
 API_VERSION = 2  # 2: class answers carry each class's relevance; full gradients on request
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -225,9 +228,8 @@ class Engine:
                 batch_size=settings.max_batch_size,
             )
         self.backend = backend
-        self._info = backend.info()
-        self.info_ = _Shape(self._info["layers"], self._info["heads"], self._info["classes"])
-        self.name: str = self._info["name"]
+        self.model = backend.info()
+        self.name: str = self.model.name
         self._lock = threading.Lock()  # one forward at a time per replica
         self.batches = self.jobs = self.largest_batch = 0
 
@@ -237,11 +239,10 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """Model description, API version, methods and limits (the ``/v1/model`` body)."""
-        info = {k: v for k, v in self._info.items() if k != "backend"}
-        weights = dict(info["weights"])
-        if weights.get("location"):  # the file's name, never the server's directories
-            weights["location"] = Path(str(weights["location"])).name
-        info["weights"] = weights
+        info = self.model.to_dict()
+        info.pop("backend")
+        if info["weights"]["location"]:  # the file's name, never the server's directories
+            info["weights"]["location"] = Path(str(info["weights"]["location"])).name
         return {
             "api_version": API_VERSION,
             **info,
@@ -299,7 +300,7 @@ class Engine:
         if len(body) > self.settings.max_upload_bytes:
             raise too_large(len(body), self.settings.max_upload_bytes)
         wanted = self._classes(classes)
-        num_layers = self.info_.layers
+        num_layers = self.model.layers
         for layer in layers:
             if not -num_layers <= layer < num_layers:
                 raise ApiError(
@@ -342,9 +343,9 @@ class Engine:
         """The size of ``job``'s answer, from the model's shape (before any work)."""
         w, h = job.image.size
         n = self.backend.loaded.layout((h, w)).num_tokens
-        num_layers, heads = self.info_.layers, self.info_.heads
+        num_layers, heads = self.model.layers, self.model.heads
         item = {"float32": 4, "float16": 2, "uint8": 1}[job.dtype]
-        size = w * h * 3 + 4 * (self.info_.classes + 2 * num_layers * heads + n) + 64 * 1024
+        size = w * h * 3 + 4 * (self.model.classes + 2 * num_layers * heads + n) + 64 * 1024
         size += {"full": n * n, "readout": n, "none": 0}[job.attention] * num_layers * heads * item
         k = len(job.classes)
         if k:
@@ -419,7 +420,7 @@ class Engine:
         return out
 
     def _class_pass(self, jobs: Sequence[Job]) -> list[ClassExplanation]:
-        num_layers = self.info_.layers
+        num_layers = self.model.layers
         layers = sorted({layer for j in jobs for layer in (j.layers or range(num_layers))})
         k = max(len(j.classes) for j in jobs)
         padded = [j.classes + [j.classes[-1]] * (k - len(j.classes)) for j in jobs]
@@ -453,7 +454,7 @@ class Engine:
         attn, layout = expl.attention, expl.layout
         header: dict[str, Any] = {
             "api_version": API_VERSION,
-            "model": self._info["name"],
+            "model": self.name,
             "predictions": [p.to_dict() for p in expl.predictions[: job.top_k]],
             "layout": layout.to_dict(),
             "input_size": list(expl.image.shape[:2]),
@@ -473,7 +474,7 @@ class Engine:
             readout = np.einsum("n,lhnm->lhm", layout.readout_weights(), attn)
             arrays |= wire.pack_array("readout", readout, job.dtype)
         if classed is not None:
-            layers = job.layers or list(range(self.info_.layers))
+            layers = job.layers or list(range(self.model.layers))
             header |= {
                 "classes": classed.classes,
                 "class_labels": classed.labels,
@@ -485,13 +486,6 @@ class Engine:
                 grads = classed.gradients[:, layers]
                 arrays |= wire.pack_array("gradients", grads, enc, scale_axes=2)
         return wire.encode(header, arrays)
-
-
-@dataclass(frozen=True)
-class _Shape:
-    layers: int
-    heads: int
-    classes: int
 
 
 def _class_chunks(jobs: Sequence[Job], budget: int) -> Iterator[list[int]]:

@@ -26,8 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from vitviz import wire
-from vitviz.service import (
+from vitviz.server import wire
+from vitviz.server.service import (
     API_VERSION,
     Admission,
     ApiError,
@@ -36,7 +36,7 @@ from vitviz.service import (
     Settings,
     check_token,
 )
-from vitviz.service import too_large as _too_large
+from vitviz.server.service import too_large as _too_large
 
 api = FastAPI(
     title="vitviz",

@@ -1,41 +1,18 @@
-"""What a ViT is made of, for the "How ViT sees this image" view.
+"""What a ViT is made of, computed from its weights alone (no image needed).
 
-Patch-embedding filters (principal components of the first layer's weights, as in the ViT
-paper's Fig. 7 left), the position-embedding similarity map (Fig. 7 centre) and a short
-summary of the architecture. All computed from the model's weights, no image needed.
+Patch-embedding filters: principal components of the first layer's weights (Dosovitskiy et
+al., ICLR 2021, Fig. 7 left); the position-embedding similarity map (Fig. 7 centre).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from vitviz.results import Anatomy
 
-@dataclass(frozen=True)
-class Anatomy:
-    """Facts about one model that do not depend on the image.
-
-    Attributes:
-        width: embedding width D.
-        patch_size: (height, width) of a patch in input pixels.
-        filters: ``[k, ph, pw, 3]`` uint8 principal components of the patch embedding, or
-            None when patches are embedded through a CNN (hybrid models).
-        filter_variance: share of the weights' variance each component explains.
-        position_similarity: ``[gh·gw, gh, gw]`` cosine similarity of every patch's position
-            embedding with all others, or None when the model has no learned positions.
-        position_grid: the grid the position embeddings were learned for.
-    """
-
-    width: int
-    patch_size: tuple[int, int]
-    filters: np.ndarray | None
-    filter_variance: np.ndarray | None
-    position_similarity: np.ndarray | None
-    position_grid: tuple[int, int] | None
+__all__ = ["Anatomy", "anatomy", "patch_filters", "position_similarity"]
 
 
 def patch_filters(model: nn.Module, count: int = 28) -> tuple[np.ndarray, np.ndarray] | None:
@@ -98,38 +75,3 @@ def anatomy(model: nn.Module) -> Anatomy:
         position_similarity=None if pos is None else pos[0],
         position_grid=None if pos is None else pos[1],
     )
-
-
-def pipeline_dot(info: dict[str, Any], layout: Any, width: int, top: str | None) -> str:
-    """Graphviz source of the encoder → readout → head diagram for one model and input."""
-    h, w = layout.image_size
-    ph, pw = layout.patch_size
-    n = layout.num_patches
-    prefix = ", ".join(f"[{k.upper()}]" for k in layout.prefix) or "no extra tokens"
-    readout = {
-        "cls": "the [CLS] token's output",
-        "cls+dist": "mean of the [CLS] and [DIST] heads",
-        "avg": "mean of all patch tokens",
-        "avg+prefix": "mean of all tokens",
-    }[layout.readout]
-    classes = int(info.get("classes") or 0)
-    head = f"Linear {width} → {classes} classes" if classes else "no classifier (backbone)"
-    steps = [
-        f"Input image\\n{h}×{w} px",
-        f"Cut into {layout.grid[0]}×{layout.grid[1]} = {n} patches\\nof {ph}×{pw} px",
-        f"Patch embedding\\neach patch → {width} numbers",
-        f"Add position embeddings\\nprepend {prefix}",
-        f"Encoder\\n{info.get('layers')} blocks × {info.get('heads')} attention heads",
-        f"Readout\\n{readout}",
-        f"Head\\n{head}",
-    ]
-    if top:
-        steps.append(f"Prediction\\n{top}")
-    lines = ["digraph G {", "rankdir=LR;", 'node [shape=box, style="rounded,filled"];']
-    lines += ['node [fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];']
-    for i, text in enumerate(steps):
-        label = text.replace('"', '\\"')
-        lines.append(f'n{i} [label="{label}"];')
-    lines += [f"n{i} -> n{i + 1};" for i in range(len(steps) - 1)]
-    lines.append("}")
-    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Class names given by people: an index, a name, or a unique part of a name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vitviz.errors import OptionsError
+
+
+def resolve_class(spec: str | int, labels: Sequence[str]) -> int:
+    """A class given as an index or a name (case-insensitive; a unique part of one works)."""
+    text = str(spec).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(labels):
+            raise OptionsError(f"class {index} does not exist: the model has {len(labels)}")
+        return index
+    low = text.lower()
+    exact = [i for i, name in enumerate(labels) if name.lower() == low]
+    if exact:
+        return exact[0]
+    partial = [i for i, name in enumerate(labels) if low in name.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if partial:
+        names = ", ".join(repr(labels[i]) for i in partial[:6])
+        raise OptionsError(f"class {text!r} matches several classes ({names}…): be more precise")
+    raise OptionsError(f"no class named {text!r}: give a class index or part of a class name")

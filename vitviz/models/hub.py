@@ -1,0 +1,172 @@
+"""The Hugging Face hub and cache, reached through timm's own pretrained loading.
+
+Without a network the hub is never waited on: an unreachable hub fails within seconds and
+says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+
+from vitviz.errors import WeightsError
+from vitviz.models.registry import CURATED, resolve_name
+from vitviz.results import WeightsInfo
+
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint in use (``HF_ENDPOINT`` or the default)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_offline() -> bool:
+    """Whether the user asked for offline mode (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return env in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
+
+
+_PROBES: dict[str, tuple[float, bool]] = {}  # url → (time, answer): one probe per 30 s
+PROBE_MEMORY_SECONDS = 30.0
+
+
+def hub_reachable(url: str | None = None, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether ``url`` (default: the hub) answers within ``timeout`` s; never hangs (DNS too).
+
+    The answer is remembered for 30 s, so a page that asks twice in a row waits once.
+    """
+    if hub_offline():
+        return False
+    target = url or hub_endpoint()
+    seen = _PROBES.get(target)
+    if seen is not None and time.monotonic() - seen[0] < PROBE_MEMORY_SECONDS:
+        return seen[1]
+    answer = _probe(target, timeout)
+    _PROBES[target] = (time.monotonic(), answer)
+    return answer
+
+
+def _probe(url: str, timeout: float) -> bool:
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(req, timeout=timeout).close()
+            result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # it answered
+        except Exception:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def cached_weights(timm_name: str) -> Path | None:
+    """Local file of a timm pretrained tag in the Hugging Face cache, if downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not repo:
+        return None
+    files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
+    files += ["model.safetensors", "pytorch_model.bin"]
+    for fname in files:
+        hit = try_to_load_from_cache(repo, fname)
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def download_location(timm_name: str) -> str | None:
+    """Where timm would download a tag's weights from (hub page or URL), or None if nowhere."""
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return None
+    return f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+
+
+def download_weights(
+    name: str, progress: Callable[[int, int | None], None] | None = None
+) -> Path | None:
+    """Download a model's hub weights into the Hugging Face cache, reporting progress.
+
+    ``progress(bytes_done, bytes_total)`` is called as the file arrives. Returns the cached
+    file, or None when the weights are not on the Hugging Face hub (timm then downloads
+    them itself from their URL, without progress). Raises WeightsError when it fails.
+    """
+    from huggingface_hub import hf_hub_download
+    from tqdm.auto import tqdm
+
+    _, timm_name, _ = resolve_name(name)
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not repo:
+        return None
+
+    class Reporter(tqdm):  # huggingface_hub drives it; we forward the byte counts
+        done = 0  # counted here: a disabled tqdm (HF_HUB_DISABLE_PROGRESS_BARS) keeps no n
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if progress is not None:
+                progress(self.done, int(self.total) if self.total else None)
+            return super().update(n)
+
+    errors = []
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, fname, tqdm_class=Reporter))
+        except Exception as e:  # any failure becomes one clear message
+            errors.append(f"{fname}: {str(e).strip().splitlines()[0][:200] if str(e) else e!r}")
+    raise WeightsError(f"could not download the weights of {timm_name}: {'; '.join(errors)}")
+
+
+def weights_plan(name: str) -> str:
+    """One line saying where a model's weights would come from now (no network used)."""
+    key, timm_name, _ = resolve_name(name)
+    spec = CURATED.get(key)
+    if spec is not None and spec.bundled is not None:
+        if spec.bundled.is_file():
+            return f"bundled with vitviz ({spec.bundled.name}, works offline)"
+        return "bundled weights missing: python -m vitviz.demo.train"
+    hit = cached_weights(timm_name)
+    if hit is not None:
+        return f"Hugging Face cache ({hit})"
+    where = download_location(timm_name)
+    if where is None:
+        return "no pretrained weights in timm: pass --weights FILE"
+    return f"download on first use from {where}"
+
+
+def _require_hub(timm_name: str, key: str) -> WeightsInfo:
+    where = download_location(timm_name)
+    if where is None:
+        raise WeightsError(
+            f"timm has no pretrained weights for {timm_name}: pass --weights FILE "
+            "(or --random-weights for an architecture test)"
+        )
+    if not hub_reachable(where):
+        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
+        raise WeightsError(
+            f"model {key}: the weights {timm_name} are not in the local cache and {why}. "
+            f"Connect to the internet and run again (they download once from {where}), "
+            "or pass --weights FILE with a local .safetensors/.pth file"
+        )
+    return WeightsInfo("hub", where)
