@@ -24,7 +24,7 @@ from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
 from vitviz.runtime import release_memory, tune_allocator
-from vitviz.ui import downloads, figures, pipeline
+from vitviz.ui import downloads, figures, pipeline, widgets
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.state import Entry, ExplanationCache, PageCaches, PageLimits, digest
 
@@ -43,7 +43,6 @@ SAMPLES = {k: v for k, v in SAMPLES.items() if (ASSETS / k).is_file()}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 VIEWS = ["How ViT sees this image", "Heads", "Rollout", "Patch explorer", "Head statistics"]
 OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
-FUSIONS = ["mean", "max", "min"]
 # widget values that must survive while their view is hidden
 PERSISTENT = (
     "model",
@@ -60,7 +59,6 @@ PERSISTENT = (
     "target_class",
     "class_method",
 )
-CLASS_METHODS = {"chefer": "Chefer et al. 2021", "grad-rollout": "gradient rollout"}
 
 tune_allocator()
 st.set_page_config(
@@ -331,11 +329,6 @@ def show_prefix(entry: Entry, row: np.ndarray, what: str, key: str) -> None:
 def head_options(num_heads: int) -> list[int | None]:
     """Head choices: all heads fused, or one."""
     return [None, *range(num_heads)]
-
-
-def head_label(h: int | None) -> str:
-    """A head choice in words."""
-    return "all heads (fused)" if h is None else f"head {h}"
 
 
 def class_picker(expl, labels: list[str], context: str) -> int:
@@ -626,12 +619,15 @@ with right:
     map_title = ""
 
     if view == "Rollout":
-        c1, c2, c3 = st.columns(3)
-        roll_fusion = c1.segmented_control("Head fusion", FUSIONS, key="roll_fusion")
-        discard = c2.slider("Discard ratio", 0.0, 0.95, step=0.05, key="discard")
-        start = c3.slider("Start layer", 0, layers - 1, key="start_layer")
-        opts = dict(fusion=roll_fusion or "mean", discard=discard, start_layer=start)
-        row = np.asarray(methods.rollout_row(attn, layout, **opts))
+        # the rollout's own options, drawn from the registry (keys kept for links and tests)
+        keys = {"fusion": "roll_fusion", "discard": "discard", "start_layer": "start_layer"}
+        sizes = dict(layers=layers, heads=heads, patches=layout.num_patches)
+        columns = st.columns(len(methods.METHODS["rollout"].options))
+        opts = {
+            o.name: widgets.option_widget(o, keys[o.name], where=col, **sizes)
+            for o, col in zip(methods.METHODS["rollout"].options, columns, strict=True)
+        }
+        row = np.asarray(methods.compute_row("rollout", attn, layout, **opts))
         values = row[layout.num_prefix :].reshape(layout.grid)
         t1, t2 = st.columns(2)
         show_mask = t1.toggle(
@@ -647,21 +643,23 @@ with right:
             k1, k2 = st.columns([2, 1])
             with k1:
                 cls = class_picker(expl, backend.labels, model_id + image_digest)
+            class_methods = {n: m.title for n, m in methods.METHODS.items() if m.needs_gradients}
             cm = k2.segmented_control(
-                "Method", list(CLASS_METHODS), format_func=CLASS_METHODS.get, key="class_method"
+                "Method", list(class_methods), format_func=class_methods.get, key="class_method"
             )
-            cm = cm or "chefer"
+            cm = cm if cm in class_methods else "chefer"
+            # options the rollout controls above already set are shared; others get widgets
+            copts = widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
             grads = class_relevance(
                 model_id, image_digest, backend, decoded.image, cls, top_classes
             )
-            copts = {} if cm == "chefer" else opts
             cvals = np.asarray(methods.compute_map(cm, attn, layout, grads=grads, **copts))
             c_map, c_cls = st.columns(2)
             with c_map:
                 st.caption("Rollout: where attention flows (the same for every class)")
                 show_map(entry, values, disp, key="rollout", value_name="rollout", height=340)
             with c_cls:
-                st.caption(f"Why “{backend.labels[cls]}”: {CLASS_METHODS[cm]}")
+                st.caption(f"Why “{backend.labels[cls]}”: {class_methods[cm]}")
                 download_map = show_map(
                     entry, cvals, disp, key="class-map", value_name="relevance", height=340
                 )
@@ -679,7 +677,9 @@ with right:
                 )
                 mopts = dict(source="attention" if src.startswith("last") else "rollout")
                 mopts |= dict(opts) if mopts["source"] == "rollout" else {"layer": -1}
-                mvals = np.asarray(methods.mask(attn, layout, threshold=thr, **mopts))
+                mvals = np.asarray(
+                    methods.compute_map("mask", attn, layout, threshold=thr, **mopts)
+                )
                 mask_disp = figures.Display(disp.colormap, 0.55, False, disp.grid)
                 show_map(entry, mvals, mask_disp, key="mask", value_name="in mask", height=300)
         else:
@@ -690,24 +690,26 @@ with right:
     elif view == "Heads":
         c1, c2, c3, c4 = st.columns([2, 1.3, 1.3, 1.3])
         layer = c1.slider("Layer", 0, layers - 1, key="layer")
-        head = c2.selectbox("Head", head_options(heads), format_func=head_label, key="head")
-        fusion = c3.segmented_control("Fusion", FUSIONS, key="fusion") or "mean"
+        head = c2.selectbox("Head", head_options(heads), format_func=widgets.head_label, key="head")
+        fusion = c3.segmented_control("Fusion", methods.FUSIONS, key="fusion") or "mean"
         c4.toggle("Why this class?", key="why_class", disabled=not expl.predictions)
         all_maps = entry.get(
             "readout_maps",
             lambda: np.stack(
                 [
-                    np.asarray(methods.attention_map(attn, layout, layer=li, head=hi))
+                    np.asarray(methods.compute_map("attention", attn, layout, layer=li, head=hi))
                     for li in range(layers)
                     for hi in range(heads)
                 ]
             ).reshape(layers, heads, *layout.grid),
         )
-        row = np.asarray(methods.attention_row(attn, layout, layer=layer, head=head, fusion=fusion))
+        row = np.asarray(
+            methods.compute_row("attention", attn, layout, layer=layer, head=head, fusion=fusion)
+        )
         values = row[layout.num_prefix :].reshape(layout.grid)
         big, grid_col = st.columns([1, 1])
         with big:
-            st.caption(f"Layer {layer}, {head_label(head)}: what the readout attends to")
+            st.caption(f"Layer {layer}, {widgets.head_label(head)}: what the readout attends to")
             download_map = show_map(
                 entry, values, disp, key="head-map", value_name="attention", height=360
             )
@@ -720,7 +722,15 @@ with right:
                     model_id, image_digest, backend, decoded.image, cls, top_classes
                 )
                 gvals = np.asarray(
-                    methods.attn_grad(attn, grads, layout, layer=layer, head=head, fusion=fusion)
+                    methods.compute_map(
+                        "attn-grad",
+                        attn,
+                        layout,
+                        grads=grads,
+                        layer=layer,
+                        head=head,
+                        fusion=fusion,
+                    )
                 )
                 st.caption(f"Why “{backend.labels[cls]}”: attention × gradient of this head")
                 show_map(
@@ -787,9 +797,9 @@ with right:
         rolled = c4.toggle("Rolled out", key="rolled", help="Follow attention through all layers")
         layer = c1.slider("Layer", 0, layers - 1, key="layer", disabled=rolled)
         head = c2.selectbox(
-            "Head", head_options(heads), format_func=head_label, key="head", disabled=rolled
+            "Head", head_options(heads), format_func=widgets.head_label, key="head", disabled=rolled
         )
-        fusion = c3.segmented_control("Fusion", FUSIONS, key="fusion") or "mean"
+        fusion = c3.segmented_control("Fusion", methods.FUSIONS, key="fusion") or "mean"
         patch = int(st.session_state["patch"])
         r, c = divmod(patch, layout.grid[1])
         pick, result = st.columns(2)
@@ -808,10 +818,10 @@ with right:
         opts = dict(patch=patch, fusion=fusion, rolled=rolled)
         if not rolled:
             opts |= dict(layer=layer, head=head)
-        row = np.asarray(methods.query_row(attn, layout, **opts))
+        row = np.asarray(methods.compute_row("query", attn, layout, **opts))
         values = row[layout.num_prefix :].reshape(layout.grid)
         with result:
-            what = "rolled out" if rolled else f"layer {layer}, {head_label(head)}"
+            what = "rolled out" if rolled else f"layer {layer}, {widgets.head_label(head)}"
             st.caption(f"What patch {patch} attends to ({what})")
             download_map = show_map(
                 entry,

@@ -82,7 +82,9 @@ def test_offline_default_falls_back_to_demo_with_a_banner(demo_reference):
     assert top.label in bars[0].proto.text and f"{top.probability:.1%}" in bars[0].proto.text
     # the first screen's overlay is the rollout, value for value
     values = marker_data(chart(at, "rollout"))[:, 3]
-    expected = methods.rollout(demo_reference.attention, demo_reference.layout).ravel()
+    expected = methods.compute_map(
+        "rollout", demo_reference.attention, demo_reference.layout
+    ).ravel()
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-7)
     assert at.title or at.markdown  # a heading is shown
 
@@ -94,15 +96,20 @@ def test_rollout_controls_change_the_map(demo_reference):
     at.segmented_control(key="roll_fusion").set_value("max").run()
     ok(at)
     values = marker_data(chart(at, "rollout"))[:, 3]
-    exp = methods.rollout(
-        demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
+    exp = methods.compute_map(
+        "rollout",
+        demo_reference.attention,
+        demo_reference.layout,
+        fusion="max",
+        discard=0.5,
+        start_layer=2,
     )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-7)
-    plain = methods.rollout(demo_reference.attention, demo_reference.layout).ravel()
+    plain = methods.compute_map("rollout", demo_reference.attention, demo_reference.layout).ravel()
     assert not np.allclose(values, plain)
     # the class token's share is shown in its own strip
     strip = chart(at, "rollout-prefix")
-    row = methods.rollout_row(
+    row = methods.rollout(
         demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
     )
     np.testing.assert_allclose(plotly_array(strip["data"][0]["z"]).ravel(), row[:1], rtol=1e-5)
@@ -114,7 +121,9 @@ def test_dino_mask_keeps_the_smallest_set_holding_the_mass(demo_reference):
     toggles[0].set_value(True).run()
     ok(at)
     mask_vals = marker_data(chart(at, "mask"))[:, 3]
-    exp = methods.mask(demo_reference.attention, demo_reference.layout, threshold=0.6)
+    exp = methods.compute_map(
+        "mask", demo_reference.attention, demo_reference.layout, threshold=0.6
+    )
     np.testing.assert_array_equal(mask_vals, exp.ravel())
     assert 0 < mask_vals.sum() < mask_vals.size
 
@@ -126,7 +135,9 @@ def test_heads_view_shows_the_chosen_layer_and_head(demo_reference):
     at.selectbox(key="head").set_value(1).run()
     ok(at)
     values = marker_data(chart(at, "head-map"))[:, 3]
-    exp = methods.attention_map(demo_reference.attention, demo_reference.layout, layer=2, head=1)
+    exp = methods.compute_map(
+        "attention", demo_reference.attention, demo_reference.layout, layer=2, head=1
+    )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
     # the model view has one cell per (layer, head), the layer view one per head
     cells = marker_data(chart(at, "model-view"))
@@ -141,8 +152,13 @@ def test_heads_view_shows_the_chosen_layer_and_head(demo_reference):
     at.selectbox(key="head").set_value(None)
     at.segmented_control(key="fusion").set_value("max").run()
     values = marker_data(chart(at, "head-map"))[:, 3]
-    exp = methods.attention_map(
-        demo_reference.attention, demo_reference.layout, layer=2, head=None, fusion="max"
+    exp = methods.compute_map(
+        "attention",
+        demo_reference.attention,
+        demo_reference.layout,
+        layer=2,
+        head=None,
+        fusion="max",
     )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
 
@@ -154,12 +170,16 @@ def test_patch_explorer_follows_the_selected_patch(demo_reference):
     at.slider(key="layer").set_value(1).run()
     ok(at)
     values = marker_data(chart(at, "patch-map"))[:, 3]
-    exp = methods.query_map(demo_reference.attention, demo_reference.layout, patch=37, layer=1)
+    exp = methods.compute_map(
+        "query", demo_reference.attention, demo_reference.layout, patch=37, layer=1
+    )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
     assert any("patch 37 (row 2, column 9)" in c.value for c in at.caption)
     at.toggle(key="rolled").set_value(True).run()
     values = marker_data(chart(at, "patch-map"))[:, 3]
-    exp = methods.query_map(demo_reference.attention, demo_reference.layout, patch=37, rolled=True)
+    exp = methods.compute_map(
+        "query", demo_reference.attention, demo_reference.layout, patch=37, rolled=True
+    )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-5, atol=1e-8)
     # the picker has one clickable marker per patch
     assert marker_data(chart(at, "patch-picker")).shape[0] == demo_reference.layout.num_patches
@@ -255,8 +275,8 @@ def test_model_switch_to_a_weights_file(tmp_path):
     ok(at)
     assert at.slider(key="layer").max == 2  # three layers, clamped from the demo's six
     values = marker_data(chart(at, "head-map"))[:, 3]
-    exp = methods.attention_map(
-        expected.attention, expected.layout, layer=at.slider(key="layer").value
+    exp = methods.compute_map(
+        "attention", expected.attention, expected.layout, layer=at.slider(key="layer").value
     )
     np.testing.assert_allclose(values, exp.ravel(), rtol=1e-4, atol=1e-7)
 
@@ -308,7 +328,9 @@ def test_why_this_class_shows_rollout_and_the_class_map_side_by_side(demo_refere
     np.testing.assert_allclose(got, expected(top), rtol=1e-4, atol=1e-8)
     rollout = marker_data(chart(at, "rollout"))[:, 3]
     np.testing.assert_allclose(
-        rollout, methods.rollout(demo_reference.attention, demo_reference.layout).ravel(), rtol=1e-5
+        rollout,
+        methods.compute_map("rollout", demo_reference.attention, demo_reference.layout).ravel(),
+        rtol=1e-5,
     )
     # another class, another map; gradient rollout follows the rollout controls
     other = demo_reference.predictions[1].index
@@ -367,7 +389,9 @@ def test_gallery_buttons_switch_the_sample():
     expected = backend.explain([coffee])[0]
     values = marker_data(chart(at, "rollout"))[:, 3]
     np.testing.assert_allclose(
-        values, methods.rollout(expected.attention, expected.layout).ravel(), rtol=1e-5
+        values,
+        methods.compute_map("rollout", expected.attention, expected.layout).ravel(),
+        rtol=1e-5,
     )
 
 
@@ -402,3 +426,51 @@ def test_a_failing_backend_after_the_page_loaded_shows_an_error_not_a_traceback(
     assert not at.exception
     assert any("Could not compute the class map" in e.value for e in at.error)
     assert any("could not reach" in e.value for e in at.error)
+
+
+@pytest.fixture
+def toy_method():
+    """A class-specific method registered for one test: the chefer row raised to a power."""
+    from vitviz.methods import METHODS, Option, register
+
+    @register(
+        "toy",
+        "Toy relevance",
+        "Chefer's row to a power (a test of the registry)",
+        (Option("power", "number", 1.0, "exponent of the toy map", 0.5, 3.0, 0.5, label="Power"),),
+        needs_gradients=True,
+    )
+    def toy(attn, layout, *, grads, power=1.0):
+        return methods.chefer(attn, layout, grads=grads) ** power
+
+    yield toy
+    METHODS.pop("toy")
+
+
+def test_a_registered_method_appears_in_the_cli_and_the_page(toy_method, demo_reference, capsys):
+    from vitviz.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    help_text = capsys.readouterr().out
+    assert "toy: Toy relevance" in help_text and "--power POWER" in help_text
+    assert "exponent of the toy map (toy)" in help_text
+    at = start()
+    at.toggle(key="why_class").set_value(True).run()
+    picker = at.segmented_control(key="class_method")
+    assert "Toy relevance" in picker.options  # the title from the registry
+    picker.set_value("toy").run()
+    ok(at)
+    assert at.slider(key="toy-power").label == "Power"
+    at.slider(key="toy-power").set_value(2.0).run()
+    ok(at)
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = decode_image((ASSETS / "demo-scene-1.png").read_bytes(), "demo-scene-1.png").image
+    top = demo_reference.predictions[0].index
+    rel = backend.explain_classes([image], [[top]])[0].relevance[0]
+    want = methods.compute_map(
+        "toy", demo_reference.attention, demo_reference.layout, grads=rel, power=2.0
+    )
+    got = marker_data(chart(at, "class-map"))[:, 3]
+    np.testing.assert_allclose(got, want.ravel(), rtol=1e-4, atol=1e-9)
+    assert any("Toy relevance" in c.value for c in at.caption)

@@ -183,8 +183,8 @@ def test_cuda_capture_matches_cpu(cat_image, precision):
     assert b.attention.device.type == "cuda" and b.attention.dtype == torch.float32
     tol = 1e-4 if precision == "fp32" else 3e-2
     torch.testing.assert_close(b.attention.cpu(), a.attention, atol=tol, rtol=0)
-    ra = methods.rollout(a.attention, a.layout)
-    rb = methods.rollout(b.attention, b.layout)  # computed on the GPU
+    ra = methods.compute_map("rollout", a.attention, a.layout)
+    rb = methods.compute_map("rollout", b.attention, b.layout)  # computed on the GPU
     assert rb.device.type == "cuda"
     torch.testing.assert_close(rb.cpu(), ra, atol=tol, rtol=0)
 

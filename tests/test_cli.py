@@ -59,7 +59,7 @@ def test_explain_writes_png_json_npz(tmp_path, weights_file, capsys):
         np.testing.assert_allclose(
             stats["entropy"], methods.attention_entropy(attn, layout), atol=1e-4
         )
-        expected = methods.rollout(attn, layout, fusion="max", discard=0.3)
+        expected = methods.compute_map("rollout", attn, layout, fusion="max", discard=0.3)
         np.testing.assert_allclose(npz["map"], expected, rtol=1e-6)
         softmax = torch.from_numpy(npz["logits"]).softmax(-1)
         assert softmax[preds[0]["index"]].item() == pytest.approx(probs[0], rel=1e-5)
@@ -89,7 +89,7 @@ def test_each_method_by_name(tmp_path, weights_file):
             expected = methods.rollout_matrix(a, layout)[1 + 17, 1:]
             np.testing.assert_allclose(npz["map"].ravel(), expected, rtol=1e-5)
         else:
-            base = methods.attention_map(a, layout)
+            base = methods.compute_map("attention", a, layout)
             assert set(np.unique(npz["map"])) <= {0.0, 1.0}
             assert base[npz["map"] > 0].sum() >= 0.5 * base.sum()
 
@@ -207,9 +207,11 @@ def test_class_specific_methods(tmp_path, capsys):
         a, g = ref.explanation.attention, ref.gradients[0]
         layout = ref.explanation.layout
         if method == "chefer":
-            expected = methods.chefer(a, g, layout)
+            expected = methods.compute_map("chefer", a, layout, grads=g)
         elif method == "grad-rollout":
-            expected = methods.grad_rollout(a, g, layout, fusion="max", start_layer=1)
+            expected = methods.compute_map(
+                "grad-rollout", a, layout, grads=g, fusion="max", start_layer=1
+            )
         else:
             expected = np.clip(a[2, 1] * g[2, 1], 0, None)[0, 1:].reshape(14, 14)
         np.testing.assert_allclose(npz["map"], expected, rtol=1e-4, atol=1e-8)

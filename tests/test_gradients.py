@@ -98,9 +98,9 @@ def test_chefer_matches_a_hand_computation():
     grads = np.stack([np.stack([g1a, g1b]), np.stack([g2, g2])]).astype(float)
     # By hand: Ā1 = [[.25,.25,.5],0,0]; R1 = I + Ā1 = [[1.25,.25,.5],[0,1,0],[0,0,1]]
     # Ā2 = [[.2,.6,.2],[1,0,0],0]; row 0 of Ā2 R1 = [.25,.65,.3]; R2[0] = [1.5,.9,.8]
-    got = methods.chefer(attn, grads, layout)
+    got = methods.compute_map("chefer", attn, layout, grads=grads)
     np.testing.assert_allclose(got, [[0.9, 0.8]], atol=1e-12)
-    row = methods.chefer_row(attn, grads, layout)
+    row = methods.chefer(attn, layout, grads=grads)
     np.testing.assert_allclose(row, [1.5, 0.9, 0.8], atol=1e-12)
 
 
@@ -116,10 +116,14 @@ def test_chefer_readout_follows_the_layout():
     for layer in range(2):
         r = r + abar[layer] @ r
     np.testing.assert_allclose(
-        methods.chefer(attn, grads, distilled).ravel(), (r[0] + r[1])[2:] / 2, atol=1e-12
+        methods.compute_map("chefer", attn, distilled, grads=grads).ravel(),
+        (r[0] + r[1])[2:] / 2,
+        atol=1e-12,
     )
     np.testing.assert_allclose(
-        methods.chefer(attn, grads, pooled).ravel(), r[2:].mean(axis=0)[2:], atol=1e-12
+        methods.compute_map("chefer", attn, pooled, grads=grads).ravel(),
+        r[2:].mean(axis=0)[2:],
+        atol=1e-12,
     )
 
 
@@ -143,7 +147,7 @@ def test_grad_rollout_pairs_each_layer_with_its_own_gradient():
     layout = TokenLayout(("cls",), (2, 2), (16, 16), "cls")
     attn = rng.dirichlet(np.ones(5), size=(3, 2, 5))
     grads = rng.normal(size=attn.shape) * np.array([1.0, 5.0, -3.0])[:, None, None, None]
-    got = methods.grad_rollout(attn, grads, layout).ravel()
+    got = methods.compute_map("grad-rollout", attn, layout, grads=grads).ravel()
     right = _grad_rollout_reference(attn, grads, [0, 1, 2])
     reversed_ = _grad_rollout_reference(attn, grads, [2, 1, 0])  # vit-explain's pairing
     np.testing.assert_allclose(got, right, atol=1e-12)
@@ -155,7 +159,7 @@ def test_grad_rollout_on_a_real_model_uses_its_own_layer_gradients():
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     _, attn, grads, layout, _ = attention_gradients(loaded, x, [[2]])
     a, g = attn[0].numpy(), grads[0, 0].numpy()
-    got = methods.grad_rollout(a, g, layout).ravel()
+    got = methods.compute_map("grad-rollout", a, layout, grads=g).ravel()
     np.testing.assert_allclose(got, _grad_rollout_reference(a, g, [0, 1]), rtol=1e-5, atol=1e-9)
 
 
@@ -164,9 +168,11 @@ def test_attn_grad_is_the_readout_row_of_the_clamped_product():
     layout = TokenLayout(("cls",), (2, 2), (16, 16), "cls")
     attn = rng.dirichlet(np.ones(5), size=(3, 2, 5))
     grads = rng.normal(size=attn.shape)
-    got = methods.attn_grad(attn, grads, layout, layer=1, head=1).ravel()
+    got = methods.compute_map("attn-grad", attn, layout, grads=grads, layer=1, head=1).ravel()
     np.testing.assert_allclose(got, np.clip(attn[1, 1] * grads[1, 1], 0, None)[0, 1:])
-    fused = methods.attn_grad(attn, grads, layout, layer=1, fusion="max").ravel()
+    fused = methods.compute_map(
+        "attn-grad", attn, layout, grads=grads, layer=1, fusion="max"
+    ).ravel()
     np.testing.assert_allclose(fused, np.clip(attn[1] * grads[1], 0, None).max(axis=0)[0, 1:])
     assert methods.METHODS["attn-grad"].gradient_layers({"layer": -2}, 3) == [1]
     assert methods.METHODS["grad-rollout"].gradient_layers({"start_layer": 1}, 3) == [1, 2]
@@ -198,8 +204,8 @@ def test_every_layout_gets_finite_class_maps(name, kwargs, cat_image):
             full = methods.compute_map(method, expl.attention, expl.layout, grads=res.gradients[k])
             np.testing.assert_allclose(m, full, rtol=1e-5, atol=1e-7 * np.abs(full).max())
     # the two classes give two different maps
-    a = methods.chefer(expl.attention, res.relevance[0], expl.layout)
-    b = methods.chefer(expl.attention, res.relevance[1], expl.layout)
+    a = methods.compute_map("chefer", expl.attention, expl.layout, grads=res.relevance[0])
+    b = methods.compute_map("chefer", expl.attention, expl.layout, grads=res.relevance[1])
     assert not np.allclose(a, b)
 
 
@@ -215,7 +221,10 @@ def test_class_maps_find_each_class_on_demo_two_object_scenes():
     wins = 0
     for scene, res in zip(scenes, results, strict=True):
         expl = res.explanation
-        maps = [methods.chefer(expl.attention, res.relevance[k], expl.layout) for k in range(2)]
+        maps = [
+            methods.compute_map("chefer", expl.attention, expl.layout, grads=res.relevance[k])
+            for k in range(2)
+        ]
         assert not np.allclose(maps[0], maps[1])
         for k in range(2):
             wins += metrics.right_object_wins(maps[k], scene.masks[k], scene.masks[1 - k])
@@ -264,7 +273,7 @@ def test_class_relevance_gives_every_class_map_the_full_gradients_give(name):
         got = methods.compute_map(method, attn, layout, grads=rel, **opts)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     # tensors in, tensors out, as with full gradients
-    t = methods.grad_rollout(torch.from_numpy(attn), rel, layout, fusion="max")
+    t = methods.compute_map("grad-rollout", torch.from_numpy(attn), layout, grads=rel, fusion="max")
     assert isinstance(t, torch.Tensor) and t.shape == layout.grid
 
 
@@ -280,19 +289,26 @@ def test_relevance_of_some_layers_says_which_maps_it_cannot_make():
     attn, grads = random_case(layout)
     partial = methods.class_relevance(attn, grads, layout).only([2, 3])
     assert partial.layers == (2, 3) and partial.chefer is None
-    want = methods.grad_rollout(attn, grads, layout, start_layer=2)
+    want = methods.compute_map("grad-rollout", attn, layout, grads=grads, start_layer=2)
     np.testing.assert_allclose(
-        methods.grad_rollout(attn, partial, layout, start_layer=2), want, rtol=1e-5
+        methods.compute_map("grad-rollout", attn, layout, grads=partial, start_layer=2),
+        want,
+        rtol=1e-5,
     )
     with pytest.raises(OptionsError, match="were not computed"):
-        methods.chefer(attn, partial, layout)
+        methods.compute_map("chefer", attn, layout, grads=partial)
     with pytest.raises(OptionsError, match="were not computed"):
-        methods.grad_rollout(attn, partial, layout, start_layer=1)
+        methods.compute_map("grad-rollout", attn, layout, grads=partial, start_layer=1)
     with pytest.raises(OptionsError, match="were not computed"):
-        methods.attn_grad(attn, partial, layout, layer=0)
+        methods.compute_map("attn-grad", attn, layout, grads=partial, layer=0)
     other = LAYOUTS["cls+dist"]
     with pytest.raises(OptionsError, match="different runs"):
-        methods.chefer(random_case(other)[0], methods.class_relevance(attn, grads, layout), other)
+        methods.compute_map(
+            "chefer",
+            random_case(other)[0],
+            other,
+            grads=methods.class_relevance(attn, grads, layout),
+        )
 
 
 def test_batched_backward_reduces_each_class_as_the_full_gradients_do(vit_tiny, cat_image):

@@ -42,20 +42,22 @@ def numpy_rollout(attn: np.ndarray, fusion: str = "mean", start: int = 0) -> np.
 
 def test_rollout_hand_worked_one_layer():
     # Â = (A1 + I) / 2 → row 0 = [0.75, 0.125, 0.125]
-    np.testing.assert_allclose(methods.rollout(stack(A1), L3), [[0.125, 0.125]])
+    np.testing.assert_allclose(methods.compute_map("rollout", stack(A1), L3), [[0.125, 0.125]])
 
 
 def test_rollout_hand_worked_two_layers_in_order():
     # R = Â2 Â1; row 0 = 0.6 Â1[0] + 0.2 Â1[1] + 0.2 Â1[2] = [0.48, 0.265, 0.255].
     # The reversed product Â1 Â2 would give [0.5, 0.246875, 0.253125].
-    out = methods.rollout(stack(A1, A2), L3)
+    out = methods.compute_map("rollout", stack(A1, A2), L3)
     np.testing.assert_allclose(out, [[0.265, 0.255]])
     full = methods.rollout_matrix(stack(A1, A2), L3)
     np.testing.assert_allclose(full[0], [0.48, 0.265, 0.255])
 
 
 def test_rollout_start_layer_skips_early_layers():
-    np.testing.assert_allclose(methods.rollout(stack(A1, A2), L3, start_layer=1), [[0.2, 0.2]])
+    np.testing.assert_allclose(
+        methods.compute_map("rollout", stack(A1, A2), L3, start_layer=1), [[0.2, 0.2]]
+    )
 
 
 def test_rollout_equals_numpy_loop_all_fusions():
@@ -65,7 +67,7 @@ def test_rollout_equals_numpy_loop_all_fusions():
     for fusion in methods.FUSIONS:
         for start in (0, 2):
             expected = numpy_rollout(attn, fusion, start)[0, 1:].reshape(3, 4)
-            got = methods.rollout(attn, layout, fusion=fusion, start_layer=start)
+            got = methods.compute_map("rollout", attn, layout, fusion=fusion, start_layer=start)
             np.testing.assert_allclose(got, expected, rtol=1e-10)
             full = methods.rollout_matrix(attn, layout, fusion=fusion, start_layer=start)
             np.testing.assert_allclose(full, numpy_rollout(attn, fusion, start), rtol=1e-10)
@@ -86,20 +88,22 @@ def test_identity_attention_gives_uniform_rollout():
     layout = TokenLayout(("cls",), (2, 2), (16, 16), "cls")
     attn = np.broadcast_to(np.eye(5), (6, 2, 5, 5)).copy()
     np.testing.assert_allclose(methods.rollout_matrix(attn, layout), np.eye(5))
-    np.testing.assert_array_equal(methods.rollout(attn, layout), np.zeros((2, 2)))
+    np.testing.assert_array_equal(methods.compute_map("rollout", attn, layout), np.zeros((2, 2)))
     # Uniform attention U is idempotent, so ((U + I)/2)^L = (I + (2^L - 1) U) / 2^L: every
     # patch gets (1 - 2^-L) / N from the class token — a uniform map.
     uniform = np.full((6, 2, 5, 5), 0.2)
     expected = (1 - 2.0**-6) / 5
-    np.testing.assert_allclose(methods.rollout(uniform, layout), np.full((2, 2), expected))
+    np.testing.assert_allclose(
+        methods.compute_map("rollout", uniform, layout), np.full((2, 2), expected)
+    )
 
 
 def test_discard_zero_is_exactly_plain_rollout():
     rng = np.random.default_rng(2)
     layout = TokenLayout(("cls",), (2, 3), (8, 8), "cls")
     attn = random_attention(rng, (2, 4, 3, 7, 7))
-    a = methods.rollout(attn, layout, discard=0.0)
-    b = methods.rollout(attn, layout)
+    a = methods.compute_map("rollout", attn, layout, discard=0.0)
+    b = methods.compute_map("rollout", attn, layout)
     assert np.array_equal(a, b)
 
 
@@ -112,21 +116,23 @@ def test_discard_hand_worked_protects_readout_self_attention():
     expected = np.array([[1.05, 0.55, 0.4], [0.2, 1.7, 0.0], [0.0, 0.3, 1.55]])
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(hat, expected)
-    np.testing.assert_allclose(methods.rollout(stack(a), L3, discard=0.25), [[0.275, 0.2]])
+    np.testing.assert_allclose(
+        methods.compute_map("rollout", stack(a), L3, discard=0.25), [[0.275, 0.2]]
+    )
 
 
 def test_discard_is_per_image_in_a_batch():
     rng = np.random.default_rng(3)
     layout = TokenLayout(("cls",), (2, 3), (8, 8), "cls")
     batch = random_attention(rng, (3, 4, 2, 7, 7))
-    together = methods.rollout(batch, layout, discard=0.6)
+    together = methods.compute_map("rollout", batch, layout, discard=0.6)
     for i in range(3):
-        alone = methods.rollout(batch[i], layout, discard=0.6)
+        alone = methods.compute_map("rollout", batch[i], layout, discard=0.6)
         np.testing.assert_allclose(together[i], alone, rtol=1e-12)
         # exactly floor(0.6·49) entries of each fused layer are zeroed, the smallest ones,
         # and the class token's self-attention is kept
         fused = torch.from_numpy(batch[i].mean(axis=1))
-        kept = methods._discard_lowest(fused, layout, 0.6).numpy()
+        kept = methods.discard_lowest(fused, layout, 0.6).numpy()
         assert ((kept == 0).reshape(4, -1).sum(-1) == int(0.6 * 49)).all()
         assert (kept[:, 0, 0] == fused.numpy()[:, 0, 0]).all()
         for layer in range(4):
@@ -145,7 +151,7 @@ def test_distilled_readout_protects_both_tokens_and_averages_rows():
     attn /= attn.sum(-1, keepdims=True)
     hat = methods.rollout_layers(attn, layout, discard=0.5)[0]
     assert hat[0, 0] > 0 and hat[1, 1] > 0
-    plain = methods.attention_map(attn, layout)
+    plain = methods.compute_map("attention", attn, layout)
     np.testing.assert_allclose(plain.ravel(), (attn[0, 0, 0, 2:] + attn[0, 0, 1, 2:]) / 2)
 
 
@@ -153,14 +159,14 @@ def test_attention_map_picks_layer_head_and_fuses():
     rng = np.random.default_rng(5)
     layout = TokenLayout(("cls", "reg", "reg"), (2, 2), (14, 14), "cls")
     attn = random_attention(rng, (3, 4, 7, 7))
-    got = methods.attention_map(attn, layout, layer=1, head=2)
+    got = methods.compute_map("attention", attn, layout, layer=1, head=2)
     np.testing.assert_allclose(got, attn[1, 2, 0, 3:].reshape(2, 2))
     np.testing.assert_allclose(
-        methods.attention_map(attn, layout, layer=-1, fusion="max"),
+        methods.compute_map("attention", attn, layout, layer=-1, fusion="max"),
         attn[2, :, 0, 3:].max(0).reshape(2, 2),
     )
     np.testing.assert_allclose(
-        methods.attention_map(attn, layout, layer=0, fusion="min"),
+        methods.compute_map("attention", attn, layout, layer=0, fusion="min"),
         attn[0, :, 0, 3:].min(0).reshape(2, 2),
     )
 
@@ -169,7 +175,7 @@ def test_avg_readout_is_mean_of_patch_rows():
     layout = TokenLayout(("reg",) * 4, (2, 2), (16, 16), "avg")
     rng = np.random.default_rng(6)
     attn = random_attention(rng, (2, 2, 8, 8))
-    got = methods.attention_map(attn, layout, layer=0, head=1)
+    got = methods.compute_map("attention", attn, layout, layer=0, head=1)
     np.testing.assert_allclose(got.ravel(), attn[0, 1, 4:, 4:].mean(0))
 
 
@@ -177,12 +183,12 @@ def test_query_map_row_and_rolled():
     rng = np.random.default_rng(7)
     layout = TokenLayout(("cls",), (2, 3), (16, 16), "cls")
     attn = random_attention(rng, (3, 2, 7, 7))
-    got = methods.query_map(attn, layout, patch=4, layer=2, head=0)
+    got = methods.compute_map("query", attn, layout, patch=4, layer=2, head=0)
     np.testing.assert_allclose(got.ravel(), attn[2, 0, 5, 1:])
-    rolled = methods.query_map(attn, layout, patch=4, rolled=True)
+    rolled = methods.compute_map("query", attn, layout, patch=4, rolled=True)
     np.testing.assert_allclose(rolled.ravel(), numpy_rollout(attn)[5, 1:])
     with pytest.raises(OptionsError, match="patch 6 is out of range"):
-        methods.query_map(attn, layout, patch=6)
+        methods.compute_map("query", attn, layout, patch=6)
 
 
 def test_threshold_mask_keeps_smallest_set_with_the_share():
@@ -204,8 +210,8 @@ def test_mask_method_thresholds_the_readout_map():
     rng = np.random.default_rng(9)
     layout = TokenLayout(("cls",), (3, 3), (16, 16), "cls")
     attn = random_attention(rng, (2, 2, 10, 10))
-    m = methods.mask(attn, layout, threshold=0.5)
-    base = methods.attention_map(attn, layout)
+    m = methods.compute_map("mask", attn, layout, threshold=0.5)
+    base = methods.compute_map("attention", attn, layout)
     np.testing.assert_array_equal(m, methods.threshold_mask(base, 0.5))
     assert base[m.astype(bool)].sum() >= 0.5 * base.sum()
 
@@ -270,7 +276,7 @@ def test_registry_options_are_validated():
     with pytest.raises(OptionsError, match="unknown head fusion"):
         methods.compute_map("attention", stack(A1), layout, fusion="median")
     with pytest.raises(OptionsError, match="tokens but the layout"):
-        methods.rollout(stack(A1), TokenLayout(("cls",), (2, 2), (16, 16), "cls"))
+        methods.compute_map("rollout", stack(A1), TokenLayout(("cls",), (2, 2), (16, 16), "cls"))
     assert set(methods.METHODS) == {
         "attention",
         "rollout",
@@ -288,7 +294,7 @@ def test_discard_count_survives_float_rounding():
     # 0.29 · 100 = 28.999999999999996 in floating point; 29 entries must still go
     layout = TokenLayout(("cls",), (3, 3), (16, 16), "cls")
     fused = torch.arange(1, 101, dtype=torch.float64).reshape(10, 10)
-    kept = methods._discard_lowest(fused, layout, 0.29)
+    kept = methods.discard_lowest(fused, layout, 0.29)
     assert int((kept == 0).sum()) == 29
 
 

@@ -162,7 +162,9 @@ def test_layout_distilled_deit(cat_image):
     assert cap.attention.shape == (1, 2, 3, 198, 198)
     a = cap.attention[0].numpy()
     expected = (a[-1].mean(0)[0, 2:] + a[-1].mean(0)[1, 2:]) / 2
-    np.testing.assert_allclose(methods.attention_map(a, cap.layout).ravel(), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        methods.compute_map("attention", a, cap.layout).ravel(), expected, rtol=1e-6
+    )
 
 
 def test_layout_dinov2_registers_at_224(cat_image):
@@ -190,7 +192,7 @@ def test_non_square_input_with_dynamic_img_size(cat_image):
     assert cap.images[0].shape == (224, 336, 3)
     assert cap.layout.grid == (14, 21)
     assert cap.attention.shape[-1] == 1 + 14 * 21
-    rolled = methods.rollout(cap.attention[0], cap.layout)
+    rolled = methods.compute_map("rollout", cap.attention[0], cap.layout)
     assert rolled.shape == (14, 21)
 
 

@@ -168,12 +168,18 @@ def test_class_gradients_equal_the_local_engine(servers, local):
         np.testing.assert_allclose(r.gradients, lo.gradients, atol=2e-3 * scale, rtol=0)
         attn, layout = lo.explanation.attention, lo.explanation.layout
         for k in range(2):  # the class maps a user sees agree as well
-            b = methods.chefer(attn, lo.gradients[k], layout)
+            b = methods.compute_map("chefer", attn, layout, grads=lo.gradients[k])
             for got in (r.gradients[k], li.relevance[k]):
-                a = methods.chefer(r.explanation.attention, got, r.explanation.layout)
+                a = methods.compute_map(
+                    "chefer", r.explanation.attention, r.explanation.layout, grads=got
+                )
                 np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3 * np.abs(b).max())
-            want = methods.grad_rollout(attn, lo.gradients[k], layout, fusion="min", discard=0.5)
-            a = methods.grad_rollout(attn, li.relevance[k], layout, fusion="min", discard=0.5)
+            want = methods.compute_map(
+                "grad-rollout", attn, layout, grads=lo.gradients[k], fusion="min", discard=0.5
+            )
+            a = methods.compute_map(
+                "grad-rollout", attn, layout, grads=li.relevance[k], fusion="min", discard=0.5
+            )
             np.testing.assert_allclose(a, want, rtol=2e-2, atol=2e-3 * np.abs(want).max())
     # only the layers asked for are sent; the others stay zero as in the local engine
     some = remote.explain_classes(images[:1], [[3]], layers=[4, 5], full_gradients=True)[0]
@@ -195,7 +201,7 @@ def test_the_server_resizes_original_uploads_itself(servers, local):
     bound = readout.max(-1, keepdims=True) / 510 + 1e-6  # uint8, scaled per row
     assert np.all(np.abs(arrays["readout"] - readout) <= bound)
     np.testing.assert_allclose(
-        arrays["rollout"], methods.rollout_row(here.attention, here.layout), atol=1e-5
+        arrays["rollout"], methods.rollout(here.attention, here.layout), atol=1e-5
     )
     assert header["predictions"][0]["index"] == here.predictions[0].index
 
@@ -246,7 +252,7 @@ def test_sixteen_concurrent_clients_get_their_own_answers(servers, local):
             want = expected_classes[i]
             assert got.classes == want.classes
             layout = want.explanation.layout
-            b = methods.chefer_row(want.explanation.attention, want.gradients[0], layout)
+            b = methods.chefer(want.explanation.attention, layout, grads=want.gradients[0])
             np.testing.assert_allclose(got.relevance[0].chefer, b, rtol=1e-3, atol=1e-6)
             got = got.explanation
         assert_same(got, expected[i])
@@ -472,14 +478,16 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     caption = " ".join(c.value for c in at.sidebar.caption)
     assert f"Backend:** server {servers['main']}" in caption and "(on the server)" in caption
     values = marker_data(chart(at, "rollout"))[:, 3]
-    want = methods.rollout(here.attention, here.layout).ravel()
+    want = methods.compute_map("rollout", here.attention, here.layout).ravel()
     np.testing.assert_allclose(values, want, rtol=1e-2, atol=1e-3 * want.max())
     assert top.label in at.get("progress")[0].proto.text
     # "why this class?" gets the gradients from the server: the class map matches the engine's
     at.toggle(key="why_class").set_value(True).run()
     ok(at)
     assert at.session_state["target_class"] == top.index
-    want = methods.chefer(lc.explanation.attention, lc.gradients[0], lc.explanation.layout)
+    want = methods.compute_map(
+        "chefer", lc.explanation.attention, lc.explanation.layout, grads=lc.gradients[0]
+    )
     got = marker_data(chart(at, "class-map"))[:, 3]
     np.testing.assert_allclose(got, want.ravel(), rtol=2e-2, atol=2e-3 * np.abs(want).max())
     # the anatomy view gets the model's filters from the server

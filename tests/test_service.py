@@ -108,12 +108,12 @@ def test_encoded_answer_matches_the_engine(engine):
     # readout rows: the class token's row of every head, checked against plain indexing
     cls = layout.readout_tokens[0]
     assert np.allclose(arrays["readout"], expl.attention[:, :, cls, :], atol=1e-3)
-    assert np.allclose(arrays["rollout"], methods.rollout_row(expl.attention, layout), atol=1e-6)
+    assert np.allclose(arrays["rollout"], methods.rollout(expl.attention, layout), atol=1e-6)
     for name, fn in methods.STATISTICS.items():
         assert np.allclose(arrays[name], fn(expl.attention, layout), atol=1e-5)
     full = engine.backend.explain_classes([job.image], [[None]], seen=True, full_gradients=True)
     grads = full[0].gradients
-    chefer = methods.chefer_row(expl.attention, grads[0], layout)  # from the full gradients
+    chefer = methods.chefer(expl.attention, layout, grads=grads[0])  # from the full gradients
     assert np.allclose(arrays["chefer"][0], chefer, atol=1e-5)
     assert "gradients" not in arrays  # the relevance is what the maps read; full only if asked
     (rel,) = wire.decode_relevance(header, arrays)

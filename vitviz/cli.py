@@ -26,7 +26,32 @@ from vitviz.results import ModelInfo
 from vitviz.runtime import tune_allocator
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-MAP_OPTIONS = ("layer", "head", "fusion", "discard", "start_layer", "threshold", "patch")
+
+
+def method_options() -> dict[str, tuple[methods.Option, list[str]]]:
+    """Every option of the registered methods (first definition) and the methods taking it."""
+    out: dict[str, tuple[methods.Option, list[str]]] = {}
+    for name, method in methods.METHODS.items():
+        for option in method.options:
+            out.setdefault(option.name, (option, []))[1].append(name)
+    return out
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and one flag per method option, all from the registry."""
+    listing = "; ".join(f"{n}: {m.title}" for n, m in methods.METHODS.items())
+    parser.add_argument(
+        "--method", default="rollout", choices=list(methods.METHODS), help=f"map ({listing})"
+    )
+    for option, users in method_options().values():
+        help_text = f"{option.help} ({', '.join(users)})"
+        if option.kind == "flag":
+            parser.add_argument(option.flag, action="store_true", default=None, help=help_text)
+        elif option.kind == "choice":
+            parser.add_argument(option.flag, choices=list(option.choices), help=help_text)
+        else:
+            kind = float if option.kind == "number" else int
+            parser.add_argument(option.flag, type=kind, help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,20 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="no trained weights: for architecture tests only, outputs say so",
     )
     e.add_argument("--out", default="results", help="output folder (default: results)")
-    e.add_argument("--method", default="rollout", choices=list(methods.METHODS))
-    e.add_argument("--layer", type=int, help="layer index (negative from the end)")
-    e.add_argument("--head", type=int, help="one head (default: fuse all heads)")
-    e.add_argument("--fusion", choices=list(methods.FUSIONS), help="head fusion")
-    e.add_argument("--discard", type=float, help="rollout discard ratio in [0, 1)")
-    e.add_argument("--start-layer", type=int, help="first layer of the rollout")
-    e.add_argument("--threshold", type=float, help="mask: share of the mass to keep")
-    e.add_argument("--patch", type=int, help="query: patch index, row by row")
-    e.add_argument("--rolled", action="store_true", help="query: use the rollout, not one layer")
-    e.add_argument("--source", choices=["attention", "rollout"], help="mask: map to threshold")
+    _add_method_arguments(e)
+    class_methods = ", ".join(n for n, m in methods.METHODS.items() if m.needs_gradients)
     e.add_argument(
         "--class",
         dest="target_class",
-        help="chefer, grad-rollout, attn-grad: class index or name (default: top prediction)",
+        help=f"{class_methods}: class index or name (default: top prediction)",
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -99,11 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts = {k: getattr(args, k) for k in MAP_OPTIONS if getattr(args, k) is not None}
-    if args.rolled:
-        opts["rolled"] = True
-    if args.source is not None:
-        opts["source"] = args.source
+    names = method_options()
+    opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return methods.resolve_options(args.method, opts)
 
 
@@ -275,7 +289,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             target = resolve_class(args.target_class, backend.labels or [])
     elif args.target_class is not None:
         raise OptionsError(
-            "--class applies to the class-specific methods (chefer, grad-rollout, attn-grad)"
+            "--class applies to the class-specific methods ("
+            + ", ".join(n for n, m in methods.METHODS.items() if m.needs_gradients)
+            + ")"
         )
     warning = info.weights.warning
     if warning:

@@ -248,7 +248,15 @@ class Engine:
             **info,
             "labels": self.backend.labels,
             "methods": {
-                name: {"description": m.description, "needs_gradients": m.needs_gradients}
+                name: {
+                    "title": m.title,
+                    "description": m.description,
+                    "needs_gradients": m.needs_gradients,
+                    "options": {
+                        o.name: {"kind": o.kind, "default": o.default, "help": o.help}
+                        for o in m.options
+                    },
+                }
                 for name, m in methods.METHODS.items()
             },
             "limits": self.settings.limits(),
@@ -466,7 +474,7 @@ class Engine:
         if job.attention == "full":  # the client derives the rest from the tensor
             arrays |= wire.pack_array("attention", attn, job.dtype)
         else:
-            rollout = methods.rollout_row(attn, layout)
+            rollout = methods.compute_row("rollout", attn, layout)
             arrays["rollout"] = np.asarray(rollout, dtype=np.float32)
             for name, fn in methods.STATISTICS.items():
                 arrays[name] = np.asarray(fn(attn, layout), dtype=np.float32)

@@ -1,0 +1,118 @@
+"""How the package is put together: no import cycles, the engine never imports the page, and
+the client side (results, wire format, HTTP client) never loads torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "vitviz"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """vitviz modules (and third-party top-level names) a file imports, outside TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:  # `from vitviz.server import wire` imports a module
+                if f"{node.module}.{alias.name}" in MODULES:
+                    found.add(f"{node.module}.{alias.name}")
+    return found
+
+
+GRAPH = {name: {m for m in imports_of(path) if m in MODULES} for name, path in MODULES.items()}
+
+
+def test_the_import_graph_has_no_cycles():
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                cycle = [*trail[trail.index(nxt) :], nxt] if nxt in trail else [node, nxt]
+                pytest.fail("import cycle: " + " → ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+    assert len(GRAPH) > 30  # the walk saw the package
+
+
+def test_the_engine_never_imports_the_page():
+    for name, path in MODULES.items():
+        if name.startswith("vitviz.ui"):
+            continue
+        found = imports_of(path)
+        assert not any(m.startswith("vitviz.ui") for m in found), (name, found)
+        assert not any(m.split(".")[0] == "streamlit" for m in found), (name, found)
+
+
+def test_methods_and_render_import_no_model_or_http_code():
+    for name, path in MODULES.items():
+        if name.startswith(("vitviz.methods", "vitviz.render")):
+            found = imports_of(path)
+            for banned in (
+                "timm",
+                "requests",
+                "fastapi",
+                "ray",
+                "vitviz.models",
+                "vitviz.backends",
+            ):
+                assert not any(m == banned or m.startswith(banned + ".") for m in found), (
+                    name,
+                    banned,
+                )
+
+
+def test_the_client_side_loads_no_torch():
+    code = (
+        "import sys\n"
+        "import vitviz\n"
+        "from vitviz import results, geometry\n"
+        "from vitviz.server import wire\n"
+        "from vitviz.backends import Backend\n"
+        "from vitviz.backends.remote import RemoteBackend\n"
+        "from vitviz.results import ModelInfo, ClassRelevance\n"
+        "from vitviz.ui import servers, downloads\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+    # and the engine does load it (the check can fail)
+    engine = code.replace("from vitviz.ui import servers, downloads", "import vitviz.methods")
+    done = subprocess.run(
+        [sys.executable, "-c", engine], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert "torch" in done.stdout

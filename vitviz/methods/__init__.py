@@ -1,0 +1,68 @@
+"""Explanation methods: pure functions from captured attention to maps and statistics.
+
+Every method takes attention probabilities ``attn`` of shape ``[..., L, H, N, N]`` (any
+leading batch dims; rows sum to 1) and a :class:`~vitviz.layout.TokenLayout`, and works on
+numpy arrays or torch tensors alike (a tensor stays on its device; numpy in, numpy out).
+Map methods are row functions ``fn(attn, layout, *, grads=None, **options) -> [..., N]``,
+registered once in :data:`METHODS` with their title and typed options; :func:`compute_map`
+runs one by name and puts its row on the patch grid.
+
+``attention``  raw readout rows, one patch's row, DINO's thresholded masks
+``rollout``    attention rollout (Abnar & Zuidema 2020), discard ratio done right
+``gradient``   Chefer et al. 2021, gradient rollout (corrected), attention × gradient
+``statistics`` mean attention distance, attention entropy
+``registry``   :class:`Method`, :class:`Option`, :func:`register`, :func:`compute_map`
+"""
+
+from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, to_grid
+from vitviz.methods.attention import attention, mask, query, threshold_mask
+from vitviz.methods.gradient import (
+    attn_grad,
+    chefer,
+    class_relevance,
+    grad_rollout,
+    relevance_parts,
+)
+from vitviz.methods.registry import (
+    METHODS,
+    Method,
+    Option,
+    check_options,
+    compute_map,
+    compute_row,
+    register,
+    resolve_options,
+)
+from vitviz.methods.rollout import discard_lowest, rollout, rollout_layers, rollout_matrix
+from vitviz.methods.statistics import STATISTICS, attention_entropy, mean_attention_distance
+
+__all__ = [
+    "FUSIONS",
+    "METHODS",
+    "STATISTICS",
+    "Fusion",
+    "Method",
+    "Option",
+    "attention",
+    "attention_entropy",
+    "attn_grad",
+    "check_options",
+    "chefer",
+    "class_relevance",
+    "compute_map",
+    "compute_row",
+    "discard_lowest",
+    "fuse_heads",
+    "grad_rollout",
+    "mask",
+    "mean_attention_distance",
+    "query",
+    "register",
+    "relevance_parts",
+    "resolve_options",
+    "rollout",
+    "rollout_layers",
+    "rollout_matrix",
+    "threshold_mask",
+    "to_grid",
+]

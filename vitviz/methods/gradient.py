@@ -1,0 +1,233 @@
+"""Class-specific methods: attention weighted by the gradient of one class's score.
+
+* Chefer, Gur & Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and
+  Encoder-Decoder Transformers", ICCV 2021: ``Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺)`` (the clamp per
+  head, before the mean), ``R = I``, ``R ← R + Ā_l R`` for l = 1 … L, map = ``R[readout, P:]``.
+* Gradient rollout (vit-explain's method, corrected): each layer's attention paired with ITS
+  OWN gradient (vit-explain reverses the list), fused over heads, clamped at 0, then rolled out
+  like attention rollout. Three differences from vit-explain: the pairing, rows normalized over
+  the keys, and the gradient itself: vitviz uses ``∂y_c/∂A``, the gradient of the attention
+  probabilities (as Chefer et al.), whereas vit-explain's legacy backward hook on
+  ``attn_drop`` (a no-op at inference) receives the softmax's input gradient,
+  ``∂y_c/∂(QKᵀ/√d)``, the gradient of the pre-softmax scores.
+* Attention × gradient of one layer/head: the readout row of ``(A_l^h ⊙ ∂y_c/∂A_l^h)⁺``.
+
+``y_c`` is the pre-softmax logit. ``grads`` is the full ``∂y_c/∂A`` (``[..., L, H, N, N]``) or
+its :class:`~vitviz.results.ClassRelevance`, the reduced form the engine keeps; both give the
+same maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vitviz.errors import OptionsError
+from vitviz.layout import TokenLayout
+from vitviz.methods.arrays import (
+    Array,
+    Fusion,
+    as_tensor,
+    check_attn,
+    fuse_heads,
+    fusion_index,
+    head_index,
+    layer_index,
+    readout_weights,
+    tensors,
+    wide,
+)
+from vitviz.methods.registry import DISCARD, FUSION, HEAD, LAYER, START_LAYER, register
+from vitviz.methods.rollout import rolled_rows, rollout_factors
+from vitviz.results import ClassRelevance
+
+Gradients = torch.Tensor | ClassRelevance
+
+
+def _check_grads(t: torch.Tensor, g: torch.Tensor) -> None:
+    if g.shape != t.shape:
+        raise OptionsError(
+            f"gradients {tuple(g.shape)} must have the attention's shape {tuple(t.shape)}"
+        )
+
+
+def _check_relevance(rel: ClassRelevance, t: torch.Tensor, layout: TokenLayout) -> None:
+    n = layout.num_tokens
+    if rel.heads.shape[-1] != n or rel.num_layers != t.shape[-4]:
+        raise OptionsError(
+            f"the class relevance covers {rel.num_layers} layers of {rel.heads.shape[-1]} tokens "
+            f"but the attention has {t.shape[-4]} layers of {n}: they come from different runs"
+        )
+
+
+def _need_layers(rel: ClassRelevance, layers: range | list[int], method: str) -> None:
+    missing = sorted(set(layers) - set(rel.layers))
+    if missing:
+        raise OptionsError(
+            f"{method} reads the gradients of layers {missing[0]}–{missing[-1]}, which were not "
+            "computed for this class: ask for them (or for all layers)"
+        )
+
+
+def _like(x: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    """A relevance array as a float32 tensor on the attention's device."""
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=t.device)
+
+
+def _inputs(
+    attn: torch.Tensor, grads: Gradients | None, layout: TokenLayout
+) -> ClassRelevance | torch.Tensor:
+    check_attn(attn, layout)
+    if grads is None:
+        raise OptionsError("a class-specific method needs the class's gradients")
+    if isinstance(grads, ClassRelevance):
+        _check_relevance(grads, attn, layout)
+        return grads
+    _check_grads(attn, grads)
+    return grads
+
+
+def relevance_parts(
+    attn: torch.Tensor, grads: torch.Tensor, layout: TokenLayout, *, chefer: bool = True
+) -> dict[str, torch.Tensor | None]:
+    """The parts of :class:`~vitviz.results.ClassRelevance` for ``[..., L, H, N, N]`` inputs.
+
+    Returns tensors with the inputs' leading dims: ``chefer [..., N]`` (None when
+    ``chefer`` is False), ``fused [..., 3, L, N, N]``, ``heads [..., L, H, N]`` and
+    ``fused_rows [..., 3, L, N]`` (fusions in :data:`~vitviz.results.FUSION_ORDER`).
+    """
+    prod = wide(attn) * wide(grads)  # [..., L, H, N, N]
+    fused = torch.stack(
+        [prod.mean(dim=-3), prod.amax(dim=-3), prod.amin(dim=-3)], dim=-4
+    ).clamp_min(0)
+    pos = prod.clamp_min_(0)  # (A ⊙ G)⁺, in place: prod is not needed any more
+    pos_fused = torch.stack([pos.mean(dim=-3), pos.amax(dim=-3), pos.amin(dim=-3)], dim=-4)
+    w = readout_weights(layout, pos)
+    heads = torch.einsum("n,...nm->...m", w, pos)
+    fused_rows = torch.einsum("n,...nm->...m", w, pos_fused)
+    row = None
+    if chefer:  # Ā_l = mean_h((G ⊙ A)⁺); v ← v + v Ā_l from the last layer down
+        abar = pos_fused[..., 0, :, :, :]
+        row = w.expand(*abar.shape[:-3], 1, -1)
+        for i in range(abar.shape[-3] - 1, -1, -1):
+            row = row + row @ abar[..., i, :, :]
+        row = row[..., 0, :]
+    return {"chefer": row, "fused": fused, "heads": heads, "fused_rows": fused_rows}
+
+
+def class_relevance(
+    attn: Array,
+    grads: Array,
+    layout: TokenLayout,
+    *,
+    index: int = -1,
+    label: str = "",
+    layers: list[int] | tuple[int, ...] | None = None,
+) -> ClassRelevance:
+    """Reduce one image's ``[L, H, N, N]`` attention gradients to what the methods read.
+
+    ``layers``: the layers whose gradients were computed (default: all).
+    """
+    t, _ = as_tensor(attn)
+    g, _ = as_tensor(grads)
+    check_attn(t, layout)
+    _check_grads(t, g)
+    if t.ndim != 4:
+        raise OptionsError("class_relevance takes one image's attention [L, H, N, N]")
+    num_layers = t.shape[-4]
+    done = tuple(range(num_layers)) if layers is None else tuple(sorted(set(layers)))
+    parts = relevance_parts(t, g, layout, chefer=len(done) == num_layers)
+    arrays = {k: None if v is None else v.detach().cpu().numpy() for k, v in parts.items()}
+    return ClassRelevance(index=int(index), label=str(label), layers=done, **arrays)
+
+
+@register(
+    "chefer",
+    "Chefer et al. 2021",
+    "class-specific relevance: gradient-weighted attention (Chefer et al. 2021)",
+    needs_gradients=True,
+)
+@tensors
+def chefer(attn: torch.Tensor, layout: TokenLayout, *, grads: Gradients) -> torch.Tensor:
+    """The readout row ``w @ R`` of Chefer et al.'s relevance (``[..., N]``)."""
+    g = _inputs(attn, grads, layout)
+    if isinstance(g, ClassRelevance):
+        if g.chefer is None:
+            _need_layers(g, range(attn.shape[-4]), "Chefer's relevance")
+            raise OptionsError("this class relevance carries no Chefer row; compute it again")
+        return _like(g.chefer, attn)
+    abar = (wide(g) * wide(attn)).clamp_min(0).mean(dim=-3)  # [..., L, N, N], clamp per head
+    w = readout_weights(layout, abar)
+    # R = (I + Ā_L) ⋯ (I + Ā_1); its readout row, from the left: v ← v + v Ā_l, l = L … 1
+    v = w.expand(*abar.shape[:-3], 1, -1)
+    for i in range(abar.shape[-3] - 1, -1, -1):
+        v = v + v @ abar[..., i, :, :]
+    return v[..., 0, :]
+
+
+@register(
+    "grad-rollout",
+    "Gradient rollout",
+    "class-specific rollout of gradient-weighted attention (vit-explain, corrected)",
+    (FUSION, DISCARD, START_LAYER),
+    needs_gradients=True,
+)
+@tensors
+def grad_rollout(
+    attn: torch.Tensor,
+    layout: TokenLayout,
+    *,
+    grads: Gradients,
+    fusion: Fusion = "mean",
+    discard: float = 0.0,
+    start_layer: int = 0,
+) -> torch.Tensor:
+    """The readout row of gradient rollout (``[..., N]``).
+
+    Each layer's heads are weighted by that layer's own gradient, ``A_l ⊙ ∂y_c/∂A_l``, fused
+    (mean/max/min), clamped at 0, then rolled out like attention rollout: lowest ``discard``
+    share zeroed, ``+ I``, rows normalized to 1 (over the key axis), multiplied through the
+    layers from ``start_layer``.
+    """
+    g = _inputs(attn, grads, layout)
+    s = layer_index(start_layer, attn.shape[-4])
+    if isinstance(g, ClassRelevance):
+        _need_layers(g, range(s, attn.shape[-4]), "gradient rollout")
+        fused = _like(g.fused[fusion_index(fusion), s:], attn)
+    else:
+        weighted = wide(attn[..., s:, :, :, :]) * wide(g[..., s:, :, :, :])
+        fused = fuse_heads(weighted, fusion).clamp_min(0)
+    hat = rollout_factors(fused, layout, discard)
+    w = readout_weights(layout, hat)
+    return rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
+
+
+@register(
+    "attn-grad",
+    "Attention × gradient",
+    "attention × gradient of one layer/head for a class",
+    (LAYER, HEAD, FUSION),
+    needs_gradients=True,
+)
+@tensors
+def attn_grad(
+    attn: torch.Tensor,
+    layout: TokenLayout,
+    *,
+    grads: Gradients,
+    layer: int = -1,
+    head: int | None = None,
+    fusion: Fusion = "mean",
+) -> torch.Tensor:
+    """The readout row of ``(A_l^h ⊙ ∂y_c/∂A_l^h)⁺`` (``[..., N]``; heads fused after the
+    clamp): where this head's attention pushed the class score up."""
+    g = _inputs(attn, grads, layout)
+    li = layer_index(layer, attn.shape[-4])
+    hi = head_index(head, attn.shape[-3])
+    if isinstance(g, ClassRelevance):
+        _need_layers(g, [li], "attention × gradient")
+        row = g.heads[li, hi] if hi is not None else g.fused_rows[fusion_index(fusion), li]
+        return _like(row, attn)
+    prod = (wide(attn[..., li, :, :, :]) * wide(g[..., li, :, :, :])).clamp_min(0)
+    a = prod[..., hi, :, :] if hi is not None else fuse_heads(prod, fusion)
+    return readout_weights(layout, a) @ a

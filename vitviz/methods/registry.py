@@ -1,0 +1,201 @@
+"""The one registry of map methods: name, title, options (typed, with ranges and help), and
+whether a method needs class gradients.
+
+Every method is a *row function* ``fn(attn, layout, *, grads=None, **options) -> [..., N]``:
+the readout's (or a query's) row over all N tokens, prefix tokens included. The registry
+turns rows into maps (:func:`compute_map`), and the CLI, the page and the server list the
+methods, their titles and their options from here, so a new method is one function plus one
+:func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vitviz.errors import OptionsError
+from vitviz.layout import TokenLayout
+from vitviz.methods.arrays import FUSIONS, Array, head_index, layer_index, to_grid
+from vitviz.results import ClassRelevance
+
+OptionKind = Literal["layer", "head", "patch", "number", "flag", "choice"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method.
+
+    Attributes:
+        name: keyword of the row function (``start_layer``); the CLI flag is ``--start-layer``.
+        kind: ``layer`` (index, negative from the end), ``head`` (index or None for fused),
+            ``patch`` (index on the grid), ``number`` (a float in ``[low, high]``), ``flag``
+            (bool) or ``choice`` (one of ``choices``).
+        default: the value when not given.
+        help: one line for ``--help`` and the page's tooltips.
+        low, high, step: the range the page's slider offers (and its step).
+        choices: a choice's values.
+        label: a short label for the page (default: the name in words).
+    """
+
+    name: str
+    kind: OptionKind
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """The page's label for this option."""
+        return self.label or self.name.replace("_", " ").capitalize()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag."""
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any, num_layers: int | None = None, num_heads: int | None = None) -> Any:
+        """``value`` if a layer or head exists in the model, else an :class:`OptionsError`."""
+        if self.kind == "layer" and num_layers is not None:
+            layer_index(int(value), num_layers)
+        elif self.kind == "head" and num_heads is not None:
+            head_index(value, num_heads)
+        return value  # values are checked by the method itself, which knows why
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered map method (see the module docstring for the function's shape)."""
+
+    name: str
+    title: str
+    description: str
+    fn: Callable[..., Any]
+    options: tuple[Option, ...] = ()
+    needs_gradients: bool = False
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Each option's default."""
+        return {o.name: o.default for o in self.options}
+
+    def option(self, name: str) -> Option:
+        """The option called ``name``."""
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def gradient_layers(self, options: dict[str, Any], num_layers: int) -> list[int]:
+        """Layers whose attention gradients this method reads (empty if class-agnostic)."""
+        if not self.needs_gradients:
+            return []
+        names = {o.name for o in self.options}
+        if "layer" in names:
+            return [layer_index(options.get("layer", self.defaults["layer"]), num_layers)]
+        start = layer_index(options.get("start_layer", 0), num_layers)
+        return list(range(start, num_layers))
+
+
+METHODS: dict[str, Method] = {}
+"""Every method by name, in registration order."""
+
+
+def register(
+    name: str,
+    title: str,
+    description: str,
+    options: tuple[Option, ...] = (),
+    *,
+    needs_gradients: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register a row function under ``name`` (returns the function unchanged)."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        METHODS[name] = Method(name, title, description, fn, tuple(options), needs_gradients)
+        return fn
+
+    return add
+
+
+def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's full options: its defaults updated with ``options`` (unknown → error)."""
+    if method not in METHODS:
+        raise OptionsError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    spec = METHODS[method]
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        raise OptionsError(
+            f"method {method!r} takes no option {', '.join(unknown)}; "
+            f"its options are {', '.join(spec.defaults) or 'none'}"
+        )
+    return {**spec.defaults, **options}
+
+
+def check_options(options: dict[str, Any], num_layers: int, num_heads: int) -> None:
+    """Check layer-like and head options against a model before any image is run."""
+    for method in METHODS.values():
+        for o in method.options:
+            if o.name in options and options[o.name] is not None:
+                o.check(options[o.name], num_layers, num_heads)
+
+
+def compute_row(
+    method: str,
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    grads: Array | ClassRelevance | None = None,
+    **options: Any,
+) -> Array:
+    """Run a registered method by name with validated options: a row ``[..., N]``.
+
+    Class-specific methods need ``grads``: ``∂y_c/∂A`` or its
+    :class:`~vitviz.results.ClassRelevance` (what
+    :meth:`vitviz.backends.local.LocalBackend.explain_classes` returns).
+    """
+    resolved = resolve_options(method, options)
+    spec = METHODS[method]
+    if spec.needs_gradients and grads is None:
+        raise OptionsError(
+            f"method {method!r} is class-specific: it needs the attention gradients for a "
+            "class (LocalBackend.explain_classes computes them)"
+        )
+    if not spec.needs_gradients:
+        grads = None  # class-agnostic: gradients play no part
+    return spec.fn(attn, layout, grads=grads, **resolved)
+
+
+def compute_map(
+    method: str,
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    grads: Array | ClassRelevance | None = None,
+    **options: Any,
+) -> Array:
+    """:func:`compute_row`'s patch part on the grid: ``[..., gh, gw]``."""
+    return to_grid(compute_row(method, attn, layout, grads=grads, **options), layout)
+
+
+# Options several methods share.
+LAYER = Option("layer", "layer", -1, "layer index (negative from the end)")
+HEAD = Option("head", "head", None, "one head (default: all heads fused)")
+FUSION = Option(
+    "fusion", "choice", "mean", "how heads are fused", choices=FUSIONS, label="Head fusion"
+)
+DISCARD = Option(
+    "discard",
+    "number",
+    0.0,
+    "share of each fused layer's lowest entries zeroed before rolling out",
+    low=0.0,
+    high=0.95,
+    step=0.05,
+    label="Discard ratio",
+)
+START_LAYER = Option("start_layer", "layer", 0, "first layer of the rollout")

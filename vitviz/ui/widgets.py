@@ -1,0 +1,84 @@
+"""Page widgets made from the method registry's option specs.
+
+A method's options (:class:`vitviz.methods.Option`) say their kind, range, step, label and
+help, so one function draws any of them: a new method's options appear on the page with no
+page code of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from vitviz.methods import Method, Option
+
+
+def head_label(head: int | None) -> str:
+    """A head choice in words."""
+    return "all heads (fused)" if head is None else f"head {head}"
+
+
+def option_widget(
+    option: Option,
+    key: str,
+    *,
+    layers: int,
+    heads: int,
+    patches: int,
+    where: Any = st,
+    disabled: bool = False,
+) -> Any:
+    """Draw one option's widget in ``where`` and return its value (stored under ``key``)."""
+    fresh = key not in st.session_state  # a widget's default only when the state has none
+    common = {"key": key, "help": option.help, "disabled": disabled}
+    if option.kind == "layer":
+        default = option.default % layers if isinstance(option.default, int) else layers - 1
+        extra = {"value": default} if fresh else {}
+        return where.slider(option.title, 0, layers - 1, **extra, **common)
+    if option.kind == "head":
+        return where.selectbox(
+            option.title, [None, *range(heads)], format_func=head_label, **common
+        )
+    if option.kind == "patch":
+        extra = {"value": int(option.default)} if fresh else {}
+        return where.number_input(option.title, 0, patches - 1, step=1, **extra, **common)
+    if option.kind == "number":
+        low = float(option.low if option.low is not None else 0.0)
+        high = float(option.high if option.high is not None else 1.0)
+        extra = {"value": float(option.default)} if fresh else {}
+        step = float(option.step) if option.step else None
+        return where.slider(option.title, low, high, step=step, **extra, **common)
+    if option.kind == "flag":
+        extra = {"value": bool(option.default)} if fresh else {}
+        return where.toggle(option.title, **extra, **common)
+    extra = {"default": option.default} if fresh else {}
+    value = where.segmented_control(option.title, list(option.choices), **extra, **common)
+    return option.default if value is None else value
+
+
+def method_options(
+    method: Method,
+    prefix: str,
+    shared: dict[str, Any],
+    *,
+    layers: int,
+    heads: int,
+    patches: int,
+    where: Any = st,
+) -> dict[str, Any]:
+    """Values for all of a method's options: ``shared`` ones as given (the view's own
+    controls), a widget keyed ``prefix-name`` for each other one."""
+    values = {}
+    others = [o for o in method.options if o.name not in shared]
+    columns = where.columns(len(others)) if others else []
+    for option, column in zip(others, columns, strict=True):
+        values[option.name] = option_widget(
+            option,
+            f"{prefix}-{option.name}",
+            layers=layers,
+            heads=heads,
+            patches=patches,
+            where=column,
+        )
+    return {o.name: shared.get(o.name, values.get(o.name)) for o in method.options}
