@@ -1,7 +1,7 @@
 """vitviz — the interactive Vision Transformer attention explorer: ``streamlit run app.py``.
 
 The page is composed here from ``vitviz.ui`` (figures, anatomy, caches, downloads) and the
-engine (``vitviz.backend``, ``vitviz.methods``). The model runs once per (model, image); every
+engine (``vitviz.backends``, ``vitviz.methods``). The model runs once per (model, image); every
 other interaction only recomputes maps from the cached attention.
 """
 

@@ -5,8 +5,8 @@
 attention rollout, on the same device, synchronized. Both use the same weights and input.
 With ``--method chefer`` (or ``grad-rollout``, ``attn-grad``) ``explain_ms`` is the
 class-specific explanation instead: one forward that keeps the attention in the autograd graph,
-one backward to the attention of the top class (only the layers the method reads), and the
-method's map.
+one backward to the attention of the top class (only the layers the method reads), its
+reduction to the class relevance the page and server keep, and the method's map.
 Prints one JSON object (``--json``) or a short table.
 
     python bench/explain_overhead.py --model vit_base_patch16_224 --json
@@ -32,7 +32,7 @@ import torch
 
 from vitviz import methods
 from vitviz.capture import autocast_for, capture_tensor
-from vitviz.gradients import attention_gradients
+from vitviz.gradients import attention_relevance
 from vitviz.models import load_model, pick_device, pick_precision
 from vitviz.runtime import tune_allocator
 
@@ -71,8 +71,10 @@ def measure(args: argparse.Namespace) -> dict:
         if spec.needs_gradients:
             layers = spec.gradient_layers({}, len(loaded.model.blocks))
             classes = [[None]] * args.batch
-            _, attention, grads, layout, _ = attention_gradients(loaded, x, classes, layers=layers)
-            methods.compute_map(args.method, attention, layout, grads=grads[0])
+            out = attention_relevance(loaded, x, classes, layers=layers)
+            methods.compute_map(
+                args.method, out.attention[0], out.layout, grads=out.relevance[0][0]
+            )
             return
         with torch.inference_mode():
             _, attention, layout = capture_tensor(loaded, x, attn_dtype=attn_dtype)

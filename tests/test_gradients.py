@@ -203,6 +203,16 @@ def test_every_layout_gets_finite_class_maps(name, kwargs, cat_image):
             # the compact relevance gives the map the full gradients give
             full = methods.compute_map(method, expl.attention, expl.layout, grads=res.gradients[k])
             np.testing.assert_allclose(m, full, rtol=1e-5, atol=1e-7 * np.abs(full).max())
+    # the full gradients' map equals an independent numpy loop: R = I; R += Ā_l R
+    a_np, layout = expl.attention.astype(np.float64), expl.layout
+    for k in range(2):
+        abar = np.clip(a_np * res.gradients[k], 0, None).mean(axis=1)
+        r = np.eye(layout.num_tokens)
+        for layer in abar:
+            r = r + layer @ r
+        want = (layout.readout_weights() @ r)[layout.num_prefix :].reshape(layout.grid)
+        got = methods.compute_map("chefer", expl.attention, layout, grads=res.gradients[k])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
     # the two classes give two different maps
     a = methods.compute_map("chefer", expl.attention, expl.layout, grads=res.relevance[0])
     b = methods.compute_map("chefer", expl.attention, expl.layout, grads=res.relevance[1])

@@ -211,9 +211,16 @@ def test_mask_method_thresholds_the_readout_map():
     layout = TokenLayout(("cls",), (3, 3), (16, 16), "cls")
     attn = random_attention(rng, (2, 2, 10, 10))
     m = methods.compute_map("mask", attn, layout, threshold=0.5)
-    base = methods.compute_map("attention", attn, layout)
-    np.testing.assert_array_equal(m, methods.threshold_mask(base, 0.5))
-    assert base[m.astype(bool)].sum() >= 0.5 * base.sum()
+    # independently: the last layer's CLS row, head-mean, cells largest first until half the mass
+    base = attn[-1].mean(axis=0)[0, 1:]
+    order = np.argsort(-base, kind="stable")
+    before = np.cumsum(base[order]) - base[order]
+    want = np.zeros(9)
+    want[order[before < 0.5 * base.sum()]] = 1
+    np.testing.assert_array_equal(m.ravel(), want)
+    kept, dropped = base[want == 1], base[want == 0]
+    assert kept.min() >= dropped.max() and 0 < want.sum() < 9
+    assert base[want == 1].sum() >= 0.5 * base.sum() > base[want == 1].sum() - kept.min()
 
 
 def test_mean_attention_distance_hand_worked():

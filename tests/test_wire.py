@@ -1,4 +1,4 @@
-"""The binary message format of the HTTP API (vitviz.wire)."""
+"""The binary message format of the HTTP API (vitviz.server.wire)."""
 
 from __future__ import annotations
 

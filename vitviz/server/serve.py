@@ -1,7 +1,7 @@
 """The vitviz HTTP server: a Ray Serve application with a FastAPI ingress.
 
 One replica holds one model (one GPU each when the cluster has GPUs). Requests are gathered
-into batches by ``@serve.batch`` and explained by :class:`vitviz.service.Engine`. Start it
+into batches by ``@serve.batch`` and explained by :class:`vitviz.server.service.Engine`. Start it
 with ``python -m vitviz serve --model NAME`` (one machine) or deploy ``serve_config.yaml``
 on a Ray cluster (``serve deploy``); the API is documented at ``/docs`` and in the README.
 
@@ -10,7 +10,7 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
     ``GET /v1/model``: model description, labels, methods, limits.
     ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).
     ``POST /v1/explain``: the image bytes as the body, options as query parameters; the
-        answer is a :mod:`vitviz.wire` message.
+        answer is a :mod:`vitviz.server.wire` message.
 """
 
 import asyncio
@@ -168,7 +168,7 @@ class VitvizServer:
 
     @api.get("/v1/model", summary="Model description, labels, methods and limits")
     async def model(self, request: Request) -> dict[str, Any]:
-        """What :meth:`vitviz.service.Engine.info` says."""
+        """What :meth:`vitviz.server.service.Engine.info` says."""
         self._auth(request)
         return self.engine.info()
 
@@ -195,7 +195,7 @@ class VitvizServer:
     async def explain(
         self,
         request: Request,
-        top_k: Annotated[int, Query(description="predictions to return (1-50)")] = 5,
+        top_k: Annotated[int, Query(description="predictions (1 to max(50, classes))")] = 5,
         attention: Annotated[
             str, Query(description="none, readout ([L,H,N] rows of the readout) or full")
         ] = "readout",
@@ -285,7 +285,7 @@ def _cluster_gpus() -> int:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The Serve application (``import_path: vitviz.serve:build_app`` in a Serve config).
+    """The Serve application (``import_path: vitviz.server.serve:build_app`` in a Serve config).
 
     ``args``: any :class:`Settings` field (``token`` defaults to each replica's
     ``$VITVIZ_TOKEN``, so the secret need not be in the config) plus
