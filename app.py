@@ -58,6 +58,8 @@ PERSISTENT = (
     "why_class",
     "target_class",
     "class_method",
+    # the widgets drawn from the method registry (vitviz.ui.widgets.method_options)
+    *(f"{name}-{o.name}" for name, m in methods.METHODS.items() for o in m.options),
 )
 
 tune_allocator()

@@ -67,7 +67,7 @@ def evaluate(backend: LocalBackend, single: int, double: int, batch: int = 16) -
                     if methods.METHODS[n].needs_gradients:
                         maps[n] = [
                             np.asarray(methods.compute_map(n, expl.attention, expl.layout, grads=g))
-                            for g in res.gradients
+                            for g in res.relevance
                         ]
                     else:
                         m = np.asarray(methods.compute_map(n, expl.attention, expl.layout))

@@ -110,7 +110,7 @@ def test_rollout_controls_change_the_map(demo_reference):
     assert not np.allclose(values, plain)
     # the class token's share is shown in its own strip
     strip = chart(at, "rollout-prefix")
-    row = methods.rollout(
+    row = methods.attention_rollout(
         demo_reference.attention, demo_reference.layout, fusion="max", discard=0.5, start_layer=2
     )
     np.testing.assert_allclose(plotly_array(strip["data"][0]["z"]).ravel(), row[:1], rtol=1e-5)
@@ -475,3 +475,17 @@ def test_a_registered_method_appears_in_the_cli_and_the_page(toy_method, demo_re
     got = marker_data(chart(at, "class-map"))[:, 3]
     np.testing.assert_allclose(got, want.ravel(), rtol=1e-4, atol=1e-9)
     assert any("Toy relevance" in c.value for c in at.caption)
+
+
+def test_options_drawn_from_the_registry_survive_a_view_change():
+    at = start()
+    at.toggle(key="why_class").set_value(True).run()
+    at.segmented_control(key="class_method").set_value("attn-grad").run()
+    ok(at)
+    at.slider(key="attn-grad-layer").set_value(2).run()
+    at.selectbox(key="attn-grad-head").set_value(1).run()
+    at.segmented_control(key="view").set_value("Heads").run()
+    at.segmented_control(key="view").set_value("Rollout").run()
+    ok(at)
+    assert at.slider(key="attn-grad-layer").value == 2
+    assert at.selectbox(key="attn-grad-head").value == 1

@@ -60,3 +60,11 @@ def test_keep_aspect_crops_to_whole_patches_up_to_three_to_one():
     tall = geo(photo((300, 451)))
     assert tall.size[0] == 224 and tall.size[1] % 16 == 0 and geo.is_seen(tall)
     assert not geo.is_seen(photo((225, 224)))
+
+
+def test_keep_aspect_without_an_interpolation_resizes_bicubic_as_before():
+    geo = InputGeometry({"input_size": (3, 224, 224)}, True, (16, 16))
+    image = photo((300, 451), 3)
+    top = round((337 - 336) / 2)
+    want = image.resize((224, 337), Image.Resampling.BICUBIC).crop((0, top, 224, top + 336))
+    assert np.array_equal(np.asarray(geo(image)), np.asarray(want))

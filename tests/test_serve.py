@@ -201,7 +201,7 @@ def test_the_server_resizes_original_uploads_itself(servers, local):
     bound = readout.max(-1, keepdims=True) / 510 + 1e-6  # uint8, scaled per row
     assert np.all(np.abs(arrays["readout"] - readout) <= bound)
     np.testing.assert_allclose(
-        arrays["rollout"], methods.rollout(here.attention, here.layout), atol=1e-5
+        arrays["rollout"], methods.attention_rollout(here.attention, here.layout), atol=1e-5
     )
     assert header["predictions"][0]["index"] == here.predictions[0].index
 

@@ -108,7 +108,9 @@ def test_encoded_answer_matches_the_engine(engine):
     # readout rows: the class token's row of every head, checked against plain indexing
     cls = layout.readout_tokens[0]
     assert np.allclose(arrays["readout"], expl.attention[:, :, cls, :], atol=1e-3)
-    assert np.allclose(arrays["rollout"], methods.rollout(expl.attention, layout), atol=1e-6)
+    assert np.allclose(
+        arrays["rollout"], methods.attention_rollout(expl.attention, layout), atol=1e-6
+    )
     for name, fn in methods.STATISTICS.items():
         assert np.allclose(arrays[name], fn(expl.attention, layout), atol=1e-5)
     full = engine.backend.explain_classes([job.image], [[None]], seen=True, full_gradients=True)

@@ -40,7 +40,6 @@ _EXPORTS: dict[str, str] = {
     "attention_entropy": "vitviz.methods",
     "attention_gradients": "vitviz.gradients",
     "attention_relevance": "vitviz.gradients",
-    "capture": "vitviz.capture",
     "class_relevance": "vitviz.methods",
     "compute_map": "vitviz.methods",
     "compute_row": "vitviz.methods",
@@ -59,10 +58,13 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    """Import an exported name's module on first use."""
+    """Import an exported name's module (or a submodule, ``vitviz.methods``) on first use."""
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'vitviz' has no attribute {name!r}")
+        try:
+            return importlib.import_module(f"vitviz.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'vitviz' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

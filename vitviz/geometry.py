@@ -148,7 +148,8 @@ class InputGeometry:
         w, h = image.size
         scale = short / min(w, h)
         nh, nw = max(round(h * scale), self.patch[0]), max(round(w * scale), self.patch[1])
-        resized = _resize(image, (nh, nw), self.interpolation)
+        interpolation = str(self.config.get("interpolation") or "bicubic")  # as before
+        resized = _resize(image, (nh, nw), interpolation)
         crop_h = min(nh, 3 * short) // self.patch[0] * self.patch[0]
         crop_w = min(nw, 3 * short) // self.patch[1] * self.patch[1]
         return _center_crop(resized, (crop_h, crop_w))

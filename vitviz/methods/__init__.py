@@ -15,7 +15,7 @@ runs one by name and puts its row on the patch grid.
 """
 
 from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, to_grid
-from vitviz.methods.attention import attention, mask, query, threshold_mask
+from vitviz.methods.attention import mask, query, raw_attention, threshold_mask
 from vitviz.methods.gradient import (
     attn_grad,
     chefer,
@@ -33,8 +33,18 @@ from vitviz.methods.registry import (
     register,
     resolve_options,
 )
-from vitviz.methods.rollout import discard_lowest, rollout, rollout_layers, rollout_matrix
+from vitviz.methods.rollout import (
+    attention_rollout,
+    discard_lowest,
+    rollout_layers,
+    rollout_matrix,
+)
 from vitviz.methods.statistics import STATISTICS, attention_entropy, mean_attention_distance
+
+# the order the CLI, the page and the server list them in (methods registered later follow)
+for _name in ("attention", "rollout", "query", "mask", "chefer", "grad-rollout", "attn-grad"):
+    METHODS[_name] = METHODS.pop(_name)
+del _name
 
 __all__ = [
     "FUSIONS",
@@ -43,8 +53,8 @@ __all__ = [
     "Fusion",
     "Method",
     "Option",
-    "attention",
     "attention_entropy",
+    "attention_rollout",
     "attn_grad",
     "check_options",
     "chefer",
@@ -57,10 +67,10 @@ __all__ = [
     "mask",
     "mean_attention_distance",
     "query",
+    "raw_attention",
     "register",
     "relevance_parts",
     "resolve_options",
-    "rollout",
     "rollout_layers",
     "rollout_matrix",
     "threshold_mask",

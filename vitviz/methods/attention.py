@@ -24,7 +24,7 @@ from vitviz.methods.arrays import (
     wide,
 )
 from vitviz.methods.registry import DISCARD, FUSION, HEAD, LAYER, START_LAYER, Option, register
-from vitviz.methods.rollout import rolled_rows, rollout, rollout_layers
+from vitviz.methods.rollout import attention_rollout, rolled_rows, rollout_layers
 
 
 @register(
@@ -34,7 +34,7 @@ from vitviz.methods.rollout import rolled_rows, rollout, rollout_layers
     (LAYER, HEAD, FUSION),
 )
 @tensors
-def attention(
+def raw_attention(
     attn: torch.Tensor,
     layout: TokenLayout,
     *,
@@ -168,9 +168,11 @@ def mask(
         ``[..., N]``: 1 for kept patches, 0 for the others and for the prefix tokens.
     """
     if source == "attention":
-        row = attention(attn, layout, layer=layer, head=head, fusion=fusion)
+        row = raw_attention(attn, layout, layer=layer, head=head, fusion=fusion)
     elif source == "rollout":
-        row = rollout(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+        row = attention_rollout(
+            attn, layout, fusion=fusion, discard=discard, start_layer=start_layer
+        )
     else:
         raise OptionsError(f"unknown mask source {source!r}: choose 'attention' or 'rollout'")
     out = torch.zeros_like(wide(row))

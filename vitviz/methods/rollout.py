@@ -109,7 +109,7 @@ def rollout_matrix(
     (FUSION, DISCARD, START_LAYER),
 )
 @tensors
-def rollout(
+def attention_rollout(
     attn: torch.Tensor,
     layout: TokenLayout,
     *,

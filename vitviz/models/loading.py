@@ -255,11 +255,12 @@ def load_model(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise WeightsError(f"could not fetch weights for {timm_name}: {first}") from None
     model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
-    check_structure(model, timm_name)
+    _, family = family_of(timm_name.split(".", 1)[0])
+    hook = family.hook if family is not None else "attn.attn_drop"
+    check_structure(model, timm_name, hook)
     prec = pick_precision(dev, precision)
     model = model.eval().to(dev)
     title = CURATED[key].title if key in CURATED else timm_name
-    _, family = family_of(timm_name.split(".", 1)[0])
     data_config = resolve_model_data_config(model)
     # The pretrained config may name another size (DINOv2: 518 px); the model's own wins.
     data_config["input_size"] = (3, *(int(s) for s in model.patch_embed.img_size))
@@ -273,7 +274,7 @@ def load_model(
         device=dev,
         precision=prec,  # type: ignore[arg-type]
         keep_aspect=keep_aspect,
-        hook=family.hook if family is not None else "attn.attn_drop",
+        hook=hook,
     )
 
 

@@ -205,13 +205,22 @@ def check_architecture(arch: str) -> None:
         )
 
 
-def check_structure(model: nn.Module, name: str) -> None:
-    """Check the model has what capture needs: blocks with unfused-capable attention."""
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def check_structure(model: nn.Module, name: str, hook: str = "attn.attn_drop") -> None:
+    """Check the model has what capture needs: blocks with unfused-capable attention whose
+    probabilities pass through ``hook`` (the family's hook point)."""
     blocks = getattr(model, "blocks", None)
     ok = blocks is not None and len(blocks) > 0
     ok = ok and all(
-        hasattr(getattr(b, "attn", None), "attn_drop")
-        and hasattr(b.attn, "fused_attn")
+        _has(b, hook)
+        and hasattr(getattr(b, "attn", None), "fused_attn")
         and hasattr(b.attn, "num_heads")
         for b in blocks
     )

@@ -5,7 +5,7 @@ explains a list of jobs in as few batches as it can: plain jobs in one ``explain
 class-specific jobs in one ``explain_classes`` call (class lists padded to the longest,
 gradient layers merged). When a batch fails, its jobs are retried one by one, so one bad job
 never takes its batch-mates down. :meth:`Engine.encode` turns a result into the binary
-response of :mod:`vitviz.wire`.
+response of :mod:`vitviz.server.wire`.
 """
 
 from __future__ import annotations
@@ -456,7 +456,7 @@ class Engine:
         return out
 
     def encode(self, job: Job, result: ImageExplanation | ClassExplanation) -> bytes:
-        """The binary response for one job (see :mod:`vitviz.wire` and the README)."""
+        """The binary response for one job (see :mod:`vitviz.server.wire` and the README)."""
         classed = result if isinstance(result, ClassExplanation) else None
         expl = classed.explanation if classed else result
         attn, layout = expl.attention, expl.layout
