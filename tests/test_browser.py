@@ -1,9 +1,10 @@
-"""End to end in a real browser: ``streamlit run app.py`` driven by the system Chromium.
+"""End to end in a real browser at 1280×800: ``streamlit run app.py`` driven by the system Chromium.
 
-Uploads a photo, waits for the overlay, changes the layer in the Heads view, clicks a patch in
-the Patch explorer, clicks a head in Head statistics and checks that the page followed each
-step without an exception. The
-full-page screenshot is written to ``$VITVIZ_SCREENSHOT`` (the README's image is made with
+The attention canvas is checked through the state it shows on its element (``data-layer``,
+``data-head``, ``data-patch``, ``data-checksum`` = the sum of the drawn values, ``data-hover``)
+against the engine's own numbers; then the URL round trip, clipped controls, the busy
+indicator, and the head-statistics click. The full-page screenshot is written to
+``$VITVIZ_SCREENSHOT`` (the README's image is made with
 ``VITVIZ_SCREENSHOT=docs/screenshot.png python -m pytest tests/test_browser.py``).
 
 It needs Debian's ``chromium`` and the ``playwright`` package (never ``playwright install``).
@@ -23,13 +24,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import free_port
+from vitviz import methods
+from vitviz.images import decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("VITVIZ_REQUIRE_BROWSER") == "1"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage"]
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -83,104 +89,234 @@ def server():
     assert "Traceback" not in output, output[-3000:]
 
 
-def picture_of(image) -> str:
-    """The picture a map shows, once plotly has set it (the element exists before its href)."""
-    expect(image).to_have_attribute("href", re.compile("^data:image/"), timeout=120_000)
-    return image.get_attribute("href")
+@pytest.fixture(scope="module")
+def engine():
+    """The demo model's explanations of two samples, computed in this process."""
+    from vitviz.backends.local import LocalBackend
+
+    backend = LocalBackend.from_name("demo", device="cpu")
+    out = {}
+    for name in ("demo-scene-1.png", "coffee.png", "chelsea.png"):
+        image = decode_image((ASSETS / name).read_bytes(), name).image
+        out[name] = backend.explain([image])[0]
+    return out
 
 
-def test_upload_layer_and_patch_click(server, tmp_path):
-    shot = Path(os.environ.get("VITVIZ_SCREENSHOT", tmp_path / "screenshot.png"))
+@pytest.fixture
+def page(server):
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage"],
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server, wait_until="domcontentloaded")
-        charts = page.locator('[data-testid="stPlotlyChart"]')
-        expect(charts.first).to_be_visible(timeout=120_000)
-        expect(page).to_have_title(re.compile("vitviz"))
-        idle = page.locator(
-            '[data-testid="stStatusWidget"]'
-        )  # shown while a script run is in flight
-        first = picture_of(page.locator(".st-key-rollout image").first)
-
-        # upload a photo
-        page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
-        page.locator('[data-testid="stSidebar"] input[type="file"]').set_input_files(
-            str(ROOT / "assets" / "chelsea.png")
-        )
-        expect(page.get_by_text("What the model sees (224×224 px)")).to_be_visible()
-        image = page.locator(".st-key-rollout image").first
-        expect(image).not_to_have_attribute("href", first, timeout=60_000)
-        overlay = picture_of(image)
-        assert overlay.startswith("data:image/jpeg;base64,")
-        # the first screen holds the image, the prediction and the overlay
-        for loc in (
-            page.locator('[data-testid="stImage"]').first,
-            page.locator('[data-testid="stProgress"]').first,
-            charts.first,
-        ):
-            box = loc.bounding_box()
-            assert box is not None and box["y"] + min(box["height"], 120) <= 800, box
-        page.screenshot(path=str(shot), full_page=True)
-
-        # Heads view: change the layer with the keyboard on the slider
-        page.locator('[data-testid="stButtonGroup"] button', has_text="Heads").click()
-        caption = page.get_by_text(re.compile(r"^Layer 5, all heads \(fused\)"))
-        expect(caption).to_be_visible(timeout=60_000)
-        expect(idle).to_have_count(0, timeout=60_000)
-        before = picture_of(page.locator(".st-key-head-map image").first)
-        slider = page.locator('[data-testid="stMain"] input[type="range"][aria-label="Layer"]')
-        slider.focus()
-        slider.press("ArrowLeft")
-        slider.press("ArrowLeft")
-        expect(page.get_by_text(re.compile(r"^Layer 3, all heads \(fused\)"))).to_be_visible(
-            timeout=60_000
-        )
-        expect(page.locator(".st-key-head-map image").first).not_to_have_attribute(
-            "href", before, timeout=60_000
-        )
-
-        # Patch explorer: click patch (row 3, column 10) of the picker
-        page.locator('[data-testid="stButtonGroup"] button', has_text="Patch explorer").click()
-        expect(page.get_by_text(re.compile(r"^Click a patch"))).to_be_visible(timeout=60_000)
-        picker = page.locator(".st-key-patch-picker")
-        img = picker.locator("image").first
-        expect(img).to_be_visible()
-        box = img.bounding_box()
-        row, col = 3, 10
-        x = box["x"] + (col + 0.5) * box["width"] / 14
-        y = box["y"] + (row + 0.5) * box["height"] / 14
-        # the page must be idle (no script run in flight) or the chart may be redrawn under us
-        expect(idle).to_have_count(0, timeout=60_000)
-        page.mouse.move(x, y)  # hovering shows the patch index
-        expect(page.locator(".hovertext").first).to_contain_text(f"patch {row * 14 + col}")
-        page.mouse.click(x, y)
-        patch = row * 14 + col
-        expect(
-            page.get_by_text(f"selected: patch {patch} (row {row}, column {col})")
-        ).to_be_visible(timeout=60_000)
-        expect(page.get_by_text(f"What patch {patch} attends to")).to_be_visible()
-
-        # Head statistics: clicking a head's point opens its map in the Heads view
-        page.locator('[data-testid="stButtonGroup"] button', has_text="Head statistics").click()
-        points = page.locator(".st-key-distance .scatterlayer .trace").first.locator("path.point")
-        expect(points.first).to_be_visible(timeout=60_000)
-        expect(idle).to_have_count(0, timeout=60_000)
-        box = points.nth(7).bounding_box()  # layer 2, head 1 (points run head-fastest, 3 heads)
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx, cy)  # plotly's drag layer sits above the points: use the mouse
-        expect(page.locator(".hovertext").first).to_contain_text("layer 2, head 1")
-        page.mouse.click(cx, cy)
-        expect(page.get_by_text(re.compile(r"^Layer 2, head 1: what the readout"))).to_be_visible(
-            timeout=60_000
-        )
-
+        page.errors = errors
+        yield page
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
         browser.close()
+
+
+def settle(page) -> None:
+    """Until no script run is in flight (Streamlit's own script state)."""
+    page.wait_for_function(
+        "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+        " return a && a.getAttribute('data-test-script-state') === 'notRunning'; }",
+        timeout=120_000,
+    )
+
+
+def canvas(page, key: str):
+    """The canvas's root (its state attributes) inside the element with this key."""
+    root = page.locator(f".st-key-{key} .vv")
+    expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+    return root
+
+
+def view(page, name: str) -> None:
+    page.locator('[data-testid="stButtonGroup"] button', has_text=name).first.click()
+
+
+def checksum(values: np.ndarray) -> float:
+    return float(np.asarray(values, np.float32).astype(np.float64).sum())
+
+
+def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tmp_path):
+    shot = Path(os.environ.get("VITVIZ_SCREENSHOT", tmp_path / "screenshot.png"))
+    page.goto(server, wait_until="domcontentloaded")
+    expect(page).to_have_title(re.compile("vitviz"))
+    rollout = canvas(page, "rollout")
+    ref = engine["demo-scene-1.png"]
+    want = methods.compute_map("rollout", ref.attention, ref.layout)
+    assert float(rollout.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
+    # a colour legend with the map's range
+    legend = page.locator(".st-key-rollout .legend")
+    expect(legend).to_contain_text("rollout")
+    assert float(rollout.get_attribute("data-max")) == pytest.approx(want.max(), rel=1e-5)
+    # hovering a patch shows its value, the engine's
+    settle(page)
+    box = page.locator(".st-key-rollout canvas[data-role=map]").bounding_box()
+    r, c = 4, 9
+    page.mouse.move(
+        box["x"] + (c + 0.5) * box["width"] / 14, box["y"] + (r + 0.5) * box["height"] / 14
+    )
+    expect(rollout).to_have_attribute("data-hover", re.compile(f"^{r * 14 + c}:"))
+    value = float(rollout.get_attribute("data-hover").split(":")[1])
+    assert value == pytest.approx(want[r, c], rel=1e-5)
+    expect(page.locator(".st-key-rollout .tip")).to_contain_text(f"patch {r * 14 + c}")
+
+    # upload a photo: the map follows (and the screenshot shows it)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stSidebar"] input[type="file"]').set_input_files(
+        str(ASSETS / "chelsea.png")
+    )
+    cat = engine["chelsea.png"]
+    want = methods.compute_map("rollout", cat.attention, cat.layout)
+    page.wait_for_function(
+        "(w) => { const e = [...document.querySelectorAll('.st-key-rollout *')]"
+        "  .find(x => x.shadowRoot); const r = e && e.shadowRoot.querySelector('.vv');"
+        "  const v = r && Number(r.getAttribute('data-checksum'));"
+        "  return r && Math.abs(v - w) < 1e-4 * Math.abs(w); }",
+        arg=checksum(want),
+        timeout=60_000,
+    )
+    settle(page)
+    # after a new upload the view is still selected
+    active = page.locator('.st-key-view button[aria-checked="true"]')
+    expect(active).to_have_text("Rollout")
+    page.screenshot(path=str(shot), full_page=True)
+
+    # Heads: layer and head change in the browser; the numbers are the engine's
+    view(page, "Heads")
+    heads = canvas(page, "heads-canvas")
+    settle(page)
+    layer_input = page.locator(".st-key-heads-canvas input[data-role=layer]")
+    layer_input.focus()
+    layer_input.press("ArrowLeft")
+    layer_input.press("ArrowLeft")
+    expect(heads).to_have_attribute("data-layer", "3")
+    page.locator('.st-key-heads-canvas button[data-head="1"]').click()
+    expect(heads).to_have_attribute("data-head", "1")
+    want = methods.compute_map("attention", cat.attention, cat.layout, layer=3, head=1)
+    assert float(heads.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
+    expect(page.locator(".st-key-heads-canvas .title")).to_have_text(
+        "Layer 3, head 1: what the readout attends to"
+    )
+    # the mosaic: labelled, the open cell marked, a click opens its head
+    mosaic = page.locator(".st-key-heads-canvas .mosaic")
+    expect(mosaic).to_contain_text("L0")
+    expect(mosaic).to_contain_text("h2")
+    expect(page.locator('.st-key-heads-canvas canvas[data-cell="10"]')).to_have_class("open")
+    page.locator('.st-key-heads-canvas canvas[data-cell="5"]').click()  # layer 1, head 2
+    expect(heads).to_have_attribute("data-layer", "1")
+    expect(heads).to_have_attribute("data-head", "2")
+    # the selection reaches the URL once the person pauses
+    page.wait_for_url(re.compile(r"layer=1.*head=2|head=2.*layer=1"), timeout=10_000)
+    # display settings in the browser: colormap and opacity, shared by all canvases
+    page.locator(".st-key-heads-canvas select[data-role=colormap]").select_option("viridis")
+    expect(heads).to_have_attribute("data-colormap", "viridis")
+
+    # Patch explorer: a click on the map asks the server for that patch's rows
+    view(page, "Patch explorer")
+    patch = canvas(page, "patch-canvas")
+    settle(page)
+    box = page.locator(".st-key-patch-canvas canvas[data-role=map]").bounding_box()
+    r, c = 3, 10
+    page.mouse.click(
+        box["x"] + (c + 0.5) * box["width"] / 14, box["y"] + (r + 0.5) * box["height"] / 14
+    )
+    expect(patch).to_have_attribute("data-patch", str(r * 14 + c), timeout=60_000)
+    expect(page.get_by_text(f"selected: patch {r * 14 + c} (row {r}, column {c})")).to_be_visible()
+    settle(page)
+    want = methods.compute_map(
+        "query", cat.attention, cat.layout, patch=r * 14 + c, layer=1, head=2
+    )
+    assert float(patch.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
+
+    # Head statistics: clicking a head's point opens its map in the Heads view
+    view(page, "Head statistics")
+    points = page.locator(".st-key-distance .scatterlayer .trace").first.locator("path.point")
+    expect(points.first).to_be_visible(timeout=60_000)
+    settle(page)
+    box = points.nth(7).bounding_box()  # layer 2, head 1 (points run head-fastest, 3 heads)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)  # plotly's drag layer sits above the points: use the mouse
+    expect(page.locator(".hovertext").first).to_contain_text("layer 2, head 1")
+    page.mouse.click(cx, cy)
+    heads = canvas(page, "heads-canvas")
+    expect(heads).to_have_attribute("data-layer", "2", timeout=60_000)
+    expect(heads).to_have_attribute("data-head", "1")
     assert shot.stat().st_size > 20_000
+
+
+def test_a_link_reproduces_the_view(page, server, engine):
+    page.goto(f"{server}/?view=Heads&layer=2&head=1&sample=coffee.png")
+    heads = canvas(page, "heads-canvas")
+    expect(heads).to_have_attribute("data-layer", "2")
+    expect(heads).to_have_attribute("data-head", "1")
+    ref = engine["coffee.png"]
+    want = methods.compute_map("attention", ref.attention, ref.layout, layer=2, head=1)
+    assert float(heads.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
+    # and the page writes its state back: view, mask settings survive a reload
+    view(page, "Rollout")
+    canvas(page, "rollout")
+    settle(page)
+    page.get_by_text("DINO-style mask").click()
+    canvas(page, "mask")
+    settle(page)
+    expect(page).to_have_url(re.compile("view=Rollout"))
+    page.reload()
+    canvas(page, "rollout")
+    assert "sample=coffee.png" in page.url
+
+
+CLIPPED_JS = """() => {
+  const bad = [];
+  const seen = (el) => {
+    const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0;
+  };
+  const check = (el, what) => {
+    if (!seen(el) || !el.textContent.trim()) return;
+    if (el.scrollWidth > el.clientWidth + 1) bad.push(what + ': ' + el.textContent.trim());
+  };
+  const page = ['[data-testid="stWidgetLabel"] p', '[data-testid="stButtonGroup"] button p',
+    '[data-testid="stMarkdownContainer"] p', '[data-baseweb="select"] div[value]',
+    '[data-baseweb="select"] > div > div:first-child'];
+  document.querySelectorAll(page.join(', ')).forEach(e => check(e, 'page'));
+  document.querySelectorAll('*').forEach(h => {
+    if (!h.shadowRoot) return;
+    const parts = 'button, .name, .title, label, .legend span';
+    h.shadowRoot.querySelectorAll(parts).forEach(e => check(e, 'canvas'));
+  });
+  return bad;
+}"""
+
+
+def test_no_control_is_clipped_at_1280(page, server):
+    page.goto(f"{server}/?view=Rollout")
+    canvas(page, "rollout")
+    settle(page)
+    page.get_by_text("Why this class?").click()
+    canvas(page, "class-map")
+    settle(page)
+    page.get_by_text("DINO-style mask").click()
+    canvas(page, "mask")
+    settle(page)
+    for name, key in (
+        ("Rollout", "rollout"),
+        ("Heads", "heads-canvas"),
+        ("Patch explorer", "patch-canvas"),
+    ):
+        view(page, name)
+        canvas(page, key)
+        settle(page)
+        clipped = page.evaluate(CLIPPED_JS)
+        assert clipped == [], (name, clipped)
+
+
+def test_a_slow_step_shows_that_the_page_is_busy(page, server):
+    page.goto(f"{server}/?model=__timm__&timm_name=vit_small_patch16_224&random_weights=true")
+    spinner = page.locator('[data-testid="stSpinner"]')
+    expect(spinner.first).to_be_visible(timeout=60_000)  # loading the model takes seconds
+    expect(spinner.first).to_contain_text("Loading")
+    canvas(page, "rollout")
+    expect(page.get_by_text("RANDOM WEIGHTS")).to_be_visible()  # said where the maps are

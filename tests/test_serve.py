@@ -456,7 +456,7 @@ def test_full_queue_answers_503_with_retry_after_and_slow_work_504(servers):
 def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, local, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from tests.test_app import APP, chart, marker_data, ok
+    from tests.test_app import APP, ok, shown
 
     cat = Image.open(ASSETS / "chelsea.png")
     here = local.explain([cat])[0]
@@ -477,7 +477,7 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     ok(at)
     caption = " ".join(c.value for c in at.sidebar.caption)
     assert f"Backend:** server {servers['main']}" in caption and "(on the server)" in caption
-    values = marker_data(chart(at, "rollout"))[:, 3]
+    values = shown(at, "rollout").ravel()
     want = methods.compute_map("rollout", here.attention, here.layout).ravel()
     np.testing.assert_allclose(values, want, rtol=1e-2, atol=1e-3 * want.max())
     assert top.label in at.get("progress")[0].proto.text
@@ -488,7 +488,7 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     want = methods.compute_map(
         "chefer", lc.explanation.attention, lc.explanation.layout, grads=lc.gradients[0]
     )
-    got = marker_data(chart(at, "class-map"))[:, 3]
+    got = shown(at, "class-map").ravel()
     np.testing.assert_allclose(got, want.ravel(), rtol=2e-2, atol=2e-3 * np.abs(want).max())
     # the anatomy view gets the model's filters from the server
     at.segmented_control(key="view").set_value("How ViT sees this image").run()
@@ -519,7 +519,7 @@ def test_a_server_only_page_offers_no_local_models_or_file_paths(servers, monkey
 def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
     from streamlit.testing.v1 import AppTest
 
-    from tests.test_app import APP, chart
+    from tests.test_app import APP, canvas
 
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["backend_kind"] = "server"
@@ -528,7 +528,7 @@ def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
     assert not at.exception
     errors = " ".join(e.value for e in at.error)
     assert "could not reach the vitviz server" in errors and "In this process" in errors
-    assert chart(at, "rollout")  # the demo model, in-process, fills the page
+    assert canvas(at, "rollout")  # the demo model, in-process, fills the page
 
 
 # ----------------------------------------------------------------------------- deployment

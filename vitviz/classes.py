@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from vitviz.errors import OptionsError
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax of class logits (float64, numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def ranked(labels: Sequence[str], top: Sequence[int]) -> list[int]:
+    """Class indices for a picker: ``top`` first, then the rest by name."""
+    first = [int(i) for i in top]
+    rest = sorted(
+        (i for i in range(len(labels)) if i not in set(first)), key=lambda i: labels[i].lower()
+    )
+    return first + rest
 
 
 def resolve_class(spec: str | int, labels: Sequence[str]) -> int:

@@ -414,3 +414,9 @@ def to_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
     return buffer.tobytes()
+
+
+def colormap_lut(colormap: str = "inferno") -> np.ndarray:
+    """The colormap as 256 RGB colours (``uint8 [256, 3]``), what :func:`colorize` maps 0…1 to."""
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
+    return colorize(ramp, colormap)[0]

@@ -15,10 +15,11 @@ runs one by name and puts its row on the patch grid.
 """
 
 from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, to_grid
-from vitviz.methods.attention import mask, query, raw_attention, threshold_mask
+from vitviz.methods.attention import head_rows, mask, query, raw_attention, threshold_mask
 from vitviz.methods.gradient import (
     attn_grad,
     chefer,
+    class_head_rows,
     class_relevance,
     grad_rollout,
     relevance_parts,
@@ -58,12 +59,14 @@ __all__ = [
     "attn_grad",
     "check_options",
     "chefer",
+    "class_head_rows",
     "class_relevance",
     "compute_map",
     "compute_row",
     "discard_lowest",
     "fuse_heads",
     "grad_rollout",
+    "head_rows",
     "mask",
     "mean_attention_distance",
     "query",

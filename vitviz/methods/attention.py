@@ -17,6 +17,7 @@ from vitviz.layout import TokenLayout
 from vitviz.methods.arrays import (
     Fusion,
     check_attn,
+    fuse_heads,
     patch_index,
     readout_weights,
     select_layer,
@@ -178,3 +179,29 @@ def mask(
     out = torch.zeros_like(wide(row))
     out[..., layout.num_prefix :] = _keep_mass(row[..., layout.num_prefix :], threshold)
     return out
+
+
+@tensors
+def head_rows(attn: torch.Tensor, layout: TokenLayout, *, patch: int | None = None) -> torch.Tensor:
+    """Every layer's rows at once: ``[..., L, H + 3, N]``.
+
+    Slot h < H is head h's row; slots H, H+1, H+2 are the heads fused by mean, max and min
+    (:data:`~vitviz.methods.FUSIONS`). The row is the readout's (``patch`` None, what
+    :func:`raw_attention` gives) or patch ``patch``'s query row (what :func:`query` gives):
+    a browser can then show any layer, head and fusion without asking the server again.
+    """
+    check_attn(attn, layout)
+    if patch is None:
+        w = readout_weights(layout, wide(attn))
+        rows = torch.einsum("n,...nm->...m", w, wide(attn))  # [..., L, H, N]
+        fused = torch.stack(
+            [torch.einsum("n,...nm->...m", w, fuse_heads(attn, f)) for f in ("mean", "max", "min")],
+            dim=-2,
+        )
+    else:
+        q = layout.num_prefix + patch_index(patch, layout)
+        rows = wide(attn[..., q, :])  # [..., L, H, N]
+        fused = torch.stack(
+            [fuse_heads(attn, f)[..., q, :] for f in ("mean", "max", "min")], dim=-2
+        )
+    return torch.cat([rows, fused], dim=-2)

@@ -231,3 +231,13 @@ def attn_grad(
     prod = (wide(attn[..., li, :, :, :]) * wide(g[..., li, :, :, :])).clamp_min(0)
     a = prod[..., hi, :, :] if hi is not None else fuse_heads(prod, fusion)
     return readout_weights(layout, a) @ a
+
+
+def class_head_rows(rel: ClassRelevance) -> np.ndarray:
+    """Attention × gradient for every layer, head and fusion: ``[L, H + 3, N]`` (slots as in
+    :func:`~vitviz.methods.attention.head_rows`), from a class's relevance alone."""
+    missing = sorted(set(range(rel.num_layers)) - set(rel.layers))
+    rows = np.concatenate([rel.heads, np.moveaxis(rel.fused_rows, 0, 1)], axis=1)
+    if missing:
+        rows[missing] = np.nan  # not computed: shown as such, never as zeros
+    return rows.astype(np.float32)

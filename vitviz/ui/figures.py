@@ -229,7 +229,7 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
     ll, hh, custom = _head_points(distance)
     fig = go.Figure(
         go.Scatter(
-            x=ll + 1,
+            x=ll,
             y=distance.ravel(),
             mode="markers",
             marker=dict(
@@ -248,7 +248,7 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
     if selected is not None:
         fig.add_trace(
             go.Scatter(
-                x=[selected[0] + 1],
+                x=[selected[0]],
                 y=[distance[selected]],
                 mode="markers",
                 marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=3)),

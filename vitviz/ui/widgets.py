@@ -31,7 +31,7 @@ def option_widget(
 ) -> Any:
     """Draw one option's widget in ``where`` and return its value (stored under ``key``)."""
     fresh = key not in st.session_state  # a widget's default only when the state has none
-    common = {"key": key, "help": option.help, "disabled": disabled}
+    common = {"key": key, "help": option.help, "disabled": disabled, "persist_state": "session"}
     if option.kind == "layer":
         default = option.default % layers if isinstance(option.default, int) else layers - 1
         extra = {"value": default} if fresh else {}
@@ -53,7 +53,9 @@ def option_widget(
         extra = {"value": bool(option.default)} if fresh else {}
         return where.toggle(option.title, **extra, **common)
     extra = {"default": option.default} if fresh else {}
-    value = where.segmented_control(option.title, list(option.choices), **extra, **common)
+    value = where.segmented_control(
+        option.title, list(option.choices), required=True, **extra, **common
+    )
     return option.default if value is None else value
 
 
@@ -82,3 +84,43 @@ def method_options(
             where=column,
         )
     return {o.name: shared.get(o.name, values.get(o.name)) for o in method.options}
+
+
+def class_picker(ctx: Any, key: str = "target_class") -> int:
+    """Pick the class to explain: the top-5 first, then every label (type to search).
+
+    A new image or model starts on its top class.
+    """
+    from vitviz.classes import probabilities, ranked
+
+    labels = ctx.labels
+    top = ctx.top_classes
+    probs = probabilities(ctx.expl.logits)
+    context = ctx.model_id + ctx.image_digest
+    if st.session_state.get("class_context") != context or st.session_state.get(key) not in range(
+        len(labels)
+    ):
+        st.session_state["class_context"] = context
+        st.session_state[key] = top[0]
+    return st.selectbox(
+        "Why this class? (top 5 first; type to search all)",
+        ranked(labels, top),
+        format_func=lambda i: f"{labels[i]} — {probs[i]:.1%}",
+        key=key,
+        persist_state="session",
+    )
+
+
+def overlay_download(ctx: Any, values: Any, title: str, where: Any = st) -> None:
+    """A server-rendered PNG of one map over the image (inferno, opacity 0.6), for saving."""
+    from vitviz import render
+
+    image, name = ctx.expl.image, f"{ctx.stem}-{title}.png"
+    where.download_button(
+        "Overlay (PNG)",
+        data=lambda: render.to_png(render.overlay(image, values, alpha=0.6)),
+        file_name=name,
+        mime="image/png",
+        on_click="ignore",
+        key=f"dl-png-{title}",
+    )

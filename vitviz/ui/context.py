@@ -1,0 +1,59 @@
+"""What every view gets: the backend, the model, the image and its cached explanation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitviz.backends import Backend
+from vitviz.images import DecodedImage
+from vitviz.layout import TokenLayout
+from vitviz.results import ImageExplanation, ModelInfo
+from vitviz.ui.state import Entry
+
+
+@dataclass
+class ViewContext:
+    """One page run's model, image and explanation (a view reads; it never runs the model
+    except through :mod:`vitviz.ui.resources`)."""
+
+    backend: Backend
+    info: ModelInfo
+    model_id: str
+    image_digest: str
+    image_name: str
+    decoded: DecodedImage
+    entry: Entry
+
+    @property
+    def expl(self) -> ImageExplanation:
+        """The explanation (predictions, layout, input image, attention)."""
+        return self.entry.explanation
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The token layout of this input."""
+        return self.entry.explanation.layout
+
+    @property
+    def attn(self) -> np.ndarray:
+        """``[L, H, N, N]`` attention."""
+        return self.entry.explanation.attention
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names (empty without a classifier)."""
+        return list(self.backend.labels or [])
+
+    @property
+    def top_classes(self) -> list[int]:
+        """The predicted classes, most probable first."""
+        return [p.index for p in self.entry.explanation.predictions]
+
+    @property
+    def stem(self) -> str:
+        """A file-name stem for downloads: image and model."""
+        from vitviz.ui.downloads import safe_stem
+
+        return f"{safe_stem(self.image_name)}-{safe_stem(self.info.name)}"

@@ -1,0 +1,250 @@
+"""What the page loads and keeps for all its sessions: models, inputs, explanations, relevance.
+
+Everything here is shared by every browser session of one server process and bounded in bytes
+(:class:`vitviz.ui.state.PageCaches`); a slow step shows a spinner with its time.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from vitviz import models
+from vitviz.backends import Backend
+from vitviz.backends.local import LocalBackend
+from vitviz.backends.remote import RemoteBackend
+from vitviz.errors import VitvizError, WeightsFileError
+from vitviz.images import DecodedImage, decode_image
+from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
+from vitviz.runtime import release_memory
+from vitviz.ui.state import PageCaches, PageLimits
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+SAMPLES = {
+    "chelsea.png": "Chelsea the cat",
+    "coffee.png": "A cup of coffee",
+    "astronaut.png": "Astronaut Eileen Collins",
+    "rocket.jpg": "A rocket on the launch pad",
+    "hubble_deep_field.jpg": "Hubble deep field",
+    "demo-scene-1.png": "Demo scene 1 (textures)",
+    "demo-scene-2.png": "Demo scene 2 (textures)",
+    "demo-scene-3.png": "Demo scene 3 (textures)",
+}
+SAMPLES = {k: v for k, v in SAMPLES.items() if (ASSETS / k).is_file()}
+MODEL_LOADS = threading.BoundedSemaphore(1)  # one model built at a time per page process
+
+
+@st.cache_resource(show_spinner=False)
+def page_caches() -> PageCaches:
+    """Models, model inputs, explanations and class relevance of this server process."""
+    try:
+        limits = PageLimits.from_env()
+    except VitvizError as err:  # the operator's VITVIZ_*_MB or VITVIZ_MAX_PARAMS is malformed
+        st.error(f"This page is misconfigured: {err}")
+        st.stop()
+    gc.collect()
+    gc.freeze()  # libraries are here for good: later collections skip them (~0.5 ms, not 190)
+    return PageCaches(limits)
+
+
+@st.cache_resource(show_spinner=False)
+def load_failures() -> dict[tuple, tuple[str, float]]:
+    """Recent model-loading failures, so a broken choice is not retried on every rerun."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def default_model() -> tuple[str, str | None]:
+    """ViT-B/16 when its weights are cached or downloadable, else the demo model and why."""
+    spec = models.CURATED["vit-b16"]
+    if models.cached_weights(spec.timm_name) is not None:
+        return "vit-b16", None
+    where = models.download_location(spec.timm_name)
+    if not models.hub_offline() and models.hub_reachable(where):
+        return "vit-b16", None
+    why = "offline mode is on" if models.hub_offline() else "there is no internet"
+    return "demo", (
+        f"ViT-B/16's ImageNet weights are not on this machine and {why}: showing vitviz's "
+        "demo model, trained on synthetic textures. Online, pick ViT-B/16 to download it."
+    )
+
+
+def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
+    """One loaded model per (name, weights) and process, within the page's size limits.
+
+    Models are built one at a time, so visitors choosing different models at once cannot add
+    up their memory beyond one model over the cache's budget.
+    """
+    caches = page_caches()
+
+    def load() -> LocalBackend:
+        with MODEL_LOADS:
+            return LocalBackend.from_name(
+                name,
+                weights=weights,
+                random_weights=random_weights,
+                max_params=caches.limits.max_params,
+            )
+
+    return caches.models.get_or_compute((name, weights, random_weights), load)
+
+
+def for_the_page(message: str) -> str:
+    """A loader's message in the page's words (it has no command-line flags)."""
+    return message.replace(
+        "or pass --weights FILE with a local .safetensors/.pth file",
+        "or choose “A weights file on this machine…” as the model",
+    ).replace("pass --weights FILE", "choose “A weights file on this machine…” as the model")
+
+
+def load_with_progress(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
+    """Load a model; when its weights must be downloaded, show the download's progress."""
+    key = (name, weights, random_weights)
+    failed = load_failures().get(key)
+    if failed and time.time() - failed[1] < 300:
+        raise VitvizError(failed[0])
+    try:
+        # before anything is downloaded or built (the loader checks again, for files)
+        models.check_model_size(name, page_caches().limits.max_params)
+        if weights is None and not random_weights:
+            plan = models.weights_plan(name)
+            if plan.startswith("download") and models.hub_reachable():
+                _download(name)
+        with st.spinner(f"Loading {name}…", show_time=True):
+            backend = get_backend(name, weights, random_weights)
+    except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
+        message = (
+            f"“{weights}” is not a readable weights file: give the path of a .safetensors, "
+            ".pth or .bin file holding a model's tensors, on the machine running this page"
+        )
+        load_failures()[key] = (message, time.time())
+        raise VitvizError(message) from None
+    except VitvizError as err:
+        load_failures()[key] = (for_the_page(str(err)), time.time())
+        raise VitvizError(for_the_page(str(err))) from None
+    load_failures().pop(key, None)
+    return backend
+
+
+def _download(name: str) -> None:
+    bar = st.progress(0.0, text=f"Downloading the weights of {name}…")
+    script_thread = threading.current_thread()
+    last = [-1.0]
+
+    def report(done: int, total: int | None) -> None:
+        if threading.current_thread() is not script_thread or not total:
+            return
+        frac = min(1.0, done / total)
+        if frac - last[0] >= 0.01 or frac == 1.0:
+            last[0] = frac
+            mb = f"{done / 2**20:.0f} of {total / 2**20:.0f} MB"
+            bar.progress(frac, text=f"Downloading the weights of {name}: {mb}")
+
+    try:
+        models.download_weights(name, report)
+    finally:  # a failed download leaves no stale bar behind
+        bar.empty()
+
+
+@st.cache_resource(show_spinner=False, ttl=60, max_entries=8)
+def get_remote(url: str, token: str) -> RemoteBackend:
+    """A client of a vitviz server (its model description is re-read every minute).
+
+    ``token`` is passed explicitly ("" for none): the client never falls back to this
+    machine's ``VITVIZ_TOKEN`` (see :class:`vitviz.ui.servers.ServerPolicy`).
+    """
+    return RemoteBackend(url, token=token)
+
+
+def model_input(image_digest: str, data: bytes, name: str, backend: Backend) -> DecodedImage:
+    """An image decoded and reduced at once to the model's input (kept in memory only).
+
+    The full-size pixels live only while decoding: what is cached is bounded by the model's
+    input size, whatever the upload's.
+    """
+    key = (image_digest, backend.geometry.key)
+    return page_caches().images.get_or_compute(
+        key, lambda: decode_image(data, name, reduce=backend.geometry)
+    )
+
+
+def _explain_once(backend: Backend, image) -> ImageExplanation:
+    """Explain one model input; first free what earlier runs of this page left behind.
+
+    Every run of this script is a new module whose functions and globals form reference
+    cycles, so the explanations an old run shows (evicted from the cache since) stay alive
+    until Python's cyclic collector runs, which can be many uploads later. Collect them
+    now (cheap: :func:`page_caches` froze the libraries out of the collector's way), and
+    give the freed heap back to the kernel after the forward pass.
+    """
+    gc.collect()
+    result = backend.explain([image], seen=True)[0]
+    release_memory()
+    return result
+
+
+def explanation(model_id: str, image_digest: str, backend: Backend, image):
+    """The cached entry of this (model, image), explained once (with a spinner)."""
+    cache = page_caches().explanations
+    with st.spinner("Running the model on this image…", show_time=True):
+        return cache.get(model_id, image_digest, lambda: _explain_once(backend, image))
+
+
+def class_relevance(
+    model_id: str, image_digest: str, backend: Backend, image, cls: int, top: list[int]
+) -> ClassRelevance:
+    """What the class maps read of ``∂y_c/∂A`` for one class of this image, cached.
+
+    The first request computes the top-5 classes (and ``cls``) from one forward pass with one
+    backward pass each, so switching among them is instant; any other class costs one forward
+    and one backward pass. Sessions asking for the same class at once compute it once; the
+    cache is bounded in bytes.
+    """
+    cache = page_caches().relevance
+    key = (model_id, image_digest, cls)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+
+    def compute() -> ClassRelevance:
+        others = [c for c in top if c != cls and (model_id, image_digest, c) not in cache]
+        res = backend.explain_classes([image], [[cls, *others]], seen=True)[0]
+        for rel in res.relevance[1:]:
+            cache.put((model_id, image_digest, rel.index), rel)
+        return res.relevance[0]
+
+    message = "Computing the class gradients (one forward, one backward per class)…"
+    with st.spinner(message, show_time=True):
+        try:
+            return cache.get_or_compute(key, compute)
+        except VitvizError as err:  # e.g. the server went away: say so, keep the page
+            st.error(f"Could not compute the class map: {err}")
+            st.stop()
+    raise AssertionError("unreachable")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def model_anatomy(model_id: str, _backend: Backend) -> Anatomy:
+    """Patch-embedding filters and position similarity of a loaded model."""
+    return _backend.anatomy()
+
+
+@st.cache_resource(show_spinner=False)
+def gallery_thumbnails() -> dict[str, np.ndarray]:
+    """Small previews of the sample images."""
+    import cv2
+
+    out = {}
+    for name in SAMPLES:
+        img = decode_image((ASSETS / name).read_bytes(), name).image
+        rgb = np.asarray(img.convert("RGB"))
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        out[name] = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)
+    return out

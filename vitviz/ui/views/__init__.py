@@ -1,0 +1,40 @@
+"""The page's views: one module each with ``TITLE`` and ``render(ctx)``.
+
+Adding a view is one module plus one line in :data:`VIEWS`. Each view runs as an
+``st.fragment``: its own controls rerun it alone, not the sidebar, decoding or model lookup.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import streamlit as st
+
+from vitviz.ui.context import ViewContext
+from vitviz.ui.session import KEEP, URL
+from vitviz.ui.views import heads, patches, pipeline, rollout, statistics
+
+VIEWS: dict[str, ModuleType] = {m.TITLE: m for m in (pipeline, heads, rollout, patches, statistics)}
+DEFAULT = rollout.TITLE
+
+
+def picker() -> str:
+    """The view buttons: one is always selected, and it is in the URL."""
+    if st.session_state.get("view") not in VIEWS:
+        st.session_state["view"] = DEFAULT
+    return st.segmented_control(
+        "View",
+        list(VIEWS),
+        key="view",
+        required=True,
+        bind=URL,
+        persist_state=KEEP,
+        label_visibility="collapsed",
+    )
+
+
+@st.fragment
+def render(ctx: ViewContext) -> None:
+    """The view buttons and the active view, as one fragment: switching views or using a
+    view's controls reruns only this, not the sidebar, decoding or model lookup."""
+    VIEWS[picker()].render(ctx)

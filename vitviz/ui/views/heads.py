@@ -1,0 +1,71 @@
+"""Heads: one layer's heads, all layers × heads (bertviz's model view), any head large.
+
+Every layer × head readout row goes to the browser once; layer, head and fusion change there.
+With "Why this class?", a second canvas, linked to the first, shows attention × gradient of
+the same head for a class.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vitviz import methods
+from vitviz.ui import canvas, resources, session, widgets
+from vitviz.ui.context import ViewContext
+from vitviz.ui.session import KEEP
+
+TITLE = "Heads"
+
+
+def render(ctx: ViewContext) -> None:
+    """Draw the view."""
+    expl, layout, info = ctx.expl, ctx.layout, ctx.info
+    rows = ctx.entry.get("head-rows", lambda: methods.head_rows(expl.attention, layout))
+    layer, head, fusion = session.selection(info.layers, info.heads)
+    reset = session.take_reset()
+    common = dict(heads=info.heads, layer=layer, head=head, fusion=fusion, reset=reset)
+    why = st.toggle(
+        "Why this class? (attention × gradient of the same head)",
+        key="heads_why",
+        disabled=not expl.predictions,
+        help="Gradient-weighted attention for one class (needs a classifier)",
+        persist_state=KEEP,
+    )
+    data = canvas.payload(
+        expl.image,
+        layout,
+        rows,
+        title="Layer {layer}, {head}: what the readout attends to",
+        mosaic=True,
+        link="heads",
+        report=True,
+        filename=f"{ctx.stem}-heads",
+        max_size=300,
+        **common,
+    )
+    canvas.attention_canvas(
+        "heads-canvas", data, on_selection=lambda: session.remember_selection("heads-canvas")
+    )
+    if why and expl.predictions:
+        cls = widgets.class_picker(ctx)
+        rel = resources.class_relevance(
+            ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
+        )
+        label = ctx.labels[cls]
+        class_data = canvas.payload(
+            expl.image,
+            layout,
+            methods.class_head_rows(rel),
+            title=f"Why “{label}”: layer {{layer}}, {{head}}, attention × gradient",
+            value_name="relevance",
+            link="heads",
+            filename=f"{ctx.stem}-attn-grad-class{cls}",
+            max_size=300,
+            **common,
+        )
+        canvas.attention_canvas("heads-class-canvas", class_data)
+    layer, head, fusion = session.selection(info.layers, info.heads)
+    grid = methods.to_grid(rows[layer, head if head >= 0 else info.heads], layout)
+    widgets.overlay_download(
+        ctx, grid, f"layer{layer}-head{head}" if head >= 0 else f"layer{layer}"
+    )

@@ -1,0 +1,62 @@
+"""Patch explorer: click a patch to see what it attends to, per layer and head or rolled out."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vitviz import methods
+from vitviz.ui import canvas, session, widgets
+from vitviz.ui.context import ViewContext
+from vitviz.ui.session import KEEP
+
+TITLE = "Patch explorer"
+
+
+def render(ctx: ViewContext) -> None:
+    """Draw the view."""
+    expl, layout, info = ctx.expl, ctx.layout, ctx.info
+    patch = session.patch(layout.num_patches, layout.grid)
+    r, c = divmod(patch, layout.grid[1])
+    rolled = st.toggle(
+        "Rolled out (follow the patch through all layers)", key="rolled", persist_state=KEEP
+    )
+    st.caption(f"Click a patch on the map — selected: patch {patch} (row {r}, column {c})")
+    if rolled:
+        rows = methods.compute_row("query", expl.attention, layout, patch=patch, rolled=True)
+        extra = dict(title=f"What patch {patch} attends to (rolled out)")
+    else:
+        rows = ctx.entry.get(
+            ("query-rows", patch), lambda: methods.head_rows(expl.attention, layout, patch=patch)
+        )
+        layer, head, fusion = session.selection(info.layers, info.heads)
+        extra = dict(
+            heads=info.heads,
+            layer=layer,
+            head=head,
+            fusion=fusion,
+            reset=session.take_reset(),
+            report=True,
+            title=f"What patch {patch} attends to: layer {{layer}}, {{head}}",
+        )
+    data = canvas.payload(
+        expl.image,
+        layout,
+        rows,
+        clickable=True,
+        selected=patch,
+        filename=f"{ctx.stem}-patch{patch}",
+        max_size=340,
+        **extra,
+    )
+    canvas.attention_canvas(
+        "patch-canvas",
+        data,
+        on_patch=lambda: session.remember_patch("patch-canvas"),
+        on_selection=lambda: session.remember_selection("patch-canvas"),
+    )
+    if rolled:
+        grid = methods.to_grid(rows, layout)
+    else:
+        layer, head, _ = session.selection(info.layers, info.heads)
+        grid = methods.to_grid(rows[layer, head if head >= 0 else info.heads], layout)
+    widgets.overlay_download(ctx, grid, f"patch{patch}")

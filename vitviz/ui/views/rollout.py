@@ -1,0 +1,135 @@
+"""Rollout: attention flow through the layers, DINO's mask, and "why this class?".
+
+The rollout's options come from the method registry; the map is recomputed on the server (it
+needs every layer) and drawn by the canvas. The mask and the class-specific map can be shown
+together, side by side.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vitviz import methods
+from vitviz.ui import canvas, resources, widgets
+from vitviz.ui.context import ViewContext
+from vitviz.ui.session import KEEP, URL
+
+TITLE = "Rollout"
+KEYS = {"fusion": "roll_fusion", "discard": "discard", "start_layer": "start_layer"}
+
+
+def render(ctx: ViewContext) -> None:
+    """Draw the view."""
+    expl, layout, info = ctx.expl, ctx.layout, ctx.info
+    sizes = dict(layers=info.layers, heads=info.heads, patches=layout.num_patches)
+    spec = methods.METHODS["rollout"]
+    columns = st.columns([1.4] + [1] * (len(spec.options) - 1))  # fusion's three buttons fit
+    opts = {
+        o.name: widgets.option_widget(o, KEYS[o.name], where=col, **sizes)
+        for o, col in zip(spec.options, columns, strict=True)
+    }
+    row = methods.compute_row("rollout", expl.attention, layout, **opts)
+    t1, t2 = st.columns(2)
+    show_mask = t1.toggle(
+        "DINO-style mask",
+        key="mask_on",
+        help="The smallest set of patches holding most of the attention",
+        persist_state=KEEP,
+    )
+    why = t2.toggle(
+        "Why this class? (class-specific map)",
+        key="why_class",
+        disabled=not expl.predictions,
+        help="Gradient-weighted attention for one class (needs a classifier)",
+        persist_state=KEEP,
+    )
+    why = why and bool(expl.predictions)
+    panels = 1 + show_mask + why
+    size = {1: 340, 2: 300, 3: 230}[panels]
+    cols = st.columns(panels) if panels > 1 else [st.container()]
+    with cols[0]:
+        data = canvas.payload(
+            expl.image,
+            layout,
+            row,
+            title="Rollout: where attention flows (the same for every class)",
+            value_name="rollout",
+            filename=f"{ctx.stem}-rollout",
+            max_size=size,
+        )
+        canvas.attention_canvas("rollout", data)
+    download = (methods.to_grid(row, layout), "rollout")
+    if show_mask:
+        with cols[1]:
+            download = _mask(ctx, opts, size) or download
+    if why:
+        with cols[-1]:
+            download = _class_map(ctx, opts, sizes, size)
+    widgets.overlay_download(ctx, *download)
+
+
+def _mask(ctx: ViewContext, opts: dict, size: int):
+    expl, layout = ctx.expl, ctx.layout
+    c1, c2 = st.columns(2)
+    thr = c1.slider("Mass kept", 0.1, 1.0, 0.6, 0.05, key="mask_threshold", persist_state=KEEP)
+    src = c2.radio(
+        "Mask of",
+        ["last layer's attention", "rollout"],
+        horizontal=True,
+        key="mask_source",
+        persist_state=KEEP,
+    )
+    mopts = (
+        {"source": "attention", "layer": -1}
+        if src.startswith("last")
+        else {
+            "source": "rollout",
+            **opts,
+        }
+    )
+    row = methods.compute_row("mask", expl.attention, layout, threshold=thr, **mopts)
+    data = canvas.payload(
+        expl.image,
+        layout,
+        row,
+        title=f"DINO-style mask: {thr:.0%} of the {mopts['source']}'s mass",
+        value_name="in mask",
+        filename=f"{ctx.stem}-mask",
+        max_size=size,
+    )
+    canvas.attention_canvas("mask", data)
+    return None
+
+
+def _class_map(ctx: ViewContext, opts: dict, sizes: dict, size: int):
+    expl, layout = ctx.expl, ctx.layout
+    class_methods = {n: m.title for n, m in methods.METHODS.items() if m.needs_gradients}
+    if st.session_state.get("class_method") not in class_methods:
+        st.session_state["class_method"] = "chefer"
+    cls = widgets.class_picker(ctx)
+    cm = st.segmented_control(
+        "Method",
+        list(class_methods),
+        format_func=class_methods.get,
+        key="class_method",
+        required=True,
+        bind=URL,
+        persist_state=KEEP,
+    )
+    # options the rollout controls above already set are shared; others get widgets
+    copts = widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
+    rel = resources.class_relevance(
+        ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
+    )
+    row = methods.compute_row(cm, expl.attention, layout, grads=rel, **copts)
+    data = canvas.payload(
+        expl.image,
+        layout,
+        row,
+        title=f"Why “{ctx.labels[cls]}”: {class_methods[cm]}",
+        value_name="relevance",
+        filename=f"{ctx.stem}-{cm}-class{cls}",
+        max_size=size,
+    )
+    canvas.attention_canvas("class-map", data)
+    return methods.to_grid(row, layout), f"{cm}-class{cls}"
