@@ -300,7 +300,7 @@ def test_unavailable_model_says_why_and_falls_back():
     msg = at.error[0].value
     assert "vit_base_patch16_224" in msg and "Connect to the internet" in msg
     # words for a browser user (no command-line flags), and the picker shows the model in use
-    assert "--weights" not in msg and "A weights file on this machine" in msg
+    assert "--weights" not in msg and "Weights file on this server" in msg
     assert at.sidebar.selectbox(key="model").value == "demo"
     assert len(at.get("progress")) == 5  # the demo model still answers
 

@@ -256,17 +256,24 @@ def test_a_link_reproduces_the_view(page, server, engine):
     ref = engine["coffee.png"]
     want = methods.compute_map("attention", ref.attention, ref.layout, layer=2, head=1)
     assert float(heads.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
-    # and the page writes its state back: view, mask settings survive a reload
-    view(page, "Rollout")
-    canvas(page, "rollout")
+    # and the page writes what the person does back to the URL: a reload keeps it
+    view(page, "Patch explorer")
+    patch = canvas(page, "patch-canvas")
     settle(page)
-    page.get_by_text("DINO-style mask").click()
-    canvas(page, "mask")
+    box = patch.locator("canvas[data-role=map]").bounding_box()
+    page.mouse.click(box["x"] + 2.5 * box["width"] / 14, box["y"] + 3.5 * box["height"] / 14)
+    expect(patch).to_have_attribute("data-patch", str(3 * 14 + 2), timeout=60_000)
     settle(page)
-    expect(page).to_have_url(re.compile("view=Rollout"))
+    expect(page).to_have_url(re.compile("view=Patch"))
+    expect(page).to_have_url(re.compile("patch=44"))
     page.reload()
-    canvas(page, "rollout")
+    patch = canvas(page, "patch-canvas")
+    expect(patch).to_have_attribute("data-patch", "44")
     assert "sample=coffee.png" in page.url
+    view(page, "Rollout")  # the default view leaves the URL
+    canvas(page, "rollout")
+    settle(page)
+    assert "view=" not in page.url
 
 
 CLIPPED_JS = """() => {
@@ -275,12 +282,14 @@ CLIPPED_JS = """() => {
     const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0;
   };
   const check = (el, what) => {
-    if (!seen(el) || !el.textContent.trim()) return;
-    if (el.scrollWidth > el.clientWidth + 1) bad.push(what + ': ' + el.textContent.trim());
+    const text = (el.tagName === 'INPUT' ? el.value : el.textContent).trim();
+    if (!seen(el) || !text) return;
+    if (el.scrollWidth > el.clientWidth + 1) bad.push(what + ': ' + text);
   };
   const page = ['[data-testid="stWidgetLabel"] p', '[data-testid="stButtonGroup"] button p',
     '[data-testid="stMarkdownContainer"] p', '[data-baseweb="select"] div[value]',
-    '[data-baseweb="select"] > div > div:first-child'];
+    '[data-baseweb="select"] > div > div:first-child', '[data-baseweb="select"] input',
+    '[role="option"]', '[role="option"] *'];
   document.querySelectorAll(page.join(', ')).forEach(e => check(e, 'page'));
   document.querySelectorAll('*').forEach(h => {
     if (!h.shadowRoot) return;
@@ -311,12 +320,38 @@ def test_no_control_is_clipped_at_1280(page, server):
         settle(page)
         clipped = page.evaluate(CLIPPED_JS)
         assert clipped == [], (name, clipped)
+    for name in ("How ViT sees this image", "Head statistics"):
+        view(page, name)
+        settle(page)
+        assert page.evaluate(CLIPPED_JS) == [], name
+    page.get_by_role("combobox", name="Model").click()  # every model's name fits its menu
+    expect(page.get_by_role("option").first).to_be_visible()
+    assert page.get_by_role("option").count() >= 9
+    assert page.evaluate(CLIPPED_JS) == []
+    page.keyboard.press("Escape")
+
+
+SPINNER_LOG_JS = """
+window.__spinners = [];
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('[data-testid="stSpinner"]')) {
+    const text = el.innerText.trim();
+    if (text && !window.__spinners.includes(text)) window.__spinners.push(text);
+  }
+}).observe(document, {childList: true, subtree: true, characterData: true});
+"""
 
 
 def test_a_slow_step_shows_that_the_page_is_busy(page, server):
-    page.goto(f"{server}/?model=__timm__&timm_name=vit_small_patch16_224&random_weights=true")
-    spinner = page.locator('[data-testid="stSpinner"]')
-    expect(spinner.first).to_be_visible(timeout=60_000)  # loading the model takes seconds
-    expect(spinner.first).to_contain_text("Loading")
-    canvas(page, "rollout")
-    expect(page.get_by_text("RANDOM WEIGHTS")).to_be_visible()  # said where the maps are
+    # every spinner text shown while the page works is logged (a spinner can be brief)
+    page.add_init_script(SPINNER_LOG_JS)
+    page.goto(f"{server}/?model=__timm__&timm_name=vit_base_patch16_224&random_weights=true")
+    canvas(page, "rollout")  # ViT-B/16 is built (over a second here) and explained
+    settle(page)
+    shown = page.evaluate("window.__spinners")
+    assert any(t.startswith("Loading vit_base_patch16_224") for t in shown), shown
+    warning = page.locator('[data-testid="stMain"]').get_by_text("RANDOM WEIGHTS").first
+    expect(warning).to_be_visible()  # said above the maps, not below the fold in the sidebar
+    maps = canvas(page, "rollout").locator("canvas[data-role=map]")
+    assert warning.bounding_box()["y"] < maps.bounding_box()["y"]
+    expect(page.get_by_role("combobox", name="Model")).to_have_value("Any timm ViT, by name…")

@@ -19,10 +19,16 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 def ranked(labels: Sequence[str], top: Sequence[int]) -> list[int]:
     """Class indices for a picker: ``top`` first, then the rest by name."""
     first = [int(i) for i in top]
+    chosen = set(first)
     rest = sorted(
-        (i for i in range(len(labels)) if i not in set(first)), key=lambda i: labels[i].lower()
+        (i for i in range(len(labels)) if i not in chosen), key=lambda i: labels[i].lower()
     )
     return first + rest
+
+
+def short_label(label: str) -> str:
+    """A class's first name ("echidna" for "echidna, spiny anteater, anteater")."""
+    return label.split(",")[0].strip() or label
 
 
 def resolve_class(spec: str | int, labels: Sequence[str]) -> int:

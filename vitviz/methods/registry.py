@@ -183,8 +183,10 @@ def compute_map(
 
 
 # Options several methods share.
-LAYER = Option("layer", "layer", -1, "layer index (negative from the end)")
-HEAD = Option("head", "head", None, "one head (default: all heads fused)")
+LAYER = Option(
+    "layer", "layer", -1, "layer, counted from 0 like everywhere in vitviz (negative: from the end)"
+)
+HEAD = Option("head", "head", None, "one head, counted from 0 (default: all heads fused)")
 FUSION = Option(
     "fusion", "choice", "mean", "how heads are fused", choices=FUSIONS, label="Head fusion"
 )
@@ -198,4 +200,4 @@ DISCARD = Option(
     step=0.05,
     label="Discard ratio",
 )
-START_LAYER = Option("start_layer", "layer", 0, "first layer of the rollout")
+START_LAYER = Option("start_layer", "layer", 0, "first layer of the rollout, counted from 0")

@@ -94,12 +94,15 @@ def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBa
     return caches.models.get_or_compute((name, weights, random_weights), load)
 
 
+WEIGHTS_FILE_TITLE = "Weights file on this server…"  # the model picker's entry for a file
+
+
 def for_the_page(message: str) -> str:
     """A loader's message in the page's words (it has no command-line flags)."""
+    choose = f"choose “{WEIGHTS_FILE_TITLE}” as the model"
     return message.replace(
-        "or pass --weights FILE with a local .safetensors/.pth file",
-        "or choose “A weights file on this machine…” as the model",
-    ).replace("pass --weights FILE", "choose “A weights file on this machine…” as the model")
+        "or pass --weights FILE with a local .safetensors/.pth file", f"or {choose}"
+    ).replace("pass --weights FILE", choose)
 
 
 def load_with_progress(name: str, weights: str | None, random_weights: bool) -> LocalBackend:

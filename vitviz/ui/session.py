@@ -1,14 +1,16 @@
 """One person's page state: what survives a view change, and what lives in the URL.
 
 Widgets keep their value while hidden (``persist_state="session"``) and the ones a link should
-reproduce are bound to the URL (``bind="query-params"``: view, model, image source, method,
-class…). What the canvas changes in the browser (layer, head, fusion) and the query patch are
-not widgets; they are kept here and written to the URL when the canvas reports them, so a
-reload or a shared link opens the same map.
+reproduce are in the URL: plain values through ``bind="query-params"`` (image source, timm
+name, random weights), choices by their stable id through :func:`choice` and
+:func:`keep_in_url` (view, model, class method). What the canvas changes in the browser
+(layer, head, fusion) and the query patch are not widgets; they are kept here and written to
+the URL when the canvas reports them, so a reload or a shared link opens the same map.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
@@ -34,6 +36,26 @@ def _set_url(name: str, value: Any) -> None:
             st.query_params.pop(name, None)
         else:
             st.query_params[name] = text
+
+
+def choice(key: str, choices: Sequence[str], default: str, url: bool = True) -> None:
+    """Before a choice widget is drawn: give it a valid value, the URL's on a session's first
+    run (when ``url``).
+
+    Choice widgets are not ``bind``-ed: Streamlit would put the displayed label in the URL,
+    and labels change (translations, titles); the URL keeps the stable id instead.
+    """
+    state = st.session_state
+    if key not in state:
+        wanted = st.query_params.get(key) if url else None
+        state[key] = wanted if wanted in choices else default
+    elif state[key] not in choices:
+        state[key] = default
+
+
+def keep_in_url(key: str, value: str, default: str) -> None:
+    """Put a choice in the URL (left out when it is the default, to keep links short)."""
+    _set_url(key, None if value == default else value)
 
 
 def selection(layers: int, heads: int) -> tuple[int, int, str]:

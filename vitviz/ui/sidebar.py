@@ -9,7 +9,7 @@ import streamlit as st
 from vitviz import models
 from vitviz.errors import VitvizError
 from vitviz.results import ModelInfo
-from vitviz.ui import downloads
+from vitviz.ui import downloads, resources, session
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.session import KEEP, URL
 
@@ -112,21 +112,21 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     titles = {k: s.title for k, s in models.CURATED.items()}
     titles |= {
         OTHER_TIMM: "Any timm ViT, by name…",
-        WEIGHTS_FILE: "A weights file on this machine…",
+        WEIGHTS_FILE: resources.WEIGHTS_FILE_TITLE,
     }
-    if st.session_state.get("model") not in (*choices, None):
-        st.session_state["model"] = default_model
-    first = {} if "model" in st.session_state else {"index": choices.index(default_model)}
+    # a link may name a curated model or "any timm ViT", never a file on this machine
+    linkable = [c for c in choices if c != WEIGHTS_FILE]
+    session.choice("model", choices if "model" in st.session_state else linkable, default_model)
     sel.choice = sel.name = st.selectbox(
         "Model",
         choices,
-        **first,
         format_func=lambda k: titles[k],
         key="model",
         label_visibility="collapsed",
-        bind=URL,
         persist_state=KEEP,
     )
+    linked = sel.choice if sel.choice in linkable else default_model
+    session.keep_in_url("model", linked, default_model)
     if sel.choice in models.CURATED:
         st.caption(models.CURATED[sel.choice].description)
     elif sel.choice == OTHER_TIMM:

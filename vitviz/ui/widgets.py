@@ -91,7 +91,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
 
     A new image or model starts on its top class.
     """
-    from vitviz.classes import probabilities, ranked
+    from vitviz.classes import probabilities, ranked, short_label
 
     labels = ctx.labels
     top = ctx.top_classes
@@ -105,7 +105,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     return st.selectbox(
         "Why this class? (top 5 first; type to search all)",
         ranked(labels, top),
-        format_func=lambda i: f"{labels[i]} — {probs[i]:.1%}",
+        format_func=lambda i: f"{short_label(labels[i])} — {probs[i]:.1%}",
         key=key,
         persist_state="session",
     )

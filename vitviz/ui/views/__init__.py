@@ -10,8 +10,8 @@ from types import ModuleType
 
 import streamlit as st
 
+from vitviz.ui import session
 from vitviz.ui.context import ViewContext
-from vitviz.ui.session import KEEP, URL
 from vitviz.ui.views import heads, patches, pipeline, rollout, statistics
 
 VIEWS: dict[str, ModuleType] = {m.TITLE: m for m in (pipeline, heads, rollout, patches, statistics)}
@@ -20,17 +20,17 @@ DEFAULT = rollout.TITLE
 
 def picker() -> str:
     """The view buttons: one is always selected, and it is in the URL."""
-    if st.session_state.get("view") not in VIEWS:
-        st.session_state["view"] = DEFAULT
-    return st.segmented_control(
+    session.choice("view", list(VIEWS), DEFAULT)
+    view = st.segmented_control(
         "View",
         list(VIEWS),
         key="view",
         required=True,
-        bind=URL,
-        persist_state=KEEP,
+        persist_state=session.KEEP,
         label_visibility="collapsed",
     )
+    session.keep_in_url("view", view, DEFAULT)
+    return view
 
 
 @st.fragment

@@ -10,9 +10,9 @@ from __future__ import annotations
 import streamlit as st
 
 from vitviz import methods
-from vitviz.ui import canvas, resources, widgets
+from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
-from vitviz.ui.session import KEEP, URL
+from vitviz.ui.session import KEEP
 
 TITLE = "Rollout"
 KEYS = {"fusion": "roll_fusion", "discard": "discard", "start_layer": "start_layer"}
@@ -44,6 +44,9 @@ def render(ctx: ViewContext) -> None:
         persist_state=KEEP,
     )
     why = why and bool(expl.predictions)
+    # each map's settings span the view's width above the maps, so no label is squeezed
+    mask = _mask_settings(opts) if show_mask else None
+    klass = _class_settings(ctx, opts, sizes) if why else None
     panels = 1 + show_mask + why
     size = {1: 340, 2: 300, 3: 230}[panels]
     cols = st.columns(panels) if panels > 1 else [st.container()]
@@ -59,17 +62,16 @@ def render(ctx: ViewContext) -> None:
         )
         canvas.attention_canvas("rollout", data)
     download = (methods.to_grid(row, layout), "rollout")
-    if show_mask:
+    if mask is not None:
         with cols[1]:
-            download = _mask(ctx, opts, size) or download
-    if why:
+            _mask(ctx, *mask, size)
+    if klass is not None:
         with cols[-1]:
-            download = _class_map(ctx, opts, sizes, size)
+            download = _class_map(ctx, *klass, size)
     widgets.overlay_download(ctx, *download)
 
 
-def _mask(ctx: ViewContext, opts: dict, size: int):
-    expl, layout = ctx.expl, ctx.layout
+def _mask_settings(opts: dict) -> tuple[float, dict]:
     c1, c2 = st.columns(2)
     thr = c1.slider("Mass kept", 0.1, 1.0, 0.6, 0.05, key="mask_threshold", persist_state=KEEP)
     src = c2.radio(
@@ -79,18 +81,16 @@ def _mask(ctx: ViewContext, opts: dict, size: int):
         key="mask_source",
         persist_state=KEEP,
     )
-    mopts = (
-        {"source": "attention", "layer": -1}
-        if src.startswith("last")
-        else {
-            "source": "rollout",
-            **opts,
-        }
-    )
-    row = methods.compute_row("mask", expl.attention, layout, threshold=thr, **mopts)
+    if src.startswith("last"):
+        return thr, {"source": "attention", "layer": -1}
+    return thr, {"source": "rollout", **opts}
+
+
+def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
+    row = methods.compute_row("mask", ctx.expl.attention, ctx.layout, threshold=thr, **mopts)
     data = canvas.payload(
-        expl.image,
-        layout,
+        ctx.expl.image,
+        ctx.layout,
         row,
         title=f"DINO-style mask: {thr:.0%} of the {mopts['source']}'s mass",
         value_name="in mask",
@@ -98,26 +98,35 @@ def _mask(ctx: ViewContext, opts: dict, size: int):
         max_size=size,
     )
     canvas.attention_canvas("mask", data)
-    return None
 
 
-def _class_map(ctx: ViewContext, opts: dict, sizes: dict, size: int):
-    expl, layout = ctx.expl, ctx.layout
-    class_methods = {n: m.title for n, m in methods.METHODS.items() if m.needs_gradients}
-    if st.session_state.get("class_method") not in class_methods:
-        st.session_state["class_method"] = "chefer"
-    cls = widgets.class_picker(ctx)
-    cm = st.segmented_control(
-        "Method",
-        list(class_methods),
-        format_func=class_methods.get,
-        key="class_method",
-        required=True,
-        bind=URL,
-        persist_state=KEEP,
-    )
+def class_methods() -> dict[str, str]:
+    """The registry's class-specific methods (read each run: plugins may register more)."""
+    return {n: m.title for n, m in methods.METHODS.items() if m.needs_gradients}
+
+
+def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str, dict]:
+    titles = class_methods()
+    session.choice("class_method", list(titles), "chefer")
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        cls = widgets.class_picker(ctx)
+    with c2:
+        cm = st.segmented_control(
+            "Method",
+            list(titles),
+            format_func=titles.get,
+            key="class_method",
+            required=True,
+            persist_state=KEEP,
+        )
+    session.keep_in_url("class_method", cm, "chefer")
     # options the rollout controls above already set are shared; others get widgets
-    copts = widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
+    return cls, cm, widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
+
+
+def _class_map(ctx: ViewContext, cls: int, cm: str, copts: dict, size: int):
+    expl, layout = ctx.expl, ctx.layout
     rel = resources.class_relevance(
         ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
     )
@@ -126,7 +135,7 @@ def _class_map(ctx: ViewContext, opts: dict, sizes: dict, size: int):
         expl.image,
         layout,
         row,
-        title=f"Why “{ctx.labels[cls]}”: {class_methods[cm]}",
+        title=f"Why “{ctx.labels[cls]}”: {methods.METHODS[cm].title}",
         value_name="relevance",
         filename=f"{ctx.stem}-{cm}-class{cls}",
         max_size=size,
