@@ -12,7 +12,10 @@ fixed sleep. Then it waits for the page to settle before the next action.
 
 Actions (``--repeats`` of each): a layer step and a head change in Heads, a click in the
 layers × heads mosaic, a layer step and a patch click in the Patch explorer, a discard-ratio
-step in Rollout, a view switch. Prints medians per action, ``floor_ms`` and ``ratio_to_floor``.
+step in Rollout, a view switch. Prints medians per action, ``floor_ms`` and ``ratio_to_floor``;
+on the canvas page also ``view_switch_mixed_frames``: over every view switch, the animation
+frames in which the old view's maps or controls were on screen together with the new view's
+(the target is 0).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -214,6 +218,23 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     return out
 
 
+# Counts the animation frames, over 1.5 s from a view switch, in which an element of the old
+# view (by key) is on screen together with one of the new view: the frames where new controls
+# sit over stale maps.
+MIXED_FRAMES_JS = """([old, neu]) => {
+  window.__mixed = null;
+  const sel = (keys) => keys.map(k => '.st-key-' + k).join(',');
+  const shown = (s) => [...document.querySelectorAll(s)].some(
+    e => e.getBoundingClientRect().height > 0);
+  let mixed = 0; const t0 = performance.now();
+  const tick = () => {
+    if (shown(sel(old)) && shown(sel(neu))) mixed++;
+    if (performance.now() - t0 < 1500) requestAnimationFrame(tick); else window.__mixed = mixed;
+  };
+  requestAnimationFrame(tick);
+}"""
+
+
 def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     """The page whose maps are drawn by the attention canvas (vitviz.ui.canvas)."""
     page = p.page
@@ -224,12 +245,20 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     def control(key: str, selector: str):
         return page.locator(f".st-key-{key} {selector}").first
 
-    out: dict[str, list[float]] = {"view_switch": []}
+    out: dict[str, list[float]] = {"view_switch": [], "view_switch_mixed_frames": []}
+    rollout_keys, heads_keys = ["rollout", "discard", "mask_on"], ["heads-canvas", "heads_why"]
     for _ in range(repeats):
         view("Rollout")
         page.wait_for_selector(".st-key-rollout [data-state]")
         p.settle()
-        out["view_switch"].append(p.timed("heads-canvas", lambda: view("Heads")))
+
+        def switch() -> None:
+            page.evaluate(MIXED_FRAMES_JS, [rollout_keys, heads_keys])
+            view("Heads")
+
+        out["view_switch"].append(p.timed("heads-canvas", switch))
+        page.wait_for_function("() => window.__mixed !== null")
+        out["view_switch_mixed_frames"].append(page.evaluate("window.__mixed"))
     layer = control("heads-canvas", 'input[data-role="layer"]')
     out["heads_layer_step"] = []
     for i in range(repeats):
@@ -237,14 +266,21 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         out["heads_layer_step"].append(
             p.timed("heads-canvas", lambda k=key: (layer.focus(), layer.press(k)))
         )
+
+    def click(target) -> Callable[[], None]:
+        """A mouse click at the element's centre, located before the clock starts."""
+        target.scroll_into_view_if_needed()
+        box = target.bounding_box()
+        return lambda: page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
     out["heads_head_change"] = []
     for i in range(repeats):
         button = control("heads-canvas", f'button[data-head="{1 if i % 2 == 0 else 0}"]')
-        out["heads_head_change"].append(p.timed("heads-canvas", button.click))
+        out["heads_head_change"].append(p.timed("heads-canvas", click(button)))
     out["mosaic_click"] = []
     for i in range(repeats):
         cell = control("heads-canvas", f'canvas[data-cell="{1 + i % 2}"]')
-        out["mosaic_click"].append(p.timed("heads-canvas", cell.click))
+        out["mosaic_click"].append(p.timed("heads-canvas", click(cell)))
     view("Patch explorer")
     page.wait_for_selector(".st-key-patch-canvas [data-state]")
     p.settle()
@@ -304,6 +340,15 @@ def floor(pw, url: str, repeats: int) -> list[float]:
     return times[2:]  # the first steps warm the page up
 
 
+def model_query(name: str) -> str:
+    """The page's URL parameters for a curated model or a timm name, with random weights."""
+    sys.path.insert(0, str(ROOT))
+    from vitviz.models import CURATED
+
+    pick = {"model": name} if name in CURATED else {"model": "__timm__", "timm_name": name}
+    return urllib.parse.urlencode({**pick, "random_weights": "true"})
+
+
 def launch(pw):
     return pw.chromium.launch(
         executable_path=CHROMIUM,
@@ -331,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                 floor_ms = floor(pw, floor_url, args.repeats)
                 browser = launch(pw)
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
-                query = "" if args.model == "demo" else f"?model={args.model}&random=1"
+                query = "" if args.model == "demo" else f"?{model_query(args.model)}"
                 page.goto(app_url + query)
                 p = Page(page)
-                page.wait_for_selector(".st-key-rollout", timeout=180_000)
+                # the canvas's state (or, on the plotly page, the chart's picture): the map
+                # is drawn, whichever page this is
+                page.wait_for_selector(
+                    ".st-key-rollout [data-state], .st-key-rollout image", timeout=180_000
+                )
                 p.settle(180)
                 canvas = page.locator(".st-key-rollout [data-state]").count() > 0
                 if not canvas and args.model != "demo":  # the old page: pick the model by hand
@@ -353,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "page": "canvas" if canvas else "plotly",
         "repeats": args.repeats,
         "floor_ms": round(floor_med, 1),
+        "view_switch_mixed_frames": sum(actions.pop("view_switch_mixed_frames", [])),
         "actions_ms": {k: round(statistics.median(v), 1) for k, v in actions.items()},
         "ratio_to_floor": {
             k: round(statistics.median(v) / floor_med, 2) for k, v in actions.items()

@@ -3,16 +3,19 @@
     python bench/interaction.py --json [--model vit-b16] [--interactions 24]
 
 Loads the app with ViT-B/16's architecture and random weights (timing does not depend on the
-weights), opens a sample image, then makes view-only interactions in turn: the layer and head
-in the Heads view, the overlay opacity in the Rollout view, the selected patch and layer in the
-Patch explorer. Prints one JSON object:
+weights), opens a sample image, then makes the interactions that still reach the server in
+turn: a layer and a head opened from elsewhere (as a statistics click does) in the Heads view,
+a discard-ratio step in the Rollout view, a new query patch in the Patch explorer. (Layer, head,
+fusion, opacity and colormap changes made on the canvas never reach the server: see
+``bench/browser_latency.py`` for what a person feels.) Prints one JSON object:
 
 * ``first_run_ms``: the first page run (model creation + first explanation);
 * ``first_explain_ms``: a run that explains a new image with the model already loaded;
 * ``rerun_ms``: median over the interactions (also ``rerun_ms_p90`` and the list);
 * ``model_calls_during_reruns``: forward passes counted (by wrapping the engine's capture)
   while the interactions ran — should be 0;
-* ``payload_bytes``: median plotly JSON bytes per rerun (``payload_bytes_max`` too).
+* ``payload_bytes``: median bytes per rerun of canvas data and plotly JSON together
+  (``payload_bytes_max`` too).
 
 AppTest runs the script in this process, so times include Streamlit's own script execution
 and element serialization but not the browser.
@@ -39,8 +42,17 @@ from vitviz.runtime import tune_allocator  # noqa: E402
 
 
 def payload(at: AppTest) -> int:
-    """Bytes of plotly JSON the last run sent."""
-    return sum(len(el.proto.spec) for el in at.get("plotly_chart"))
+    """Bytes of canvas data and plotly JSON the last run sent."""
+    charts = sum(len(el.proto.spec) for el in at.get("plotly_chart"))
+    return charts + sum(len(el.proto.json) for el in at.get("bidi_component"))
+
+
+def layers_shown(at: AppTest) -> int:
+    """The model's layer count, from the data sent to the heads canvas."""
+    for el in at.get("bidi_component"):
+        if el.proto.id.endswith("-heads-canvas"):
+            return json.loads(el.proto.json)["layers"]
+    raise SystemExit("the Heads view drew no canvas")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     if calls[0] != 2:
         raise SystemExit(f"expected 2 explanations before the reruns, counted {calls[0]}")
 
-    layers = at.session_state["layer"] + 1
     before = calls[0]
     times: list[float] = []
     sizes: list[int] = []
@@ -95,19 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # enter each view once (not timed as view-only interactions of the same view)
     at.segmented_control(key="view").set_value("Heads").run()
+    layers = layers_shown(at)
+    state = at.session_state
     for i in range(args.interactions):
         kind = i % 4
         if kind == 0:
             at.segmented_control(key="view").set_value("Heads").run()
-            timed("layer", lambda i=i: at.slider(key="layer").set_value((i * 5) % layers))
+            timed("layer", lambda i=i: state.__setitem__("layer", (i * 5) % layers))
         elif kind == 1:
-            timed("head", lambda i=i: at.selectbox(key="head").set_value(i % 3))
+            timed("head", lambda i=i: state.__setitem__("head", i % 3))
         elif kind == 2:
             at.segmented_control(key="view").set_value("Rollout").run()
-            timed("opacity", lambda i=i: at.slider(key="alpha").set_value(0.3 + 0.05 * (i % 8)))
+            timed("discard", lambda i=i: at.slider(key="discard").set_value(0.1 * (i % 9)))
         else:
             at.segmented_control(key="view").set_value("Patch explorer").run()
-            timed("patch", lambda i=i: at.session_state.__setitem__("patch", (i * 37) % 196))
+            timed("patch", lambda i=i: state.__setitem__("patch", (i * 37) % 196))
     result = {
         "model": args.model,
         "weights": "random",

@@ -214,6 +214,18 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     # display settings in the browser: colormap and opacity, shared by all canvases
     page.locator(".st-key-heads-canvas select[data-role=colormap]").select_option("viridis")
     expect(heads).to_have_attribute("data-colormap", "viridis")
+    # a map can be enlarged; its grid is drawn at the screen's resolution, 14 cells across
+    big = page.locator(".st-key-heads-canvas canvas[data-role=map]")
+    small_width = big.bounding_box()["width"]
+    page.locator('.st-key-heads-canvas button[data-role="enlarge"]').click()
+    page.wait_for_function(
+        "(w) => { const e = [...document.querySelectorAll('.st-key-heads-canvas *')]"
+        "  .find(x => x.shadowRoot); const m = e.shadowRoot.querySelector('[data-role=map]');"
+        "  return m.getBoundingClientRect().width > 1.3 * w; }",
+        arg=small_width,
+    )
+    assert big.evaluate("(m) => m.width") >= big.bounding_box()["width"]  # no CSS upscaling
+    page.locator('.st-key-heads-canvas button[data-role="enlarge"]').click()
 
     # Patch explorer: a click on the map asks the server for that patch's rows
     view(page, "Patch explorer")

@@ -32,6 +32,7 @@ __all__ = [
     "outline_patch",
     "overlay",
     "stamp_banner",
+    "to_jpeg",
     "to_png",
     "upsample",
 ]
@@ -413,6 +414,20 @@ def to_png(image: np.ndarray) -> bytes:
     ok, buffer = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
+    return buffer.tobytes()
+
+
+def to_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    """Encode an RGB uint8 image as JPEG bytes (a photo's backdrop: a fifth of the PNG's size).
+
+    Raises:
+        ValueError: On an invalid image or if encoding fails.
+    """
+    image = _check_image(image)
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
     return buffer.tobytes()
 
 

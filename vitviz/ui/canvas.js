@@ -215,7 +215,8 @@ class Canvas {
 
   size() {
     const d = this.data;
-    const avail = Math.max(160, this.root.clientWidth - (this.mosaicWidth || 0) - 24);
+    const side = this.large ? 0 : (this.mosaicWidth || 0);  // enlarged: the mosaic wraps below
+    const avail = Math.max(160, this.root.clientWidth - side - 24);
     const cap = this.large ? 720 : d.max_size;
     const w = Math.min(avail, cap);
     return [Math.round(w), Math.round(w * d.size[0] / d.size[1])];

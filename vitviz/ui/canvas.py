@@ -27,6 +27,7 @@ import numpy as np
 import streamlit as st
 
 from vitviz import render
+from vitviz.cache import ByteLRU
 from vitviz.layout import TokenLayout
 
 _HERE = Path(__file__).resolve().parent
@@ -48,15 +49,19 @@ def _luts() -> dict[str, str]:
     return {name: _b64(render.colormap_lut(name)) for name in render.COLORMAPS}
 
 
-@lru_cache(maxsize=64)
-def _image_uri(image_bytes: bytes, shape: tuple[int, ...]) -> str:
-    image = np.frombuffer(image_bytes, np.uint8).reshape(shape)
-    return "data:image/png;base64," + base64.b64encode(render.to_png(image)).decode("ascii")
+_IMAGE_URIS: ByteLRU[str] = ByteLRU(8 * 2**20)  # shared by sessions, bounded in bytes
 
 
 def image_uri(image: np.ndarray) -> str:
-    """The model's input as a PNG data URI (cached: views redraw one image often)."""
-    return _image_uri(np.ascontiguousarray(image, np.uint8).tobytes(), image.shape)
+    """The model's input as a JPEG data URI (cached by content: views redraw one image often)."""
+    pixels = np.ascontiguousarray(image, np.uint8)
+    key = (hashlib.sha256(pixels.tobytes()).hexdigest(), pixels.shape)
+    return _IMAGE_URIS.get_or_compute(
+        key,
+        lambda: (
+            "data:image/jpeg;base64," + base64.b64encode(render.to_jpeg(pixels)).decode("ascii")
+        ),
+    )
 
 
 def payload(

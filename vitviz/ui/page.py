@@ -27,6 +27,8 @@ def configure() -> None:
     )
     st.markdown(
         "<style>[data-testid='stMainBlockContainer']{padding-top:2.6rem;padding-bottom:1rem}"
+        # a view being switched to hides what is left of the old view until it is drawn
+        "[class*='st-key-view-'][class*='-switch'] [data-stale='true']{display:none}"
         "</style>",
         unsafe_allow_html=True,
     )
@@ -152,20 +154,16 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
         )
     for text in decoded.notes:
         st.caption(text)
-    d1, d2 = st.columns(2)
-    d1.download_button(
-        "Attention arrays (.npz)",
-        data=lambda: downloads.attention_npz(expl, ctx.info, ctx.image_name),
-        file_name=f"{ctx.stem}-attention.npz",
-        mime="application/octet-stream",
-        on_click="ignore",
-        key="dl-npz",
+    files = (
+        ("Attention arrays (.npz)", downloads.attention_npz, "attention.npz", "npz"),
+        ("Predictions (JSON)", downloads.predictions_json, "predictions.json", "json"),
     )
-    d2.download_button(
-        "Predictions (JSON)",
-        data=lambda: downloads.predictions_json(expl, ctx.info, ctx.image_name),
-        file_name=f"{ctx.stem}-predictions.json",
-        mime="application/json",
-        on_click="ignore",
-        key="dl-json",
-    )
+    for column, (label, make, suffix, kind) in zip(st.columns(2), files, strict=True):
+        column.download_button(
+            label,
+            data=lambda make=make: make(expl, ctx.info, ctx.image_name),
+            file_name=f"{ctx.stem}-{suffix}",
+            mime="application/json" if kind == "json" else "application/octet-stream",
+            on_click="ignore",
+            key=f"dl-{kind}",
+        )

@@ -124,3 +124,15 @@ def overlay_download(ctx: Any, values: Any, title: str, where: Any = st) -> None
         on_click="ignore",
         key=f"dl-png-{title}",
     )
+
+
+def why_toggle(ctx: Any, label: str, key: str, where: Any = st) -> bool:
+    """The "why this class?" switch (off and disabled for a model without a classifier)."""
+    on = where.toggle(
+        label,
+        key=key,
+        disabled=not ctx.expl.predictions,
+        help="Gradient-weighted attention for one class (needs a classifier)",
+        persist_state="session",
+    )
+    return bool(on and ctx.expl.predictions)

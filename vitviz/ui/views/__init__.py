@@ -37,4 +37,12 @@ def picker() -> str:
 def render(ctx: ViewContext) -> None:
     """The view buttons and the active view, as one fragment: switching views or using a
     view's controls reruns only this, not the sidebar, decoding or model lookup."""
-    VIEWS[picker()].render(ctx)
+    name = picker()
+    # The run that switches views marks the view's container ("-switch"); the page's style
+    # hides the old view's leftovers in it, so the new view's controls never sit over the
+    # old view's maps while it is drawn (the browser otherwise keeps them until replaced).
+    switch = st.session_state.get("view_drawn") not in (None, name)
+    st.session_state["view_drawn"] = name
+    slug = VIEWS[name].__name__.rsplit(".", 1)[-1]
+    with st.container(key=f"view-{slug}" + ("-switch" if switch else "")):
+        VIEWS[name].render(ctx)

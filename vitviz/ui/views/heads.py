@@ -7,12 +7,9 @@ the same head for a class.
 
 from __future__ import annotations
 
-import streamlit as st
-
 from vitviz import methods
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
-from vitviz.ui.session import KEEP
 
 TITLE = "Heads"
 
@@ -24,12 +21,8 @@ def render(ctx: ViewContext) -> None:
     layer, head, fusion = session.selection(info.layers, info.heads)
     reset = session.take_reset()
     common = dict(heads=info.heads, layer=layer, head=head, fusion=fusion, reset=reset)
-    why = st.toggle(
-        "Why this class? (attention × gradient of the same head)",
-        key="heads_why",
-        disabled=not expl.predictions,
-        help="Gradient-weighted attention for one class (needs a classifier)",
-        persist_state=KEEP,
+    why = widgets.why_toggle(
+        ctx, "Why this class? (attention × gradient of the same head)", "heads_why"
     )
     data = canvas.payload(
         expl.image,
@@ -46,7 +39,7 @@ def render(ctx: ViewContext) -> None:
     canvas.attention_canvas(
         "heads-canvas", data, on_selection=lambda: session.remember_selection("heads-canvas")
     )
-    if why and expl.predictions:
+    if why:
         cls = widgets.class_picker(ctx)
         rel = resources.class_relevance(
             ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes

@@ -36,14 +36,7 @@ def render(ctx: ViewContext) -> None:
         help="The smallest set of patches holding most of the attention",
         persist_state=KEEP,
     )
-    why = t2.toggle(
-        "Why this class? (class-specific map)",
-        key="why_class",
-        disabled=not expl.predictions,
-        help="Gradient-weighted attention for one class (needs a classifier)",
-        persist_state=KEEP,
-    )
-    why = why and bool(expl.predictions)
+    why = widgets.why_toggle(ctx, "Why this class? (class-specific map)", "why_class", t2)
     # each map's settings span the view's width above the maps, so no label is squeezed
     mask = _mask_settings(opts) if show_mask else None
     klass = _class_settings(ctx, opts, sizes) if why else None
