@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 # Before huggingface_hub is imported anywhere: no network, and an empty cache of our own so
@@ -63,6 +64,12 @@ def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def words(markdown: str) -> str:
+    """What the browser shows for Streamlit Markdown whose punctuation the page escaped
+    (and whose addresses it kept from being linked with invisible word joiners)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def plotly_array(obj):

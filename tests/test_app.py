@@ -19,7 +19,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS, plotly_array, tiny
+from tests.conftest import ASSETS, plotly_array, tiny, words
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.images import decode_image
@@ -100,7 +100,8 @@ def test_offline_default_falls_back_to_demo_with_a_banner(demo_reference):
     bars = at.get("progress")
     assert len(bars) == 5
     top = demo_reference.predictions[0]
-    assert top.label in bars[0].proto.text and f"{top.probability:.1%}" in bars[0].proto.text
+    bar = words(bars[0].proto.text)
+    assert top.label in bar and f"{top.probability:.1%}" in bar
     # the first screen's overlay is the rollout, value for value
     values = shown(at, "rollout").ravel()
     expected = methods.compute_map(
@@ -257,7 +258,7 @@ def test_upload_then_a_bad_upload_keeps_the_page_working():
     assert len(at.get("progress")) == 5
     at.file_uploader(key="upload").set_value(("broken.png", b"not an image", "image/png")).run()
     assert not at.exception
-    assert len(at.error) == 1 and "broken.png" in at.error[0].value
+    assert len(at.error) == 1 and "broken.png" in words(at.error[0].value)
     # the sidebar still works: back to the samples
     at.radio(key="source").set_value("Samples").run()
     ok(at)
@@ -279,7 +280,7 @@ def test_model_switch_to_a_weights_file(tmp_path):
     at.text_input[0].input("vit_tiny_patch16_224")
     at.text_input[1].input(str(path)).run()
     ok(at)
-    captions = " ".join(c.value for c in at.sidebar.caption)
+    captions = words(" ".join(c.value for c in at.sidebar.caption))
     # the file by name: the page never shows the machine's directories
     assert path.name in captions and str(path.parent) not in captions
     at.session_state["sample"] = "chelsea.png"
@@ -297,7 +298,7 @@ def test_unavailable_model_says_why_and_falls_back():
     at.selectbox(key="model").set_value("vit-b16").run()
     assert not at.exception
     assert len(at.error) == 1
-    msg = at.error[0].value
+    msg = words(at.error[0].value)
     assert "vit_base_patch16_224" in msg and "Connect to the internet" in msg
     # words for a browser user (no command-line flags), and the picker shows the model in use
     assert "--weights" not in msg and "Weights file on this server" in msg

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -140,6 +141,16 @@ def checksum(values: np.ndarray) -> float:
     return float(np.asarray(values, np.float32).astype(np.float64).sum())
 
 
+# Pixels of a map canvas at the middle height of each row of patches: on the first patch border
+# (x = one cell) and in the middle of a cell (x = 1.5 cells), where no grid line passes.
+GRID_COLUMNS_JS = """(m) => {
+  const ctx = m.getContext('2d'), cw = m.width / 14, ch = m.height / 14;
+  const at = (x) => Array.from({length: 14}, (_, r) =>
+    Array.from(ctx.getImageData(x, Math.round((r + 0.5) * ch), 1, 1).data)).flat();
+  return [at(Math.round(cw)), at(Math.round(1.5 * cw))];
+}"""
+
+
 def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tmp_path):
     shot = Path(os.environ.get("VITVIZ_SCREENSHOT", tmp_path / "screenshot.png"))
     page.goto(server, wait_until="domcontentloaded")
@@ -226,6 +237,18 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     )
     assert big.evaluate("(m) => m.width") >= big.bounding_box()["width"]  # no CSS upscaling
     page.locator('.st-key-heads-canvas button[data-role="enlarge"]').click()
+    # the patch grid: one-pixel lines on the patch borders, cells untouched between them
+    before = big.evaluate(GRID_COLUMNS_JS)
+    page.locator('.st-key-heads-canvas input[data-role="grid"]').check()
+    page.wait_for_function(
+        "([b, js]) => { const e = [...document.querySelectorAll('.st-key-heads-canvas *')]"
+        "  .find(x => x.shadowRoot); const m = e.shadowRoot.querySelector('[data-role=map]');"
+        "  return JSON.stringify(eval(js)(m)) !== JSON.stringify(b); }",
+        arg=[before, GRID_COLUMNS_JS],
+    )
+    after = big.evaluate(GRID_COLUMNS_JS)
+    assert after[0] != before[0] and after[1] == before[1]
+    page.locator('.st-key-heads-canvas input[data-role="grid"]').uncheck()
 
     # Patch explorer: a click on the map asks the server for that patch's rows
     view(page, "Patch explorer")
@@ -243,6 +266,14 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
         "query", cat.attention, cat.layout, patch=r * 14 + c, layer=1, head=2
     )
     assert float(patch.get_attribute("data-checksum")) == pytest.approx(checksum(want), rel=1e-5)
+    # rolled out (one map) and back: the layer and head come back, not a trimmed layer 0
+    rolled = page.get_by_text("Rolled out (follow")
+    rolled.click()
+    expect(patch).to_have_attribute("data-layer", "0", timeout=60_000)
+    expect(patch).not_to_have_attribute("data-checksum", f"{checksum(want):.8g}")
+    rolled.click()
+    expect(patch).to_have_attribute("data-layer", "1", timeout=60_000)
+    expect(patch).to_have_attribute("data-head", "2")
 
     # Head statistics: clicking a head's point opens its map in the Heads view
     view(page, "Head statistics")
@@ -282,6 +313,15 @@ def test_a_link_reproduces_the_view(page, server, engine):
     patch = canvas(page, "patch-canvas")
     expect(patch).to_have_attribute("data-patch", "44")
     assert "sample=coffee.png" in page.url
+    # a head picked just before a view switch is not lost (it was not reported yet)
+    view(page, "Heads")
+    heads = canvas(page, "heads-canvas")
+    settle(page)
+    page.locator('.st-key-heads-canvas button[data-head="0"]').click()
+    view(page, "Patch explorer")
+    patch = canvas(page, "patch-canvas")
+    expect(patch).to_have_attribute("data-head", "0", timeout=60_000)
+    page.wait_for_url(re.compile(r"head=0"), timeout=10_000)
     view(page, "Rollout")  # the default view leaves the URL
     canvas(page, "rollout")
     settle(page)
@@ -367,3 +407,14 @@ def test_a_slow_step_shows_that_the_page_is_busy(page, server):
     maps = canvas(page, "rollout").locator("canvas[data-role=map]")
     assert warning.bounding_box()["y"] < maps.bounding_box()["y"]
     expect(page.get_by_role("combobox", name="Model")).to_have_value("Any timm ViT, by name…")
+
+
+def test_a_link_cannot_put_a_link_or_picture_into_the_page(page, server):
+    evil = "[Sign in again](https://evil.example) ![](https://evil.example/p.png)"
+    page.goto(f"{server}/?model=__timm__&timm_name={urllib.parse.quote(evil)}")
+    alert = page.locator('[data-testid="stAlert"]').filter(has_text="Sign in again").first
+    expect(alert).to_be_visible(timeout=60_000)
+    shown = alert.inner_text().replace("\u2060", "")  # invisible joiners keep it from linking
+    assert "[Sign in again](https://evil.example)" in shown
+    assert alert.locator("a, img").count() == 0
+    canvas(page, "rollout")  # the demo model answers meanwhile

@@ -171,6 +171,25 @@ def test_attention_map_picks_layer_head_and_fuses():
     )
 
 
+def test_head_rows_hold_every_head_and_fusion_the_browser_can_show():
+    rng = np.random.default_rng(8)
+    layout = TokenLayout(("cls", "reg"), (2, 3), (16, 16), "cls")
+    attn = random_attention(rng, (3, 4, 8, 8))
+    for patch in (None, 4):
+        rows = methods.head_rows(attn, layout, patch=patch)
+        assert rows.shape == (3, 4 + 3, 8)
+        q = 0 if patch is None else 2 + patch  # the readout's row or the patch's
+        for layer in range(3):
+            for head in range(4):  # slot h: head h's own row, prefix tokens included
+                got = rows[layer, methods.head_slot(4, head)]
+                np.testing.assert_allclose(got, attn[layer, head, q], rtol=1e-6)
+            for fusion, fuse in (("mean", np.mean), ("max", np.max), ("min", np.min)):
+                got = rows[layer, methods.head_slot(4, -1, fusion)]
+                np.testing.assert_allclose(got, fuse(attn[layer, :, q], axis=0), rtol=1e-6)
+    with pytest.raises(OptionsError, match="fusion must be one of"):
+        methods.head_slot(4, -1, "median")
+
+
 def test_avg_readout_is_mean_of_patch_rows():
     layout = TokenLayout(("reg",) * 4, (2, 2), (16, 16), "avg")
     rng = np.random.default_rng(6)

@@ -17,7 +17,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS
+from tests.conftest import ASSETS, words
 from tests.test_app import APP, TIMEOUT, ok
 from vitviz.errors import ServerError
 from vitviz.ui.servers import ServerPolicy, normalize
@@ -195,7 +195,7 @@ def weights_file_message(monkeypatch, path: str) -> str:
     at.text_input[0].input("vit_tiny_patch16_224")
     at.text_input[1].input(path).run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [words(e.value) for e in at.error]
     assert errors, "no error for a path that is not weights"
     return errors[0]
 
@@ -225,7 +225,7 @@ def test_the_weights_field_answers_the_same_whatever_is_at_the_path(monkeypatch,
 def test_the_sidebar_shows_the_bundled_weights_relative_to_the_project(monkeypatch):
     at = page(monkeypatch, {})
     ok(at)
-    captions = " ".join(c.value for c in at.sidebar.caption)
+    captions = words(" ".join(c.value for c in at.sidebar.caption))
     assert "assets/demo/vitviz-demo.safetensors" in captions
     assert str(ASSETS) not in captions
 
@@ -364,7 +364,9 @@ def test_malformed_limits_and_urls_say_what_is_wrong_without_secrets(monkeypatch
             PageLimits.from_env({"VITVIZ_CACHE_MB": bad})
     at = page(monkeypatch, {"VITVIZ_MODEL_CACHE_MB": "inf"})
     assert not at.exception
-    assert any("misconfigured" in e.value and "VITVIZ_MODEL_CACHE_MB" in e.value for e in at.error)
+    assert any(
+        "misconfigured" in e.value and "VITVIZ_MODEL_CACHE_MB" in words(e.value) for e in at.error
+    )
     with pytest.raises(ServerError) as err:
         normalize("ftp://operator:hunter2@gpu-box:8000")
     assert "hunter2" not in str(err.value) and "gpu-box" in str(err.value)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS
+from tests.conftest import ASSETS, words
 from tests.test_app import APP, TIMEOUT, canvas, fresh_cache, ok, shown, start  # noqa: F401
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
@@ -99,7 +99,7 @@ def test_the_upload_is_remembered_when_samples_are_visited():
     at.radio(key="source").set_value("Upload").run()
     ok(at)
     assert canvas(at, "rollout")["maps"] == uploaded  # the photo is back, not a blank page
-    assert any("coffee.png" in c.value for c in at.caption)
+    assert any("coffee.png" in words(c.value) for c in at.caption)
 
 
 def test_a_link_opens_the_view_layer_head_and_sample_it_names():
@@ -192,3 +192,28 @@ def test_tiff_uploads_are_accepted_and_wide_images_say_they_are_cropped():
     ok(at)
     notes = " ".join(c.value for c in at.caption) + " ".join(m.value for m in at.markdown)
     assert "600×200" in notes and "centre" in notes
+
+
+def test_a_linked_model_name_is_shown_as_text_not_as_markdown():
+    evil = "[Sign in again](https://evil.example) ![](https://evil.example/p.png) :red[x]"
+    at = from_url(model="__timm__", timm_name=evil)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1
+    shown_text = errors[0]
+    # every bracket and parenthesis is escaped: Markdown renders them literally, no link
+    assert "\\[Sign in again\\]\\(https\\:\\/\\/evil\\.example\\)" in shown_text
+    assert "](" not in shown_text.replace("\\]\\(", "")
+    assert ":red[" not in shown_text
+    assert len(at.get("progress")) == 5  # and the demo model still answers
+
+
+def test_fusion_from_a_link_and_the_model_stays_in_the_url_once_chosen():
+    at = from_url(view="Heads", layer="1", fusion="max")
+    ok(at)
+    data = canvas(at, "heads-canvas")
+    assert (data["layer"], data["head"], data["fusion"]) == (1, -1, "max")
+    assert "model" not in at.query_params  # nobody chose one: the machine's default
+    at.sidebar.selectbox(key="model").set_value(sidebar.OTHER_TIMM).run()
+    at.sidebar.selectbox(key="model").set_value("demo").run()  # chosen, even the default
+    assert at.query_params["model"] == "demo"

@@ -15,7 +15,14 @@ runs one by name and puts its row on the patch grid.
 """
 
 from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, to_grid
-from vitviz.methods.attention import head_rows, mask, query, raw_attention, threshold_mask
+from vitviz.methods.attention import (
+    head_rows,
+    head_slot,
+    mask,
+    query,
+    raw_attention,
+    threshold_mask,
+)
 from vitviz.methods.gradient import (
     attn_grad,
     chefer,
@@ -67,6 +74,7 @@ __all__ = [
     "fuse_heads",
     "grad_rollout",
     "head_rows",
+    "head_slot",
     "mask",
     "mean_attention_distance",
     "query",

@@ -15,6 +15,7 @@ import torch
 from vitviz.errors import OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.methods.arrays import (
+    FUSIONS,
     Fusion,
     check_attn,
     fuse_heads,
@@ -205,3 +206,12 @@ def head_rows(attn: torch.Tensor, layout: TokenLayout, *, patch: int | None = No
             [fuse_heads(attn, f)[..., q, :] for f in ("mean", "max", "min")], dim=-2
         )
     return torch.cat([rows, fused], dim=-2)
+
+
+def head_slot(heads: int, head: int, fusion: str = "mean") -> int:
+    """Where :func:`head_rows` keeps head ``head`` (-1: the heads fused by ``fusion``)."""
+    if head >= 0:
+        return head
+    if fusion not in FUSIONS:
+        raise OptionsError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    return heads + FUSIONS.index(fusion)

@@ -2,6 +2,12 @@
 const STORE = new WeakMap();
 const DISPLAY_KEY = "vitviz-display";
 const FUSIONS = ["mean", "max", "min"];
+// The last selection made in the browser, until the page's data shows it (the report waits for
+// the person to pause, and a report sent by a canvas that a view switch removes is lost): a
+// canvas drawn anew takes it over and reports it again. On `window`, as each mount may load
+// this module anew.
+const pending = () => window.__vitvizPending || null;
+const setPending = (p) => { window.__vitvizPending = p; };
 
 function bytesOf(b64) {
   const bin = atob(b64);
@@ -23,9 +29,15 @@ function fmt(v) {
   const a = Math.abs(v);
   return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(3) : v.toPrecision(4);
 }
-function readDisplay(defaults) {
-  try { return Object.assign({}, defaults, JSON.parse(localStorage.getItem(DISPLAY_KEY) || "{}")); }
-  catch (e) { return Object.assign({}, defaults); }
+function readDisplay(defaults, colormaps) {
+  let stored = {};
+  try { stored = JSON.parse(localStorage.getItem(DISPLAY_KEY) || "{}") || {}; } catch (e) {}
+  const out = Object.assign({}, defaults);  // only valid stored values replace the defaults
+  if (colormaps.includes(stored.colormap)) out.colormap = stored.colormap;
+  const alpha = Number(stored.alpha);
+  if (typeof stored.alpha === "number" && alpha >= 0 && alpha <= 1) out.alpha = alpha;
+  for (const k of ["smooth", "grid"]) if (typeof stored[k] === "boolean") out[k] = stored[k];
+  return out;
 }
 function writeDisplay(display) {
   try { localStorage.setItem(DISPLAY_KEY, JSON.stringify(display)); } catch (e) {}
@@ -64,13 +76,32 @@ class Canvas {
     this.map.addEventListener("click", (e) => this.click(e));
     this.resize = new ResizeObserver(() => this.draw(true));
     this.resize.observe(this.root);  // the parent is a shadow root, not an element
+    this.generation = 0;
+  }
+
+  destroy() {  // removed from the page: let go of everything that keeps it alive
+    window.removeEventListener(DISPLAY_KEY, this.onDisplay);
+    window.removeEventListener("vitviz-link", this.onLink);
+    this.resize.disconnect();
+    clearTimeout(this.reportTimer);  // the pending selection stays for the unreported selection for the next one
+  }
+
+  report(now) {
+    clearTimeout(this.reportTimer);
+    const sel = Object.assign({}, this.sel);
+    setPending({ sel, L: this.L, H: this.H });
+    const send = () => this.setStateValue("selection", sel);
+    if (now) send(); else this.reportTimer = setTimeout(send, 600);  // once the person pauses
   }
 
   update(data, setStateValue, setTriggerValue) {
     this.setStateValue = setStateValue;
     this.setTriggerValue = setTriggerValue;
+    this.generation++;
     const fresh = !this.data || this.data.id !== data.id;
     const first = !this.data;
+    // other layer or head counts (rolled out on/off, another model): the page's selection
+    const reshaped = !first && (this.L !== data.layers || this.H !== data.heads);
     this.data = data;
     this.L = data.layers; this.H = data.heads; this.slots = data.heads > 0 ? data.heads + 3 : 1;
     this.N = data.grid[0] * data.grid[1];
@@ -81,15 +112,24 @@ class Canvas {
       this.luts = {};
       for (const [name, b64] of Object.entries(data.luts)) this.luts[name] = bytesOf(b64);
     }
+    const p = pending();
+    if (data.reset) setPending(null);  // the page chose (a head clicked in the statistics)
+    else if (p && p.sel.layer === data.layer && p.sel.head === data.head && p.sel.fusion === data.fusion)
+      setPending(null);  // the page has it
+    let adopt = false;
     if (first) {
-      this.display = readDisplay(data.display);
+      this.display = readDisplay(data.display, Object.keys(data.luts));
       this.sel = { layer: data.layer, head: data.head, fusion: data.fusion };
-    } else if (data.reset) {
+      // a selection the previous canvas had not reported yet wins over the page's older one
+      adopt = !!(data.report && pending() && p.L === data.layers && p.H === data.heads);
+      if (adopt) this.sel = Object.assign({}, p.sel);
+    } else if (data.reset || reshaped) {
       this.sel = { layer: data.layer, head: data.head, fusion: data.fusion };
     }
     this.sel.layer = Math.min(Math.max(0, this.sel.layer), this.L - 1);
     if (this.sel.head >= this.H) this.sel.head = -1;
     this.pending = -1;
+    if (adopt) this.report(true);
     this.buildBar();
     this.buildDisplayBar();
     const ready = () => { this.buildMosaic(); this.draw(true); };
@@ -175,7 +215,7 @@ class Canvas {
       c.addEventListener("change", () => this.setDisplay({ [key]: c.checked }));
     }
     const big = el("button", { "data-role": "enlarge" }, bar);
-    big.textContent = "enlarge";
+    big.textContent = this.large ? "smaller" : "enlarge";
     big.addEventListener("click", () => { this.large = !this.large; big.textContent = this.large ? "smaller" : "enlarge"; this.draw(true); });
     const save = el("a", { href: "#", "data-role": "save" }, bar);
     save.textContent = "save PNG";
@@ -207,10 +247,7 @@ class Canvas {
     this.draw(false);
     if (broadcast && this.data.link)
       window.dispatchEvent(new CustomEvent("vitviz-link", { detail: { link: this.data.link, sel: Object.assign({}, this.sel), source: this } }));
-    if (broadcast && this.data.report) {
-      clearTimeout(this.reportTimer);  // tell the page (URL, downloads) once the person pauses
-      this.reportTimer = setTimeout(() => this.setStateValue("selection", Object.assign({}, this.sel)), 600);
-    }
+    if (broadcast && this.data.report) this.report(false);  // the URL and downloads follow
   }
 
   size() {
@@ -407,4 +444,13 @@ export default function (component) {
   let inst = STORE.get(parentElement);
   if (!inst) { inst = new Canvas(parentElement); STORE.set(parentElement, inst); }
   inst.update(data, setStateValue, setTriggerValue);
+  const generation = inst.generation;
+  // Called before the next data and on unmount: only a canvas gone from the page, with no
+  // newer data since, is torn down.
+  return () => setTimeout(() => {
+    if (inst.generation === generation && !parentElement.isConnected) {
+      inst.destroy();
+      STORE.delete(parentElement);
+    }
+  }, 0);
 }

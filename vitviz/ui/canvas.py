@@ -110,7 +110,11 @@ def payload(
     maps = rows[..., p:]
     prefix = rows[..., :p]
     maps_b64 = _b64(maps.astype("<f4"))
-    ident = hashlib.sha1(maps_b64.encode() + image.tobytes()[:4096]).hexdigest()[:16]
+    prefix_b64 = _b64(prefix.astype("<f4")) if p else None
+    pixels = np.ascontiguousarray(image, np.uint8).tobytes()  # the whole image: same maps,
+    ident = hashlib.sha1(  # another photo must still redraw its backdrop
+        maps_b64.encode() + (prefix_b64 or "").encode() + hashlib.sha256(pixels).digest()
+    ).hexdigest()[:16]
     labels = {"cls": "CLS", "dist": "DIST", "reg": "REG"}
     return {
         "id": ident,
@@ -118,7 +122,7 @@ def payload(
         "size": list(image.shape[:2]),
         "grid": list(layout.grid),
         "maps": maps_b64,
-        "prefix": _b64(prefix.astype("<f4")) if p else None,
+        "prefix": prefix_b64,
         "prefix_labels": [labels[k] for k in layout.prefix] if p else None,
         "layers": int(rows.shape[0]),
         "heads": int(heads),

@@ -13,6 +13,7 @@ from vitviz.ui.context import ViewContext
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.sidebar import WEIGHTS_FILE, Selection
 from vitviz.ui.state import digest
+from vitviz.ui.text import plain
 
 TITLE = "vitviz — what does the Vision Transformer look at?"
 
@@ -51,21 +52,21 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
             chosen = resources.load_with_progress(sel.name, sel.weights, sel.random_weights)
     except VitvizError as err:
         if pol.server_only:  # never run a model on this machine: wait for the server
-            st.error(f"Could not load {sel.name}: {err}")
+            st.error(plain(f"Could not load {sel.name}: {err}"))
             st.caption("This page only works with its server; try again in a moment.")
             st.stop()
         if sel.backend_kind != "server" and sel.choice in models.CURATED and sel.choice != "demo":
             # the picker then names the model in use; the reason stays on screen (a typed
             # name or file stays in its field, to be corrected)
-            st.session_state["load_error"] = f"Could not load {sel.name}: {err}"
+            st.session_state["load_error"] = plain(f"Could not load {sel.name}: {err}")
             st.session_state["model_reset"] = True
             st.rerun()
-        st.error(f"Could not load {sel.name}: {err}")
+        st.error(plain(f"Could not load {sel.name}: {err}"))
         st.caption("Showing the vitviz demo model instead, in this process.")
         try:
             chosen = resources.load_with_progress("demo", None, False)
         except VitvizError as err2:  # even the bundled model is missing
-            st.error(str(err2))
+            st.error(plain(err2))
             st.stop()
     info = chosen.info()
     model_id = f"{info.timm_name}|{info.weights.source}|{info.weights.location}"
@@ -123,7 +124,7 @@ def context(chosen: Backend, info: ModelInfo, model_id: str, data: bytes, name: 
         decoded = resources.model_input(image_digest, data, name, chosen)
         entry = resources.explanation(model_id, image_digest, chosen, decoded.image)
     except VitvizError as err:
-        st.error(str(err))
+        st.error(plain(err))
         st.caption("The page keeps working: choose another image or a sample.")
         st.stop()
     return ViewContext(chosen, info, model_id, image_digest, name, decoded, entry)
@@ -141,11 +142,11 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
             "edges are not part of any map."
         )
     if note:
-        st.caption(note)
+        st.caption(plain(note))
     if expl.predictions:
         st.markdown("**Prediction**")
         for p in expl.predictions:
-            st.progress(min(1.0, p.probability), text=f"{p.label} — {p.probability:.1%}")
+            st.progress(min(1.0, p.probability), text=plain(f"{p.label} — {p.probability:.1%}"))
     else:
         st.info(
             "This model is a self-supervised backbone: it has no classifier, so it makes no "
@@ -153,7 +154,7 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
             "the Rollout view is the classic demo."
         )
     for text in decoded.notes:
-        st.caption(text)
+        st.caption(plain(text))
     files = (
         ("Attention arrays (.npz)", downloads.attention_npz, "attention.npz", "npz"),
         ("Predictions (JSON)", downloads.predictions_json, "predictions.json", "json"),

@@ -18,11 +18,13 @@ from vitviz import models
 from vitviz.backends import Backend
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
+from vitviz.cache import ByteLRU
 from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
 from vitviz.runtime import release_memory
 from vitviz.ui.state import PageCaches, PageLimits
+from vitviz.ui.text import plain
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SAMPLES = {
@@ -45,7 +47,7 @@ def page_caches() -> PageCaches:
     try:
         limits = PageLimits.from_env()
     except VitvizError as err:  # the operator's VITVIZ_*_MB or VITVIZ_MAX_PARAMS is malformed
-        st.error(f"This page is misconfigured: {err}")
+        st.error(plain(f"This page is misconfigured: {err}"))
         st.stop()
     gc.collect()
     gc.freeze()  # libraries are here for good: later collections skip them (~0.5 ms, not 190)
@@ -53,9 +55,10 @@ def page_caches() -> PageCaches:
 
 
 @st.cache_resource(show_spinner=False)
-def load_failures() -> dict[tuple, tuple[str, float]]:
-    """Recent model-loading failures, so a broken choice is not retried on every rerun."""
-    return {}
+def load_failures() -> ByteLRU[tuple[str, float]]:
+    """Recent model-loading failures, so a broken choice is not retried on every rerun
+    (bounded in bytes: names come from visitors and links)."""
+    return ByteLRU(2**20)
 
 
 @st.cache_resource(show_spinner=False, ttl=300)
@@ -118,24 +121,24 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
             plan = models.weights_plan(name)
             if plan.startswith("download") and models.hub_reachable():
                 _download(name)
-        with st.spinner(f"Loading {name}…", show_time=True):
+        with st.spinner(plain(f"Loading {name}…"), show_time=True):
             backend = get_backend(name, weights, random_weights)
     except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
         message = (
             f"“{weights}” is not a readable weights file: give the path of a .safetensors, "
             ".pth or .bin file holding a model's tensors, on the machine running this page"
         )
-        load_failures()[key] = (message, time.time())
+        load_failures().put(key, (message, time.time()))
         raise VitvizError(message) from None
     except VitvizError as err:
-        load_failures()[key] = (for_the_page(str(err)), time.time())
+        load_failures().put(key, (for_the_page(str(err)), time.time()))
         raise VitvizError(for_the_page(str(err))) from None
-    load_failures().pop(key, None)
+    load_failures().discard(lambda k: k == key)
     return backend
 
 
 def _download(name: str) -> None:
-    bar = st.progress(0.0, text=f"Downloading the weights of {name}…")
+    bar = st.progress(0.0, text=plain(f"Downloading the weights of {name}…"))
     script_thread = threading.current_thread()
     last = [-1.0]
 
@@ -146,7 +149,7 @@ def _download(name: str) -> None:
         if frac - last[0] >= 0.01 or frac == 1.0:
             last[0] = frac
             mb = f"{done / 2**20:.0f} of {total / 2**20:.0f} MB"
-            bar.progress(frac, text=f"Downloading the weights of {name}: {mb}")
+            bar.progress(frac, text=plain(f"Downloading the weights of {name}: {mb}"))
 
     try:
         models.download_weights(name, report)
@@ -226,7 +229,7 @@ def class_relevance(
         try:
             return cache.get_or_compute(key, compute)
         except VitvizError as err:  # e.g. the server went away: say so, keep the page
-            st.error(f"Could not compute the class map: {err}")
+            st.error(plain(f"Could not compute the class map: {err}"))
             st.stop()
     raise AssertionError("unreachable")
 

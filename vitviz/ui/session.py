@@ -53,8 +53,8 @@ def choice(key: str, choices: Sequence[str], default: str, url: bool = True) -> 
         state[key] = default
 
 
-def keep_in_url(key: str, value: str, default: str) -> None:
-    """Put a choice in the URL (left out when it is the default, to keep links short)."""
+def keep_in_url(key: str, value: str, default: str | None) -> None:
+    """Put a choice in the URL (left out when it is ``default``, to keep links short)."""
     _set_url(key, None if value == default else value)
 
 
@@ -100,7 +100,7 @@ def patch(num_patches: int, grid: tuple[int, int]) -> int:
     """The query patch (clamped to this grid; the centre by default)."""
     value = st.session_state.get("patch", _url_int("patch"))
     if not isinstance(value, int) or not 0 <= value < num_patches:
-        value = num_patches // 2 + grid[1] // 2
+        value = (grid[0] // 2) * grid[1] + grid[1] // 2  # the middle row's middle patch
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import streamlit as st
@@ -12,11 +13,11 @@ from vitviz.results import ModelInfo
 from vitviz.ui import downloads, resources, session
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.session import KEEP, URL
+from vitviz.ui.text import plain
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
 BACKENDS = {"local": "In this process", "server": "On a vitviz server"}
-REMEMBERED_UPLOAD_BYTES = 20 * 2**20  # a session keeps its last upload up to this size
 
 
 @dataclass
@@ -41,7 +42,7 @@ def policy() -> ServerPolicy:
     try:
         return ServerPolicy.from_env()
     except VitvizError as err:  # the operator's VITVIZ_SERVER or allow-list is malformed
-        st.error(f"This page is misconfigured: {err}")
+        st.error(plain(f"This page is misconfigured: {err}"))
         st.stop()
     raise AssertionError("unreachable")
 
@@ -116,6 +117,8 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     }
     # a link may name a curated model or "any timm ViT", never a file on this machine
     linkable = [c for c in choices if c != WEIGHTS_FILE]
+    if "model" not in st.session_state and st.query_params.get("model") in linkable:
+        st.session_state["model_chosen"] = True  # a link named it
     session.choice("model", choices if "model" in st.session_state else linkable, default_model)
     sel.choice = sel.name = st.selectbox(
         "Model",
@@ -124,9 +127,13 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
         key="model",
         label_visibility="collapsed",
         persist_state=KEEP,
+        on_change=lambda: st.session_state.update(model_chosen=True),
     )
+    # The default depends on this machine (ViT-B/16 online, the demo offline): once a person
+    # or a link has named a model, the URL keeps naming it.
+    named = st.session_state.get("model_chosen", False)
     linked = sel.choice if sel.choice in linkable else default_model
-    session.keep_in_url("model", linked, default_model)
+    session.keep_in_url("model", linked, None if named else default_model)
     if sel.choice in models.CURATED:
         st.caption(models.CURATED[sel.choice].description)
     elif sel.choice == OTHER_TIMM:
@@ -155,17 +162,21 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
 
 def _upload(sel: Selection) -> None:
     upload = st.file_uploader("Your image", type=UPLOAD_TYPES, key="upload")
+    # the last upload is kept in the process's byte-bounded cache, not in the session: many
+    # visitors' photos cannot add up beyond its share of VITVIZ_CACHE_MB
+    kept = resources.page_caches().uploads
+    session_key = st.session_state.setdefault("session_key", secrets.token_hex(16))
     if upload is not None:
         data = upload.getvalue()
         sel.data, sel.image_name = data, upload.name
-        if len(data) <= REMEMBERED_UPLOAD_BYTES:  # so Upload → Samples → Upload keeps it
-            st.session_state["last_upload"] = (upload.name, data)
+        if len(data) <= kept.max_bytes // 2:  # one photo never empties the whole share
+            kept.put(session_key, (upload.name, data))
         return
-    remembered = st.session_state.get("last_upload")
+    remembered = kept.get(session_key)
     if remembered:
         sel.image_name, sel.data = remembered
         sel.note = f"Showing your last upload, {remembered[0]}; drop another image to replace it."
-        st.caption(sel.note)
+        st.caption(plain(sel.note))
 
 
 def model_facts(info: ModelInfo) -> None:
@@ -174,12 +185,12 @@ def model_facts(info: ModelInfo) -> None:
         w = info.weights
         where = downloads.display_location(w)
         st.caption(
-            (f"**Model:** {info.title}  \n" if info.remote else "")
-            + f"**Weights:** {w.source}"
-            + (f" — `{where}`" if where else "")
+            (f"**Model:** {plain(info.title)}  \n" if info.remote else "")
+            + f"**Weights:** {plain(w.source)}"
+            + (f" — {plain(where)}" if where else "")
             + ("  (on the server)" if info.remote else "")
             + f"  \n**Device:** {info.device_label}  \n"
             + (f"**Backend:** server {info.backend}" if info.remote else "**Backend:** in-process")
         )
         if w.note:
-            st.info(w.note[0].upper() + w.note[1:])
+            st.info(plain(w.note[0].upper() + w.note[1:]))

@@ -39,7 +39,8 @@ class PageLimits:
             ViT-L/16 fits, ViT-H and the giant ViTs do not).
         model_bytes: loaded models kept (``VITVIZ_MODEL_CACHE_MB``, default 2048).
         cache_bytes: explanations, class relevance, derived figures and model-input images
-            together (``VITVIZ_CACHE_MB``, default 256), shared 60/25/10/5 %.
+            together with the uploads each session remembers (``VITVIZ_CACHE_MB``, default
+            256), shared 60/20/5/5/10 %.
     """
 
     max_params: int = 350_000_000
@@ -120,14 +121,17 @@ class PageCaches:
         self.limits = limits or PageLimits.from_env()
         total = self.limits.cache_bytes
         self.models: ByteLRU[Any] = ByteLRU(self.limits.model_bytes)
-        self.explanations = ExplanationCache(int(total * 0.60), int(total * 0.10))
-        self.relevance: ByteLRU[ClassRelevance] = ByteLRU(int(total * 0.25))
+        self.explanations = ExplanationCache(int(total * 0.60), int(total * 0.05))
+        self.relevance: ByteLRU[ClassRelevance] = ByteLRU(int(total * 0.20))
         self.images: ByteLRU[Any] = ByteLRU(int(total * 0.05))
+        # each session's last upload by session key, so Upload → Samples → Upload keeps it
+        self.uploads: ByteLRU[tuple[str, bytes]] = ByteLRU(int(total * 0.10))
 
     @property
     def nbytes(self) -> int:
         """Bytes held by everything but the models."""
-        return self.explanations.nbytes + self.relevance.nbytes + self.images.nbytes
+        parts = (self.explanations, self.relevance, self.images, self.uploads)
+        return sum(p.nbytes for p in parts)
 
 
 def digest(data: bytes) -> str:

@@ -58,7 +58,7 @@ def render(ctx: ViewContext) -> None:
         )
         canvas.attention_canvas("heads-class-canvas", class_data)
     layer, head, fusion = session.selection(info.layers, info.heads)
-    grid = methods.to_grid(rows[layer, head if head >= 0 else info.heads], layout)
+    grid = methods.to_grid(rows[layer, methods.head_slot(info.heads, head, fusion)], layout)
     widgets.overlay_download(
-        ctx, grid, f"layer{layer}-head{head}" if head >= 0 else f"layer{layer}"
+        ctx, grid, f"layer{layer}-head{head}" if head >= 0 else f"layer{layer}-{fusion}"
     )

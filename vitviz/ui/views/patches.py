@@ -57,6 +57,6 @@ def render(ctx: ViewContext) -> None:
     if rolled:
         grid = methods.to_grid(rows, layout)
     else:
-        layer, head, _ = session.selection(info.layers, info.heads)
-        grid = methods.to_grid(rows[layer, head if head >= 0 else info.heads], layout)
+        layer, head, fusion = session.selection(info.layers, info.heads)
+        grid = methods.to_grid(rows[layer, methods.head_slot(info.heads, head, fusion)], layout)
     widgets.overlay_download(ctx, grid, f"patch{patch}")

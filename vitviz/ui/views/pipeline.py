@@ -7,6 +7,7 @@ import streamlit as st
 from vitviz.errors import VitvizError
 from vitviz.ui import figures, pipeline, resources
 from vitviz.ui.context import ViewContext
+from vitviz.ui.text import plain
 
 TITLE = "How ViT sees this image"
 
@@ -18,7 +19,7 @@ def render(ctx: ViewContext) -> None:
         with st.spinner("Reading the model's embeddings…", show_time=True):
             facts = resources.model_anatomy(ctx.model_id, ctx.backend)
     except VitvizError as err:
-        st.error(f"Could not read the model's anatomy: {err}")
+        st.error(plain(f"Could not read the model's anatomy: {err}"))
         return
     factor = figures.display_scale(layout.image_size)
     cfg = info.input_config
