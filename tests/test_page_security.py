@@ -108,7 +108,7 @@ def test_a_typed_url_never_gets_the_page_token(monkeypatch, listener):
     assert listener.requests, "the typed server was never asked"
     assert not listener.saw_secret()
     assert all("Authorization" not in req for req in listener.requests)
-    assert any("not as a vitviz server" in e.value for e in at.error)
+    assert any("not as a vitviz server" in words(e.value) for e in at.error)
 
 
 def test_a_personal_page_sends_its_environment_token_nowhere(monkeypatch, listener):
@@ -130,7 +130,7 @@ def test_a_page_with_its_own_server_does_not_call_other_urls(monkeypatch, listen
     assert listener.requests == []  # not even a probe
     assert not [t for t in at.sidebar.text_input if t.key == "server_url"]  # nothing to type
     assert at.sidebar.selectbox(key="server_url").options == ["http://127.0.0.1:9"]
-    assert any("not one of this page's" in w.value for w in at.sidebar.warning)
+    assert any("not one of this page's" in words(w.value) for w in at.sidebar.warning)
 
 
 def test_redirects_are_not_followed_with_the_token(monkeypatch, listener):
@@ -139,7 +139,7 @@ def test_redirects_are_not_followed_with_the_token(monkeypatch, listener):
         at = page(monkeypatch, {"VITVIZ_SERVER": hop.url, "VITVIZ_TOKEN": SECRET})
         assert not at.exception
         assert hop.requests and listener.requests == []
-        assert any("HTTP 302" in e.value for e in at.error), [e.value for e in at.error]
+        assert any("HTTP 302" in words(e.value) for e in at.error), [e.value for e in at.error]
     finally:
         hop.close()
 
@@ -225,7 +225,7 @@ def test_the_weights_field_answers_the_same_whatever_is_at_the_path(monkeypatch,
 def test_the_sidebar_shows_the_bundled_weights_relative_to_the_project(monkeypatch):
     at = page(monkeypatch, {})
     ok(at)
-    captions = words(" ".join(c.value for c in at.sidebar.caption))
+    captions = words(words(" ".join(c.value for c in at.sidebar.caption)))
     assert "assets/demo/vitviz-demo.safetensors" in captions
     assert str(ASSETS) not in captions
 
@@ -249,7 +249,7 @@ def test_a_model_over_the_size_limit_is_refused_before_it_is_built(monkeypatch):
     at = page(monkeypatch, {"VITVIZ_MAX_PARAMS": "50e6"}, model="__timm__", random_weights=True)
     at.text_input[0].input("vit_base_patch16_224").run()  # 86 M parameters
     assert not at.exception
-    errors = " ".join(e.value for e in at.error)
+    errors = words(" ".join(e.value for e in at.error))
     assert "87 M parameters" in errors and "limit of 50 M" in errors
     # it was only counted on the meta device, never built; the page fell back to the demo
     assert ("vit_base_patch16_224", "meta") in built
@@ -331,7 +331,7 @@ def test_a_model_over_the_limit_is_not_even_downloaded(monkeypatch):
     at = page(monkeypatch, {"VITVIZ_MAX_PARAMS": "50e6"}, model="vit-b16")
     assert not at.exception
     assert downloads == []
-    assert any("87 M parameters" in e.value for e in at.error)
+    assert any("87 M parameters" in words(e.value) for e in at.error)
 
 
 def test_downloads_name_no_directory_of_the_machine(tmp_path):
@@ -372,5 +372,5 @@ def test_malformed_limits_and_urls_say_what_is_wrong_without_secrets(monkeypatch
     assert "hunter2" not in str(err.value) and "gpu-box" in str(err.value)
     at = page(monkeypatch, {"VITVIZ_SERVER": "http://operator:hunter2@gpu-box:8000"})
     assert not at.exception
-    shown = " ".join(e.value for e in at.error)
+    shown = words(" ".join(e.value for e in at.error))
     assert "misconfigured" in shown and "hunter2" not in shown

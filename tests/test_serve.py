@@ -25,7 +25,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ASSETS, free_port, png
+from tests.conftest import ASSETS, free_port, png, words
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
@@ -475,7 +475,7 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     at.session_state["sample"] = "chelsea.png"
     at.run()
     ok(at)
-    caption = " ".join(c.value for c in at.sidebar.caption)
+    caption = words(" ".join(c.value for c in at.sidebar.caption))
     assert f"Backend:** server {servers['main']}" in caption and "(on the server)" in caption
     values = shown(at, "rollout").ravel()
     want = methods.compute_map("rollout", here.attention, here.layout).ravel()
@@ -508,12 +508,12 @@ def test_a_server_only_page_offers_no_local_models_or_file_paths(servers, monkey
     keys = {w.key for w in at.sidebar.radio} | {w.key for w in at.sidebar.selectbox}
     assert "backend_kind" not in keys and "model" not in keys
     assert not [t for t in at.sidebar.text_input if t.key in ("server_url", "server_token")]
-    assert f"server {servers['main']}" in " ".join(c.value for c in at.sidebar.caption)
+    assert f"server {servers['main']}" in words(" ".join(c.value for c in at.sidebar.caption))
     # when its server is away, the page says so and runs nothing here
     monkeypatch.setenv("VITVIZ_SERVER", f"http://127.0.0.1:{free_port()}")
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception and not at.get("plotly_chart")
-    assert any("could not reach the vitviz server" in e.value for e in at.error)
+    assert any("could not reach the vitviz server" in words(e.value) for e in at.error)
 
 
 def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
@@ -526,7 +526,7 @@ def test_the_page_says_when_the_server_is_unreachable_and_keeps_working():
     at.session_state["server_url"] = f"http://127.0.0.1:{free_port()}"
     at.run()
     assert not at.exception
-    errors = " ".join(e.value for e in at.error)
+    errors = words(" ".join(e.value for e in at.error))
     assert "could not reach the vitviz server" in errors and "In this process" in errors
     assert canvas(at, "rollout")  # the demo model, in-process, fills the page
 
