@@ -202,7 +202,8 @@ def test_a_linked_model_name_is_shown_as_text_not_as_markdown():
     assert len(errors) == 1
     shown_text = errors[0]
     # every bracket and parenthesis is escaped: Markdown renders them literally, no link
-    assert "\\[Sign in again\\]\\(https\\:\\/\\/evil\\.example\\)" in shown_text
+    assert "\\[Sign in again\\]\\(h\u2060ttps\\:\\/\\/evil\\.example\\)" in shown_text
+    assert "[Sign in again](https://evil.example)" in words(shown_text)
     assert "](" not in shown_text.replace("\\]\\(", "")
     assert ":red[" not in shown_text
     assert len(at.get("progress")) == 5  # and the demo model still answers
