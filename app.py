@@ -1,19 +1,21 @@
 """vitviz — the interactive Vision Transformer attention explorer: ``streamlit run app.py``.
 
-The page reads top to bottom like it looks: the sidebar (model and image), the header, the
-image column, then the view buttons and the active view. The parts live in ``vitviz.ui``: the
-sidebar, cached resources, session and URL state, the attention canvas, and one module per
-view under ``vitviz.ui.views``. The model runs once per (model, image); layer, head, fusion,
-opacity and colormap change in the browser.
+The page reads top to bottom like it looks: the sidebar (language, model and image), the
+header with the lesson switch, then either the lesson (``?lesson=1``) or the image column and
+the active view. The parts live in ``vitviz.ui``: the sidebar, cached resources, session and
+URL state, the attention canvas, one module per view under ``vitviz.ui.views``, and the lesson
+under ``vitviz.ui.lesson``. Words come from the message catalogs (``vitviz.ui.i18n``). The model
+runs once per (model, image); layer, head, fusion, opacity and colormap change in the browser.
 """
 
 import streamlit as st
 
 from vitviz.runtime import tune_allocator
-from vitviz.ui import page, resources, sidebar, views
+from vitviz.ui import lesson, page, resources, sidebar, views
 
 tune_allocator()
-page.configure()
+page.configure(lesson=lesson.requested())
+sidebar.language()
 
 default_model, why_default = resources.default_model()
 policy = sidebar.policy()
@@ -25,8 +27,11 @@ page.header(info, why_default)
 data, image_name = page.image(selection, info)
 ctx = page.context(backend, info, model_id, data, image_name)
 
-left, right = st.columns([1, 2.4], gap="medium")
-with left:
-    page.image_column(ctx, selection.note)
-with right:
-    views.render(ctx)
+if lesson.requested():
+    lesson.render(ctx)
+else:
+    left, right = st.columns([1, 2.4], gap="medium")
+    with left:
+        page.image_column(ctx, selection.note)
+    with right:
+        views.render(ctx)

@@ -275,3 +275,27 @@ class Anatomy:
     filter_variance: np.ndarray | None
     position_similarity: np.ndarray | None
     position_grid: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class TokenEmbeddings:
+    """One image's vectors on their way into the encoder (:mod:`vitviz.embeddings`).
+
+    Attributes:
+        pixels: ``[C, H, W]`` float32, the normalised input.
+        patches: ``[N, D]`` each patch's embedding (the linear projection of its P²·C values).
+        positions: ``[N, D]`` the position embedding added to each patch, or None when the
+            model has no learned absolute ones for this grid.
+        tokens: ``[T, D]`` what the first block reads: prefix tokens, then patches (+ positions).
+        num_prefix: prefix tokens ([CLS], distillation, registers) at the front of ``tokens``.
+        features: ``[D']`` what the classifier reads (the readout after its norm), or None.
+        norm_pre: whether a LayerNorm sits between the sum and the first block.
+    """
+
+    pixels: np.ndarray
+    patches: np.ndarray
+    positions: np.ndarray | None
+    tokens: np.ndarray
+    num_prefix: int
+    features: np.ndarray | None = None
+    norm_pre: bool = False

@@ -25,6 +25,7 @@ from vitviz.results import (
     ImageExplanation,
     ModelInfo,
     Prediction,
+    TokenEmbeddings,
 )
 
 
@@ -66,6 +67,13 @@ class LocalBackend:
         if self._anatomy is None:
             self._anatomy = anatomy(self.loaded.model)
         return self._anatomy
+
+    def embeddings(self, image: Image.Image) -> TokenEmbeddings:
+        """One seen image's patch, position and token vectors (:mod:`vitviz.embeddings`)."""
+        from vitviz.embeddings import embeddings_of
+
+        (seen,) = self._seen([image], True)
+        return embeddings_of(self.loaded, seen)
 
     @property
     def geometry(self) -> InputGeometry:

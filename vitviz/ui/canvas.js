@@ -24,6 +24,12 @@ function el(tag, attrs, parent) {
   if (parent) parent.appendChild(e);
   return e;
 }
+// the page's words (canvas.py's ``text``), "{name}" filled in from vals
+function tr(data, key, vals) {
+  let s = (data.text && data.text[key]) || key;
+  for (const [k, v] of Object.entries(vals || {})) s = s.split("{" + k + "}").join(String(v));
+  return s;
+}
 function fmt(v) {
   if (!isFinite(v)) return "not computed";
   const a = Math.abs(v);
@@ -157,27 +163,27 @@ class Canvas {
       const g = el("div", { class: "group" }, this.bar);
       this.layerName = el("span", { class: "name", text: "" }, g);
       const r = el("input", { type: "range", min: "0", max: String(this.L - 1), step: "1",
-                              "data-role": "layer", "aria-label": "Layer" }, g);
+                              "data-role": "layer", "aria-label": tr(d, "layer_label") }, g);
       r.value = String(this.sel.layer);
       r.addEventListener("input", () => this.select({ layer: Number(r.value) }));
       this.layerInput = r;
     }
     if (this.H > 0) {
       const g = el("div", { class: "group" }, this.bar);
-      el("span", { class: "name", text: "Head" }, g);
-      const all = el("button", { "data-head": "-1", title: "all heads, fused" }, g);
-      all.textContent = "all";
+      el("span", { class: "name", text: tr(d, "head_label") }, g);
+      const all = el("button", { "data-head": "-1", title: tr(d, "all_title") }, g);
+      all.textContent = tr(d, "all");
       all.addEventListener("click", () => this.select({ head: -1 }));
       for (let h = 0; h < this.H; h++) {
-        const b = el("button", { "data-head": String(h), title: "head " + h }, g);
+        const b = el("button", { "data-head": String(h), title: tr(d, "head_n", { head: h }) }, g);
         b.textContent = String(h);
         b.addEventListener("click", () => this.select({ head: h }));
       }
       const f = el("div", { class: "group", "data-role": "fusion" }, this.bar);
-      el("span", { class: "name", text: "Fusion" }, f);
+      el("span", { class: "name", text: tr(d, "fusion_label") }, f);
       for (const name of FUSIONS) {
         const b = el("button", { "data-fusion": name }, f);
-        b.textContent = name;
+        b.textContent = tr(d, "fusion_" + name);
         b.addEventListener("click", () => this.select({ fusion: name, head: -1 }));
       }
     }
@@ -187,7 +193,7 @@ class Canvas {
   syncBar() {
     if (this.layerInput) {
       this.layerInput.value = String(this.sel.layer);
-      this.layerName.textContent = "Layer " + this.sel.layer;
+      this.layerName.textContent = tr(this.data, "layer_n", { layer: this.sel.layer });
     }
     for (const b of this.bar.querySelectorAll("button[data-head]"))
       b.classList.toggle("on", Number(b.dataset.head) === this.sel.head);
@@ -196,29 +202,30 @@ class Canvas {
   }
 
   buildDisplayBar() {
-    const bar = this.displayBar;
+    const bar = this.displayBar, d = this.data;
     bar.replaceChildren();
     const cm = el("label", {}, bar);
-    cm.append("Colormap ");
-    const sel = el("select", { "data-role": "colormap", "aria-label": "Colormap" }, cm);
+    cm.append(tr(d, "colormap") + " ");
+    const sel = el("select", { "data-role": "colormap", "aria-label": tr(d, "colormap") }, cm);
     for (const name of Object.keys(this.data.luts)) el("option", { value: name, text: name }, sel);
     sel.addEventListener("change", () => this.setDisplay({ colormap: sel.value }));
     const op = el("label", {}, bar);
-    op.append("Opacity ");
+    op.append(tr(d, "opacity") + " ");
     const a = el("input", { type: "range", min: "0", max: "1", step: "0.05", "data-role": "alpha",
-                            "aria-label": "Overlay opacity" }, op);
+                            "aria-label": tr(d, "opacity") }, op);
     a.addEventListener("input", () => this.setDisplay({ alpha: Number(a.value) }));
-    for (const [key, text] of [["smooth", "smooth"], ["grid", "patch grid"]]) {
+    for (const [key, text] of [["smooth", tr(d, "smooth")], ["grid", tr(d, "grid")]]) {
       const l = el("label", {}, bar);
       const c = el("input", { type: "checkbox", "data-role": key }, l);
       l.append(" " + text);
       c.addEventListener("change", () => this.setDisplay({ [key]: c.checked }));
     }
     const big = el("button", { "data-role": "enlarge" }, bar);
-    big.textContent = this.large ? "smaller" : "enlarge";
-    big.addEventListener("click", () => { this.large = !this.large; big.textContent = this.large ? "smaller" : "enlarge"; this.draw(true); });
+    const bigText = () => tr(d, this.large ? "smaller" : "enlarge");
+    big.textContent = bigText();
+    big.addEventListener("click", () => { this.large = !this.large; big.textContent = bigText(); this.draw(true); });
     const save = el("a", { href: "#", "data-role": "save" }, bar);
-    save.textContent = "save PNG";
+    save.textContent = tr(d, "save");
     save.addEventListener("click", () => {
       save.setAttribute("download", (this.data.filename || "vitviz-map") + ".png");
       save.setAttribute("href", this.map.toDataURL("image/png"));
@@ -341,7 +348,8 @@ class Canvas {
 
   caption() {
     const d = this.data;
-    const head = this.sel.head >= 0 ? "head " + this.sel.head : "all heads (" + this.sel.fusion + ")";
+    const head = this.sel.head >= 0 ? tr(d, "head_n", { head: this.sel.head })
+      : tr(d, "all_fused", { fusion: tr(d, "fusion_" + this.sel.fusion) });
     return d.title.replace("{layer}", String(this.sel.layer)).replace("{head}", head);
   }
 
@@ -366,7 +374,7 @@ class Canvas {
     this.prefix.replaceChildren();
     if (!this.P || !this.prefixValues) return;
     const k = this.index(this.sel);
-    el("span", { text: "to the extra tokens:", style: "color: inherit; padding: 1px 0" }, this.prefix);
+    el("span", { text: tr(this.data, "to_extra"), style: "color: inherit; padding: 1px 0" }, this.prefix);
     for (let p = 0; p < this.P; p++) {
       const v = this.prefixValues[k * this.P + p];
       const s = el("span", { text: this.data.prefix_labels[p] + " " + fmt(v) }, this.prefix);
@@ -382,13 +390,13 @@ class Canvas {
     const tile = Math.max(18, Math.min(48, Math.floor(300 / this.H)));
     this.tile = tile;
     this.mosaic.style.gridTemplateColumns = `auto repeat(${this.H}, ${tile}px)`;
-    el("div", { class: "caption", text: "All layers × heads (click one to open it)" }, this.mosaic);
+    el("div", { class: "caption", text: tr(d, "mosaic") }, this.mosaic);
     el("span", { text: "" }, this.mosaic);
     for (let h = 0; h < this.H; h++) el("span", { text: "h" + h }, this.mosaic);
     for (let l = 0; l < this.L; l++) {
       el("span", { text: "L" + l }, this.mosaic);
       for (let h = 0; h < this.H; h++) {
-        const c = el("canvas", { "data-cell": String(l * this.H + h), title: "layer " + l + ", head " + h }, this.mosaic);
+        const c = el("canvas", { "data-cell": String(l * this.H + h), title: tr(d, "cell", { layer: l, head: h }) }, this.mosaic);
         c.addEventListener("click", () => this.select({ layer: l, head: h }));
       }
     }
@@ -419,7 +427,8 @@ class Canvas {
     if (p < 0) return;
     const [gh, gw] = this.data.grid;
     const v = this.values(this.sel)[p];
-    const text = "patch " + p + " (row " + Math.floor(p / gw) + ", column " + (p % gw) + ") · " + this.data.value_name + " " + fmt(v);
+    const text = tr(this.data, "hover", { patch: p, row: Math.floor(p / gw), column: p % gw,
+                                          what: this.data.value_name, value: fmt(v) });
     this.tip.textContent = text;
     const rect = this.map.getBoundingClientRect();
     this.tip.style.left = Math.min(e.clientX - rect.left + 12, rect.width - 150) + "px";

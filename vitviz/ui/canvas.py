@@ -29,6 +29,7 @@ import streamlit as st
 from vitviz import render
 from vitviz.cache import ByteLRU
 from vitviz.layout import TokenLayout
+from vitviz.ui import i18n
 
 _HERE = Path(__file__).resolve().parent
 # fixed code shipped with vitviz; the data it draws never becomes HTML (canvas.js)
@@ -38,6 +39,12 @@ _COMPONENT = st.components.v2.component(
     js=(_HERE / "canvas.js").read_text(),
 )
 DISPLAY_DEFAULTS = {"colormap": "inferno", "alpha": 0.6, "smooth": False, "grid": False}
+# the canvas's own words (catalog keys ``canvas.<name>``), sent with its data
+WORDS = (
+    "layer_label", "layer_n", "head_label", "head_n", "all", "all_title", "all_fused",
+    "fusion_label", "fusion_mean", "fusion_max", "fusion_min", "colormap", "opacity", "smooth",
+    "grid", "enlarge", "smaller", "save", "to_extra", "mosaic", "cell", "hover",
+)  # fmt: skip
 
 
 def _b64(array: np.ndarray) -> str:
@@ -74,7 +81,7 @@ def payload(
     head: int = -1,
     fusion: str = "mean",
     title: str = "",
-    value_name: str = "attention",
+    value_name: str | None = None,
     mosaic: bool = False,
     clickable: bool = False,
     selected: int = -1,
@@ -130,7 +137,7 @@ def payload(
         "head": int(head) if heads else -1,
         "fusion": fusion,
         "title": title,
-        "value_name": value_name,
+        "value_name": value_name or i18n.t("canvas.attention"),
         "mosaic": bool(mosaic and heads),
         "clickable": bool(clickable),
         "selected": int(selected),
@@ -141,6 +148,7 @@ def payload(
         "reset": bool(reset),
         "luts": _luts(),
         "display": dict(DISPLAY_DEFAULTS),
+        "text": {w: i18n.fill(f"canvas.{w}") for w in WORDS},
     }
 
 

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from vitviz import render
 from vitviz.layout import TokenLayout
+from vitviz.ui.i18n import raw, t
 
 TOKEN_NAMES = {"cls": "CLS", "dist": "DIST", "reg": "REG"}
 
@@ -236,12 +237,11 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
                 size=10,
                 color=hh,
                 colorscale="Turbo",
-                colorbar=dict(title="head"),
+                colorbar=dict(title=t("figures.head")),
                 line=dict(width=0.5, color="white"),
             ),
             customdata=custom,
-            hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
-            "<br>mean distance %{customdata[2]:.1f} px<extra></extra>",
+            hovertemplate=raw("figures.distance_hover") + "<extra></extra>",
             name="heads",
         )
     )
@@ -257,8 +257,8 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
             )
         )
     fig.update_layout(
-        xaxis_title="layer (depth)",
-        yaxis_title="mean attention distance (pixels)",
+        xaxis_title=t("figures.layer_depth"),
+        yaxis_title=t("figures.distance_px"),
         height=360,
         margin=dict(l=10, r=10, t=10, b=10),
         showlegend=False,
@@ -286,14 +286,13 @@ def entropy_figure(entropy: np.ndarray) -> go.Figure:
                 colorbar=dict(title="nats"),
             ),
             customdata=custom,
-            hovertemplate="layer %{customdata[0]}, head %{customdata[1]}"
-            "<br>entropy %{customdata[2]:.3f} nats<extra></extra>",
+            hovertemplate=raw("figures.entropy_hover") + "<extra></extra>",
             name="heads",
         )
     )
     fig.update_layout(
-        xaxis_title="head",
-        yaxis_title="layer",
+        xaxis_title=t("figures.head"),
+        yaxis_title=t("figures.layer"),
         height=360,
         margin=dict(l=10, r=10, t=10, b=10),
         dragmode=False,

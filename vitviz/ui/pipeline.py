@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vitviz.layout import TokenLayout
 from vitviz.results import ModelInfo
+from vitviz.ui.i18n import t
 
 
 def pipeline_dot(info: ModelInfo, layout: TokenLayout, width: int, top: str | None) -> str:
@@ -11,28 +12,26 @@ def pipeline_dot(info: ModelInfo, layout: TokenLayout, width: int, top: str | No
     h, w = layout.image_size
     ph, pw = layout.patch_size
     n = layout.num_patches
-    prefix = ", ".join(f"[{k.upper()}]" for k in layout.prefix) or "no extra tokens"
-    readout = {
-        "cls": "the [CLS] token's output",
-        "cls+dist": "mean of the [CLS] and [DIST] heads",
-        "avg": "mean of all patch tokens",
-        "avg+prefix": "mean of all tokens",
-    }[layout.readout]
+    prefix = ", ".join(f"[{k.upper()}]" for k in layout.prefix) or t("pipeline.no_extra")
+    readout = t(f"diagram.readout_{layout.readout.replace('+', '_')}")
     classes = info.classes
-    head = f"Linear {width} → {classes} classes" if classes else "no classifier (backbone)"
+    head = t("diagram.linear", width=width, classes=classes) if classes else t("diagram.no_head")
+    gh, gw = layout.grid
     steps = [
-        f"Input image\\n{h}×{w} px",
-        f"Cut into {layout.grid[0]}×{layout.grid[1]} = {n} patches\\nof {ph}×{pw} px",
-        f"Patch embedding\\neach patch → {width} numbers",
-        f"Add position embeddings\\nprepend {prefix}",
-        f"Encoder\\n{info.layers} blocks × {info.heads} attention heads",
-        f"Readout\\n{readout}",
-        f"Head\\n{head}",
+        t("diagram.input", h=h, w=w),
+        t("diagram.patches", gh=gh, gw=gw, n=n, ph=ph, pw=pw),
+        t("diagram.embedding", width=width),
+        t("diagram.position", prefix=prefix),
+        t("diagram.encoder", layers=info.layers, heads=info.heads),
+        t("diagram.readout", readout=readout),
+        t("diagram.head", head=head),
     ]
     if top:
-        steps.append(f"Prediction\\n{top}")
+        steps.append(t("diagram.prediction", top=top))
+    steps = [s.replace("\n", "\\n") for s in steps]  # graphviz's line break
     lines = ["digraph G {", "rankdir=LR;", 'node [shape=box, style="rounded,filled"];']
-    lines += ['node [fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];']
+    font = "Noto Sans CJK TC, Helvetica"  # Chinese labels need a CJK font where one exists
+    lines += [f'node [fillcolor="#eef3fb", fontname="{font}", fontsize=11];']
     for i, text in enumerate(steps):
         label = text.replace('"', '\\"')
         lines.append(f'n{i} [label="{label}"];')

@@ -23,19 +23,21 @@ from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
 from vitviz.runtime import release_memory
+from vitviz.ui import i18n
+from vitviz.ui.i18n import t
 from vitviz.ui.state import PageCaches, PageLimits
 from vitviz.ui.text import plain
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-SAMPLES = {
-    "chelsea.png": "Chelsea the cat",
-    "coffee.png": "A cup of coffee",
-    "astronaut.png": "Astronaut Eileen Collins",
-    "rocket.jpg": "A rocket on the launch pad",
-    "hubble_deep_field.jpg": "Hubble deep field",
-    "demo-scene-1.png": "Demo scene 1 (textures)",
-    "demo-scene-2.png": "Demo scene 2 (textures)",
-    "demo-scene-3.png": "Demo scene 3 (textures)",
+SAMPLES = {  # file → catalog key of its title
+    "chelsea.png": "sample.chelsea",
+    "coffee.png": "sample.coffee",
+    "astronaut.png": "sample.astronaut",
+    "rocket.jpg": "sample.rocket",
+    "hubble_deep_field.jpg": "sample.hubble",
+    "demo-scene-1.png": "sample.scene1",
+    "demo-scene-2.png": "sample.scene2",
+    "demo-scene-3.png": "sample.scene3",
 }
 SAMPLES = {k: v for k, v in SAMPLES.items() if (ASSETS / k).is_file()}
 MODEL_LOADS = threading.BoundedSemaphore(1)  # one model built at a time per page process
@@ -47,7 +49,7 @@ def page_caches() -> PageCaches:
     try:
         limits = PageLimits.from_env()
     except VitvizError as err:  # the operator's VITVIZ_*_MB or VITVIZ_MAX_PARAMS is malformed
-        st.error(plain(f"This page is misconfigured: {err}"))
+        st.error(t("error.misconfigured", detail=plain(err)))
         st.stop()
     gc.collect()
     gc.freeze()  # libraries are here for good: later collections skip them (~0.5 ms, not 190)
@@ -63,18 +65,15 @@ def load_failures() -> ByteLRU[tuple[str, float]]:
 
 @st.cache_resource(show_spinner=False, ttl=300)
 def default_model() -> tuple[str, str | None]:
-    """ViT-B/16 when its weights are cached or downloadable, else the demo model and why."""
+    """ViT-B/16 when its weights are cached or downloadable, else the demo model and why (a
+    catalog key: ``default.offline`` or ``default.no_internet``)."""
     spec = models.CURATED["vit-b16"]
     if models.cached_weights(spec.timm_name) is not None:
         return "vit-b16", None
     where = models.download_location(spec.timm_name)
     if not models.hub_offline() and models.hub_reachable(where):
         return "vit-b16", None
-    why = "offline mode is on" if models.hub_offline() else "there is no internet"
-    return "demo", (
-        f"ViT-B/16's ImageNet weights are not on this machine and {why}: showing vitviz's "
-        "demo model, trained on synthetic textures. Online, pick ViT-B/16 to download it."
-    )
+    return "demo", "default.offline" if models.hub_offline() else "default.no_internet"
 
 
 def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
@@ -97,12 +96,32 @@ def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBa
     return caches.models.get_or_compute((name, weights, random_weights), load)
 
 
-WEIGHTS_FILE_TITLE = "Weights file on this server…"  # the model picker's entry for a file
+def model_title(key: str) -> str:
+    """A curated model's name in the page's language."""
+    return t(f"model.{key}.title") if i18n.has(f"model.{key}.title") else models.CURATED[key].title
+
+
+def model_description(key: str) -> str:
+    """A curated model's line in the page's language."""
+    spec = models.CURATED[key]
+    return t(f"model.{key}.line") if i18n.has(f"model.{key}.line") else spec.description
+
+
+def weights_note(note: str) -> str:
+    """A model's note (the demo model's limits) in the page's language."""
+    if note == models.DEMO_NOTE:
+        return t("facts.demo_note")
+    return plain(note[0].upper() + note[1:])
+
+
+def weights_warning(warning: str) -> str:
+    """A model's warning (random weights) in the page's language."""
+    return t("facts.random_warning") if warning == models.RANDOM_WARNING else plain(warning)
 
 
 def for_the_page(message: str) -> str:
     """A loader's message in the page's words (it has no command-line flags)."""
-    choose = f"choose “{WEIGHTS_FILE_TITLE}” as the model"
+    choose = f"choose “{t('sidebar.weights_file')}” as the model"
     return message.replace(
         "or pass --weights FILE with a local .safetensors/.pth file", f"or {choose}"
     ).replace("pass --weights FILE", choose)
@@ -121,13 +140,10 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
             plan = models.weights_plan(name)
             if plan.startswith("download") and models.hub_reachable():
                 _download(name)
-        with st.spinner(plain(f"Loading {name}…"), show_time=True):
+        with st.spinner(t("busy.loading", name=plain(name)), show_time=True):
             backend = get_backend(name, weights, random_weights)
     except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
-        message = (
-            f"“{weights}” is not a readable weights file: give the path of a .safetensors, "
-            ".pth or .bin file holding a model's tensors, on the machine running this page"
-        )
+        message = t("error.weights_file", path=weights)
         load_failures().put(key, (message, time.time()))
         raise VitvizError(message) from None
     except VitvizError as err:
@@ -138,7 +154,7 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
 
 
 def _download(name: str) -> None:
-    bar = st.progress(0.0, text=plain(f"Downloading the weights of {name}…"))
+    bar = st.progress(0.0, text=t("busy.download", name=plain(name)))
     script_thread = threading.current_thread()
     last = [-1.0]
 
@@ -148,8 +164,9 @@ def _download(name: str) -> None:
         frac = min(1.0, done / total)
         if frac - last[0] >= 0.01 or frac == 1.0:
             last[0] = frac
-            mb = f"{done / 2**20:.0f} of {total / 2**20:.0f} MB"
-            bar.progress(frac, text=plain(f"Downloading the weights of {name}: {mb}"))
+            done_mb, total_mb = f"{done / 2**20:.0f}", f"{total / 2**20:.0f}"
+            text = t("busy.download_mb", name=plain(name), done=done_mb, total=total_mb)
+            bar.progress(frac, text=text)
 
     try:
         models.download_weights(name, report)
@@ -197,7 +214,7 @@ def _explain_once(backend: Backend, image) -> ImageExplanation:
 def explanation(model_id: str, image_digest: str, backend: Backend, image):
     """The cached entry of this (model, image), explained once (with a spinner)."""
     cache = page_caches().explanations
-    with st.spinner("Running the model on this image…", show_time=True):
+    with st.spinner(t("busy.explain"), show_time=True):
         return cache.get(model_id, image_digest, lambda: _explain_once(backend, image))
 
 
@@ -224,12 +241,11 @@ def class_relevance(
             cache.put((model_id, image_digest, rel.index), rel)
         return res.relevance[0]
 
-    message = "Computing the class gradients (one forward, one backward per class)…"
-    with st.spinner(message, show_time=True):
+    with st.spinner(t("busy.gradients"), show_time=True):
         try:
             return cache.get_or_compute(key, compute)
         except VitvizError as err:  # e.g. the server went away: say so, keep the page
-            st.error(plain(f"Could not compute the class map: {err}"))
+            st.error(t("error.class_map", detail=plain(err)))
             st.stop()
     raise AssertionError("unreachable")
 

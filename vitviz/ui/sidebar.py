@@ -10,14 +10,16 @@ import streamlit as st
 from vitviz import models
 from vitviz.errors import VitvizError
 from vitviz.results import ModelInfo
-from vitviz.ui import downloads, resources, session
+from vitviz.ui import downloads, i18n, resources, session
+from vitviz.ui.i18n import t
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.session import KEEP, URL
 from vitviz.ui.text import plain
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
-BACKENDS = {"local": "In this process", "server": "On a vitviz server"}
+BACKENDS = ("local", "server")
+SOURCES = ("Samples", "Upload", "Camera")  # stable values (in the URL); shown translated
 
 
 @dataclass
@@ -42,7 +44,7 @@ def policy() -> ServerPolicy:
     try:
         return ServerPolicy.from_env()
     except VitvizError as err:  # the operator's VITVIZ_SERVER or allow-list is malformed
-        st.error(plain(f"This page is misconfigured: {err}"))
+        st.error(t("error.misconfigured", detail=plain(err)))
         st.stop()
     raise AssertionError("unreachable")
 
@@ -50,24 +52,48 @@ def policy() -> ServerPolicy:
 def render(default_model: str, pol: ServerPolicy) -> Selection:
     """Draw the model and image sections; return what they say."""
     with st.sidebar:
-        st.subheader("Model")
+        st.subheader(t("sidebar.model"))
         sel = _model(default_model, pol)
-        st.subheader("Image")
+        st.subheader(t("sidebar.image"))
+        session.choice("source", SOURCES, SOURCES[0])
         sel.source = st.radio(
-            "Image source",
-            ["Samples", "Upload", "Camera"],
+            t("sidebar.source"),
+            SOURCES,
+            format_func=lambda s: t(f"sidebar.source_{s.lower()}"),
             horizontal=True,
             key="source",
-            bind=URL,
             persist_state=KEEP,
         )
+        session.keep_in_url("source", sel.source, SOURCES[0])
         if sel.source == "Upload":
             _upload(sel)
         elif sel.source == "Camera":
-            camera = st.camera_input("Take a photo", key="camera")
+            camera = st.camera_input(t("sidebar.camera"), key="camera")
             if camera is not None:
                 sel.data, sel.image_name = camera.getvalue(), "camera.jpg"
     return sel
+
+
+def language() -> str:
+    """The language switch: the browser's language until one is picked; a picked one is kept
+    in the URL (``?lang=``) so a shared link opens in it."""
+    state = st.session_state
+    if "lang" not in state:
+        linked = st.query_params.get("lang")
+        state["lang_chosen"] = linked in i18n.LANGUAGES
+        state["lang"] = linked if state["lang_chosen"] else i18n.from_locale(st.context.locale)
+    lang = st.sidebar.segmented_control(
+        "Language / 語言",
+        list(i18n.LANGUAGES),
+        format_func=i18n.LANGUAGES.get,
+        key="lang",
+        required=True,
+        persist_state=KEEP,
+        label_visibility="collapsed",
+        on_change=lambda: state.update(lang_chosen=True),
+    )
+    session.keep_in_url("lang", lang, None if state.get("lang_chosen") else lang)
+    return lang
 
 
 def _model(default_model: str, pol: ServerPolicy) -> Selection:
@@ -76,10 +102,10 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     else:
         first = {} if "backend_kind" in st.session_state else {"index": 1 if pol.default else 0}
         kind = st.radio(
-            "Run the model",
-            list(BACKENDS),
+            t("sidebar.run_where"),
+            BACKENDS,
             **first,
-            format_func=BACKENDS.get,
+            format_func=lambda k: t(f"sidebar.backend_{k}"),
             horizontal=True,
             key="backend_kind",
             persist_state=KEEP,
@@ -90,38 +116,35 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     elif kind == "server":
         if pol.any_url:
             sel.server_url = st.text_input(
-                "Server URL", pol.default or "http://127.0.0.1:8000", key="server_url"
+                t("sidebar.server_url"), pol.default or "http://127.0.0.1:8000", key="server_url"
             ).strip()
         else:
             if st.session_state.get("server_url") not in pol.allowed:
                 if st.session_state.get("server_url"):
-                    st.warning("That server is not one of this page's; showing its own.")
+                    st.warning(t("sidebar.server_not_allowed"))
                 st.session_state["server_url"] = pol.allowed[0]
-            sel.server_url = st.selectbox("Server", pol.allowed, key="server_url")
+            sel.server_url = st.selectbox(t("sidebar.server"), pol.allowed, key="server_url")
         sel.typed_token = st.text_input(
-            "Token (if the server needs one)",
+            t("sidebar.token"),
             type="password",
             key="server_token",
-            help="Empty: no token, or this page's own token when the server is its own.",
+            help=t("sidebar.token_help"),
         ).strip()
     if kind == "server":
-        st.caption("The server decides the model: `python -m vitviz serve --model NAME`.")
+        st.caption(t("sidebar.server_model"))
         return sel
     choices = [*models.CURATED, OTHER_TIMM, WEIGHTS_FILE]
     if st.session_state.pop("model_reset", False):  # the last choice failed to load
         st.session_state["model"] = "demo"
-    titles = {k: s.title for k, s in models.CURATED.items()}
-    titles |= {
-        OTHER_TIMM: "Any timm ViT, by name…",
-        WEIGHTS_FILE: resources.WEIGHTS_FILE_TITLE,
-    }
+    titles = {k: resources.model_title(k) for k in models.CURATED}
+    titles |= {OTHER_TIMM: t("sidebar.any_timm"), WEIGHTS_FILE: t("sidebar.weights_file")}
     # a link may name a curated model or "any timm ViT", never a file on this machine
     linkable = [c for c in choices if c != WEIGHTS_FILE]
     if "model" not in st.session_state and st.query_params.get("model") in linkable:
         st.session_state["model_chosen"] = True  # a link named it
     session.choice("model", choices if "model" in st.session_state else linkable, default_model)
     sel.choice = sel.name = st.selectbox(
-        "Model",
+        t("sidebar.model"),
         choices,
         format_func=lambda k: titles[k],
         key="model",
@@ -135,25 +158,25 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     linked = sel.choice if sel.choice in linkable else default_model
     session.keep_in_url("model", linked, None if named else default_model)
     if sel.choice in models.CURATED:
-        st.caption(models.CURATED[sel.choice].description)
+        st.caption(resources.model_description(sel.choice))
     elif sel.choice == OTHER_TIMM:
         sel.name = st.text_input(
-            "timm model name",
+            t("sidebar.timm_name"),
             "vit_small_patch16_224.augreg_in21k_ft_in1k",
             key="timm_name",
             bind=URL,
             persist_state=KEEP,
         ).strip()
-        st.caption("Any timm ViT with global attention (ViT, DeiT, DINO, EVA, BEiT …).")
+        st.caption(t("sidebar.timm_help"))
     else:  # never from the URL: a link must not make the page read a file
         sel.name = st.text_input(
-            "timm architecture of the file", "vit_base_patch16_224", key="file_arch"
+            t("sidebar.file_arch"), "vit_base_patch16_224", key="file_arch"
         ).strip()
-        sel.weights = st.text_input("Weights file (.safetensors, .pth or .bin)", "") or None
+        sel.weights = st.text_input(t("sidebar.file_path"), "") or None
     sel.random_weights = st.toggle(
-        "Random weights (architecture test)",
+        t("sidebar.random"),
         key="random_weights",
-        help="Skip the weights: the maps and predictions are then meaningless.",
+        help=t("sidebar.random_help"),
         bind=URL,
         persist_state=KEEP,
     )
@@ -161,7 +184,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
 
 
 def _upload(sel: Selection) -> None:
-    upload = st.file_uploader("Your image", type=UPLOAD_TYPES, key="upload")
+    upload = st.file_uploader(t("sidebar.upload"), type=UPLOAD_TYPES, key="upload")
     # the last upload is kept in the process's byte-bounded cache, not in the session: many
     # visitors' photos cannot add up beyond its share of VITVIZ_CACHE_MB
     kept = resources.page_caches().uploads
@@ -175,8 +198,8 @@ def _upload(sel: Selection) -> None:
     remembered = kept.get(session_key)
     if remembered:
         sel.image_name, sel.data = remembered
-        sel.note = f"Showing your last upload, {remembered[0]}; drop another image to replace it."
-        st.caption(plain(sel.note))
+        sel.note = t("sidebar.last_upload", name=plain(remembered[0]))
+        st.caption(sel.note)
 
 
 def model_facts(info: ModelInfo) -> None:
@@ -184,13 +207,16 @@ def model_facts(info: ModelInfo) -> None:
     with st.sidebar:
         w = info.weights
         where = downloads.display_location(w)
-        st.caption(
-            (f"**Model:** {plain(info.title)}  \n" if info.remote else "")
-            + f"**Weights:** {plain(w.source)}"
-            + (f" — {plain(where)}" if where else "")
-            + ("  (on the server)" if info.remote else "")
-            + f"  \n**Device:** {info.device_label}  \n"
-            + (f"**Backend:** server {info.backend}" if info.remote else "**Backend:** in-process")
+        lines = [t("facts.model", name=plain(info.title))] if info.remote else []
+        source = t(f"facts.source_{w.source}") if i18n.has(f"facts.source_{w.source}") else w.source
+        weights = plain(source) + (f" — {plain(where)}" if where else "")
+        lines.append(t("facts.weights_remote" if info.remote else "facts.weights", what=weights))
+        lines.append(t("facts.device", device=plain(info.device_label)))
+        lines.append(
+            t("facts.backend_server", kind=plain(info.backend))
+            if info.remote
+            else t("facts.backend_local")
         )
+        st.caption("  \n".join(lines))
         if w.note:
-            st.info(plain(w.note[0].upper() + w.note[1:]))
+            st.info(resources.weights_note(w.note))

@@ -12,11 +12,37 @@ from typing import Any
 import streamlit as st
 
 from vitviz.methods import Method, Option
+from vitviz.ui import i18n
+from vitviz.ui.i18n import t
+
+
+def option_title(option: Option) -> str:
+    """An option's label in the page's language (a plugin's own label when it has none)."""
+    key = f"option.{option.name}.title"
+    return t(key) if i18n.has(key) else option.title
+
+
+def option_help(option: Option) -> str:
+    """An option's tooltip in the page's language."""
+    key = f"option.{option.name}.help"
+    return t(key) if i18n.has(key) else option.help
+
+
+def choice_label(value: str) -> str:
+    """A choice's value in words (``mean`` → 平均 in zh-Hant)."""
+    key = f"choice.{value}"
+    return t(key) if i18n.has(key) else value
+
+
+def method_title(name: str, title: str) -> str:
+    """A method's title in the page's language."""
+    key = f"method.{name}"
+    return t(key) if i18n.has(key) else title
 
 
 def head_label(head: int | None) -> str:
     """A head choice in words."""
-    return "all heads (fused)" if head is None else f"head {head}"
+    return t("widgets.all_heads") if head is None else t("widgets.head_n", head=head)
 
 
 def option_widget(
@@ -31,30 +57,30 @@ def option_widget(
 ) -> Any:
     """Draw one option's widget in ``where`` and return its value (stored under ``key``)."""
     fresh = key not in st.session_state  # a widget's default only when the state has none
-    common = {"key": key, "help": option.help, "disabled": disabled, "persist_state": "session"}
+    common = {"key": key, "help": option_help(option), "disabled": disabled}
+    common["persist_state"] = "session"
+    title = option_title(option)
     if option.kind == "layer":
         default = option.default % layers if isinstance(option.default, int) else layers - 1
         extra = {"value": default} if fresh else {}
-        return where.slider(option.title, 0, layers - 1, **extra, **common)
+        return where.slider(title, 0, layers - 1, **extra, **common)
     if option.kind == "head":
-        return where.selectbox(
-            option.title, [None, *range(heads)], format_func=head_label, **common
-        )
+        return where.selectbox(title, [None, *range(heads)], format_func=head_label, **common)
     if option.kind == "patch":
         extra = {"value": int(option.default)} if fresh else {}
-        return where.number_input(option.title, 0, patches - 1, step=1, **extra, **common)
+        return where.number_input(title, 0, patches - 1, step=1, **extra, **common)
     if option.kind == "number":
         low = float(option.low if option.low is not None else 0.0)
         high = float(option.high if option.high is not None else 1.0)
         extra = {"value": float(option.default)} if fresh else {}
         step = float(option.step) if option.step else None
-        return where.slider(option.title, low, high, step=step, **extra, **common)
+        return where.slider(title, low, high, step=step, **extra, **common)
     if option.kind == "flag":
         extra = {"value": bool(option.default)} if fresh else {}
-        return where.toggle(option.title, **extra, **common)
+        return where.toggle(title, **extra, **common)
     extra = {"default": option.default} if fresh else {}
     value = where.segmented_control(
-        option.title, list(option.choices), required=True, **extra, **common
+        title, list(option.choices), format_func=choice_label, required=True, **extra, **common
     )
     return option.default if value is None else value
 
@@ -91,7 +117,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
 
     A new image or model starts on its top class.
     """
-    from vitviz.classes import probabilities, ranked, short_label
+    from vitviz.classes import probabilities, ranked
 
     labels = ctx.labels
     top = ctx.top_classes
@@ -103,9 +129,9 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
         st.session_state["class_context"] = context
         st.session_state[key] = top[0]
     return st.selectbox(
-        "Why this class? (top 5 first; type to search all)",
+        t("widgets.class_picker"),
         ranked(labels, top),
-        format_func=lambda i: f"{short_label(labels[i])} — {probs[i]:.1%}",
+        format_func=lambda i: f"{i18n.class_label(labels[i], both=True)} — {probs[i]:.1%}",
         key=key,
         persist_state="session",
     )
@@ -117,7 +143,7 @@ def overlay_download(ctx: Any, values: Any, title: str, where: Any = st) -> None
 
     image, name = ctx.expl.image, f"{ctx.stem}-{title}.png"
     where.download_button(
-        "Overlay (PNG)",
+        t("widgets.overlay_png"),
         data=lambda: render.to_png(render.overlay(image, values, alpha=0.6)),
         file_name=name,
         mime="image/png",
@@ -132,7 +158,7 @@ def why_toggle(ctx: Any, label: str, key: str, where: Any = st) -> bool:
         label,
         key=key,
         disabled=not ctx.expl.predictions,
-        help="Gradient-weighted attention for one class (needs a classifier)",
+        help=t("widgets.why_help"),
         persist_state="session",
     )
     return bool(on and ctx.expl.predictions)

@@ -1,4 +1,5 @@
-"""The page's views: one module each with ``TITLE`` and ``render(ctx)``.
+"""The page's views: one module each with ``ID`` (its stable name, in links) and ``render(ctx)``;
+its button label is the catalog's ``view.<module>``.
 
 Adding a view is one module plus one line in :data:`VIEWS`. Each view runs as an
 ``st.fragment``: its own controls rerun it alone, not the sidebar, decoding or model lookup.
@@ -12,18 +13,25 @@ import streamlit as st
 
 from vitviz.ui import session
 from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import t
 from vitviz.ui.views import heads, patches, pipeline, rollout, statistics
 
-VIEWS: dict[str, ModuleType] = {m.TITLE: m for m in (pipeline, heads, rollout, patches, statistics)}
-DEFAULT = rollout.TITLE
+VIEWS: dict[str, ModuleType] = {m.ID: m for m in (pipeline, heads, rollout, patches, statistics)}
+DEFAULT = rollout.ID
+
+
+def slug(view: str) -> str:
+    """A view's module name (its catalog key and container key)."""
+    return VIEWS[view].__name__.rsplit(".", 1)[-1]
 
 
 def picker() -> str:
     """The view buttons: one is always selected, and it is in the URL."""
     session.choice("view", list(VIEWS), DEFAULT)
     view = st.segmented_control(
-        "View",
+        t("view.label"),
         list(VIEWS),
+        format_func=lambda v: t(f"view.{slug(v)}"),
         key="view",
         required=True,
         persist_state=session.KEEP,
@@ -43,6 +51,5 @@ def render(ctx: ViewContext) -> None:
     # old view's maps while it is drawn (the browser otherwise keeps them until replaced).
     switch = st.session_state.get("view_drawn") not in (None, name)
     st.session_state["view_drawn"] = name
-    slug = VIEWS[name].__name__.rsplit(".", 1)[-1]
-    with st.container(key=f"view-{slug}" + ("-switch" if switch else "")):
+    with st.container(key=f"view-{slug(name)}" + ("-switch" if switch else "")):
         VIEWS[name].render(ctx)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from vitviz import methods
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import class_label, fill, t
 
-TITLE = "Heads"
+ID = "Heads"
 
 
 def render(ctx: ViewContext) -> None:
@@ -21,14 +22,12 @@ def render(ctx: ViewContext) -> None:
     layer, head, fusion = session.selection(info.layers, info.heads)
     reset = session.take_reset()
     common = dict(heads=info.heads, layer=layer, head=head, fusion=fusion, reset=reset)
-    why = widgets.why_toggle(
-        ctx, "Why this class? (attention × gradient of the same head)", "heads_why"
-    )
+    why = widgets.why_toggle(ctx, t("heads.why"), "heads_why")
     data = canvas.payload(
         expl.image,
         layout,
         rows,
-        title="Layer {layer}, {head}: what the readout attends to",
+        title=fill("heads.title"),
         mosaic=True,
         link="heads",
         report=True,
@@ -44,13 +43,13 @@ def render(ctx: ViewContext) -> None:
         rel = resources.class_relevance(
             ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
         )
-        label = ctx.labels[cls]
+        label = class_label(ctx.labels[cls])
         class_data = canvas.payload(
             expl.image,
             layout,
             methods.class_head_rows(rel),
-            title=f"Why “{label}”: layer {{layer}}, {{head}}, attention × gradient",
-            value_name="relevance",
+            title=fill("heads.class_title", label=label),
+            value_name=t("canvas.relevance"),
             link="heads",
             filename=f"{ctx.stem}-attn-grad-class{cls}",
             max_size=300,

@@ -7,9 +7,10 @@ import streamlit as st
 from vitviz import methods
 from vitviz.ui import canvas, session, widgets
 from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import fill, t
 from vitviz.ui.session import KEEP
 
-TITLE = "Patch explorer"
+ID = "Patch explorer"
 
 
 def render(ctx: ViewContext) -> None:
@@ -17,13 +18,11 @@ def render(ctx: ViewContext) -> None:
     expl, layout, info = ctx.expl, ctx.layout, ctx.info
     patch = session.patch(layout.num_patches, layout.grid)
     r, c = divmod(patch, layout.grid[1])
-    rolled = st.toggle(
-        "Rolled out (follow the patch through all layers)", key="rolled", persist_state=KEEP
-    )
-    st.caption(f"Click a patch on the map — selected: patch {patch} (row {r}, column {c})")
+    rolled = st.toggle(t("patches.rolled"), key="rolled", persist_state=KEEP)
+    st.caption(t("patches.click", patch=patch, row=r, column=c))
     if rolled:
         rows = methods.compute_row("query", expl.attention, layout, patch=patch, rolled=True)
-        extra = dict(title=f"What patch {patch} attends to (rolled out)")
+        extra = dict(title=fill("patches.title_rolled", patch=patch))
     else:
         rows = ctx.entry.get(
             ("query-rows", patch), lambda: methods.head_rows(expl.attention, layout, patch=patch)
@@ -36,7 +35,7 @@ def render(ctx: ViewContext) -> None:
             fusion=fusion,
             reset=session.take_reset(),
             report=True,
-            title=f"What patch {patch} attends to: layer {{layer}}, {{head}}",
+            title=fill("patches.title", patch=patch),
         )
     data = canvas.payload(
         expl.image,

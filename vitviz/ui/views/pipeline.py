@@ -7,70 +7,60 @@ import streamlit as st
 from vitviz.errors import VitvizError
 from vitviz.ui import figures, pipeline, resources
 from vitviz.ui.context import ViewContext
-from vitviz.ui.text import plain
+from vitviz.ui.i18n import class_label, error_text, t
 
-TITLE = "How ViT sees this image"
+ID = "How ViT sees this image"
 
 
 def render(ctx: ViewContext) -> None:
     """Draw the view."""
     expl, layout, info = ctx.expl, ctx.layout, ctx.info
     try:
-        with st.spinner("Reading the model's embeddings…", show_time=True):
+        with st.spinner(t("busy.anatomy"), show_time=True):
             facts = resources.model_anatomy(ctx.model_id, ctx.backend)
     except VitvizError as err:
-        st.error(plain(f"Could not read the model's anatomy: {err}"))
+        st.error(t("pipeline.no_anatomy", detail=error_text(err)))
         return
     factor = figures.display_scale(layout.image_size)
     cfg = info.input_config
     h, w = layout.image_size
     random = info.weights.source == "random"
+    interpolation = cfg.get("interpolation", "bicubic")
     st.markdown(
-        f"**1. Resize and crop.** The image becomes {w}×{h} px "
-        f"({cfg.get('interpolation', 'bicubic')} resize, crop {cfg.get('crop_pct', 1.0)}), "
-        "then each colour channel is normalised with the model's mean and std."
+        t("pipeline.step1", w=w, h=h, interpolation=interpolation, crop=cfg.get("crop_pct", 1.0))
     )
-    st.markdown(
-        f"**2. Cut into patches.** A {layout.grid[0]}×{layout.grid[1]} grid of "
-        f"{layout.patch_size[0]}×{layout.patch_size[1]} px patches, numbered in reading order."
-    )
+    gh, gw = layout.grid
+    ph, pw = layout.patch_size
+    st.markdown(t("pipeline.step2", gh=gh, gw=gw, ph=ph, pw=pw))
     st.image(figures.numbered_grid(expl.image, layout, factor), width=420)
-    extra = ", ".join(figures.token_labels(layout)) or "no extra tokens"
+    extra = ", ".join(figures.token_labels(layout)) or t("pipeline.no_extra")
     st.markdown(
-        f"**3. Flatten into a sequence.** {layout.num_tokens} tokens: {extra} first, then "
-        f"the {layout.num_patches} patches, left to right, top to bottom."
+        t("pipeline.step3", tokens=layout.num_tokens, extra=extra, patches=layout.num_patches)
     )
     st.image(figures.token_sequence(expl.image, layout), width="stretch")
     if facts.filters is not None:
         st.markdown(
-            f"**4. Patch embedding.** Every patch is multiplied by {facts.width} learned "
-            "filters. These are their first principal components (what the filters mostly "
-            "detect: colour blobs, edges, stripes)."
-            + (" With random weights they are noise." if random else "")
+            t("pipeline.step4", width=facts.width)
+            + (" " + t("pipeline.random_noise") if random else "")
         )
         st.image(figures.filters_mosaic(facts.filters), width="stretch")
     else:
-        st.markdown("**4. Patch embedding.** This model embeds patches through a CNN.")
+        st.markdown(t("pipeline.step4_cnn"))
     if facts.position_similarity is not None:
         st.markdown(
-            "**5. Position embeddings.** Each small square is one patch position; its "
-            "colours show how similar its position embedding is to every other position's "
-            "(yellow = similar). "
-            + (
-                "These weights are random, so there is no pattern to see: a trained ViT "
-                "learns the 2-D grid by itself."
-                if random
-                else "A trained ViT learns the 2-D grid by itself."
-            )
+            t("pipeline.step5")
+            + " "
+            + t("pipeline.step5_random" if random else "pipeline.step5_trained")
         )
         st.image(
             figures.position_mosaic(facts.position_similarity, facts.position_grid),
             width=420,
         )
     else:
-        st.markdown("**5. Position embeddings.** This model has no learned absolute ones.")
-    st.markdown("**6. Encoder → readout → head.**")
+        st.markdown(t("pipeline.step5_none"))
+    st.markdown(t("pipeline.step6"))
     top = None
     if expl.predictions:
-        top = f"{expl.predictions[0].label} ({expl.predictions[0].probability:.0%})"
+        best = expl.predictions[0]
+        top = f"{class_label(best.label, short=False)} ({best.probability:.0%})"
     st.graphviz_chart(pipeline.pipeline_dot(info, layout, facts.width, top))

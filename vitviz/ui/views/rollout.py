@@ -12,9 +12,10 @@ import streamlit as st
 from vitviz import methods
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import class_label, t
 from vitviz.ui.session import KEEP
 
-TITLE = "Rollout"
+ID = "Rollout"
 KEYS = {"fusion": "roll_fusion", "discard": "discard", "start_layer": "start_layer"}
 
 
@@ -31,12 +32,12 @@ def render(ctx: ViewContext) -> None:
     row = methods.compute_row("rollout", expl.attention, layout, **opts)
     t1, t2 = st.columns(2)
     show_mask = t1.toggle(
-        "DINO-style mask",
+        t("rollout.mask"),
         key="mask_on",
-        help="The smallest set of patches holding most of the attention",
+        help=t("rollout.mask_help"),
         persist_state=KEEP,
     )
-    why = widgets.why_toggle(ctx, "Why this class? (class-specific map)", "why_class", t2)
+    why = widgets.why_toggle(ctx, t("rollout.why"), "why_class", t2)
     # each map's settings span the view's width above the maps, so no label is squeezed
     mask = _mask_settings(opts) if show_mask else None
     klass = _class_settings(ctx, opts, sizes) if why else None
@@ -48,8 +49,8 @@ def render(ctx: ViewContext) -> None:
             expl.image,
             layout,
             row,
-            title="Rollout: where attention flows (the same for every class)",
-            value_name="rollout",
+            title=t("rollout.title"),
+            value_name=t("canvas.rollout"),
             filename=f"{ctx.stem}-rollout",
             max_size=size,
         )
@@ -66,15 +67,18 @@ def render(ctx: ViewContext) -> None:
 
 def _mask_settings(opts: dict) -> tuple[float, dict]:
     c1, c2 = st.columns(2)
-    thr = c1.slider("Mass kept", 0.1, 1.0, 0.6, 0.05, key="mask_threshold", persist_state=KEEP)
+    thr = c1.slider(
+        t("option.threshold.title"), 0.1, 1.0, 0.6, 0.05, key="mask_threshold", persist_state=KEEP
+    )
     src = c2.radio(
-        "Mask of",
-        ["last layer's attention", "rollout"],
+        t("option.source.title"),
+        ["last", "rollout"],
+        format_func=lambda s: t(f"rollout.source_{s}"),
         horizontal=True,
         key="mask_source",
         persist_state=KEEP,
     )
-    if src.startswith("last"):
+    if src == "last":
         return thr, {"source": "attention", "layer": -1}
     return thr, {"source": "rollout", **opts}
 
@@ -85,8 +89,8 @@ def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
         ctx.expl.image,
         ctx.layout,
         row,
-        title=f"DINO-style mask: {thr:.0%} of the {mopts['source']}'s mass",
-        value_name="in mask",
+        title=t(f"rollout.mask_title_{mopts['source']}", share=f"{thr:.0%}"),
+        value_name=t("canvas.in_mask"),
         filename=f"{ctx.stem}-mask",
         max_size=size,
     )
@@ -95,7 +99,9 @@ def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
 
 def class_methods() -> dict[str, str]:
     """The registry's class-specific methods (read each run: plugins may register more)."""
-    return {n: m.title for n, m in methods.METHODS.items() if m.needs_gradients}
+    return {
+        n: widgets.method_title(n, m.title) for n, m in methods.METHODS.items() if m.needs_gradients
+    }
 
 
 def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str, dict]:
@@ -106,7 +112,7 @@ def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str
         cls = widgets.class_picker(ctx)
     with c2:
         cm = st.segmented_control(
-            "Method",
+            t("rollout.method"),
             list(titles),
             format_func=titles.get,
             key="class_method",
@@ -128,8 +134,10 @@ def _class_map(ctx: ViewContext, cls: int, cm: str, copts: dict, size: int):
         expl.image,
         layout,
         row,
-        title=f"Why “{ctx.labels[cls]}”: {methods.METHODS[cm].title}",
-        value_name="relevance",
+        title=t(
+            "rollout.class_title", label=class_label(ctx.labels[cls]), method=class_methods()[cm]
+        ),
+        value_name=t("canvas.relevance"),
         filename=f"{ctx.stem}-{cm}-class{cls}",
         max_size=size,
     )

@@ -11,8 +11,9 @@ import streamlit as st
 from vitviz import methods
 from vitviz.ui import figures, session
 from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import t
 
-TITLE = "Head statistics"
+ID = "Head statistics"
 
 
 def _clicked(event: object) -> int | None:
@@ -47,10 +48,7 @@ def render(ctx: ViewContext) -> None:
     sel = (layer, max(head, 0))
     c1, c2 = st.columns(2)
     with c1:
-        st.caption(
-            "Mean attention distance: how far (in pixels) each head looks, by depth "
-            "(layers from 0). Click a head to open its map."
-        )
+        st.caption(t("statistics.distance"))
         st.plotly_chart(
             figures.distance_figure(stats["distance"], sel),
             key="distance",
@@ -59,10 +57,7 @@ def render(ctx: ViewContext) -> None:
             config={"displayModeBar": False},
         )
     with c2:
-        st.caption(
-            "Attention entropy (nats): low = sharp, focused heads; high = spread out. "
-            "Click a head to open its map."
-        )
+        st.caption(t("statistics.entropy"))
         st.plotly_chart(
             figures.entropy_figure(stats["entropy"]),
             key="entropy",

@@ -1,0 +1,95 @@
+"""One image's vectors on their way into the encoder, for the lesson (and anyone curious).
+
+A ViT cuts the normalised image into P×P patches, flattens each into P²·C numbers, projects
+them linearly to D numbers (the patch embedding, a strided convolution in timm), adds a learned
+position embedding and puts the prefix tokens ([CLS], distillation, registers) in front: the
+``(N + prefix) × D`` sequence the first block reads. :func:`token_embeddings` returns each of
+these for one image, read from the model with hooks (the encoder's real input) and from its
+weights (patch and position embeddings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vitviz.errors import OptionsError
+from vitviz.results import TokenEmbeddings
+
+
+def flatten_patch(pixels: np.ndarray, patch: int, grid: tuple[int, int], size: tuple[int, int]):
+    """The P²·C values of one patch of a ``[C, H, W]`` input, in the patch embedding's order
+    (channel, then row, then column: the order of the convolution's weights)."""
+    ph, pw = size
+    r, c = divmod(int(patch), grid[1])
+    return pixels[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].reshape(-1)
+
+
+def _patch_positions(model: nn.Module, num_patches: int) -> np.ndarray | None:
+    """The position embedding added to each patch (``[N, D]``), when the model has learned
+    absolute ones for this grid."""
+    pos = getattr(model, "pos_embed", None)
+    if not isinstance(pos, torch.Tensor):
+        return None
+    rows = pos.detach().float().cpu().reshape(-1, pos.shape[-1])
+    if rows.shape[0] < num_patches:
+        return None
+    return rows[-num_patches:].numpy()  # patch rows come after any prefix rows
+
+
+def token_embeddings(model: nn.Module, x: torch.Tensor, num_prefix: int) -> TokenEmbeddings:
+    """Run ``x [1, 3, H, W]`` (normalised) through ``model`` and keep its input vectors.
+
+    Raises:
+        OptionsError: the model has no ``patch_embed`` and ``blocks`` to read them from.
+    """
+    blocks = getattr(model, "blocks", None)
+    embed = getattr(model, "patch_embed", None)
+    if embed is None or blocks is None or len(blocks) == 0:
+        raise OptionsError("this model has no patch embedding and blocks to read vectors from")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_module, args, output=None):
+            value = output if output is not None else args[0]
+            seen[name] = value.detach().float().cpu()
+
+        return hook
+
+    handles = [
+        embed.register_forward_hook(keep("patches")),
+        blocks[0].register_forward_pre_hook(keep("tokens")),
+    ]
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        handles.append(head.register_forward_pre_hook(keep("features")))
+    param = next(model.parameters())
+    try:
+        with torch.inference_mode():
+            model(x.to(param.device, param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    patches = seen["patches"][0]
+    patches = patches.reshape(-1, patches.shape[-1]).numpy()  # [N, D] (NHWC or flat)
+    tokens = seen["tokens"][0].numpy()
+    features = seen.get("features")
+    positions = _patch_positions(model, patches.shape[0])
+    return TokenEmbeddings(
+        pixels=x[0].detach().float().cpu().numpy(),
+        patches=patches,
+        positions=positions,
+        tokens=tokens,
+        num_prefix=int(num_prefix),
+        features=None if features is None else features.reshape(-1).numpy(),
+        norm_pre=not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity),
+    )
+
+
+def embeddings_of(loaded, seen: Image.Image) -> TokenEmbeddings:
+    """:func:`token_embeddings` of one image already resized and cropped for ``loaded``."""
+    x = loaded.to_tensor(seen.convert("RGB"))[None]
+    layout = loaded.layout((seen.size[1], seen.size[0]))
+    return token_embeddings(loaded.model, x, layout.num_prefix)

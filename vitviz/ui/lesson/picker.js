@@ -1,0 +1,60 @@
+// Patch picker for the lesson (vitviz/ui/lesson/components.py): the model's input with its
+// patch grid and numbers; a click chooses a patch. Fixed code; the image is a data URI drawn on
+// a canvas, numbers are drawn as text.
+export default function (component) {
+  const { data, parentElement, setTriggerValue } = component;
+  // Streamlit's <style> lives in parentElement too: only our own element is replaced
+  const old = parentElement.querySelector("div.vv-picker");
+  const root = document.createElement("div");
+  root.className = "vv-picker";
+  root.setAttribute("data-patch", String(data.patch));
+  if (old) old.replaceWith(root); else parentElement.appendChild(root);
+  const canvas = document.createElement("canvas");
+  const dpr = window.devicePixelRatio || 1;
+  const size = data.display;  // CSS pixels of the longer side
+  const [h, w] = data.size, [gh, gw] = data.grid;
+  const cw = Math.round(w >= h ? size : size * w / h), ch = Math.round(h >= w ? size : size * h / w);
+  canvas.style.width = cw + "px"; canvas.style.height = ch + "px";
+  canvas.width = Math.round(cw * dpr); canvas.height = Math.round(ch * dpr);
+  canvas.setAttribute("data-role", "picker");
+  root.appendChild(canvas);
+  const ctx = canvas.getContext("2d");
+  const img = new Image();
+  const draw = (chosen) => {
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(img, 0, 0, cw, ch);
+    const sx = cw / gw, sy = ch / gh;
+    ctx.strokeStyle = "rgba(255,255,255,0.75)"; ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let c = 1; c < gw; c++) { const x = Math.round(c * sx) + 0.5; ctx.moveTo(x, 0); ctx.lineTo(x, ch); }
+    for (let r = 1; r < gh; r++) { const y = Math.round(r * sy) + 0.5; ctx.moveTo(0, y); ctx.lineTo(cw, y); }
+    ctx.stroke();
+    if (data.numbers) {
+      ctx.font = Math.max(8, Math.floor(Math.min(sx, sy) * 0.38)) + "px sans-serif";
+      ctx.textAlign = "center"; ctx.textBaseline = "middle";
+      for (let p = 0; p < gh * gw; p++) {
+        const x = (p % gw + 0.5) * sx, y = (Math.floor(p / gw) + 0.5) * sy;
+        ctx.fillStyle = "rgba(0,0,0,0.55)"; ctx.fillText(String(p), x + 1, y + 1);
+        ctx.fillStyle = "#fff"; ctx.fillText(String(p), x, y);
+      }
+    }
+    if (chosen >= 0) {
+      const x = (chosen % gw) * sx, y = Math.floor(chosen / gw) * sy;
+      ctx.strokeStyle = "#00e5ff"; ctx.lineWidth = 3;
+      ctx.strokeRect(x + 1.5, y + 1.5, sx - 3, sy - 3);
+    }
+  };
+  img.onload = () => { draw(data.patch); root.setAttribute("data-ready", "1"); };
+  img.src = data.image;
+  canvas.addEventListener("click", (e) => {
+    const rect = canvas.getBoundingClientRect();
+    const c = Math.floor((e.clientX - rect.left) / rect.width * gw);
+    const r = Math.floor((e.clientY - rect.top) / rect.height * gh);
+    if (c < 0 || r < 0 || c >= gw || r >= gh) return;
+    const p = r * gw + c;
+    root.setAttribute("data-pending", String(p));
+    draw(p);
+    setTriggerValue("patch", p);
+  });
+}
