@@ -85,6 +85,12 @@ def fill(key: str, /, **values: Any) -> str:
     return text
 
 
+def interpolation(name: str) -> str:
+    """A resize filter's name in words (``bicubic`` → 雙三次 in zh-Hant)."""
+    key = f"interpolation.{name}"
+    return t(key) if has(key) else name
+
+
 def has(key: str) -> bool:
     """Whether the catalog has ``key`` (registry entries from plugins may have none)."""
     return key in catalog(DEFAULT)

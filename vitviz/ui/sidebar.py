@@ -59,7 +59,7 @@ def render(default_model: str, pol: ServerPolicy) -> Selection:
         sel.source = st.radio(
             t("sidebar.source"),
             SOURCES,
-            format_func=lambda s: t(f"sidebar.source_{s.lower()}"),
+            format_func={s: t(f"sidebar.source_{s.lower()}") for s in SOURCES}.get,
             horizontal=True,
             key="source",
             persist_state=KEEP,
@@ -105,7 +105,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
             t("sidebar.run_where"),
             BACKENDS,
             **first,
-            format_func=lambda k: t(f"sidebar.backend_{k}"),
+            format_func={k: t(f"sidebar.backend_{k}") for k in BACKENDS}.get,
             horizontal=True,
             key="backend_kind",
             persist_state=KEEP,
@@ -146,7 +146,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     sel.choice = sel.name = st.selectbox(
         t("sidebar.model"),
         choices,
-        format_func=lambda k: titles[k],
+        format_func=titles.get,
         key="model",
         label_visibility="collapsed",
         persist_state=KEEP,

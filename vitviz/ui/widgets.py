@@ -16,6 +16,12 @@ from vitviz.ui import i18n
 from vitviz.ui.i18n import t
 
 
+def _names(values: Any, name: Any) -> Any:
+    """A widget's format function: each value's words, made now (in this run's language;
+    AppTest calls format functions after the run)."""
+    return {v: name(v) for v in values}.get
+
+
 def option_title(option: Option) -> str:
     """An option's label in the page's language (a plugin's own label when it has none)."""
     key = f"option.{option.name}.title"
@@ -65,7 +71,12 @@ def option_widget(
         extra = {"value": default} if fresh else {}
         return where.slider(title, 0, layers - 1, **extra, **common)
     if option.kind == "head":
-        return where.selectbox(title, [None, *range(heads)], format_func=head_label, **common)
+        return where.selectbox(
+            title,
+            [None, *range(heads)],
+            format_func=_names([None, *range(heads)], head_label),
+            **common,
+        )
     if option.kind == "patch":
         extra = {"value": int(option.default)} if fresh else {}
         return where.number_input(title, 0, patches - 1, step=1, **extra, **common)
@@ -80,7 +91,12 @@ def option_widget(
         return where.toggle(title, **extra, **common)
     extra = {"default": option.default} if fresh else {}
     value = where.segmented_control(
-        title, list(option.choices), format_func=choice_label, required=True, **extra, **common
+        title,
+        list(option.choices),
+        format_func=_names(option.choices, choice_label),
+        required=True,
+        **extra,
+        **common,
     )
     return option.default if value is None else value
 
@@ -131,7 +147,10 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     return st.selectbox(
         t("widgets.class_picker"),
         ranked(labels, top),
-        format_func=lambda i: f"{i18n.class_label(labels[i], both=True)} — {probs[i]:.1%}",
+        format_func=_names(
+            range(len(labels)),
+            lambda i: f"{i18n.class_label(labels[i], both=True)} — {probs[i]:.1%}",
+        ),
         key=key,
         persist_state="session",
     )

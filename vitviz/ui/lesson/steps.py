@@ -21,10 +21,18 @@ from vitviz.cost import token_cost
 from vitviz.embeddings import flatten_patch
 from vitviz.errors import VitvizError
 from vitviz.results import Anatomy, TokenEmbeddings
-from vitviz.ui import figures, resources, session
+from vitviz.ui import figures, i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
-from vitviz.ui.lesson import components, pictures
+from vitviz.ui.lesson.components import picker as patch_picker
+from vitviz.ui.lesson.pictures import (
+    enlarged,
+    map_over,
+    patch_pixels,
+    signed_colours,
+    similarity_map,
+    vector_strip,
+)
 
 
 @dataclass
@@ -83,11 +91,11 @@ def _no_vectors(lesson: Lesson) -> bool:
 def _strip(vector: np.ndarray, scale: float | None = None) -> np.ndarray:
     """A D-vector as a band 576 px wide (48 or 96 values a row)."""
     cols, cell = (48, (10, 12)) if vector.size <= 384 else (96, (6, 6))
-    return pictures.vector_strip(vector, cols=cols, cell=cell, scale=scale)
+    return vector_strip(vector, cols=cols, cell=cell, scale=scale)
 
 
 def _picker(lesson: Lesson, key: str, display: int) -> None:
-    components.picker(
+    patch_picker(
         key,
         lesson.ctx.expl.image,
         lesson.ctx.layout,
@@ -118,7 +126,7 @@ def step_input(lesson: Lesson) -> None:
                 oh=oh,
                 w=w,
                 h=h,
-                interpolation=cfg.get("interpolation", "bicubic"),
+                interpolation=i18n.interpolation(cfg.get("interpolation", "bicubic")),
                 crop=f"{float(cfg.get('crop_pct', 1.0)):.3g}",
                 mean=mean,
                 std=std,
@@ -130,7 +138,7 @@ def step_input(lesson: Lesson) -> None:
             cols = st.columns(3)
             for i, col in enumerate(cols):
                 col.image(
-                    pictures.signed_colours(px[i], float(np.abs(px).max())),
+                    signed_colours(px[i], float(np.abs(px).max())),
                     width=150,
                     caption=t(f"lesson.channel_{i}"),
                 )
@@ -151,11 +159,11 @@ def step_patches(lesson: Lesson) -> None:
             t("lesson.patches_text", h=h, w=w, p=ph, n=layout.num_patches, gh=gh, gw=gw, pw=pw)
         )
         a, b = st.columns([1, 2.2])
-        pixels = pictures.patch_pixels(ctx.expl.image, layout, lesson.patch)
-        a.image(pictures.enlarged(pixels, 150), caption=t("lesson.patch_n", patch=lesson.patch))
+        pixels = patch_pixels(ctx.expl.image, layout, lesson.patch)
+        a.image(enlarged(pixels, 150), caption=t("lesson.patch_n", patch=lesson.patch))
         if lesson.vectors is not None:
             values = flatten_patch(lesson.vectors.pixels, lesson.patch, layout.grid, (ph, pw))
-            b.image(pictures.vector_strip(values, cols=ph * pw // 2, cell=(7, 4)))
+            b.image(vector_strip(values, cols=ph * pw // 2, cell=(7, 4)))
             b.caption(t("lesson.flat_caption", ph=ph, pw=pw, count=values.size))
 
 
@@ -171,9 +179,9 @@ def step_embedding(lesson: Lesson) -> None:
     d = e.size
     left, right = st.columns([1.25, 1], gap="large")
     with left:
-        st.image(pictures.vector_strip(values, cols=ph * pw // 2, cell=(6, 4)))
+        st.image(vector_strip(values, cols=ph * pw // 2, cell=(6, 4)))
         st.caption(t("lesson.flat_caption", ph=ph, pw=pw, count=values.size))
-        st.markdown("### ↓ &nbsp; W · x + b")
+        st.markdown("### ↓\u2003W · x + b")
         st.image(_strip(e))
         st.caption(t("lesson.embedding_caption", d=d, low=f"{e.min():.2f}", high=f"{e.max():.2f}"))
         lesson.honest("filters")
@@ -198,7 +206,7 @@ def step_position(lesson: Lesson) -> None:
             sim = anatomy.position_similarity[
                 min(lesson.patch, len(anatomy.position_similarity) - 1)
             ]
-            st.image(pictures.similarity_map(sim, lesson.patch, grid, 300))
+            st.image(similarity_map(sim, lesson.patch, grid, 300))
             st.caption(t("lesson.position_caption", patch=lesson.patch))
         else:
             st.info(t("lesson.no_positions"))
@@ -229,7 +237,7 @@ def step_sequence(lesson: Lesson) -> None:
             row = layout.num_prefix + lesson.patch
             tall = 2 if tokens.shape[0] <= 200 else 1  # pixels per token row
             cell = (tall, max(1, 576 // tokens.shape[1]))
-            picture = pictures.vector_strip(tokens, cols=tokens.shape[1], cell=cell)
+            picture = vector_strip(tokens, cols=tokens.shape[1], cell=cell)
             picture[row * tall : (row + 1) * tall, :] = (0, 229, 255)  # the chosen patch's row
             st.image(picture, width=min(640, picture.shape[1]))
             st.caption(t("lesson.matrix_caption", t=tokens.shape[0], d=tokens.shape[1], row=row))
@@ -284,7 +292,7 @@ def step_attention(lesson: Lesson) -> None:
             cols = st.columns(per_row)
             for h, col in zip(range(start, min(start + per_row, info.heads)), cols, strict=False):
                 col.image(
-                    pictures.map_over(ctx.expl.image, grids[h], layout, lesson.patch, size),
+                    map_over(ctx.expl.image, grids[h], layout, lesson.patch, size),
                     caption=t("lesson.head_n", head=h),
                 )
         st.caption(t("lesson.heads_caption", patch=lesson.patch, layer=layer))
@@ -307,13 +315,11 @@ def step_depth(lesson: Lesson) -> None:
     cols = st.columns(len(depths) + 1)
     for layer, col in zip(depths, cols, strict=False):
         col.image(
-            pictures.map_over(ctx.expl.image, fused[layer], layout, lesson.patch, 170),
+            map_over(ctx.expl.image, fused[layer], layout, lesson.patch, 170),
             caption=t("lesson.layer_n", layer=layer),
         )
     cols[-1].image(
-        pictures.map_over(
-            ctx.expl.image, methods.to_grid(rolled, layout), layout, lesson.patch, 170
-        ),
+        map_over(ctx.expl.image, methods.to_grid(rolled, layout), layout, lesson.patch, 170),
         caption=t("lesson.rollout_caption"),
     )
     st.markdown(t("lesson.depth_text", layers=info.layers, patch=lesson.patch))
@@ -345,9 +351,7 @@ def step_output(lesson: Lesson) -> None:
             ctx.top_classes,
         )
         row = methods.compute_row("chefer", expl.attention, ctx.layout, grads=rel)
-        st.image(
-            pictures.map_over(expl.image, methods.to_grid(row, ctx.layout), ctx.layout, None, 300)
-        )
+        st.image(map_over(expl.image, methods.to_grid(row, ctx.layout), ctx.layout, None, 300))
         st.caption(t("lesson.why_caption", label=class_label(best.label)))
     with right:
         features = lesson.vectors.features if lesson.vectors is not None else None

@@ -31,7 +31,7 @@ def picker() -> str:
     view = st.segmented_control(
         t("view.label"),
         list(VIEWS),
-        format_func=lambda v: t(f"view.{slug(v)}"),
+        format_func={v: t(f"view.{slug(v)}") for v in VIEWS}.get,
         key="view",
         required=True,
         persist_state=session.KEEP,

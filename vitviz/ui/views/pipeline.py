@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from vitviz.errors import VitvizError
-from vitviz.ui import figures, pipeline, resources
+from vitviz.ui import figures, i18n, pipeline, resources
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
 
@@ -25,7 +25,7 @@ def render(ctx: ViewContext) -> None:
     cfg = info.input_config
     h, w = layout.image_size
     random = info.weights.source == "random"
-    interpolation = cfg.get("interpolation", "bicubic")
+    interpolation = i18n.interpolation(cfg.get("interpolation", "bicubic"))
     st.markdown(
         t("pipeline.step1", w=w, h=h, interpolation=interpolation, crop=cfg.get("crop_pct", 1.0))
     )

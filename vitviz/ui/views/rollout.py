@@ -73,7 +73,7 @@ def _mask_settings(opts: dict) -> tuple[float, dict]:
     src = c2.radio(
         t("option.source.title"),
         ["last", "rollout"],
-        format_func=lambda s: t(f"rollout.source_{s}"),
+        format_func={s: t(f"rollout.source_{s}") for s in ("last", "rollout")}.get,
         horizontal=True,
         key="mask_source",
         persist_state=KEEP,

@@ -1,0 +1,143 @@
+"""Lesson mode and the language switch in a real browser at 1280×800 (sidebar collapsed).
+
+Step navigation by buttons and ← → keys, the chosen patch carried through steps 2–6, nothing
+below the fold and type ≥ 20 px on every step, the language switch and its URL round trip.
+A zh-Hant screenshot of the lesson goes to ``$VITVIZ_SCREENSHOT_ZH`` (the README's, with
+``VITVIZ_SCREENSHOT_ZH=docs/screenshot-zh.png python -m pytest tests/test_browser_lesson.py``).
+Needs what ``tests/test_browser.py`` needs; its fixtures start the page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.test_browser import engine, page, server, settle  # noqa: F401 - fixtures
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the fixtures skip or fail first
+    expect = None
+
+STEP_BOTTOM_JS = """() => {
+  const m = document.querySelector('.st-key-lesson-main');
+  const r = m.getBoundingClientRect();
+  const p = m.querySelector('[data-testid=stMarkdownContainer] li,'
+    + ' [data-testid=stMarkdownContainer] p');
+  return [r.bottom, window.innerHeight, p ? parseFloat(getComputedStyle(p).fontSize) : 0];
+}"""
+
+
+def nav(tab):
+    root = tab.locator(".st-key-lesson-nav nav.vv-nav")
+    expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+    return root
+
+
+def at_step(tab, step: int) -> None:
+    """Until step ``step`` (1-based) is drawn and the page has settled."""
+    expect(tab.locator(f".st-key-lesson-step-{step}")).to_be_visible(timeout=60_000)
+    expect(nav(tab)).to_have_attribute("data-step", str(step - 1))
+    settle(tab)
+
+
+def main_text(tab) -> str:
+    return tab.locator(".st-key-lesson-main").inner_text()
+
+
+def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server):  # noqa: F811
+    page.goto(f"{server}/?lesson=1&lang=en")
+    at_step(page, 1)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_attribute("aria-expanded") == "false"  # the projector gets the width
+    bottoms = {}
+    bottom, _, font = page.evaluate(STEP_BOTTOM_JS)
+    bottoms[1] = bottom
+    assert font >= 20
+    # → opens step 2; a click on the numbered grid chooses a patch
+    page.keyboard.press("ArrowRight")
+    at_step(page, 2)
+    assert re.search(r"[?&]step=2", page.url)
+    picker = page.locator(".st-key-lesson-picker-2 canvas[data-role=picker]")
+    box = picker.bounding_box()
+    page.mouse.click(box["x"] + 3.5 * box["width"] / 14, box["y"] + 2.5 * box["height"] / 14)
+    expect(page.locator(".st-key-lesson-picker-2 .vv-picker")).to_have_attribute(
+        "data-patch", "31", timeout=60_000
+    )
+    settle(page)
+    assert "Chosen patch: 31 (row 2, column 3)" in main_text(page)
+    assert re.search(r"[?&]patch=31", page.url)
+    bottoms[2] = page.evaluate(STEP_BOTTOM_JS)[0]
+    # the Next button, then keys; the patch stays chosen in every step
+    page.locator(".st-key-lesson-nav button[data-role=next]").click()
+    at_step(page, 3)
+    bottoms[3] = page.evaluate(STEP_BOTTOM_JS)[0]
+    page.keyboard.press("ArrowRight")
+    at_step(page, 4)
+    assert "e: the embedding of patch 31" in main_text(page)
+    bottoms[4] = page.evaluate(STEP_BOTTOM_JS)[0]
+    page.keyboard.press("ArrowRight")
+    at_step(page, 5)
+    assert "the chosen patch is row 32" in main_text(page)
+    bottoms[5] = page.evaluate(STEP_BOTTOM_JS)[0]
+    page.locator(".st-key-lesson-nav button[data-go='5']").click()
+    at_step(page, 6)
+    assert "Where patch 31 looks in layer" in main_text(page)
+    bottoms[6] = page.evaluate(STEP_BOTTOM_JS)[0]
+    # arrows on the layer slider move the slider, not the lesson
+    slider = page.locator(".st-key-lesson_layer [role=slider]")
+    before = slider.get_attribute("aria-valuenow")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    expect(slider).not_to_have_attribute("aria-valuenow", before, timeout=30_000)
+    settle(page)
+    expect(nav(page)).to_have_attribute("data-step", "5")
+    page.locator("h2").first.click()  # focus back on the page: the keys move the lesson again
+    page.keyboard.press("ArrowLeft")
+    at_step(page, 5)
+    for step in (7, 8, 9):
+        page.locator(f".st-key-lesson-nav button[data-go='{step - 1}']").click()
+        at_step(page, step)
+        bottoms[step] = page.evaluate(STEP_BOTTOM_JS)[0]
+    assert all(b <= 800 for b in bottoms.values()), bottoms  # nothing below the fold
+    expect(page.locator(".st-key-lesson-nav button[data-role=next]")).to_be_disabled()
+    # a reload opens the same step with the same patch
+    page.reload()
+    at_step(page, 9)
+    page.locator(".st-key-lesson-nav button[data-go='3']").click()
+    at_step(page, 4)
+    assert "patch 31" in main_text(page)
+
+
+def test_language_switch_and_its_link(page, server, tmp_path):  # noqa: F811
+    page.goto(server)
+    settle(page)
+    expect(page.get_by_text("what does the Vision Transformer look at?")).to_be_visible()
+    page.locator('[data-testid="stSidebar"] button', has_text="中文").click()
+    expect(page.get_by_text("視覺 Transformer 在看哪裡？")).to_be_visible(timeout=60_000)
+    settle(page)
+    assert "lang=zh-Hant" in page.url
+    # the canvas speaks the language too
+    legend = page.locator(".st-key-rollout .legend")
+    expect(legend).to_contain_text("展開值", timeout=60_000)
+    # a link opens in the language it was made in, lesson included
+    link = page.url + "&lesson=1&step=6"
+    other = page.context.new_page()
+    other.set_viewport_size({"width": 1280, "height": 800})
+    other.goto(link)
+    at_step(other, 6)
+    text = main_text(other)
+    assert "一層的自注意力" in text and "注意力頭" in text
+    assert other.locator(".st-key-lesson-nav button[data-role=next]").inner_text() == "下一步 →"
+    settle(other)
+    other.wait_for_timeout(300)  # images decode after the script settles
+    shot = Path(os.environ.get("VITVIZ_SCREENSHOT_ZH", tmp_path / "screenshot-zh.png"))
+    other.screenshot(path=str(shot))
+    # back to English: the choice stays in the link
+    page.locator('[data-testid="stSidebar"] button', has_text="English").click()
+    expect(page.get_by_text("what does the Vision Transformer look at?")).to_be_visible(
+        timeout=60_000
+    )
+    settle(page)
+    assert "lang=en" in page.url

@@ -1,0 +1,269 @@
+"""The page in English and Traditional Chinese: the catalogs, the class names, and the page
+itself rendered in zh-Hant with no English left in the main area (AppTest)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import string
+from pathlib import Path
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ASSETS
+from vitviz import methods, models
+from vitviz.ui import canvas, i18n, resources
+from vitviz.ui.lesson.steps import STEPS
+from vitviz.ui.views import VIEWS, slug
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+UI = ROOT / "vitviz" / "ui"
+
+
+def _fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def test_both_catalogs_have_the_same_keys_and_placeholders():
+    en, zh = i18n.catalog("en"), i18n.catalog("zh-Hant")
+    assert set(en) == set(zh)
+    for key in en:
+        assert _fields(en[key]) == _fields(zh[key]), key
+        assert zh[key].strip(), key
+
+
+def _families() -> dict[str, list[str]]:
+    """Keys the code builds from a name, with every name it can build them from."""
+    lesson_kinds = ("random", "demo")
+    honest = ["filters", "positions", "attention", "depth", "output"]
+    return {
+        "model": [f"model.{k}.{f}" for k in models.CURATED for f in ("title", "line")],
+        "method": [f"method.{n}" for n in methods.METHODS],
+        "option": [
+            f"option.{o.name}.{f}"
+            for m in methods.METHODS.values()
+            for o in m.options
+            for f in ("title", "help")
+        ],
+        "choice": [
+            f"choice.{c}" for m in methods.METHODS.values() for o in m.options for c in o.choices
+        ],
+        "sample": list(resources.SAMPLES.values()),
+        "canvas": [f"canvas.{w}" for w in canvas.WORDS],
+        "view": [f"view.{slug(v)}" for v in VIEWS],
+        "lesson": [f"lesson.{name}_title" for name, _ in STEPS]
+        + [f"lesson.{h}_{k}" for h in honest for k in lesson_kinds]
+        + [f"lesson.channel_{i}" for i in range(3)]
+        + [f"lesson.strip_{s}" for s in ("patch", "position", "sum")],
+        "sidebar": [f"sidebar.source_{s}" for s in ("samples", "upload", "camera")]
+        + [f"sidebar.backend_{k}" for k in ("local", "server")],
+        "facts": [f"facts.source_{s}" for s in ("file", "cache", "hub", "random", "bundled")],
+        "rollout": [f"rollout.source_{s}" for s in ("last", "rollout")]
+        + [f"rollout.mask_title_{s}" for s in ("attention", "rollout")],
+        "diagram": [f"diagram.readout_{r}" for r in ("cls", "cls_dist", "avg", "avg_prefix")],
+        "default": ["default.offline", "default.no_internet"],
+        "error": [key for _, key in i18n._ERROR_KEYS] + ["error.other"],
+        "note": list(i18n._NOTES.values()),
+        "interpolation": [
+            f"interpolation.{n}" for n in ("bicubic", "bilinear", "nearest", "area", "lanczos")
+        ],
+    }
+
+
+def test_every_catalog_key_is_used_and_every_used_key_exists():
+    source = "\n".join(p.read_text() for p in UI.rglob("*.py"))
+    literal = set(re.findall(r"""\b(?:t|fill|raw|has)\(\s*['"]([a-z_]+\.[\w.-]+)['"]""", source))
+    built = {k for keys in _families().values() for k in keys}
+    catalog = set(i18n.catalog("en"))
+    assert literal - catalog == set(), "keys used in code but missing from the catalog"
+    # keys built from names: all built-in names have words (plugins fall back to theirs)
+    missing = {k for k in built if not k.startswith(("option.", "choice.")) and k not in catalog}
+    assert missing == set()
+    mentioned = set(
+        re.findall(r"""['"]([a-z_]+\.[\w.-]+)['"]""", source)
+    )  # e.g. in `a if c else b`
+    unused = catalog - mentioned - built
+    assert unused == set(), "catalog keys nothing uses"
+
+
+def test_language_follows_the_browser_locale():
+    assert i18n.from_locale("zh-TW") == "zh-Hant"
+    assert i18n.from_locale("zh-Hant-HK") == "zh-Hant"
+    assert i18n.from_locale("en-US") == "en"
+    assert i18n.from_locale(None) == "en"
+    assert i18n.from_locale("fr") == "en"
+
+
+def test_chinese_class_names_cover_imagenet_and_the_demo_model():
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    with open(ASSETS / "imagenet-zh-hant.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 1000
+    for k, row in enumerate(rows):
+        assert int(row["index"]) == k and row["wnid"] == info.index_to_label_name(k)
+        assert row["english"] == info.index_to_description(k)
+    names = [r["zh_hant"] for r in rows]
+    assert len(set(names)) == 1000, "two classes would read the same"
+    with_letters = {n for n in names if re.search("[A-Za-z]", n)}
+    assert with_letters <= {"T恤", "OK繃", "福特T型車"}
+    assert all(re.search(r"[\u4e00-\u9fff]", n) for n in names)
+    simplified = set("这个们图块层头为时说国对会车东书长门问间见马鸟鱼龙叶")  # none in zh-Hant
+    assert not {c for n in names for c in n} & simplified
+    assert i18n.class_name("tabby, tabby cat", "zh-Hant") == "虎斑貓"
+    assert i18n.class_name("tabby, tabby cat", "en") is None
+    demo = models.load_model("demo", device="cpu").labels
+    assert len(demo) == 8 and all(i18n.class_name(label, "zh-Hant") for label in demo)
+
+
+def test_class_label_shows_chinese_with_the_english_name_for_search():
+    assert i18n.class_label("tabby, tabby cat", lang="zh-Hant") == "虎斑貓"
+    assert i18n.class_label("tabby, tabby cat", both=True, lang="zh-Hant") == "虎斑貓 · tabby"
+    assert i18n.class_label("tabby, tabby cat", lang="en") == "tabby"
+    assert i18n.class_label("class 7", lang="zh-Hant") == "class 7"  # no Chinese name: as is
+
+
+# ------------------------------------------------------------------ the page in zh-Hant
+
+# Words that stay in Latin letters in the Chinese page: names (of models, methods' authors,
+# datasets, file formats, tools) and the symbols of the formulas.
+ALLOWED = {
+    "vitviz", "ViT", "Transformer", "ImageNet", "DINO", "DINOv", "DeiT", "AugReg", "timm",
+    "CLS", "DIST", "REG", "JSON", "PNG", "npz", "nats", "Chefer", "LayerNorm", "softmax",
+    "QK", "Attention", "MB", "CNN", "RGB", "Lanczos", "Q", "K", "V", "W", "x", "b", "e", "p",
+    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px",
+}  # fmt: skip
+TEXT_KEYS = {"body", "label", "caption", "text", "options", "placeholder", "help", "content"}
+COMPONENT_KEYS = {"title", "value_name", "text", "titles", "prev", "next"}
+
+
+def _collect(value, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _collect(v, out)
+
+
+def _texts(proto: dict, out: list[str]) -> None:
+    """The words an element shows: labels, bodies, options, captions; a component's texts; a
+    chart's titles; a diagram's node labels."""
+    for key, value in proto.items():
+        if key == "json" and isinstance(value, str):  # a component's data
+            data = json.loads(value)
+            _collect({k: v for k, v in data.items() if k in COMPONENT_KEYS}, out)
+        elif key == "spec" and isinstance(value, str):
+            if value.lstrip().startswith("{"):  # plotly
+                layout = json.loads(value).get("layout", {})
+                _collect([a.get("title") for k, a in layout.items() if k.endswith("axis")], out)
+            else:  # graphviz
+                out.extend(re.findall(r'label="((?:[^"\\]|\\.)*)"', value))
+        elif key in TEXT_KEYS:
+            _collect(value, out)
+        elif isinstance(value, dict | list):
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, dict):
+                    _texts(v, out)
+
+
+def main_area_words(at: AppTest) -> set[str]:
+    """Latin-letter words in the main area (not the sidebar), placeholders and style removed."""
+    out: list[str] = []
+
+    def walk(node) -> None:
+        children = getattr(node, "children", None)
+        if children:
+            for child in children.values():
+                walk(child)
+        elif getattr(node, "proto", None) is not None:
+            _texts(MessageToDict(node.proto), out)
+
+    walk(at.main)
+    text = " ".join(s for s in out if not s.lstrip().startswith("<style"))
+    text = re.sub(r"%?\{[^}]*\}", " ", text)  # placeholders the browser fills
+    text = re.sub(r"<br>|\\[a-z]+", " ", text)  # line breaks; LaTeX commands
+    return set(re.findall(r"[A-Za-z]+", text))
+
+
+def english_left(at: AppTest, ctx_names: set[str]) -> set[str]:
+    return main_area_words(at) - ALLOWED - ctx_names
+
+
+def _names_without_translation() -> set[str]:
+    """Model names and class first names that have no Chinese (allowed as they are)."""
+    words = set()
+    for spec in models.CURATED.values():
+        words |= set(re.findall(r"[A-Za-z]+", i18n.t(f"model.{spec.key}.title", "zh-Hant")))
+    return words
+
+
+@pytest.fixture(scope="module")
+def zh_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lang"] = "zh-Hant"
+    at.run()
+    assert not at.exception
+    return at
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_renders_in_chinese(zh_page, view):
+    at = zh_page
+    at.segmented_control(key="view").set_value(view).run()
+    assert not at.exception
+    assert english_left(at, _names_without_translation()) == set()
+
+
+def test_the_class_map_and_mask_render_in_chinese(zh_page):
+    at = zh_page
+    at.segmented_control(key="view").set_value("Rollout").run()
+    at.toggle(key="mask_on").set_value(True)
+    at.toggle(key="why_class").set_value(True).run()
+    assert not at.exception
+    # the class picker keeps each class's English first name beside its Chinese one (to search)
+    picker = at.selectbox(key="target_class")
+    assert " · " in picker.options[0]
+    english = {w for o in picker.options for w in re.findall(r"[A-Za-z]+", o.split(" · ")[-1])}
+    assert english_left(at, _names_without_translation() | english) == set()
+    at.toggle(key="mask_on").set_value(False)
+    at.toggle(key="why_class").set_value(False).run()
+
+
+@pytest.mark.parametrize("step", range(len(STEPS)))
+def test_every_lesson_step_renders_in_chinese(zh_page, step):
+    at = zh_page
+    at.session_state["lesson"] = True
+    at.session_state["lesson_step"] = step
+    at.run()
+    assert not at.exception
+    assert at.query_params.get("lesson") == "1"
+    assert english_left(at, _names_without_translation()) == set()
+    at.session_state["lesson"] = False
+    at.run()
+
+
+def test_the_language_switch_is_kept_in_the_url():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert at.session_state["lang"] == "en" and "lang" not in at.query_params
+    heading = at.markdown[0].value if at.markdown else ""
+    at.segmented_control(key="lang").set_value("zh-Hant").run()
+    assert at.query_params["lang"] == "zh-Hant"
+    assert any("視覺 Transformer" in m.value for m in at.markdown)
+    # a link with the language opens in it
+    linked = AppTest.from_file(APP, default_timeout=120)
+    linked.query_params.update(at.query_params)
+    linked.run()
+    assert linked.session_state["lang"] == "zh-Hant"
+    assert all("what does the Vision Transformer" not in m.value for m in linked.markdown)
+    # and switching back to English keeps English in the link (it was chosen)
+    at.segmented_control(key="lang").set_value("en").run()
+    assert at.query_params["lang"] == "en"
+    assert heading == "" or any("Vision Transformer" in m.value for m in at.markdown)

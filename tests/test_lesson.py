@@ -1,0 +1,126 @@
+"""Lesson mode on the page (AppTest, demo model): every step's numbers against the engine."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ASSETS, words
+from vitviz.backends.local import LocalBackend
+from vitviz.classes import short_label
+from vitviz.cost import token_cost
+from vitviz.images import decode_image
+from vitviz.ui.lesson.steps import STEPS
+
+APP = str(ASSETS.parent / "app.py")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = decode_image((ASSETS / "demo-scene-1.png").read_bytes(), "scene").image
+    seen = backend.loaded.seen_image(image)
+    return backend, backend.explain([seen], seen=True)[0], backend.embeddings(seen)
+
+
+@pytest.fixture(scope="module")
+def lesson():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lesson"] = "1"
+    at.run()
+    assert not at.exception
+    return at
+
+
+def go(at: AppTest, step: int, **state) -> str:
+    """Open a step (1-based) and return its words (markdown, captions, progress texts)."""
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.session_state["lesson_step"] = step - 1
+    at.run()
+    assert not at.exception and not at.error
+    texts = [m.value for m in at.markdown if not m.value.startswith("<style")]
+    texts += [c.value for c in at.caption] + [p.proto.text for p in at.get("progress")]
+    return words("\n".join(texts))
+
+
+def picker_data(at: AppTest) -> dict:
+    import json
+
+    comps = [c for c in at.get("bidi_component") if c.proto.id.endswith("lesson-picker-2")]
+    return json.loads(comps[0].proto.json)
+
+
+def test_a_link_opens_the_lesson_at_its_step():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(lesson="1", step="4", patch="30")
+    at.run()
+    assert not at.exception and at.session_state["lesson_step"] == 3
+    text = words("\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption))
+    assert "4. Position embedding" in text and "Similarity of position 30" in text
+    assert at.query_params["step"] == "4" and at.query_params["lesson"] == "1"
+    fresh = AppTest.from_file(APP, default_timeout=120)  # an invalid step opens the first
+    fresh.query_params.update(lesson="1", step="99")
+    fresh.run()
+    assert fresh.session_state["lesson_step"] == 0 and "step" not in fresh.query_params
+
+
+def test_steps_1_to_5_show_this_image_and_models_numbers(lesson, engine):
+    _, _, v = engine
+    text = go(lesson, 1)
+    assert "224×224" in text
+    assert f"from {v.pixels.min():.2f} to {v.pixels.max():.2f}" in text.replace("**", "")
+    # step 2: N = HW/P² with this model's numbers; the middle patch is chosen at first
+    text = go(lesson, 2)
+    assert "224·224 / 16² = 196" in text.replace("**", "")
+    assert picker_data(lesson)["patch"] == 7 * 14 + 7
+    # a chosen patch is carried through the steps
+    text = go(lesson, 3, patch=42)
+    e = v.patches[42]
+    assert f"192 numbers, from {e.min():.2f} to {e.max():.2f}" in text
+    assert "768 numbers" in text  # 16×16 pixels × 3 colours
+    text = go(lesson, 4)
+    assert "e: the embedding of patch 42" in text and "e + p: what enters" in text
+    text = go(lesson, 5)
+    assert "197 rows (tokens) × 192 columns; the chosen patch is row 43" in text
+    assert go(lesson, 2, patch=42) and picker_data(lesson)["patch"] == 42
+
+
+def test_step_6_shows_one_map_per_head_for_the_chosen_patch(lesson, engine):
+    _, expl, _ = engine
+    text = go(lesson, 6, patch=42, lesson_layer=2)
+    assert "Where patch 42 looks in layer 2" in text
+    captions = [c for i in lesson.main.get("image") for c in i.captions if c.startswith("head")]
+    assert captions == [f"head {h}" for h in range(expl.attention.shape[1])]
+    assert "197" in text and "d_k = 64" in text  # 192 / 3 heads
+
+
+def test_steps_8_and_9_match_the_engine_and_the_formulas(lesson, engine):
+    _, expl, _ = engine
+    text = go(lesson, 8)
+    for p in expl.predictions:
+        assert f"{short_label(p.label)} — {p.probability:.1%}" in text
+    assert "8 scores" in text.replace("**", "")
+    text = go(lesson, 9)
+    c = token_cost((224, 224), (16, 16), 1, 6, 3)
+    assert f"| 224×224 | 16×16 | 196 | 197 | {c.entries:,} |" in text
+    assert f"{c.attention_bytes / 2**20:,.1f} MB" in text
+    assert re.search(r"50,176 tokens for 224×224 \(150,528 numbers", text)
+
+
+def test_every_step_has_a_title_and_the_honest_caption_of_the_demo_model(lesson):
+    for step in range(1, len(STEPS) + 1):
+        text = go(lesson, step)
+        assert f"## {step}. " in text
+    assert "demo model" in go(lesson, 3)  # what a trained ViT would show instead
+
+
+def test_turning_the_lesson_off_returns_to_the_views(lesson):
+    lesson.toggle(key="lesson").set_value(False).run()
+    assert not lesson.exception
+    assert "lesson" not in lesson.query_params
+    assert lesson.segmented_control(key="view").value == "Rollout"
+    lesson.toggle(key="lesson").set_value(True).run()
+    assert lesson.query_params["lesson"] == "1"
