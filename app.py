@@ -14,8 +14,8 @@ from vitviz.runtime import tune_allocator
 from vitviz.ui import lesson, page, resources, sidebar, views
 
 tune_allocator()
-page.configure(lesson=lesson.requested())
 sidebar.language()
+page.configure(lesson=lesson.requested())
 
 default_model, why_default = resources.default_model()
 policy = sidebar.policy()

@@ -141,3 +141,11 @@ def test_language_switch_and_its_link(page, server, tmp_path):  # noqa: F811
     )
     shot = Path(os.environ.get("VITVIZ_SCREENSHOT_ZH", tmp_path / "screenshot-zh.png"))
     page.screenshot(path=str(shot))
+    # every step fits the projector in Chinese too
+    bottoms = {}
+    for step in range(1, 10):
+        page.locator(f".st-key-lesson-nav button[data-go='{step - 1}']").click()
+        at_step(page, step)
+        bottoms[step], _, font = page.evaluate(STEP_BOTTOM_JS)
+        assert font >= 20
+    assert all(b <= 800 for b in bottoms.values()), bottoms
