@@ -12,10 +12,11 @@ fixed sleep. Then it waits for the page to settle before the next action.
 
 Actions (``--repeats`` of each): a layer step and a head change in Heads, a click in the
 layers × heads mosaic, a layer step and a patch click in the Patch explorer, a discard-ratio
-step in Rollout, a view switch. Prints medians per action, ``floor_ms`` and ``ratio_to_floor``;
-on the canvas page also ``view_switch_mixed_frames``: over every view switch, the animation
-frames in which the old view's maps or controls were on screen together with the new view's
-(the target is 0).
+step in Rollout, a view switch; in lesson mode, a step by the → / ← keys (to the new step
+drawn and the page settled) and a patch click on the step-2 grid. Prints medians per action,
+``floor_ms`` and ``ratio_to_floor``; on the canvas page also ``view_switch_mixed_frames``: over
+every view switch, the animation frames in which the old view's maps or controls were on
+screen together with the new view's (the target is 0).
 """
 
 from __future__ import annotations
@@ -191,8 +192,9 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     p.settle()
     slider = main.locator('input[type="range"][aria-label="Layer"]').first
     out["patch_layer_step"] = []
+    first = "ArrowRight" if p.state("patch-canvas").split("|")[1] == "0" else "ArrowLeft"
     for i in range(repeats):
-        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+        key = first if i % 2 == 0 else ({"ArrowLeft", "ArrowRight"} - {first}).pop()
         out["patch_layer_step"].append(
             p.timed("patch-map", lambda k=key: (slider.focus(), slider.press(k)))
         )
@@ -286,8 +288,9 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     p.settle()
     layer = control("patch-canvas", 'input[data-role="layer"]')
     out["patch_layer_step"] = []
+    first = "ArrowRight" if p.state("patch-canvas").split("|")[1] == "0" else "ArrowLeft"
     for i in range(repeats):
-        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+        key = first if i % 2 == 0 else ({"ArrowLeft", "ArrowRight"} - {first}).pop()
         out["patch_layer_step"].append(
             p.timed("patch-canvas", lambda k=key: (layer.focus(), layer.press(k)))
         )
@@ -312,6 +315,46 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         out["rollout_discard_step"].append(
             p.timed("rollout", lambda k=key: (slider.focus(), slider.press(k)))
         )
+    return out
+
+
+def lesson_actions(p: Page, url: str, repeats: int) -> dict[str, list[float]]:
+    """Lesson mode: from → (or ←) to the next step drawn and the page settled, over all nine
+    steps and back; and a click on the patch picker until the page shows the new patch."""
+    page = p.page
+    page.goto(url + ("&" if "?" in url else "?") + "lesson=1&step=1")
+    page.wait_for_selector(".st-key-lesson-step-1", timeout=180_000)
+    p.settle(180)
+    out: dict[str, list[float]] = {"lesson_step_key": [], "lesson_patch_click": []}
+    step = 1
+    for i in range(repeats * 2):
+        forward = (i // 8) % 2 == 0  # 1 → 9, then back
+        step += 1 if forward else -1
+        start = time.perf_counter()
+        page.keyboard.press("ArrowRight" if forward else "ArrowLeft")
+        page.wait_for_selector(f".st-key-lesson-step-{step}", timeout=120_000)
+        p.settle()
+        out["lesson_step_key"].append((time.perf_counter() - start) * 1000)
+    page.goto(url + ("&" if "?" in url else "?") + "lesson=1&step=2")
+    picker = page.locator(".st-key-lesson-picker-2 .vv-picker")
+    picker.wait_for(timeout=120_000)
+    p.settle()
+    for i in range(repeats):
+        box = page.locator(".st-key-lesson-picker-2 canvas").bounding_box()
+        col, row = 2 + i % 5, 3
+        want = str(row * 14 + col)
+        start = time.perf_counter()
+        page.mouse.click(
+            box["x"] + (col + 0.5) * box["width"] / 14, box["y"] + 3.5 * box["height"] / 14
+        )
+        page.wait_for_function(
+            "(w) => [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+            ".some(c => c.innerText.includes('patch: ' + w + ' '))",
+            arg=want,
+            timeout=120_000,
+        )
+        p.settle()
+        out["lesson_patch_click"].append((time.perf_counter() - start) * 1000)
     return out
 
 
@@ -362,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-lesson", action="store_true", help="skip the lesson-mode actions")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -391,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 actions = (
                     canvas_actions(p, args.repeats) if canvas else legacy_actions(p, args.repeats)
                 )
+                if canvas and not args.no_lesson:
+                    actions |= lesson_actions(p, app_url + query, args.repeats)
                 browser.close()
         finally:
             for proc in (floor_proc, app_proc):
