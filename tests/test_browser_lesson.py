@@ -160,33 +160,38 @@ def test_a_class_walks_the_lesson_on_a_camera_photo(server, tmp_path):  # noqa: 
     fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
-        context = browser.new_context(
-            viewport={"width": 1280, "height": 800}, permissions=["camera"]
-        )
-        tab = context.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda e: errors.append(str(e)))
-        tab.goto(f"{server}/?lang=zh-Hant&source=Camera")
-        settle(tab)
-        sidebar = tab.locator('[data-testid="stSidebar"]')
-        take = sidebar.locator('[data-testid="stCameraInputButton"]')
-        expect(take).to_be_enabled(timeout=60_000)
-        tab.wait_for_function(  # the fake camera's stream plays
-            "() => { const v = document.querySelector('[data-testid=stSidebar] video');"
-            " return v && v.readyState >= 2 && v.videoWidth > 0; }",
-            timeout=60_000,
-        )
-        take.click()
-        settle(tab)
-        # the photo is the image now: the page names it and explains it
-        expect(tab.get_by_text("模型看到的影像")).to_be_visible(timeout=60_000)
-        tab.locator(".st-key-lesson input[type=checkbox]").check(force=True)
-        at_step(tab, 1)
-        size = re.search(r"你的圖片是 (\d+)×(\d+) 像素", main_text(tab))  # the camera's frame
-        assert size and int(size.group(1)) > 224 and int(size.group(2)) > 224
-        for step in range(2, 10):
-            tab.keyboard.press("ArrowRight")
-            at_step(tab, step)
-            assert tab.locator('[data-testid="stException"]').count() == 0
-        assert not errors, errors
-        browser.close()
+        try:
+            walk_on_camera_photo(browser, server)
+        finally:
+            browser.close()
+
+
+def walk_on_camera_photo(browser, server) -> None:  # noqa: F811
+    """Take a photo with the fake camera in 中文, open the lesson, step through all nine."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["camera"])
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(f"{server}/?lang=zh-Hant&source=Camera")
+    settle(tab)
+    sidebar = tab.locator('[data-testid="stSidebar"]')
+    take = sidebar.locator('[data-testid="stCameraInputButton"]')
+    expect(take).to_be_enabled(timeout=60_000)
+    tab.wait_for_function(  # the fake camera's stream plays
+        "() => { const v = document.querySelector('[data-testid=stSidebar] video');"
+        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
+        timeout=60_000,
+    )
+    take.click()
+    settle(tab)
+    # the photo is the image now: the page names it and explains it
+    expect(tab.get_by_text("模型看到的影像")).to_be_visible(timeout=60_000)
+    tab.locator(".st-key-lesson input[type=checkbox]").check(force=True)
+    at_step(tab, 1)
+    size = re.search(r"你的圖片是 (\d+)×(\d+) 像素", main_text(tab))  # the camera's frame
+    assert size and int(size.group(1)) > 224 and int(size.group(2)) > 224
+    for step in range(2, 10):
+        tab.keyboard.press("ArrowRight")
+        at_step(tab, step)
+        assert tab.locator('[data-testid="stException"]').count() == 0
+    assert not errors, errors

@@ -30,9 +30,7 @@ def test_patch_embedding_is_the_linear_projection_of_the_flattened_patch(cat_ima
     for patch in (0, 37, 195):
         r, c = divmod(patch, 14)
         x = chw[:, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16].reshape(-1)
-        np.testing.assert_array_equal(
-            flatten_patch(v.pixels, patch, (14, 14), (16, 16)).shape, (768,)
-        )
+        np.testing.assert_allclose(flatten_patch(v.pixels, patch, (14, 14), (16, 16)), x, atol=1e-5)
         np.testing.assert_allclose(v.patches[patch], w.reshape(w.shape[0], -1) @ x + b, atol=1e-4)
     # positions are the model's learned patch rows; the encoder reads prefix tokens, then e + p
     pos = model.pos_embed.detach().numpy()[0]

@@ -107,13 +107,15 @@ def test_steps_8_and_9_match_the_engine_and_the_formulas(lesson, engine):
     c = token_cost((224, 224), (16, 16), 1, 6, 3)
     assert f"| 224×224 | 16×16 | 196 | 197 | {c.entries:,} |" in text
     assert f"{c.attention_bytes / 2**20:,.1f} MB" in text
-    assert re.search(r"50,176 tokens for 224×224 \(150,528 numbers", text)
+    assert re.search(r"50,177 tokens for 224×224 \(150,528 numbers", text)  # with [CLS]
 
 
-def test_every_step_has_a_title_and_the_honest_caption_of_the_demo_model(lesson):
-    for step in range(1, len(STEPS) + 1):
+def test_every_step_has_its_title_and_the_honest_caption_of_the_demo_model(lesson):
+    from vitviz.ui import i18n
+
+    for step, (name, _) in enumerate(STEPS, start=1):
         text = go(lesson, step)
-        assert f"## {step}. " in text
+        assert f"## {step}. {i18n.t(f'lesson.{name}_title', 'en')}" in text
     assert "demo model" in go(lesson, 3)  # what a trained ViT would show instead
 
 
@@ -124,3 +126,33 @@ def test_turning_the_lesson_off_returns_to_the_views(lesson):
     assert lesson.segmented_control(key="view").value == "Rollout"
     lesson.toggle(key="lesson").set_value(True).run()
     assert lesson.query_params["lesson"] == "1"
+
+
+def test_class_names_from_a_weights_file_are_shown_as_text(tmp_path):
+    """Class names travel in a weights file's metadata: the lesson shows them as typed, never
+    as Markdown (no link, no picture)."""
+    import json
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    evil = "[Sign in](https://evil.example) ![](https://evil.example/p.png)"
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=3)
+    path = tmp_path / "evil.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"vitviz_labels": json.dumps([evil, evil, evil])})
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(lesson="1", step="8")
+    at.run()
+    at.selectbox(key="model").set_value("__file__").run()
+    at.text_input(key="file_arch").set_value("vit_tiny_patch16_224")
+    weights = [w for w in at.text_input if w.label.startswith("Weights file")]
+    weights[0].set_value(str(path)).run()
+    assert not at.exception and not at.error
+    raw = [p.proto.text for p in at.get("progress")] + [c.value for c in at.caption]
+    raw += [m.value for m in at.markdown]
+    assert sum("Sign in" in r for r in raw) >= 3  # the three classes, and "why" for the top one
+    assert not any("[Sign in](" in r or "![](" in r for r in raw)
+    assert any("[Sign in](https://evil.example)" in words(r) for r in raw)

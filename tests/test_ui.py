@@ -57,6 +57,11 @@ def test_pipeline_diagram_names_the_real_numbers(vit_tiny):
     dot = pipeline.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'a "quoted" cat (80%)')
     assert "14×14 = 196 patches" in dot and "12 blocks × 3 attention heads" in dot
     assert '\\"quoted\\"' in dot  # quotes cannot break the graphviz source
+    # nor can a backslash before a quote (it would end the label early), and a line break in
+    # a label stays one
+    dot = pipeline.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'x\\"];evil["')
+    label = next(line for line in dot.splitlines() if line.startswith("n7 "))
+    assert label == 'n7 [label="Prediction\\nx\\\\\\"];evil[\\""];'
 
 
 def test_patch_figure_puts_each_value_on_its_patch():

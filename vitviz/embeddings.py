@@ -27,20 +27,26 @@ def flatten_patch(pixels: np.ndarray, patch: int, grid: tuple[int, int], size: t
     return pixels[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].reshape(-1)
 
 
-def _patch_positions(model: nn.Module, num_patches: int) -> np.ndarray | None:
+def _patch_positions(model: nn.Module, grid: tuple[int, int], prefix: int) -> np.ndarray | None:
     """The position embedding added to each patch (``[N, D]``), when the model has learned
-    absolute ones for this grid."""
+    absolute ones for exactly this grid (another input size is resampled by timm: those
+    positions are not the stored ones, so none are claimed)."""
     pos = getattr(model, "pos_embed", None)
-    if not isinstance(pos, torch.Tensor):
+    own = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if not isinstance(pos, torch.Tensor) or own is None or tuple(int(g) for g in own) != grid:
         return None
+    n = grid[0] * grid[1]
     rows = pos.detach().float().cpu().reshape(-1, pos.shape[-1])
-    if rows.shape[0] < num_patches:
+    if not n <= rows.shape[0] <= n + prefix:  # patch rows, after any prefix rows
         return None
-    return rows[-num_patches:].numpy()  # patch rows come after any prefix rows
+    return rows[-n:].numpy()
 
 
-def token_embeddings(model: nn.Module, x: torch.Tensor, num_prefix: int) -> TokenEmbeddings:
-    """Run ``x [1, 3, H, W]`` (normalised) through ``model`` and keep its input vectors.
+def token_embeddings(
+    model: nn.Module, x: torch.Tensor, num_prefix: int, grid: tuple[int, int]
+) -> TokenEmbeddings:
+    """Run ``x [1, 3, H, W]`` (normalised, a ``grid`` of patches) through ``model`` and keep
+    its input vectors.
 
     Raises:
         OptionsError: the model has no ``patch_embed`` and ``blocks`` to read them from.
@@ -76,7 +82,7 @@ def token_embeddings(model: nn.Module, x: torch.Tensor, num_prefix: int) -> Toke
     patches = patches.reshape(-1, patches.shape[-1]).numpy()  # [N, D] (NHWC or flat)
     tokens = seen["tokens"][0].numpy()
     features = seen.get("features")
-    positions = _patch_positions(model, patches.shape[0])
+    positions = _patch_positions(model, grid, num_prefix)
     return TokenEmbeddings(
         pixels=x[0].detach().float().cpu().numpy(),
         patches=patches,
@@ -92,4 +98,4 @@ def embeddings_of(loaded, seen: Image.Image) -> TokenEmbeddings:
     """:func:`token_embeddings` of one image already resized and cropped for ``loaded``."""
     x = loaded.to_tensor(seen.convert("RGB"))[None]
     layout = loaded.layout((seen.size[1], seen.size[0]))
-    return token_embeddings(loaded.model, x, layout.num_prefix)
+    return token_embeddings(loaded.model, x, layout.num_prefix, tuple(layout.grid))

@@ -4,7 +4,7 @@ Every user-facing string of the page is a key in ``vitviz/ui/locales/<language>.
 :func:`t` looks it up in the session's language and fills in ``{named}`` values
 (:meth:`str.format`). The language follows the browser (``st.context.locale``) until the
 person picks one; a picked language is kept in the URL (``?lang=zh-Hant``), so a shared link
-opens in it. Class names in Chinese come from ``assets/*-zh-hant.tsv`` (:func:`class_names`).
+opens in it. Class names in Chinese come from ``assets/*-zh-hant.tsv`` (:func:`class_name`).
 
 Tests check that both catalogs have the same keys and placeholders and that every key is used.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import tomllib
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -97,40 +96,51 @@ def has(key: str) -> bool:
 
 
 @cache
-def _class_table() -> dict[str, str]:
-    table: dict[str, str] = {}
+def _class_tables() -> tuple[dict[tuple[int, str], str], dict[str, str]]:
+    """Chinese names by (index, English label) of each known label list, and by English label
+    alone where that label is unique (ImageNet has two "crane": the bird and the machine)."""
+    by_index: dict[tuple[int, str], str] = {}
+    by_label: dict[str, list[str]] = {}
     for name in CLASS_FILES:
         path = ASSETS / name
         if not path.is_file():
             continue
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f, delimiter="\t"):
-                table[row["english"]] = row["zh_hant"]
-    return table
+                by_index[(int(row["index"]), row["english"])] = row["zh_hant"]
+                by_label.setdefault(row["english"], []).append(row["zh_hant"])
+    unique = {label: names[0] for label, names in by_label.items() if len(names) == 1}
+    return by_index, unique
 
 
-def class_name(label: str, lang: str | None = None) -> str | None:
-    """The Chinese name of a class with this English label, when one is known and wanted."""
+def class_name(label: str, lang: str | None = None, index: int | None = None) -> str | None:
+    """The Chinese name of a class, when one is known and wanted: by its index when the label
+    there is a known list's (ImageNet-1k, the demo model's), else by a label no two classes
+    share."""
     if (lang or current()) == DEFAULT:
         return None
-    return _class_table().get(label)
-
-
-def class_names(labels: Sequence[str], lang: str | None = None) -> list[str | None]:
-    """:func:`class_name` of every label."""
-    return [class_name(label, lang) for label in labels]
+    by_index, unique = _class_tables()
+    if index is not None and (int(index), label) in by_index:
+        return by_index[(int(index), label)]
+    return unique.get(label)
 
 
 def class_label(
-    label: str, *, short: bool = True, both: bool = False, lang: str | None = None
+    label: str,
+    index: int | None = None,
+    *,
+    short: bool = True,
+    both: bool = False,
+    lang: str | None = None,
 ) -> str:
-    """A class name as the page shows it: the Chinese name in zh-Hant when there is one
+    """A class name as the page shows it (not escaped: pass it through
+    :func:`vitviz.ui.text.plain` for Markdown): the Chinese name in zh-Hant when there is one
     (``both``: followed by the English first name, for searching), else the English (first)
     name."""
     from vitviz.classes import short_label
 
     english = short_label(label) if short else label
-    chinese = class_name(label, lang)
+    chinese = class_name(label, lang, index)
     if chinese is None:
         return english
     return f"{chinese} · {short_label(label)}" if both else chinese

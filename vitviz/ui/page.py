@@ -147,12 +147,12 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
     ow, oh = decoded.original_size
     if abs(ow / oh - w / h) > 0.01:
         st.caption(t("page.crop_note", ow=ow, oh=oh, w=w, h=h))
-    if note:
-        st.caption(plain(note))
+    if note:  # already made safe for Markdown (sidebar)
+        st.caption(note)
     if expl.predictions:
         st.markdown(f"**{t('page.prediction')}**")
         for p in expl.predictions:
-            name = plain(class_label(p.label, short=False))
+            name = plain(class_label(p.label, p.index, short=False))
             st.progress(min(1.0, p.probability), text=f"{name} — {p.probability:.1%}")
     else:
         st.info(t("page.no_classifier"))

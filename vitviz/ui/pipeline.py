@@ -28,12 +28,13 @@ def pipeline_dot(info: ModelInfo, layout: TokenLayout, width: int, top: str | No
     ]
     if top:
         steps.append(t("diagram.prediction", top=top))
-    steps = [s.replace("\n", "\\n") for s in steps]  # graphviz's line break
     lines = ["digraph G {", "rankdir=LR;", 'node [shape=box, style="rounded,filled"];']
     font = "Noto Sans CJK TC, Helvetica"  # Chinese labels need a CJK font where one exists
     lines += [f'node [fillcolor="#eef3fb", fontname="{font}", fontsize=11];']
     for i, text in enumerate(steps):
-        label = text.replace('"', '\\"')
+        # a label is a quoted DOT string: backslashes and quotes escaped (a class name may
+        # hold either), then newlines as DOT's line breaks
+        label = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         lines.append(f'n{i} [label="{label}"];')
     lines += [f"n{i} -> n{i + 1};" for i in range(len(steps) - 1)]
     lines.append("}")

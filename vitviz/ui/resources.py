@@ -132,7 +132,9 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
     key = (name, weights, random_weights)
     failed = load_failures().get(key)
     if failed and time.time() - failed[1] < 300:
-        raise VitvizError(failed[0])
+        if failed[0] == "file":
+            raise VitvizError(t("error.weights_file", path=weights))
+        raise VitvizError(for_the_page(failed[0]))
     try:
         # before anything is downloaded or built (the loader checks again, for files)
         models.check_model_size(name, page_caches().limits.max_params)
@@ -143,11 +145,10 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
         with st.spinner(t("busy.loading", name=plain(name)), show_time=True):
             backend = get_backend(name, weights, random_weights)
     except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
-        message = t("error.weights_file", path=weights)
-        load_failures().put(key, (message, time.time()))
-        raise VitvizError(message) from None
-    except VitvizError as err:
-        load_failures().put(key, (for_the_page(str(err)), time.time()))
+        load_failures().put(key, ("file", time.time()))
+        raise VitvizError(t("error.weights_file", path=weights)) from None
+    except VitvizError as err:  # kept as the loader said it: each page words it in its language
+        load_failures().put(key, (str(err), time.time()))
         raise VitvizError(for_the_page(str(err))) from None
     load_failures().discard(lambda k: k == key)
     return backend

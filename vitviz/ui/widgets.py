@@ -149,7 +149,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
         ranked(labels, top),
         format_func=_names(
             range(len(labels)),
-            lambda i: f"{i18n.class_label(labels[i], both=True)} — {probs[i]:.1%}",
+            lambda i: f"{i18n.class_label(labels[i], i, both=True)} — {probs[i]:.1%}",
         ),
         key=key,
         persist_state="session",

@@ -33,6 +33,8 @@ def switch(where=st) -> bool:
     """The lesson switch (kept in the URL as ``lesson=1``)."""
     on = where.toggle(t("page.lesson_on"), key="lesson", help=t("page.lesson_help"))
     session.keep_in_url("lesson", "1" if on else "0", "0")
+    if not on:  # the step belongs to the lesson's link only
+        session.keep_in_url("step", "1", "1")
     return bool(on)
 
 

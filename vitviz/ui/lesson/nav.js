@@ -23,8 +23,10 @@ function typing(target) {
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
   const step = data.step, count = data.count;
+  let at = step;  // where the last move went: quick presses count from there, not from `step`
   const go = (n) => {
-    if (n < 0 || n >= count || n === step) return;
+    if (n < 0 || n >= count || n === at) return;
+    at = n;
     root.setAttribute("data-going", String(n));
     setTriggerValue("go", n);
   };
@@ -34,7 +36,7 @@ export default function (component) {
   if (old_root) old_root.replaceWith(root); else parentElement.appendChild(root);
   const prev = el("button", { "data-role": "prev", text: "← " + data.prev }, root);
   prev.disabled = step === 0;
-  prev.addEventListener("click", () => go(step - 1));
+  prev.addEventListener("click", () => go(at - 1));
   const dots = el("div", { class: "dots" }, root);
   for (let i = 0; i < count; i++) {
     const b = el("button", { "data-go": String(i), title: data.titles[i], text: String(i + 1) }, dots);
@@ -43,13 +45,13 @@ export default function (component) {
   }
   const next = el("button", { "data-role": "next", text: data.next + " →" }, root);
   next.disabled = step === count - 1;
-  next.addEventListener("click", () => go(step + 1));
+  next.addEventListener("click", () => go(at + 1));
   const onKey = (e) => {
     if (e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || typing(e.target)) return;
     const path = e.composedPath ? e.composedPath() : [];
     if (path.some((t) => t !== e.target && typing(t))) return;
-    if (e.key === "ArrowRight" || e.key === "PageDown") { e.preventDefault(); go(step + 1); }
-    else if (e.key === "ArrowLeft" || e.key === "PageUp") { e.preventDefault(); go(step - 1); }
+    if (e.key === "ArrowRight" || e.key === "PageDown") { e.preventDefault(); go(at + 1); }
+    else if (e.key === "ArrowLeft" || e.key === "PageUp") { e.preventDefault(); go(at - 1); }
   };
   const old = KEYS.get(parentElement);
   if (old) document.removeEventListener("keydown", old);

@@ -33,6 +33,7 @@ from vitviz.ui.lesson.pictures import (
     similarity_map,
     vector_strip,
 )
+from vitviz.ui.text import plain
 
 
 @dataclass
@@ -201,12 +202,10 @@ def step_position(lesson: Lesson) -> None:
     left, right = st.columns([1, 1.6], gap="large")
     anatomy = lesson.anatomy
     with left:
-        if anatomy is not None and anatomy.position_similarity is not None:
-            grid = anatomy.position_grid or ctx.layout.grid
-            sim = anatomy.position_similarity[
-                min(lesson.patch, len(anatomy.position_similarity) - 1)
-            ]
-            st.image(similarity_map(sim, lesson.patch, grid, 300))
+        same_grid = anatomy is not None and anatomy.position_grid == ctx.layout.grid
+        if same_grid and anatomy.position_similarity is not None:
+            sim = anatomy.position_similarity[lesson.patch]
+            st.image(similarity_map(sim, lesson.patch, ctx.layout.grid, 300))
             st.caption(t("lesson.position_caption", patch=lesson.patch))
         else:
             st.info(t("lesson.no_positions"))
@@ -244,10 +243,11 @@ def step_sequence(lesson: Lesson) -> None:
         else:
             _no_vectors(lesson)
     with right:
-        d = lesson.vectors.tokens.shape[1] if lesson.vectors is not None else 0
+        d = _width(lesson)
         st.markdown(
             t(
                 "lesson.sequence_text",
+                cls_line=t("lesson.cls_line" if "cls" in layout.prefix else "lesson.no_cls_line"),
                 prefix=names,
                 p=layout.num_prefix,
                 n=layout.num_patches,
@@ -255,6 +255,13 @@ def step_sequence(lesson: Lesson) -> None:
                 d=d,
             )
         )
+
+
+def _width(lesson: Lesson) -> int | str:
+    """D, the embedding width (from the vectors, else the anatomy; "D" when neither says)."""
+    if lesson.vectors is not None:
+        return int(lesson.vectors.tokens.shape[1])
+    return lesson.anatomy.width if lesson.anatomy is not None else "D"
 
 
 def _query_rows(lesson: Lesson) -> np.ndarray:
@@ -274,13 +281,13 @@ def step_attention(lesson: Lesson) -> None:
         layer = st.slider(
             t("lesson.layer"), 0, info.layers - 1, info.layers // 2, key="lesson_layer"
         )
-        d = lesson.vectors.tokens.shape[1] if lesson.vectors is not None else 0
+        d = _width(lesson)
         st.markdown(
             t(
                 "lesson.attention_text",
                 t=layout.num_tokens,
                 heads=info.heads,
-                dk=d // info.heads if d else "D/H",
+                dk=d // info.heads if isinstance(d, int) else "D/H",
                 patch=lesson.patch,
             )
         )
@@ -338,7 +345,7 @@ def step_output(lesson: Lesson) -> None:
     with left:
         st.markdown(t("lesson.output_text", classes=len(probs)))
         for p in expl.predictions:
-            name = class_label(p.label)
+            name = plain(class_label(p.label, p.index))
             st.progress(min(1.0, p.probability), text=f"{name} — {p.probability:.1%}")
     best = expl.predictions[0]
     with middle:
@@ -352,7 +359,7 @@ def step_output(lesson: Lesson) -> None:
         )
         row = methods.compute_row("chefer", expl.attention, ctx.layout, grads=rel)
         st.image(map_over(expl.image, methods.to_grid(row, ctx.layout), ctx.layout, None, 300))
-        st.caption(t("lesson.why_caption", label=class_label(best.label)))
+        st.caption(t("lesson.why_caption", label=plain(class_label(best.label, best.index))))
     with right:
         features = lesson.vectors.features if lesson.vectors is not None else None
         if features is not None:
@@ -405,8 +412,8 @@ def step_cost(lesson: Lesson) -> None:
                 heads=info.heads,
                 mb=f"{c.attention_bytes / 2**20:,.1f}",
                 values=f"{224 * 224 * 3:,}",
-                pixel_tokens=f"{pixels.patches:,}",
-                pixel_entries=f"{pixels.patches**2:,}",
+                pixel_tokens=f"{pixels.tokens:,}",
+                pixel_entries=f"{pixels.entries:,}",
             )
         )
 

@@ -43,7 +43,7 @@ def render(ctx: ViewContext) -> None:
         rel = resources.class_relevance(
             ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
         )
-        label = class_label(ctx.labels[cls])
+        label = class_label(ctx.labels[cls], cls)
         class_data = canvas.payload(
             expl.image,
             layout,

@@ -62,5 +62,5 @@ def render(ctx: ViewContext) -> None:
     top = None
     if expl.predictions:
         best = expl.predictions[0]
-        top = f"{class_label(best.label, short=False)} ({best.probability:.0%})"
+        top = f"{class_label(best.label, best.index, short=False)} ({best.probability:.0%})"
     st.graphviz_chart(pipeline.pipeline_dot(info, layout, facts.width, top))

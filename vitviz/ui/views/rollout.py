@@ -135,7 +135,9 @@ def _class_map(ctx: ViewContext, cls: int, cm: str, copts: dict, size: int):
         layout,
         row,
         title=t(
-            "rollout.class_title", label=class_label(ctx.labels[cls]), method=class_methods()[cm]
+            "rollout.class_title",
+            label=class_label(ctx.labels[cls], cls),
+            method=class_methods()[cm],
         ),
         value_name=t("canvas.relevance"),
         filename=f"{ctx.stem}-{cm}-class{cls}",
