@@ -16,14 +16,6 @@ function bytesOf(b64) {
   return out;
 }
 function floatsOf(b64) { return new Float32Array(bytesOf(b64).buffer); }
-function el(tag, attrs, parent) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  if (parent) parent.appendChild(e);
-  return e;
-}
 // the page's words (canvas.py's ``text``), "{name}" filled in from vals
 function tr(data, key, vals) {
   let s = (data.text && data.text[key]) || key;

@@ -24,20 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import streamlit as st
 
 from vitviz import render
 from vitviz.cache import ByteLRU
 from vitviz.layout import TokenLayout
 from vitviz.ui import i18n
+from vitviz.ui.components import component
 
 _HERE = Path(__file__).resolve().parent
 # fixed code shipped with vitviz; the data it draws never becomes HTML (canvas.js)
-_COMPONENT = st.components.v2.component(
-    "vitviz_attention_canvas",
-    css=(_HERE / "canvas.css").read_text(),
-    js=(_HERE / "canvas.js").read_text(),
-)
+_COMPONENT = component("vitviz_attention_canvas", _HERE / "canvas.js", _HERE / "canvas.css")
 DISPLAY_DEFAULTS = {"colormap": "inferno", "alpha": 0.6, "smooth": False, "grid": False}
 # the canvas's own words (catalog keys ``canvas.<name>``), sent with its data
 WORDS = (

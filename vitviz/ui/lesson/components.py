@@ -8,17 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import streamlit as st
 
 from vitviz.layout import TokenLayout
 from vitviz.ui import canvas
+from vitviz.ui.components import component
 
 _HERE = Path(__file__).resolve().parent
-_CSS = (_HERE / "lesson.css").read_text()
-_NAV = st.components.v2.component("vitviz_lesson_nav", css=_CSS, js=(_HERE / "nav.js").read_text())
-_PICKER = st.components.v2.component(
-    "vitviz_patch_picker", css=_CSS, js=(_HERE / "picker.js").read_text()
-)
+_NAV = component("vitviz_lesson_nav", _HERE / "nav.js", _HERE / "lesson.css")
+_PICKER = component("vitviz_patch_picker", _HERE / "picker.js", _HERE / "lesson.css")
 
 
 def nav(key: str, step: int, titles: list[str], words: dict[str, str], on_go: Callable[[], None]):

@@ -3,15 +3,6 @@
 // titles arrive as data and are only set as text.
 const KEYS = new WeakMap();
 
-function el(tag, attrs, parent) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  if (parent) parent.appendChild(e);
-  return e;
-}
-
 function typing(target) {
   const t = target && target.closest ? target : null;
   if (!t) return false;
