@@ -139,6 +139,19 @@ class RemoteBackend:
         params = _FULL | {"top_k": top_k}
         return self._map(lambda im: self._explanation(*self._explain(im, params, seen)), images)
 
+    def readout(
+        self, image: Image.Image, *, top_k: int = 5, seen: bool = False
+    ) -> tuple[list[Prediction], TokenLayout, np.ndarray]:
+        """The light answer for streams: predictions, the layout and the readout's attention
+        rows ``[L, H, N]`` (what raw attention maps show; 1/N of the full tensor)."""
+        params = {"attention": "readout", "dtype": "float16", "seen": "true", "top_k": top_k}
+        header, arrays = self._explain(image, params, seen)
+        return (
+            [Prediction(**p) for p in header["predictions"]],
+            TokenLayout.from_dict(header["layout"]),
+            np.asarray(arrays["readout"], dtype=np.float32),
+        )
+
     def explain_classes(
         self,
         images: Sequence[Image.Image],
