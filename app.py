@@ -11,7 +11,7 @@ runs once per (model, image); layer, head, fusion, opacity and colormap change i
 import streamlit as st
 
 from vitviz.runtime import tune_allocator
-from vitviz.ui import lesson, page, resources, sidebar, views
+from vitviz.ui import lesson, live, page, resources, sidebar, views
 
 tune_allocator()
 sidebar.language()
@@ -24,6 +24,9 @@ backend, info, model_id = page.backend(selection, policy)
 sidebar.model_facts(info)
 
 page.header(info, why_default)
+if selection.source == "Live":  # the webcam stream with its overlay, instead of one image
+    live.render_live(backend, info, model_id)
+    st.stop()
 data, image_name = page.image(selection, info)
 ctx = page.context(backend, info, model_id, data, image_name)
 

@@ -59,13 +59,14 @@ def _families() -> dict[str, list[str]]:
         + [f"lesson.{h}_{k}" for h in honest for k in lesson_kinds]
         + [f"lesson.channel_{i}" for i in range(3)]
         + [f"lesson.strip_{s}" for s in ("patch", "position", "sum")],
-        "sidebar": [f"sidebar.source_{s}" for s in ("samples", "upload", "camera")]
+        "sidebar": [f"sidebar.source_{s}" for s in ("samples", "upload", "camera", "live")]
         + [f"sidebar.backend_{k}" for k in ("local", "server")],
         "facts": [f"facts.source_{s}" for s in ("file", "cache", "hub", "random", "bundled")],
         "rollout": [f"rollout.source_{s}" for s in ("last", "rollout")]
         + [f"rollout.mask_title_{s}" for s in ("attention", "rollout")],
         "diagram": [f"diagram.readout_{r}" for r in ("cls", "cls_dist", "avg", "avg_prefix")],
         "default": ["default.offline", "default.no_internet"],
+        "live": [f"live.method_{m}" for m in ("rollout", "attention", "class")],
         "error": [key for _, key in i18n._ERROR_KEYS] + ["error.other"],
         "note": list(i18n._NOTES.values()),
         "interpolation": [

@@ -19,7 +19,7 @@ from vitviz.ui.text import plain
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
 BACKENDS = ("local", "server")
-SOURCES = ("Samples", "Upload", "Camera")  # stable values (in the URL); shown translated
+SOURCES = ("Samples", "Upload", "Camera", "Live")  # stable values (in the URL); shown translated
 
 
 @dataclass

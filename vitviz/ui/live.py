@@ -1,0 +1,189 @@
+"""The page's live camera: the attention overlay follows the webcam (WebRTC, streamlit-webrtc).
+
+The browser sends its camera over WebRTC to this process; each frame goes through the session's
+:class:`vitviz.live.LiveExplainer` (the newest frame is explained, older ones are dropped) and
+comes back with the latest map drawn over it, at the camera's rate. The predictions, frames per
+second and latency beside the video are re-read twice a second (an ``st.fragment``). *Freeze*
+opens the frame of the current map in the normal views. ICE servers: none by default (loopback
+or a LAN); the operator may set ``VITVIZ_ICE_SERVERS`` to a JSON list such as
+``[{"urls": ["stun:stun.example.org:3478"]}]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+import streamlit as st
+
+from vitviz import render
+from vitviz.backends import Backend
+from vitviz.errors import OptionsError, VitvizError
+from vitviz.live import LiveExplainer, LiveSettings
+from vitviz.results import ModelInfo
+from vitviz.ui import i18n, resources
+from vitviz.ui.i18n import error_text, t
+from vitviz.ui.session import KEEP
+from vitviz.ui.text import plain
+
+
+def ice_servers(environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The operator's ICE servers (``VITVIZ_ICE_SERVERS``, JSON), or none.
+
+    Raises:
+        OptionsError: a value that is not a JSON list of objects with ``urls``.
+    """
+    text = (os.environ if environ is None else environ).get("VITVIZ_ICE_SERVERS", "").strip()
+    if not text:
+        return []
+    try:
+        servers = json.loads(text)
+    except json.JSONDecodeError:
+        raise OptionsError("VITVIZ_ICE_SERVERS is not JSON") from None
+    if not isinstance(servers, list) or not all(
+        isinstance(s, dict) and "urls" in s for s in servers
+    ):
+        raise OptionsError('VITVIZ_ICE_SERVERS must be a JSON list like [{"urls": [...]}]')
+    return servers
+
+
+def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveExplainer:
+    """This session's explainer for this model (a new model closes the old one)."""
+    state = st.session_state
+    old = state.get("live_explainer")
+    if old is not None and state.get("live_model") == model_id:
+        old.update(settings)
+        return old
+    if old is not None:
+        old.close()
+    state["live_explainer"] = LiveExplainer(backend, settings)
+    state["live_model"] = model_id
+    return state["live_explainer"]
+
+
+def _freeze() -> None:
+    """Button callback: the frame of the current map becomes the image of the normal views."""
+    live = st.session_state.get("live_explainer")
+    frame = live.frozen() if live is not None else None
+    if frame is None:
+        return
+    kept = resources.page_caches().uploads
+    key = st.session_state.setdefault("session_key", secrets.token_hex(16))
+    kept.put(key, ("live-frame.png", render.to_png(frame)))
+    st.session_state["source"] = "Upload"
+
+
+def _controls(info: ModelInfo, remote: bool) -> LiveSettings:
+    methods = ("attention",) if remote else ("rollout", "attention", "class")
+    if st.session_state.get("live_method") not in methods:
+        st.session_state["live_method"] = methods[0]
+    names = {m: t(f"live.method_{m}") for m in methods}
+    c1, c2, c3, c4 = st.columns([2.2, 1.4, 1, 1])
+    method = c1.segmented_control(
+        t("live.method"),
+        methods,
+        format_func=names.get,
+        key="live_method",
+        required=True,
+        persist_state=KEEP,
+    )
+    layer, head = -1, None
+    if method == "attention":
+        layer = c2.slider(t("lesson.layer"), 0, info.layers - 1, info.layers - 1, key="live_layer")
+        heads = [None, *range(info.heads)]
+        labels = {
+            h: t("widgets.all_heads") if h is None else t("widgets.head_n", head=h) for h in heads
+        }
+        head = c2.selectbox(t("option.head.title"), heads, format_func=labels.get, key="live_head")
+    alpha = c3.slider(t("canvas.opacity"), 0.0, 1.0, 0.5, 0.05, key="live_alpha")
+    colormap = c4.selectbox(t("canvas.colormap"), list(render.COLORMAPS), key="live_colormap")
+    return LiveSettings(method, layer, head, colormap, alpha)
+
+
+def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
+    """The live view: controls, the stream with its overlay, predictions and speed."""
+    try:
+        from streamlit_webrtc import WebRtcMode, webrtc_streamer
+    except ImportError:  # an install without the live extra
+        st.error(t("live.missing"))
+        return
+    try:
+        servers = ice_servers()
+    except OptionsError as err:  # the operator's setting: say so, show nothing broken
+        st.error(t("error.misconfigured", detail=plain(err)))
+        return
+    st.caption(t("live.intro"))
+    remote = info.remote
+    if remote:
+        st.caption(t("live.remote"))
+    try:
+        live = _explainer(backend, model_id, _controls(info, remote))
+    except VitvizError as err:
+        st.error(error_text(err))
+        return
+
+    def frame_callback(frame):
+        """Runs on the stream's thread: no Streamlit calls here, only the explainer."""
+        import av
+
+        try:
+            live.submit(frame)
+            out = live.compose(frame)
+        except VitvizError:
+            return frame  # an odd frame passes through; the next one is explained
+        return av.VideoFrame.from_ndarray(out, format="rgb24")
+
+    video, side = st.columns([1.6, 1])
+    with video:
+        stream = webrtc_streamer(
+            key="live",
+            mode=WebRtcMode.SENDRECV,
+            video_frame_callback=frame_callback,
+            media_stream_constraints={"video": True, "audio": False},
+            rtc_configuration={"iceServers": servers},
+            async_processing=True,
+            translations={
+                "start": t("live.start"),
+                "stop": t("live.stop"),
+                "select_device": t("live.select_device"),
+            },
+        )
+    with side:
+        paused = st.toggle(t("live.pause"), key="live_paused")
+        live.pause(paused)
+        st.button(
+            t("live.freeze"),
+            on_click=_freeze,
+            disabled=live.frozen() is None,
+            help=t("live.freeze_help"),
+        )
+        _status(live, bool(stream.state.playing), i18n.current())
+
+
+@st.fragment(run_every=0.5)
+def _status(live: LiveExplainer, playing: bool, lang: str) -> None:
+    """Predictions and speed, re-read twice a second from the explainer."""
+    result = live.latest()
+    stats = live.stats
+    if result is None:
+        st.info(t("live.waiting" if playing else "live.press_start"))
+        return
+    st.markdown(f"**{t('page.prediction')}**")
+    for p in result.predictions:
+        name = plain(i18n.class_label(p.label, p.index, lang=lang))
+        st.progress(min(1.0, p.probability), text=f"{name} — {p.probability:.1%}")
+    latencies = list(stats.latencies_ms)[-30:]
+    typical = sorted(latencies)[len(latencies) // 2] if latencies else 0.0
+    st.caption(
+        t(
+            "live.speed",
+            fps=f"{stats.fps_out():.1f}",
+            latency=f"{typical:.0f}",
+            dropped=stats.dropped,
+            frames=stats.submitted,
+        )
+    )
+    if stats.last_error:
+        st.caption(t("live.last_error", detail=plain(stats.last_error)))
