@@ -23,6 +23,9 @@ for batch in 1 16; do
   "$py" bench/explain_overhead.py --model vit_base_patch16_224 --method chefer \
     --batch "$batch" --precision bf16 --repeats 20 --warmup 5 --json
 done
+# the live camera's frame processor at 30 fps in, ViT-B/16 (target: >= 30 maps per second)
+"$py" bench/live.py --model vit-b16 --random-weights --device cuda --seconds 8 --json
+"$py" bench/live.py --model vit-b16 --random-weights --device cuda --method class --seconds 8 --json
 # the HTTP server against the same model batched in-process (needs ray[serve] on the machine)
 if "$py" -c "import ray.serve" 2>/dev/null; then
   "$py" bench/serve_load.py --json --device cuda --precision fp32 --requests 96

@@ -93,6 +93,14 @@ def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_p
             expect(speed).to_be_visible()
             fps = float(re.search(r"([\d.]+) maps per second", speed.inner_text()).group(1))
             assert fps > 2, speed.inner_text()
+            # freeze: the frame of the current map opens in the normal views
+            page.get_by_role("button", name=re.compile("Freeze")).click()
+            expect(page.get_by_text(re.compile("last upload, live-frame.png"))).to_be_visible(
+                timeout=60_000
+            )
+            expect(page.locator(".st-key-rollout .vv")).to_have_attribute(
+                "data-ready", "1", timeout=60_000
+            )
             assert not errors, errors
         finally:
             browser.close()

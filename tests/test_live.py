@@ -196,3 +196,26 @@ def test_over_a_server_only_the_light_readout_answer_is_used(vit_tiny, cat_image
     want = engine_map(local, frame, "attention", layer=-1, head=None)
     np.testing.assert_allclose(got.grid, want, rtol=2e-3, atol=1e-4)  # float16 on the wire
     assert remote.calls == ["readout"]
+
+
+def test_two_viewers_share_one_model(demo):
+    """Two sessions' streams on one backend at once: each gets its own frames' maps."""
+    frames = list(moving_clip(frames=20))
+    a, b = LiveExplainer(demo), LiveExplainer(demo)
+    results = {}
+
+    def run(name, live, frame):
+        results[name] = [live.explain_frame(frame).grid for _ in range(3)]
+
+    threads = [
+        threading.Thread(target=run, args=("a", a, frames[2])),
+        threading.Thread(target=run, args=("b", b, frames[-2])),
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for name, frame in (("a", frames[2]), ("b", frames[-2])):
+        want = engine_map(demo, frame, "rollout")
+        for grid in results[name]:
+            np.testing.assert_allclose(grid, want, rtol=1e-5)

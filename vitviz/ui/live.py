@@ -71,7 +71,9 @@ def _freeze() -> None:
         return
     kept = resources.page_caches().uploads
     key = st.session_state.setdefault("session_key", secrets.token_hex(16))
-    kept.put(key, ("live-frame.png", render.to_png(frame)))
+    png = render.to_png(frame)
+    if len(png) <= kept.max_bytes // 2:  # as for uploads: one frame never empties the share
+        kept.put(key, ("live-frame.png", png))
     st.session_state["source"] = "Upload"
 
 
@@ -153,12 +155,6 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
     with side:
         paused = st.toggle(t("live.pause"), key="live_paused")
         live.pause(paused)
-        st.button(
-            t("live.freeze"),
-            on_click=_freeze,
-            disabled=live.frozen() is None,
-            help=t("live.freeze_help"),
-        )
         _status(live, bool(stream.state.playing), i18n.current())
 
 
@@ -167,6 +163,11 @@ def _status(live: LiveExplainer, playing: bool, lang: str) -> None:
     """Predictions and speed, re-read twice a second from the explainer."""
     result = live.latest()
     stats = live.stats
+    frozen = st.button(
+        t("live.freeze"), on_click=_freeze, disabled=result is None, help=t("live.freeze_help")
+    )
+    if frozen:  # the whole page, not just this fragment: the views open on the frame
+        st.rerun()
     if result is None:
         st.info(t("live.waiting" if playing else "live.press_start"))
         return
