@@ -7,6 +7,7 @@ Needs what ``tests/test_browser.py`` needs plus streamlit-webrtc (in requirement
 
 from __future__ import annotations
 
+import os
 import re
 
 import cv2
@@ -93,6 +94,9 @@ def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_p
             expect(speed).to_be_visible()
             fps = float(re.search(r"([\d.]+) maps per second", speed.inner_text()).group(1))
             assert fps > 2, speed.inner_text()
+            print("live page:", speed.inner_text())  # pytest -s shows what the page measured
+            if os.environ.get("VITVIZ_SCREENSHOT_LIVE"):
+                page.screenshot(path=os.environ["VITVIZ_SCREENSHOT_LIVE"])
             # freeze: the frame of the current map opens in the normal views
             page.get_by_role("button", name=re.compile("Freeze")).click()
             expect(page.get_by_text(re.compile("last upload, live-frame.png"))).to_be_visible(
