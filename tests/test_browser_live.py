@@ -13,10 +13,15 @@ import re
 import cv2
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, server, settle  # noqa: F401 - fixtures
+from tests.test_browser import ARGS, CHROMIUM, REQUIRED, server, settle  # noqa: F401 - fixtures
 from vitviz.live import moving_clip
 
-pytest.importorskip("streamlit_webrtc")
+try:
+    import streamlit_webrtc  # noqa: F401 - the live view's WebRTC component
+except ImportError:  # pragma: no cover - depends on the install
+    if REQUIRED:
+        raise
+    pytest.skip("streamlit-webrtc is not installed", allow_module_level=True)
 
 OUTPUT_PIXELS_JS = """(video) => {
   if (!video || video.readyState < 2 || !video.videoWidth) return null;
