@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         compose_ms.append((time.perf_counter() - t0) * 1000)
     fed = time.monotonic() - start
     deadline = time.monotonic() + 30
-    while live.stats.explained + live.stats.dropped < live.stats.submitted:
+    while live.stats.explained + live.stats.dropped + live.stats.failed < live.stats.submitted:
         if time.monotonic() > deadline:
             break
         time.sleep(0.005)

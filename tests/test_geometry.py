@@ -68,3 +68,35 @@ def test_keep_aspect_without_an_interpolation_resizes_bicubic_as_before():
     top = round((337 - 336) / 2)
     want = image.resize((224, 337), Image.Resampling.BICUBIC).crop((0, top, 224, top + 336))
     assert np.array_equal(np.asarray(geo(image)), np.asarray(want))
+
+
+@pytest.mark.parametrize(
+    "config, keep, size",
+    [
+        ({"crop_pct": 1.0}, False, (480, 640)),
+        ({"crop_pct": 0.875}, False, (480, 640)),
+        ({"crop_pct": 0.875}, False, (640, 480)),
+        ({"crop_pct": 0.9, "crop_mode": "squash"}, False, (480, 640)),
+        ({"crop_pct": 0.95, "crop_border_pixels": 10}, False, (480, 640)),
+        ({"crop_pct": 1.0}, True, (300, 1000)),
+    ],
+)
+def test_source_box_is_where_the_models_pixels_came_from(config, keep, size):
+    """A picture whose pixels encode their own coordinates goes through the geometry: the
+    model's first and last rows and columns came from the box's edges (within a pixel)."""
+    cfg = {"input_size": (3, 224, 224), "interpolation": "bilinear", **config}
+    geometry = InputGeometry(cfg, keep, (16, 16))
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    picture = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), 0 * xx], -1).astype(np.uint8)
+    seen = np.asarray(geometry(Image.fromarray(picture)), np.float64)
+    top, left, bh, bw = geometry.source_box(h, w)
+    sy, sx = bh * h / seen.shape[0], bw * w / seen.shape[1]  # source pixels per model pixel
+    mid_r, mid_c = seen.shape[0] // 2, seen.shape[1] // 2
+    x_first, x_last = seen[mid_r, [0, -1], 0] / 255 * (w - 1)
+    y_first, y_last = seen[[0, -1], mid_c, 1] / 255 * (h - 1)
+    tol_x, tol_y = sx + 1.5 * w / 255, sy + 1.5 * h / 255  # a pixel, and the 8-bit encoding
+    assert abs(x_first - (left * w + sx / 2)) <= tol_x
+    assert abs(x_last - ((left + bw) * w - sx / 2)) <= tol_x
+    assert abs(y_first - (top * h + sy / 2)) <= tol_y
+    assert abs(y_last - ((top + bh) * h - sy / 2)) <= tol_y

@@ -83,6 +83,31 @@ def _center_crop(
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 
+def _box(
+    resized: Sequence[int],
+    crop: Sequence[int],
+    region: tuple[int, int, int, int],
+    source: tuple[int, int],
+) -> tuple[float, float, float, float]:
+    """A centre crop of ``crop`` (h, w) from an image resized to ``resized`` (h, w), as the
+    fractions of the ``source`` (h, w) that the resized ``region`` (top, left, h, w) came from
+    (:func:`_center_crop`'s offsets and padding)."""
+    (rh, rw), (ch, cw) = (int(resized[0]), int(resized[1])), (int(crop[0]), int(crop[1]))
+    top0, left0, h, w = region
+    pad_top = (ch - rh) // 2 if ch > rh else 0
+    pad_left = (cw - rw) // 2 if cw > rw else 0
+    ph, pw = max(rh, ch), max(rw, cw)  # the image after any padding
+    top = round((ph - ch) / 2.0) - pad_top
+    left = round((pw - cw) / 2.0) - pad_left
+    sy, sx = h / rh, w / rw  # source pixels per resized pixel
+    return (
+        (top0 + top * sy) / source[0],
+        (left0 + left * sx) / source[1],
+        ch * sy / source[0],
+        cw * sx / source[1],
+    )
+
+
 class InputGeometry:
     """Resize and crop of a model's input, from its data config alone (no weights needed).
 
@@ -153,6 +178,36 @@ class InputGeometry:
         crop_h = min(nh, 3 * short) // self.patch[0] * self.patch[0]
         crop_w = min(nw, 3 * short) // self.patch[1] * self.patch[1]
         return _center_crop(resized, (crop_h, crop_w))
+
+    def source_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """Where the model's input lies in a ``height``×``width`` source image, as fractions
+        of it: ``(top, left, box_height, box_width)``. The box extends past the image where
+        ``border`` mode pads it. (The inverse of :meth:`__call__`'s resize and crop; e.g. the
+        live view draws the map there.)"""
+        if self.keep_aspect:
+            short = min(self.size)
+            scale = short / min(width, height)
+            nh = max(round(height * scale), self.patch[0])
+            nw = max(round(width * scale), self.patch[1])
+            crop = (
+                min(nh, 3 * short) // self.patch[0] * self.patch[0],
+                min(nw, 3 * short) // self.patch[1] * self.patch[1],
+            )
+            return _box((nh, nw), crop, (0, 0, height, width), (height, width))
+        border = int(self.config.get("crop_border_pixels") or 0)
+        top0, left0 = min(border, height), min(border, height)
+        h, w = max(0, height - 2 * border), max(0, width - 2 * border)
+        scale = tuple(math.floor(x / self.crop_pct) for x in self.size)
+        probe = Image.new("L", (max(1, w), max(1, h)))
+        if self.crop_mode == "squash":
+            resized = scale
+        elif self.crop_mode == "border":
+            resized = _keep_ratio_size(probe, scale, 1.0)
+        elif scale[0] == scale[1]:
+            resized = _short_side_size(probe, scale[0])
+        else:
+            resized = _keep_ratio_size(probe, scale, 0.0)
+        return _box(resized, self.size, (top0, left0, h, w), (height, width))
 
     def is_seen(self, image: Image.Image) -> bool:
         """Whether ``image`` has a size this geometry produces (already resized and cropped)."""

@@ -30,6 +30,8 @@ from vitviz.errors import OptionsError, VitvizError
 from vitviz.results import Prediction
 
 LIVE_METHODS = ("rollout", "attention", "class")  # class: Chefer et al. for the top class
+MAX_FRAME_PIXELS = 8_294_400  # 3840×2160; a larger frame (or one over 4:1) passes unexplained
+MAX_ASPECT = 4.0
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,12 @@ class LiveSettings:
 class LiveResult:
     """One explained frame."""
 
-    grid: np.ndarray  # [gh, gw] map
+    grid: np.ndarray  # [gh, gw] map, finite
     predictions: list[Prediction]
     captured: float  # time.monotonic() when the frame was submitted
     done: float  # when its map was ready
-    crop: tuple[int, int, int, int]  # (top, left, height, width) of the frame the model saw
+    box: tuple[float, float, float, float]  # where the model's input lies, as fractions
+    frame: np.ndarray  # the frame explained (RGB), e.g. to open in the page's views
 
     @property
     def latency_ms(self) -> float:
@@ -101,18 +104,12 @@ def frame_to_rgb(frame: Any) -> np.ndarray:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 8:
         raise OptionsError(f"a video frame must be an H×W×3 image, got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    if h * w > MAX_FRAME_PIXELS or max(h, w) > MAX_ASPECT * min(h, w):
+        raise OptionsError(f"a {w}×{h} video frame is too large or too narrow to explain")
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
-
-
-def _crop_box(size: tuple[int, int], seen: Image.Image, frame: Image.Image) -> tuple:
-    """Where the model's centre crop lies in the frame (top, left, height, width)."""
-    h, w = size
-    s = min(h, w)
-    if seen.size[0] == seen.size[1]:
-        return ((h - s) // 2, (w - s) // 2, s, s)
-    return (0, 0, h, w)  # a model that keeps the aspect sees the whole frame
 
 
 class LiveExplainer:
@@ -127,7 +124,6 @@ class LiveExplainer:
         self.idle_s = idle_s  # the worker ends after this long without frames (a new one starts)
         self._slot: tuple[np.ndarray, float] | None = None
         self._latest: LiveResult | None = None
-        self._last_frame: np.ndarray | None = None
         self._cond = threading.Condition()
         self._stop = False
         self._paused = False
@@ -149,12 +145,13 @@ class LiveExplainer:
         return settings
 
     # ------------------------------------------------------------------ the stream's side
-    def submit(self, frame: Any, now: float | None = None) -> None:
-        """Offer a frame; a frame still waiting is dropped (never queued)."""
+    def submit(self, frame: Any, now: float | None = None) -> np.ndarray:
+        """Offer a frame; a frame still waiting is dropped (never queued). Returns the frame
+        as RGB (to :meth:`compose` without converting it twice)."""
         rgb = frame_to_rgb(frame)
         with self._cond:
             if self._stop or self._paused:
-                return
+                return rgb
             self.stats.submitted += 1
             if self._slot is not None:
                 self.stats.dropped += 1
@@ -163,6 +160,7 @@ class LiveExplainer:
                 self._thread = threading.Thread(target=self._run, name="vitviz-live", daemon=True)
                 self._thread.start()
             self._cond.notify()
+        return rgb
 
     def latest(self) -> LiveResult | None:
         """The newest explained frame."""
@@ -170,7 +168,8 @@ class LiveExplainer:
 
     def frozen(self) -> np.ndarray | None:
         """The frame of the newest map (RGB), to open in the page's other views."""
-        return self._last_frame
+        result = self._latest
+        return None if result is None else result.frame
 
     def compose(self, frame: Any) -> np.ndarray:
         """``frame`` with the latest map over the part the model sees (the rest dimmed)."""
@@ -179,14 +178,20 @@ class LiveExplainer:
         if result is None:
             return rgb
         s = self.settings
-        top, left, h, w = result.crop
-        if top + h > rgb.shape[0] or left + w > rgb.shape[1]:
-            return rgb  # the frame size changed since: no stale map on a new size
-        out = (rgb * 0.45).astype(np.uint8)
-        region = np.ascontiguousarray(rgb[top : top + h, left : left + w])
-        out[top : top + h, left : left + w] = render.overlay(
-            region, result.grid, alpha=s.alpha, colormap=s.colormap
+        fh, fw = rgb.shape[:2]
+        # where the model would look in this frame (the camera may change its size midway)
+        top, left, bh, bw = self.backend.geometry.source_box(fh, fw)
+        t, c = round(top * fh), round(left * fw)
+        h, w = max(1, round(bh * fh)), max(1, round(bw * fw))
+        heat = render.colorize(
+            render.upsample(render.normalize_map(result.grid), (h, w)), s.colormap
         )
+        r0, r1, c0, c1 = max(0, t), min(fh, t + h), max(0, c), min(fw, c + w)
+        out = cv2.convertScaleAbs(rgb, alpha=0.45)  # what the model does not see, dimmed
+        if r1 > r0 and c1 > c0:
+            out[r0:r1, c0:c1] = cv2.addWeighted(
+                rgb[r0:r1, c0:c1], 1 - s.alpha, heat[r0 - t : r1 - t, c0 - c : c1 - c], s.alpha, 0
+            )
         return out
 
     def update(self, settings: LiveSettings) -> None:
@@ -197,6 +202,8 @@ class LiveExplainer:
         """Stop (or restart) explaining new frames; the last map stays."""
         with self._cond:
             self._paused = paused
+            if self._slot is not None:
+                self.stats.dropped += 1
             self._slot = None
 
     def close(self) -> None:
@@ -210,25 +217,31 @@ class LiveExplainer:
 
     # ------------------------------------------------------------------ the worker's side
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._cond:
+                    if self._slot is None and not self._stop:
+                        self._cond.wait(timeout=self.idle_s)
+                    if self._stop or self._slot is None:  # closed, or no frame for idle_s
+                        return
+                    rgb, captured = self._slot
+                    self._slot = None
+                try:
+                    result = self.explain_frame(rgb, captured)
+                except Exception as err:
+                    # (a server gone, an odd answer, out of memory): say so, keep streaming
+                    self.stats.failed += 1
+                    self.stats.last_error = str(err) if isinstance(err, VitvizError) else repr(err)
+                    continue
+                self._latest = result
+                self.stats.last_error = None
+                self.stats.explained += 1
+                self.stats.latencies_ms.append(result.latency_ms)
+                self.stats.done_times.append(result.done)
+        finally:  # however the worker ends, the next frame starts a new one
             with self._cond:
-                if self._slot is None and not self._stop:
-                    self._cond.wait(timeout=self.idle_s)
-                if self._stop or self._slot is None:  # closed, or no frame for idle_s
+                if self._thread is threading.current_thread():
                     self._thread = None
-                    return
-                rgb, captured = self._slot
-                self._slot = None
-            try:
-                result = self.explain_frame(rgb, captured)
-            except VitvizError as err:  # e.g. the server went away: say so, keep streaming
-                self.stats.failed += 1
-                self.stats.last_error = str(err)
-                continue
-            self._latest, self._last_frame = result, rgb
-            self.stats.explained += 1
-            self.stats.latencies_ms.append(result.latency_ms)
-            self.stats.done_times.append(result.done)
 
     def explain_frame(self, rgb: np.ndarray, captured: float | None = None) -> LiveResult:
         """The map and predictions of one frame (what the worker does; tests call it too)."""
@@ -238,15 +251,11 @@ class LiveExplainer:
         seen = self.backend.geometry(frame)
         if self.remote:  # the server's light answer: the readout rows [L, H, N]
             predictions, layout, rows = self.backend.readout(seen, top_k=3, seen=True)
+            if rows.ndim != 3 or rows.shape[-1] != layout.num_tokens:
+                raise VitvizError(f"the server sent readout rows of shape {rows.shape}")
             layer = rows[s.layer % rows.shape[0]]
             row = layer.mean(axis=0) if s.head is None else layer[s.head % rows.shape[1]]
-            return LiveResult(
-                grid=np.asarray(methods.to_grid(row, layout), np.float32),
-                predictions=list(predictions[:3]),
-                captured=captured,
-                done=time.monotonic(),
-                crop=_crop_box(rgb.shape[:2], seen, frame),
-            )
+            return self._result(methods.to_grid(row, layout), predictions, captured, rgb)
         if s.method == "class":
             res = self.backend.explain_classes([seen], [[None]], seen=True)[0]
             expl = res.explanation
@@ -261,13 +270,19 @@ class LiveExplainer:
                 grid = methods.compute_map(
                     "attention", expl.attention, expl.layout, layer=s.layer, head=s.head
                 )
-        crop = _crop_box(rgb.shape[:2], seen, frame)
+        return self._result(grid, expl.predictions, captured, rgb)
+
+    def _result(self, grid, predictions, captured: float, rgb: np.ndarray) -> LiveResult:
+        grid = np.asarray(grid, np.float32)
+        if not np.isfinite(grid).all():  # never draw (or keep) a map that cannot be drawn
+            raise VitvizError("this frame's map has non-finite values")
         return LiveResult(
-            grid=np.asarray(grid, np.float32),
-            predictions=list(expl.predictions[:3]),
+            grid=grid,
+            predictions=list(predictions[:3]),
             captured=captured,
             done=time.monotonic(),
-            crop=crop,
+            box=self.backend.geometry.source_box(*rgb.shape[:2]),
+            frame=rgb,
         )
 
 

@@ -42,10 +42,14 @@ def ice_servers(environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
         servers = json.loads(text)
     except json.JSONDecodeError:
         raise OptionsError("VITVIZ_ICE_SERVERS is not JSON") from None
-    if not isinstance(servers, list) or not all(
-        isinstance(s, dict) and "urls" in s for s in servers
-    ):
-        raise OptionsError('VITVIZ_ICE_SERVERS must be a JSON list like [{"urls": [...]}]')
+
+    def valid(server: Any) -> bool:
+        urls = server.get("urls") if isinstance(server, dict) else None
+        urls = [urls] if isinstance(urls, str) else urls
+        return isinstance(urls, list) and bool(urls) and all(isinstance(u, str) for u in urls)
+
+    if not isinstance(servers, list) or not all(valid(s) for s in servers):
+        raise OptionsError('VITVIZ_ICE_SERVERS must be a JSON list like [{"urls": ["stun:…"]}]')
     return servers
 
 
@@ -53,7 +57,7 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
     """This session's explainer for this model (a new model closes the old one)."""
     state = st.session_state
     old = state.get("live_explainer")
-    if old is not None and state.get("live_model") == model_id:
+    if old is not None and state.get("live_model") == model_id and old.backend is backend:
         old.update(settings)
         return old
     if old is not None:
@@ -63,17 +67,16 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
     return state["live_explainer"]
 
 
-def _freeze() -> None:
-    """Button callback: the frame of the current map becomes the image of the normal views."""
-    live = st.session_state.get("live_explainer")
-    frame = live.frozen() if live is not None else None
-    if frame is None:
-        return
+def _freeze(frame) -> None:
+    """Button callback: the frame on screen when it was pressed becomes the image of the
+    normal views (kept as the session's upload, bounded like one)."""
     kept = resources.page_caches().uploads
     key = st.session_state.setdefault("session_key", secrets.token_hex(16))
     png = render.to_png(frame)
-    if len(png) <= kept.max_bytes // 2:  # as for uploads: one frame never empties the share
-        kept.put(key, ("live-frame.png", png))
+    if len(png) > kept.max_bytes // 2:  # as for uploads: one frame never empties the share
+        st.session_state["live_freeze_failed"] = True
+        return
+    kept.put(key, ("live-frame.png", png))
     st.session_state["source"] = "Upload"
 
 
@@ -131,10 +134,9 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
         import av
 
         try:
-            live.submit(frame)
-            out = live.compose(frame)
-        except VitvizError:
-            return frame  # an odd frame passes through; the next one is explained
+            out = live.compose(live.submit(frame))
+        except Exception:
+            return frame  # through as it came; the next one is explained
         return av.VideoFrame.from_ndarray(out, format="rgb24")
 
     video, side = st.columns([1.6, 1])
@@ -164,9 +166,15 @@ def _status(live: LiveExplainer, playing: bool, lang: str) -> None:
     result = live.latest()
     stats = live.stats
     frozen = st.button(
-        t("live.freeze"), on_click=_freeze, disabled=result is None, help=t("live.freeze_help")
+        t("live.freeze"),
+        on_click=_freeze,
+        args=(None if result is None else result.frame,),
+        disabled=result is None,
+        help=t("live.freeze_help"),
     )
-    if frozen:  # the whole page, not just this fragment: the views open on the frame
+    if st.session_state.pop("live_freeze_failed", False):
+        st.error(t("live.freeze_failed"))
+    elif frozen:  # the whole page, not just this fragment: the views open on the frame
         st.rerun()
     if result is None:
         st.info(t("live.waiting" if playing else "live.press_start"))
