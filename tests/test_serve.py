@@ -153,6 +153,24 @@ def test_remote_backend_equals_the_local_engine(servers, local):
     assert info.backend == servers["main"] and info.name == "demo"
 
 
+def test_the_live_view_over_a_server_gets_the_light_readout_answer(servers, local):
+    """The live stream asks the server for the readout rows only; its map equals the local
+    engine's raw attention of the same frame."""
+    from vitviz.live import LiveExplainer, LiveSettings, moving_clip
+
+    frame = next(moving_clip(frames=2))
+    remote = RemoteBackend(servers["main"])
+    seen = remote.geometry(Image.fromarray(frame))
+    predictions, layout, rows = remote.readout(seen, top_k=3, seen=True)
+    here = local.explain([seen], seen=True)[0]
+    assert layout == here.layout and rows.shape == (*here.attention.shape[:2], layout.num_tokens)
+    assert [p.index for p in predictions] == [p.index for p in here.predictions[:3]]
+    live = LiveExplainer(remote, LiveSettings(method="attention", layer=3, head=None))
+    got = live.explain_frame(frame).grid
+    want = methods.compute_map("attention", here.attention, here.layout, layer=3, head=None)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
 def test_class_gradients_equal_the_local_engine(servers, local):
     remote = RemoteBackend(servers["main"])
     images = scenes(2, start=7)
