@@ -31,7 +31,7 @@ from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
 from vitviz.cli import main
 from vitviz.demo.scenes import generate_scene
-from vitviz.errors import ServerError
+from vitviz.errors import OptionsError, ServerError
 from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
@@ -169,6 +169,22 @@ def test_the_live_view_over_a_server_gets_the_light_readout_answer(servers, loca
     got = live.explain_frame(frame).grid
     want = methods.compute_map("attention", here.attention, here.layout, layer=3, head=None)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_the_lesson_gets_the_image_vectors_from_the_server(servers, local):
+    """Lesson steps 3–5 over a server: the same patch, position and token vectors, in float16."""
+    remote = RemoteBackend(servers["main"])
+    seen = remote.geometry(Image.open(ASSETS / "chelsea.png").convert("RGB"))
+    got, want = remote.embeddings(seen), local.embeddings(seen)
+    assert got.num_prefix == want.num_prefix and got.norm_pre == want.norm_pre
+    for name in ("pixels", "patches", "positions", "tokens", "features"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, atol=2e-3 * max(1.0, np.abs(b).max()), rtol=0)
+    with pytest.raises(OptionsError, match="model's input"):
+        remote.embeddings(Image.open(ASSETS / "chelsea.png").convert("RGB"))
+    r = requests.post(f"{servers['main']}/v1/embeddings", data=b"not an image", timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
 
 
 def test_class_gradients_equal_the_local_engine(servers, local):
@@ -512,6 +528,16 @@ def test_the_page_on_a_server_shows_what_the_local_engine_computes(servers, loca
     at.segmented_control(key="view").set_value("How ViT sees this image").run()
     ok(at)
     assert "6 blocks × 3 attention heads" in at.get("graphviz_chart")[0].proto.spec
+    # the lesson's embedding step reads this image's vectors from the server
+    e = local.embeddings(local.geometry(cat.convert("RGB"))).patches[42]
+    monkeypatch.setattr(LocalBackend, "embeddings", no_local_model)
+    at.session_state["lesson"] = True
+    at.session_state["lesson_step"] = 2
+    at.session_state["patch"] = 42
+    at.run()
+    ok(at)
+    captions = words(" ".join(c.value for c in at.caption))
+    assert f"192 numbers, from {e.min():.2f} to {e.max():.2f}" in captions
 
 
 def test_a_server_only_page_offers_no_local_models_or_file_paths(servers, monkeypatch):

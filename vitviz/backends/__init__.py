@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from vitviz.geometry import InputGeometry
-from vitviz.results import Anatomy, ClassExplanation, ImageExplanation, ModelInfo
+from vitviz.results import (
+    Anatomy,
+    ClassExplanation,
+    ImageExplanation,
+    ModelInfo,
+    TokenEmbeddings,
+)
 
 if TYPE_CHECKING:
     from vitviz.backends.local import LocalBackend
@@ -44,6 +50,10 @@ class Backend(Protocol):
 
     def anatomy(self) -> Anatomy:
         """Patch-embedding filters and position-embedding similarity of the model."""
+        ...
+
+    def embeddings(self, image: Image.Image) -> TokenEmbeddings:
+        """One model input's patch, position and token vectors (the lesson's steps 3–5)."""
         ...
 
     def explain(

@@ -24,7 +24,14 @@ from requests.adapters import HTTPAdapter
 from vitviz.errors import ImageError, OptionsError, ServerError
 from vitviz.geometry import InputGeometry
 from vitviz.layout import TokenLayout
-from vitviz.results import Anatomy, ClassExplanation, ImageExplanation, ModelInfo, Prediction
+from vitviz.results import (
+    Anatomy,
+    ClassExplanation,
+    ImageExplanation,
+    ModelInfo,
+    Prediction,
+    TokenEmbeddings,
+)
 from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
@@ -138,6 +145,27 @@ class RemoteBackend:
         """
         params = _FULL | {"top_k": top_k}
         return self._map(lambda im: self._explanation(*self._explain(im, params, seen)), images)
+
+    def embeddings(self, image: Image.Image) -> TokenEmbeddings:
+        """One model input's patch, position and token vectors (float16 on the wire)."""
+        if not self.geometry.is_seen(image):
+            raise OptionsError("embeddings need the model's input (resized and cropped)")
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG", compress_level=1)
+        header, arrays = self._decode(self._request("POST", "/v1/embeddings", data=buf.getvalue()))
+
+        def get(name: str) -> np.ndarray | None:
+            return None if name not in arrays else np.asarray(arrays[name], dtype=np.float32)
+
+        return TokenEmbeddings(
+            pixels=get("pixels"),
+            patches=get("patches"),
+            positions=get("positions"),
+            tokens=get("tokens"),
+            num_prefix=int(header["num_prefix"]),
+            features=get("features"),
+            norm_pre=bool(header.get("norm_pre", False)),
+        )
 
     def readout(
         self, image: Image.Image, *, top_k: int = 5, seen: bool = False

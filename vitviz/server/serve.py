@@ -180,6 +180,30 @@ class VitvizServer:
         return Response(data, media_type=wire.MEDIA_TYPE)
 
     @api.post(
+        "/v1/embeddings",
+        summary="One model input's patch, position and token vectors (binary, float16)",
+        response_class=Response,
+        responses={200: {"content": {wire.MEDIA_TYPE: {}}, "description": "binary message"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "the model's input image (already resized and cropped), as PNG",
+                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def embeddings(self, request: Request) -> Response:
+        """What the lesson's embedding steps show, for one model input."""
+        self._auth(request)
+        body = await _receive(request, self.settings, self.uploads)
+        self.admission.acquire()
+        try:
+            data = await asyncio.to_thread(self.engine.embeddings_message, body)
+        finally:
+            self.admission.release()
+        return Response(data, media_type=wire.MEDIA_TYPE)
+
+    @api.post(
         "/v1/explain",
         summary="Explain one image",
         response_class=Response,

@@ -279,6 +279,38 @@ class Engine:
             arrays["position_similarity"] = a.position_similarity.astype(np.float32)
         return wire.encode(header, arrays)
 
+    def embeddings_message(self, body: bytes) -> bytes:
+        """One model input's patch, position and token vectors (the lesson's steps 3–5) as a
+        binary message, float16; 400 unless the body is an image of the model's input size."""
+        if len(body) > self.settings.max_upload_bytes:
+            raise too_large(len(body), self.settings.max_upload_bytes)
+        try:
+            image = decode_image(body, "the uploaded image", max_pixels=self.settings.max_pixels)
+        except ImageTooLarge as err:
+            raise ApiError(413, "image_too_large", str(err)) from None
+        except VitvizError as err:
+            raise ApiError(400, "bad_image", str(err)) from None
+        if not self.backend.geometry.is_seen(image.image):
+            w, h = image.image.size
+            raise ApiError(
+                400,
+                "bad_option",
+                f"embeddings need the model's input: the image is {w}×{h} px, not a resized and "
+                "cropped input of this model",
+            )
+        vectors = self.backend.embeddings(image.image)
+        header = {
+            "api_version": API_VERSION,
+            "num_prefix": vectors.num_prefix,
+            "norm_pre": vectors.norm_pre,
+        }
+        arrays: dict[str, np.ndarray] = {}
+        for name in ("pixels", "patches", "positions", "tokens", "features"):
+            value = getattr(vectors, name)
+            if value is not None:
+                arrays |= wire.pack_array(name, value, "float16")
+        return wire.encode(header, arrays)
+
     def make_job(
         self,
         body: bytes,
