@@ -7,6 +7,9 @@ With ``--method chefer`` (or ``grad-rollout``, ``attn-grad``) ``explain_ms`` is 
 class-specific explanation instead: one forward that keeps the attention in the autograd graph,
 one backward to the attention of the top class (only the layers the method reads), its
 reduction to the class relevance the page and server keep, and the method's map.
+With ``--method trust --batch 16``: a deletion and an insertion curve of 16 steps (34 perturbed
+images, run 16 a forward, :mod:`vitviz.trust`) against one forward of 16 images, so ``ratio``
+is the cost in forward-equivalents.
 Prints one JSON object (``--json``) or a short table.
 
     python bench/explain_overhead.py --model vit_base_patch16_224 --json
@@ -23,6 +26,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,9 +70,19 @@ def measure(args: argparse.Namespace) -> dict:
         with torch.inference_mode(), autocast_for(device, precision):
             stock(x)
 
-    spec = methods.METHODS[args.method]
+    spec = methods.METHODS.get(args.method)
 
     def explain() -> None:
+        if spec is None:  # trust: one deletion + insertion curve pair (K = 16) of one image
+            from vitviz.trust import curves
+
+            layout = loaded.layout(tuple(size))
+            order = np.random.default_rng(0).permutation(layout.num_patches)
+            curves(
+                loaded.model, x[0], 0, order, layout.grid, layout.patch_size,
+                steps=16, batch=args.batch,
+            )  # fmt: skip
+            return
         if spec.needs_gradients:
             layers = spec.gradient_layers({}, len(loaded.model.blocks))
             classes = [[None]] * args.batch
@@ -129,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--method", default="rollout", choices=list(methods.METHODS))
+    p.add_argument(
+        "--method",
+        default="rollout",
+        choices=[*methods.METHODS, "trust"],
+        help="a map method, or trust: a deletion+insertion curve pair (K = 16, --batch images a "
+        "forward) against one forward of --batch images",
+    )
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

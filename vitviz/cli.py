@@ -91,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="explain on a vitviz server (URL) instead of in this process")
     e.add_argument("--token", help="the server's bearer token (default: $VITVIZ_TOKEN)")
 
+    from vitviz import cli_trust
+
+    t = sub.add_parser(
+        "trust", help="how far to trust a map: deletion/insertion curves, occlusion (JSON)"
+    )
+    cli_trust.add_arguments(t)
+    t.add_argument("--model", help="curated key or any timm ViT name (default: vit-b16)")
+    tsrc = t.add_mutually_exclusive_group()
+    tsrc.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
+    tsrc.add_argument("--random-weights", action="store_true", help="architecture tests only")
+    t.add_argument("--out", default="results", help="output folder (default: results)")
+    _add_method_arguments(t)
+    t.add_argument("--class", dest="target_class", help="class index or name (default: top)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    t.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
+
     s = sub.add_parser("serve", help="serve a model over HTTP (Ray Serve; see README)")
     s.add_argument("--model", default="vit-b16", help="curated key or any timm ViT name")
     ssrc = s.add_mutually_exclusive_group()
@@ -424,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_models()
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "trust":
+            from vitviz import cli_trust
+
+            return cli_trust.run(args, _method_options(args), _output_folder(args.out))
         return cmd_explain(args)
     except VitvizError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,112 @@
+"""``python -m vitviz trust IMG --method M [--class C] --out DIR``: how far to trust a map.
+
+Runs the model once on the image, computes the chosen map and every other whole-image map
+(raw attention, rollout, and the class-specific ones for the class), then the deletion and
+insertion curves of the chosen map with their random baseline and patch occlusion
+(:mod:`vitviz.trust`), and writes one JSON file per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitviz import methods
+from vitviz.classes import resolve_class
+from vitviz.errors import OptionsError
+
+# whole-image maps compared with occlusion (query is one patch's, mask is binary)
+COMPARED = ("attention", "rollout", "chefer", "grad-rollout", "attn-grad")
+
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The ``trust`` command's own arguments (model, method and output come from the caller)."""
+    t.add_argument("image", help="an image file")
+    t.add_argument("--steps", type=int, default=16, help="curve steps (default 16)")
+    t.add_argument("--seeds", type=int, default=3, help="random orders for the baseline")
+
+
+def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
+    """Compute and write the report; print the AUCs."""
+    from vitviz.backends.local import LocalBackend
+    from vitviz.images import load_image_file
+    from vitviz.trust import trust
+
+    if args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
+        raise OptionsError("--steps, --seeds and --batch-size must be at least 1")
+    backend = LocalBackend.from_name(
+        args.model or "vit-b16",
+        weights=args.weights,
+        random_weights=args.random_weights,
+        device=args.device,
+        precision=args.precision,
+    )
+    info = backend.info()
+    if not info.classes:
+        raise OptionsError(f"trust curves need a classifier, and {info.name} has none")
+    methods.check_options(options, info.layers, info.heads)
+    seen = backend.loaded.seen_image(load_image_file(Path(args.image)).image)
+    expl = backend.explain([seen], seen=True)[0]
+    labels = backend.labels or []
+    target = (
+        resolve_class(args.target_class, labels)
+        if args.target_class is not None
+        else expl.predictions[0].index
+    )
+    rel = backend.explain_classes([seen], [[target]], seen=True)[0].relevance[0]
+    maps = {}
+    for name in COMPARED:
+        grads = rel if methods.METHODS[name].needs_gradients else None
+        maps[name] = methods.compute_map(name, expl.attention, expl.layout, grads=grads)
+    grads = rel if methods.METHODS[args.method].needs_gradients else None
+    maps[args.method] = methods.compute_map(
+        args.method, expl.attention, expl.layout, grads=grads, **options
+    )
+    x = backend.loaded.to_tensor(seen)
+    layout = expl.layout
+    report = trust(
+        backend.loaded.model,
+        x,
+        target,
+        maps,
+        args.method,
+        layout.grid,
+        layout.patch_size,
+        steps=args.steps,
+        seeds=args.seeds,
+        batch=args.batch_size,
+    )
+    data = {
+        "image": Path(args.image).name,
+        "model": info.name,
+        "timm_name": info.timm_name,
+        "weights": info.weights.source,
+        "method": args.method,
+        "options": options,
+        "class_label": labels[target] if target < len(labels) else str(target),
+        "steps": args.steps,
+        "seeds": args.seeds,
+        **report.to_dict(),
+    }
+    path = out / f"{Path(args.image).stem}-trust-{args.method}.json"
+    path.write_text(json.dumps(data, indent=2, default=_plain))
+    r = report
+    print(
+        f"{Path(args.image).name}: {args.method} for {data['class_label']!r}: "
+        f"deletion AUC {r.deletion.auc:.3f} (random {r.random_deletion.auc:.3f}, lower is "
+        f"better), insertion AUC {r.insertion.auc:.3f} (random {r.random_insertion.auc:.3f}, "
+        f"higher is better), Spearman with occlusion {r.correlations[args.method]:.2f} → {path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
