@@ -4,7 +4,8 @@
 
 Scenes come from seeds never used in training. Prints one JSON object:
 ``{"accuracy": …, "methods": {"<method>": {"pointing_game": …, "mass_in_mask": …,
-"mass_baseline": …, "two_object_right_share": …}, …}}`` where ``accuracy`` is top-1 on the
+"mass_baseline": …, "two_object_right_share": …}, …}, "curves": {"<method>": {"deletion_auc":
+…, "insertion_auc": …}, …, "random": {…}}}`` where ``accuracy`` is top-1 on the
 single-object scenes and each method runs with its default options (see vitviz.methods).
 Class-agnostic methods give one map for both classes of a two-object scene, so they score
 about 0.5 on ``two_object_right_share``; the class-specific methods (chefer, grad-rollout,
@@ -103,19 +104,64 @@ def evaluate(backend: LocalBackend, single: int, double: int, batch: int = 16) -
     }
 
 
+CURVED = ("attention", "rollout", "chefer", "grad-rollout", "attn-grad")  # whole-image maps
+
+
+def curve_aucs(backend: LocalBackend, scenes: int, steps: int = 16) -> dict:
+    """Deletion and insertion AUCs (:mod:`vitviz.trust`) of each whole-image method on
+    single-object held-out scenes, for the scene's true class, with a random-order baseline
+    (mean of 2 orders a scene). Lower deletion and higher insertion AUCs are better."""
+    from vitviz.trust import curves, ranking
+
+    loaded = backend.loaded
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, list[float]]] = {
+        n: {"deletion": [], "insertion": []} for n in (*CURVED, "random")
+    }
+    seeds = [HELDOUT_SEED_BASE + 50_000 + i for i in range(scenes)]
+    for seed in tqdm(seeds, desc="curves", file=sys.stderr):
+        scene = generate_scene(seed, 1)
+        target = scene.classes[0]
+        res = backend.explain_classes([Image.fromarray(scene.image)], [[target]], top_k=1)[0]
+        expl = res.explanation
+        x = loaded.to_tensor(Image.fromarray(expl.image))
+        grid, patch = expl.layout.grid, expl.layout.patch_size
+        orders = {}
+        for n in CURVED:
+            grads = res.relevance[0] if methods.METHODS[n].needs_gradients else None
+            orders[n] = ranking(methods.compute_map(n, expl.attention, expl.layout, grads=grads))
+        for n, order in orders.items():
+            d, i = curves(loaded.model, x, target, order, grid, patch, steps)
+            out[n]["deletion"].append(d.auc)
+            out[n]["insertion"].append(i.auc)
+        for _ in range(2):
+            d, i = curves(
+                loaded.model, x, target, rng.permutation(grid[0] * grid[1]), grid, patch, steps
+            )
+            out["random"]["deletion"].append(d.auc)
+            out["random"]["insertion"].append(i.auc)
+    return {
+        n: {f"{k}_auc": round(float(np.mean(v)), 4) for k, v in parts.items()}
+        for n, parts in out.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, evaluate, print."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--single", type=int, default=300)
     p.add_argument("--double", type=int, default=300)
     p.add_argument("--weights", help="demo-architecture weights (default: the bundled ones)")
+    p.add_argument("--curves", type=int, default=60, help="scenes for deletion/insertion AUCs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tune_allocator()
     started = time.time()
     backend = LocalBackend.from_name("demo", weights=args.weights, device="cpu")
     result = evaluate(backend, args.single, args.double)
-    result["scenes"] = {"single": args.single, "double": args.double}
+    if args.curves:
+        result["curves"] = curve_aucs(backend, args.curves)
+    result["scenes"] = {"single": args.single, "double": args.double, "curves": args.curves}
     result["weights"] = backend.info().weights.location
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -145,7 +145,7 @@ ALLOWED = {
     "vitviz", "ViT", "Transformer", "ImageNet", "DINO", "DINOv", "DeiT", "AugReg", "timm",
     "CLS", "DIST", "REG", "JSON", "PNG", "npz", "nats", "Chefer", "LayerNorm", "softmax",
     "QK", "Attention", "MB", "CNN", "RGB", "Lanczos", "Q", "K", "V", "W", "x", "b", "e", "p",
-    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px",
+    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px", "AUC", "Spearman",
 }  # fmt: skip
 TEXT_KEYS = {"body", "label", "caption", "text", "options", "placeholder", "help", "content"}
 COMPONENT_KEYS = {"title", "value_name", "text", "titles", "prev", "next"}
@@ -235,6 +235,7 @@ def test_the_class_map_and_mask_render_in_chinese(zh_page):
     at = zh_page
     at.segmented_control(key="view").set_value("Rollout").run()
     at.toggle(key="mask_on").set_value(True)
+    at.toggle(key="trust_on").set_value(True)
     at.toggle(key="why_class").set_value(True).run()
     assert not at.exception
     # the class picker keeps each class's English first name beside its Chinese one (to search)
@@ -243,6 +244,7 @@ def test_the_class_map_and_mask_render_in_chinese(zh_page):
     english = {w for o in picker.options for w in re.findall(r"[A-Za-z]+", o.split(" · ")[-1])}
     assert english_left(at, _names_without_translation() | english) == set()
     at.toggle(key="mask_on").set_value(False)
+    at.toggle(key="trust_on").set_value(False)
     at.toggle(key="why_class").set_value(False).run()
 
 

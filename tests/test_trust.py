@@ -140,3 +140,41 @@ def test_the_trust_command_writes_the_curves_of_a_map(tmp_path, capsys):
     }  # fmt: skip
     assert "deletion AUC" in capsys.readouterr().err
     assert main([*args[:4], "--steps", "0", "--out", str(tmp_path)]) == 2  # a clear error
+
+
+def test_the_page_shows_the_curves_of_the_map_it_shows():
+    """Rollout view, "How far can I trust this map?": the chart's curves and the caption's
+    AUCs are :func:`vitviz.trust.trust` of the rollout shown, for the top class."""
+    import json
+
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ASSETS, plotly_array, words
+    from vitviz import methods
+    from vitviz.backends.local import LocalBackend
+    from vitviz.images import decode_image
+
+    at = AppTest.from_file(str(ASSETS.parent / "app.py"), default_timeout=120).run()
+    at.toggle(key="trust_on").set_value(True).run()
+    assert not at.exception and not at.error
+    backend = LocalBackend.from_name("demo", device="cpu")
+    image = decode_image((ASSETS / "demo-scene-1.png").read_bytes(), "scene").image
+    seen = backend.loaded.seen_image(image)
+    expl = backend.explain([seen], seen=True)[0]
+    grid = methods.compute_map("rollout", expl.attention, expl.layout)
+    x = backend.loaded.to_tensor(Image.fromarray(expl.image))
+    want = trust(
+        backend.loaded.model, x, expl.predictions[0].index, {"rollout": grid}, "rollout",
+        expl.layout.grid, expl.layout.patch_size, steps=16, seeds=2, batch=16,
+    )  # fmt: skip
+    chart = next(c for c in at.get("plotly_chart") if "trust" in c.proto.id)
+    traces = json.loads(chart.proto.spec)["data"]
+    assert len(traces) == 4
+    np.testing.assert_allclose(plotly_array(traces[0]["y"]), want.deletion.probabilities, atol=1e-5)
+    np.testing.assert_allclose(
+        plotly_array(traces[1]["y"]), want.insertion.probabilities, atol=1e-5
+    )
+    caption = words(" ".join(c.value for c in at.caption))
+    assert f"deletion AUC of {want.deletion.auc:.3f}" in caption
+    assert f"insertion AUC of {want.insertion.auc:.3f}" in caption

@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from vitviz import methods
-from vitviz.ui import canvas, resources, session, widgets
+from vitviz.ui import canvas, resources, session, trust_panel, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, t
 from vitviz.ui.session import KEEP
@@ -30,7 +30,7 @@ def render(ctx: ViewContext) -> None:
         for o, col in zip(spec.options, columns, strict=True)
     }
     row = methods.compute_row("rollout", expl.attention, layout, **opts)
-    t1, t2 = st.columns(2)
+    t1, t2, t3 = st.columns(3)
     show_mask = t1.toggle(
         t("rollout.mask"),
         key="mask_on",
@@ -38,6 +38,13 @@ def render(ctx: ViewContext) -> None:
         persist_state=KEEP,
     )
     why = widgets.why_toggle(ctx, t("rollout.why"), "why_class", t2)
+    judge = t3.toggle(
+        t("rollout.trust"),
+        key="trust_on",
+        help=t("rollout.trust_help"),
+        disabled=not expl.predictions,
+        persist_state=KEEP,
+    ) and bool(expl.predictions)
     # each map's settings span the view's width above the maps, so no label is squeezed
     mask = _mask_settings(opts) if show_mask else None
     klass = _class_settings(ctx, opts, sizes) if why else None
@@ -56,13 +63,18 @@ def render(ctx: ViewContext) -> None:
         )
         canvas.attention_canvas("rollout", data)
     download = (methods.to_grid(row, layout), "rollout")
+    judged = (download[0], "rollout", t("method.rollout"), ctx.top_classes[0] if judge else -1)
     if mask is not None:
         with cols[1]:
             _mask(ctx, *mask, size)
     if klass is not None:
         with cols[-1]:
             download = _class_map(ctx, *klass, size)
+        cls, cm = klass[0], klass[1]  # the class map is the one judged when it is shown
+        judged = (download[0], cm, class_methods()[cm], cls)
     widgets.overlay_download(ctx, *download)
+    if judge:
+        trust_panel.panel(ctx, *judged)
 
 
 def _mask_settings(opts: dict) -> tuple[float, dict]:

@@ -1,0 +1,98 @@
+""" "How far can I trust this map?" under the Rollout view's maps: deletion and insertion curves
+of the map shown, their random baseline, and its rank correlation with patch occlusion
+(:mod:`vitviz.trust`). Needs the model in this process (it runs the model on perturbed copies
+of the image); cached with the explanation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from vitviz.trust import TrustReport, trust
+from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import raw, t
+
+STEPS, SEEDS, BATCH = 16, 2, 16
+
+
+def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustReport | None:
+    """The trust report of ``grid`` (the map named ``name``) for class ``target``, or None
+    when the model runs on a server."""
+    loaded = getattr(ctx.backend, "loaded", None)
+    if loaded is None:
+        return None
+    values = np.ascontiguousarray(grid, np.float64)
+    key = ("trust", name, target, hashlib.sha1(values.tobytes()).hexdigest())
+
+    def compute() -> TrustReport:
+        x = loaded.to_tensor(Image.fromarray(ctx.expl.image))
+        layout = ctx.layout
+        return trust(
+            loaded.model,
+            x,
+            target,
+            {name: values},
+            name,
+            layout.grid,
+            layout.patch_size,
+            steps=STEPS,
+            seeds=SEEDS,
+            batch=BATCH,
+        )
+
+    with st.spinner(t("busy.trust"), show_time=True):
+        return ctx.entry.get(key, compute)
+
+
+def figure(rep: TrustReport) -> go.Figure:
+    """The two curves and their random baselines (probability against patches changed)."""
+    fig = go.Figure()
+    lines = (
+        (rep.deletion, t("trust.deletion"), "#d62728", "solid"),
+        (rep.insertion, t("trust.insertion"), "#1f77b4", "solid"),
+        (rep.random_deletion, t("trust.random_deletion"), "#d62728", "dot"),
+        (rep.random_insertion, t("trust.random_insertion"), "#1f77b4", "dot"),
+    )
+    for curve, name, colour, dash in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=curve.fractions,
+                y=curve.probabilities,
+                name=f"{name} (AUC {curve.auc:.3f})",
+                line=dict(color=colour, dash=dash),
+                hovertemplate=raw("trust.hover") + "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=260,
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis_title=t("trust.fraction"),
+        yaxis_title=t("trust.probability"),
+        yaxis_range=[0, 1],
+        legend=dict(orientation="h", y=-0.35),
+    )
+    return fig
+
+
+def panel(ctx: ViewContext, grid: np.ndarray, name: str, title: str, target: int) -> None:
+    """The curves of the map shown, with a caption that reads them."""
+    rep = report(ctx, grid, name, target)
+    if rep is None:
+        st.info(t("trust.remote"))
+        return
+    st.plotly_chart(figure(rep), key="trust-chart", config={"displayModeBar": False})
+    st.caption(
+        t(
+            "trust.caption",
+            map=title,
+            deletion=f"{rep.deletion.auc:.3f}",
+            random_deletion=f"{rep.random_deletion.auc:.3f}",
+            insertion=f"{rep.insertion.auc:.3f}",
+            random_insertion=f"{rep.random_insertion.auc:.3f}",
+            rho=f"{rep.correlations[name]:.2f}",
+        )
+    )
