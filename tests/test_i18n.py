@@ -67,6 +67,7 @@ def _families() -> dict[str, list[str]]:
         "diagram": [f"diagram.readout_{r}" for r in ("cls", "cls_dist", "avg", "avg_prefix")],
         "default": ["default.offline", "default.no_internet"],
         "live": [f"live.method_{m}" for m in ("rollout", "attention", "class")],
+        "heads_table": [f"heads_table.kind_{k.replace(' ', '_')}" for k in methods.HEAD_KINDS],
         "error": [key for _, key in i18n._ERROR_KEYS] + ["error.other"],
         "note": list(i18n._NOTES.values()),
         "interpolation": [

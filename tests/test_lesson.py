@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -156,3 +157,21 @@ def test_class_names_from_a_weights_file_are_shown_as_text(tmp_path):
     assert sum("Sign in" in r for r in raw) >= 3  # the three classes, and "why" for the top one
     assert not any("[Sign in](" in r or "![](" in r for r in raw)
     assert any("[Sign in](https://evil.example)" in words(r) for r in raw)
+
+
+def test_the_head_table_on_the_page_is_the_engines(engine):
+    """Head statistics view: one sortable row per head with the engine's numbers and kinds."""
+    from vitviz import methods
+
+    _, expl, _ = engine
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["view"] = "Head statistics"
+    at.run()
+    assert not at.exception
+    frame = at.dataframe[0].value
+    want = methods.head_table(expl.attention, expl.layout)
+    assert len(frame) == len(want["layer"]) == 6 * 3
+    np.testing.assert_allclose(frame["mean distance (px)"], np.round(want["mean_distance"], 1))
+    np.testing.assert_allclose(frame["to prefix tokens"], np.round(want["to_prefix"], 3))
+    assert list(frame["kind"]) == want["kind"]
+    assert set(frame["kind"]) <= set(methods.HEAD_KINDS)

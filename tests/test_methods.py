@@ -337,3 +337,36 @@ def test_half_precision_attention_gives_fp32_results():
         np.testing.assert_allclose(got.numpy(), ref, atol=2e-3)
     d = methods.mean_attention_distance(half, layout)
     np.testing.assert_allclose(d.numpy(), methods.mean_attention_distance(attn, layout), rtol=1e-2)
+
+
+def test_the_head_table_labels_heads_built_to_be_local_global_sink_and_diagonal():
+    """Four synthetic heads on a 4×4 grid with [CLS]: each gets its kind, and the numbers are
+    the hand-computed ones."""
+    layout = TokenLayout(("cls",), (4, 4), (16, 16), "cls")
+    n, p = 17, 16
+    centres = layout.patch_centers()
+    local = np.zeros((n, n))
+    for q in range(p):  # a patch looks at itself and its 4-neighbours, evenly
+        near = [k for k in range(p) if np.abs(centres[k] - centres[q]).sum() <= 16]
+        local[q + 1, [k + 1 for k in near]] = 1 / len(near)
+    uniform = np.full((n, n), 1 / n)
+    sink = np.full((n, n), 0.1 / p)
+    sink[:, 0] = 0.9  # nine tenths of every row on [CLS]
+    diagonal = np.full((n, n), 0.1 / (n - 1))
+    np.fill_diagonal(diagonal, 0.9)
+    for a in (local, uniform, sink, diagonal):
+        a[0] = 1 / n  # the [CLS] row: evenly (not part of any rule)
+    attn = np.stack([local, uniform, sink, diagonal])[None].astype(np.float32)  # [1, 4, n, n]
+    table = methods.head_table(attn, layout)
+    assert table["kind"] == ["local", "global", "prefix sink", "diagonal"]
+    assert table["layer"] == [0, 0, 0, 0] and table["head"] == [0, 1, 2, 3]
+    assert table["to_prefix"][2] == pytest.approx(0.9) and table["to_prefix"][1] == pytest.approx(
+        1 / n
+    )
+    assert table["to_self"][3] == pytest.approx(0.9) and table["to_self"][0] == pytest.approx(
+        np.mean([local[q + 1, q + 1] for q in range(p)])
+    )
+    # uniform attention's distance: every pair of patch centres, evenly
+    pairs = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    assert table["mean_distance"][1] == pytest.approx(pairs.mean(), rel=1e-5)
+    assert table["mean_distance"][0] < 0.5 * pairs.mean() < table["mean_distance"][1]

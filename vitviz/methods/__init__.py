@@ -47,7 +47,15 @@ from vitviz.methods.rollout import (
     rollout_layers,
     rollout_matrix,
 )
-from vitviz.methods.statistics import STATISTICS, attention_entropy, mean_attention_distance
+from vitviz.methods.statistics import (
+    HEAD_KINDS,
+    STATISTICS,
+    attention_entropy,
+    head_table,
+    mean_attention_distance,
+    prefix_attention,
+    self_attention,
+)
 
 # the order the CLI, the page and the server list them in (methods registered later follow)
 for _name in ("attention", "rollout", "query", "mask", "chefer", "grad-rollout", "attn-grad"):
@@ -56,6 +64,7 @@ del _name
 
 __all__ = [
     "FUSIONS",
+    "HEAD_KINDS",
     "METHODS",
     "STATISTICS",
     "Fusion",
@@ -75,8 +84,10 @@ __all__ = [
     "grad_rollout",
     "head_rows",
     "head_slot",
+    "head_table",
     "mask",
     "mean_attention_distance",
+    "prefix_attention",
     "query",
     "raw_attention",
     "register",
@@ -84,6 +95,7 @@ __all__ = [
     "resolve_options",
     "rollout_layers",
     "rollout_matrix",
+    "self_attention",
     "threshold_mask",
     "to_grid",
 ]

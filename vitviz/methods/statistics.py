@@ -46,3 +46,64 @@ STATISTICS: dict[str, Callable[..., Any]] = {
     "mean_distance": mean_attention_distance,
     "entropy": attention_entropy,
 }
+
+
+@tensors
+def prefix_attention(attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Share of the patch queries' attention that goes to the prefix tokens ([CLS], [DIST],
+    registers), mean over patch queries: ``[..., L, H]`` in [0, 1] (0 without prefix tokens)."""
+    check_attn(attn, layout)
+    p_ = layout.num_prefix
+    return wide(attn[..., p_:, :p_]).sum(dim=-1).mean(dim=-1)
+
+
+@tensors
+def self_attention(attn: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Attention of each patch to itself, mean over patches: ``[..., L, H]`` in [0, 1]."""
+    check_attn(attn, layout)
+    p_ = layout.num_prefix
+    return torch.diagonal(wide(attn[..., p_:, p_:]), dim1=-2, dim2=-1).mean(dim=-1)
+
+
+# What a head's numbers say it does (the first rule that holds):
+SINK_SHARE = 0.5  # prefix sink: half or more of the patches' attention goes to prefix tokens
+SELF_SHARE = 0.5  # diagonal: a patch gives itself half or more of its attention
+LOCAL_RATIO = 0.5  # local: mean distance under half of what uniform attention would give
+HEAD_KINDS = ("prefix sink", "diagonal", "local", "global")
+
+
+def uniform_distance(layout: TokenLayout) -> float:
+    """Mean attention distance (pixels) of attention spread evenly over the patches."""
+    c = torch.as_tensor(layout.patch_centers(), dtype=torch.float64)
+    return float(torch.cdist(c, c).mean())
+
+
+def head_table(attn: Any, layout: TokenLayout) -> dict[str, Any]:
+    """Every head as a row: ``layer``, ``head``, ``mean_distance`` (px), ``entropy`` (nats),
+    ``to_prefix``, ``to_self`` and ``kind`` (one of :data:`HEAD_KINDS`, by the rules above).
+    Columns are flat lists of length L·H, layer-major."""
+    import numpy as np
+
+    distance = np.asarray(mean_attention_distance(attn, layout), np.float64)
+    layers, heads = distance.shape[-2:]
+    columns = {
+        "mean_distance": distance,
+        "entropy": np.asarray(attention_entropy(attn, layout), np.float64),
+        "to_prefix": np.asarray(prefix_attention(attn, layout), np.float64),
+        "to_self": np.asarray(self_attention(attn, layout), np.float64),
+    }
+    far = LOCAL_RATIO * uniform_distance(layout)
+    kind = np.where(
+        columns["to_prefix"] >= SINK_SHARE,
+        "prefix sink",
+        np.where(
+            columns["to_self"] >= SELF_SHARE,
+            "diagonal",
+            np.where(distance < far, "local", "global"),
+        ),
+    )
+    ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    table: dict[str, Any] = {"layer": ll.ravel().tolist(), "head": hh.ravel().tolist()}
+    table |= {k: v.reshape(-1).tolist() for k, v in columns.items()}
+    table["kind"] = kind.reshape(-1).tolist()
+    return table

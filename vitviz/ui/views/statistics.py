@@ -65,3 +65,47 @@ def render(ctx: ViewContext) -> None:
             selection_mode="points",
             config={"displayModeBar": False},
         )
+    _table(ctx)
+
+
+def _open_row(key: str, table: dict) -> None:
+    """Table callback: the selected row's head opens in the Heads view."""
+    rows = ((st.session_state.get(key) or {}).get("selection") or {}).get("rows") or []
+    if rows:
+        row = int(rows[0])
+        session.set_selection(table["layer"][row], table["head"][row])
+        st.session_state["view"] = "Heads"
+
+
+def _table(ctx: ViewContext) -> None:
+    """Every head as a sortable row with the kind its numbers say (click a row to open it)."""
+    from vitviz.methods import statistics as rules
+
+    table = ctx.entry.get("head-table", lambda: methods.head_table(ctx.attn, ctx.layout))
+    kinds = {k: t(f"heads_table.kind_{k.replace(' ', '_')}") for k in methods.HEAD_KINDS}
+    st.caption(
+        t(
+            "heads_table.caption",
+            sink=f"{rules.SINK_SHARE:.0%}",
+            self=f"{rules.SELF_SHARE:.0%}",
+            local=f"{rules.LOCAL_RATIO:.0%}",
+            uniform=f"{rules.uniform_distance(ctx.layout):.0f}",
+        )
+    )
+    columns = {
+        t("heads_table.layer"): table["layer"],
+        t("heads_table.head"): table["head"],
+        t("heads_table.distance"): [round(v, 1) for v in table["mean_distance"]],
+        t("heads_table.entropy"): [round(v, 3) for v in table["entropy"]],
+        t("heads_table.to_prefix"): [round(v, 3) for v in table["to_prefix"]],
+        t("heads_table.to_self"): [round(v, 3) for v in table["to_self"]],
+        t("heads_table.kind"): [kinds[k] for k in table["kind"]],
+    }
+    st.dataframe(
+        columns,
+        key="head_table",
+        on_select=lambda: _open_row("head_table", table),
+        selection_mode="single-row",
+        hide_index=True,
+        height=280,
+    )
