@@ -284,3 +284,26 @@ def test_serve_checks_model_and_weights_before_starting_ray(tmp_path):
         assert words in done.stderr and "Traceback" not in done.stderr
         assert "ray" not in done.stderr.lower().replace("refused to load", "")
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_legend_puts_the_scale_and_settings_under_the_same_picture(tmp_path, weights_file):
+    from PIL import Image
+
+    common = [
+        "explain", str(ASSETS / "chelsea.png"), "--model", "vit_tiny_patch16_224",
+        "--weights", str(weights_file), "--method", "rollout", "--discard", "0.3",
+    ]  # fmt: skip
+    assert run([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert run([*common, "--out", str(tmp_path / "legend"), "--legend"]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "chelsea.png"))
+    legend = np.asarray(Image.open(tmp_path / "legend" / "chelsea.png"))
+    assert legend.shape[0] > plain.shape[0] and legend.shape[1] == plain.shape[1]
+    np.testing.assert_array_equal(legend[: plain.shape[0]], plain)
+    npz = np.load(tmp_path / "legend" / "chelsea.npz")
+    from vitviz.render import with_legend
+
+    want = with_legend(
+        plain, float(npz["map"].min()), float(npz["map"].max()), "inferno",
+        "rollout fusion=mean discard=0.3 start_layer=0 | vit_tiny_patch16_224", "rollout",
+    )  # fmt: skip
+    np.testing.assert_array_equal(legend, want)  # the map's own range and every setting

@@ -175,3 +175,12 @@ def test_the_head_table_on_the_page_is_the_engines(engine):
     np.testing.assert_allclose(frame["to prefix tokens"], np.round(want["to_prefix"], 3))
     assert list(frame["kind"]) == want["kind"]
     assert set(frame["kind"]) <= set(methods.HEAD_KINDS)
+    # and the same numbers as CSV
+    import csv
+    import io
+
+    from vitviz.ui.views.statistics import head_csv
+
+    rows = list(csv.DictReader(io.StringIO(head_csv(want))))
+    assert len(rows) == 18 and rows[4]["kind"] == want["kind"][4]
+    assert float(rows[4]["to_self"]) == want["to_self"][4]

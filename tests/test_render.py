@@ -415,3 +415,23 @@ def test_to_png_keeps_red_red():
 def test_to_png_rejects_bad_image(image):
     with pytest.raises(ValueError):
         to_png(image)
+
+
+def test_with_legend_adds_the_exact_colour_scale_below_an_unchanged_image():
+    from vitviz.render import colorize, with_legend
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    out = with_legend(image, 0.01, 0.25, "viridis", "rollout fusion=mean | demo", "rollout")
+    assert out.shape[0] > 120 and out.shape[1] == 200
+    np.testing.assert_array_equal(out[:120], image)
+    band = out[120:]
+    # the bar: the row whose pixels are exactly colorize() of an even 0..1 ramp
+    margin = max(4, 200 // 40)
+    ramp = colorize(np.linspace(0, 1, 200 - 2 * margin)[None, :], "viridis")[0]
+    rows = [r for r in range(band.shape[0]) if (band[r, margin : 200 - margin] == ramp).all()]
+    assert len(rows) >= 6  # the bar's height
+    below = band[rows[-1] + 1 :]
+    assert (below < 128).any()  # the labels and the caption are written
+    with pytest.raises(ValueError):
+        with_legend(image, 0, 1, "rainbow")

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--colormap", default="inferno", choices=list(render.COLORMAPS))
     e.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
     e.add_argument("--smooth", action="store_true", help="smooth instead of blocky upsampling")
+    e.add_argument(
+        "--legend", action="store_true", help="add the colour scale and the settings under the PNG"
+    )
     e.add_argument("--top-k", type=int, default=5)
     e.add_argument("--server", help="explain on a vitviz server (URL) instead of in this process")
     e.add_argument("--token", help="the server's bearer token (default: $VITVIZ_TOKEN)")
@@ -396,6 +399,18 @@ class _Outputs:
         )
         if self.info.weights.warning:
             png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
+        if a.legend:
+            settings = " ".join(f"{k}={v}" for k, v in self.options.items())
+            target = "" if classed is None else f" class {classed.classes[0]}"
+            caption = f"{a.method} {settings}{target} | {self.info.name}"
+            png = render.with_legend(
+                png,
+                float(value_map.min()),
+                float(value_map.max()),
+                a.colormap,
+                caption,
+                value_name=a.method,
+            )
         (self.out / f"{stem}.png").write_bytes(render.to_png(png))
         npz: dict[str, np.ndarray] = {
             "attention": res.attention.astype(np.float32),

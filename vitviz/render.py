@@ -35,6 +35,7 @@ __all__ = [
     "to_jpeg",
     "to_png",
     "upsample",
+    "with_legend",
 ]
 
 #: Colormap names accepted by :func:`colorize` and :func:`overlay`, mapped to OpenCV ids.
@@ -435,3 +436,51 @@ def colormap_lut(colormap: str = "inferno") -> np.ndarray:
     """The colormap as 256 RGB colours (``uint8 [256, 3]``), what :func:`colorize` maps 0…1 to."""
     ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
     return colorize(ramp, colormap)[0]
+
+
+def with_legend(
+    image: np.ndarray,
+    low: float,
+    high: float,
+    colormap: str = "inferno",
+    caption: str = "",
+    value_name: str = "value",
+) -> np.ndarray:
+    """The image with a band below it: the colour scale from ``low`` to ``high`` (the map's
+    raw values at the two ends of the colormap) and a caption of the settings.
+
+    The bar's middle row is :func:`colorize` of an even ramp from 0 to 1, one pixel a step,
+    so the picture says exactly which colour means which value. ASCII text only (Hershey
+    fonts: other characters are drawn as ``?``).
+
+    Returns:
+        RGB uint8 ``(H + band, W, 3)``; the first ``H`` rows are ``image`` unchanged.
+    """
+    image = _check_image(image)
+    _colormap_id(colormap)
+    height, width = image.shape[:2]
+    band = max(48, round(width * 0.16))
+    out = np.full((height + band, width, 3), 255, np.uint8)
+    out[:height] = image
+    margin = max(4, width // 40)
+    bar_w = max(8, width - 2 * margin)
+    bar_h = max(6, band // 5)
+    ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], colormap)
+    top = height + band // 6
+    out[top : top + bar_h, margin : margin + bar_w] = np.repeat(ramp, bar_h, axis=0)
+    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, band / 160), (30, 30, 30)
+
+    def text(s: str, x: int, y: int, right: bool = False) -> None:
+        s = s.encode("ascii", "replace").decode("ascii")
+        (tw, _), _ = cv2.getTextSize(s, font, scale, 1)
+        x = max(0, min(width - tw, x - tw if right else x))
+        cv2.putText(out, s, (x, y), font, scale, ink, 1, cv2.LINE_AA)
+
+    label_y = top + bar_h + max(10, band // 4)
+    text(f"{value_name} {low:.4g}", margin, label_y)
+    text(f"{high:.4g}", margin + bar_w, label_y, right=True)
+    if caption:
+        text(
+            " ".join(caption.split()), margin, min(height + band - 4, label_y + max(12, band // 4))
+        )
+    return out

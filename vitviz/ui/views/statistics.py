@@ -101,6 +101,14 @@ def _table(ctx: ViewContext) -> None:
         t("heads_table.to_self"): [round(v, 3) for v in table["to_self"]],
         t("heads_table.kind"): [kinds[k] for k in table["kind"]],
     }
+    st.download_button(
+        t("heads_table.download"),
+        data=lambda: head_csv(table),
+        file_name=f"{ctx.stem}-heads.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key="dl-heads-csv",
+    )
     st.dataframe(
         columns,
         key="head_table",
@@ -109,3 +117,16 @@ def _table(ctx: ViewContext) -> None:
         hide_index=True,
         height=280,
     )
+
+
+def head_csv(table: dict) -> str:
+    """The head table as CSV (machine-readable column names, one row per head)."""
+    import csv
+    import io
+
+    names = ["layer", "head", "mean_distance", "entropy", "to_prefix", "to_self", "kind"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows(zip(*(table[n] for n in names), strict=True))
+    return buf.getvalue()
