@@ -146,7 +146,7 @@ ALLOWED = {
     "vitviz", "ViT", "Transformer", "ImageNet", "DINO", "DINOv", "DeiT", "AugReg", "timm",
     "CLS", "DIST", "REG", "JSON", "PNG", "npz", "nats", "Chefer", "LayerNorm", "softmax",
     "QK", "Attention", "MB", "CNN", "RGB", "Lanczos", "Q", "K", "V", "W", "x", "b", "e", "p",
-    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px", "AUC", "Spearman",
+    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px", "AUC", "Spearman", "CSV",
 }  # fmt: skip
 TEXT_KEYS = {"body", "label", "caption", "text", "options", "placeholder", "help", "content"}
 COMPONENT_KEYS = {"title", "value_name", "text", "titles", "prev", "next"}
