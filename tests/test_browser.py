@@ -341,7 +341,9 @@ CLIPPED_JS = """() => {
   const page = ['[data-testid="stWidgetLabel"] p', '[data-testid="stButtonGroup"] button p',
     '[data-testid="stMarkdownContainer"] p', '[data-baseweb="select"] div[value]',
     '[data-baseweb="select"] > div > div:first-child', '[data-baseweb="select"] input',
-    '[role="option"]', '[role="option"] *'];
+    '[role="option"]', '[role="option"] *', '[data-testid="stCheckbox"] label p',
+    '[data-testid="stDownloadButton"] button p', '[data-testid="stButton"] button p',
+    '[data-testid="stMarkdownContainer"]'];
   document.querySelectorAll(page.join(', ')).forEach(e => check(e, 'page'));
   document.querySelectorAll('*').forEach(h => {
     if (!h.shadowRoot) return;

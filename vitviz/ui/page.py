@@ -162,8 +162,8 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
         (t("page.download_npz"), downloads.attention_npz, "attention.npz", "npz"),
         (t("page.download_json"), downloads.predictions_json, "predictions.json", "json"),
     )
-    for column, (label, make, suffix, kind) in zip(st.columns(2), files, strict=True):
-        column.download_button(
+    for label, make, suffix, kind in files:  # one a row: the labels fit the narrow column
+        st.download_button(
             label,
             data=lambda make=make: make(expl, ctx.info, ctx.image_name),
             file_name=f"{ctx.stem}-{suffix}",
