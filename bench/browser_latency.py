@@ -144,6 +144,13 @@ class Page:
         return ms
 
 
+def layer_keys(repeats: int, at_first_layer: bool = False) -> list[str]:
+    """Arrow keys for ``repeats`` layer steps back and forth, first toward a layer that exists
+    (right when the map shows layer 0, else left)."""
+    first, back = ("ArrowRight", "ArrowLeft") if at_first_layer else ("ArrowLeft", "ArrowRight")
+    return [first if i % 2 == 0 else back for i in range(repeats)]
+
+
 def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     """The page drawn with plotly figures and Streamlit widgets (before the canvas)."""
     page = p.page
@@ -162,12 +169,10 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         p.settle()
         out["view_switch"].append(p.timed("head-map", lambda: view("Heads")))
     slider = main.locator('input[type="range"][aria-label="Layer"]').first
-    out["heads_layer_step"] = []
-    for i in range(repeats):
-        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
-        out["heads_layer_step"].append(
-            p.timed("head-map", lambda k=key: (slider.focus(), slider.press(k)))
-        )
+    out["heads_layer_step"] = [
+        p.timed("head-map", lambda k=key: (slider.focus(), slider.press(k)))
+        for key in layer_keys(repeats)
+    ]
     out["heads_head_change"] = []
     for i in range(repeats):
 
@@ -191,13 +196,10 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     page.wait_for_selector(".st-key-patch-map image")
     p.settle()
     slider = main.locator('input[type="range"][aria-label="Layer"]').first
-    out["patch_layer_step"] = []
-    first = "ArrowRight" if p.state("patch-canvas").split("|")[1] == "0" else "ArrowLeft"
-    for i in range(repeats):
-        key = first if i % 2 == 0 else ({"ArrowLeft", "ArrowRight"} - {first}).pop()
-        out["patch_layer_step"].append(
-            p.timed("patch-map", lambda k=key: (slider.focus(), slider.press(k)))
-        )
+    out["patch_layer_step"] = [  # the plotly page opens the last layer
+        p.timed("patch-map", lambda k=key: (slider.focus(), slider.press(k)))
+        for key in layer_keys(repeats)
+    ]
     out["patch_click"] = []
     for i in range(repeats):
         picker = page.locator(".st-key-patch-picker image").first
@@ -262,12 +264,10 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         page.wait_for_function("() => window.__mixed !== null")
         out["view_switch_mixed_frames"].append(page.evaluate("window.__mixed"))
     layer = control("heads-canvas", 'input[data-role="layer"]')
-    out["heads_layer_step"] = []
-    for i in range(repeats):
-        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
-        out["heads_layer_step"].append(
-            p.timed("heads-canvas", lambda k=key: (layer.focus(), layer.press(k)))
-        )
+    out["heads_layer_step"] = [
+        p.timed("heads-canvas", lambda k=key: (layer.focus(), layer.press(k)))
+        for key in layer_keys(repeats, p.state("heads-canvas").split("|")[1] == "0")
+    ]
 
     def click(target) -> Callable[[], None]:
         """A mouse click at the element's centre, located before the clock starts."""
@@ -287,13 +287,10 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     page.wait_for_selector(".st-key-patch-canvas [data-state]")
     p.settle()
     layer = control("patch-canvas", 'input[data-role="layer"]')
-    out["patch_layer_step"] = []
-    first = "ArrowRight" if p.state("patch-canvas").split("|")[1] == "0" else "ArrowLeft"
-    for i in range(repeats):
-        key = first if i % 2 == 0 else ({"ArrowLeft", "ArrowRight"} - {first}).pop()
-        out["patch_layer_step"].append(
-            p.timed("patch-canvas", lambda k=key: (layer.focus(), layer.press(k)))
-        )
+    out["patch_layer_step"] = [
+        p.timed("patch-canvas", lambda k=key: (layer.focus(), layer.press(k)))
+        for key in layer_keys(repeats, p.state("patch-canvas").split("|")[1] == "0")
+    ]
     out["patch_click"] = []
     for i in range(repeats):
         target = control("patch-canvas", 'canvas[data-role="map"]')

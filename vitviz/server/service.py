@@ -279,26 +279,34 @@ class Engine:
             arrays["position_similarity"] = a.position_similarity.astype(np.float32)
         return wire.encode(header, arrays)
 
-    def embeddings_message(self, body: bytes) -> bytes:
-        """One model input's patch, position and token vectors (the lesson's steps 3–5) as a
-        binary message, float16; 400 unless the body is an image of the model's input size."""
+    def _decode(self, body: bytes, reduce: Any) -> Image.Image:
+        """An uploaded image (reduced at once by ``reduce``), or the API's 400/413 saying why
+        it cannot be used."""
         if len(body) > self.settings.max_upload_bytes:
             raise too_large(len(body), self.settings.max_upload_bytes)
         try:
-            image = decode_image(body, "the uploaded image", max_pixels=self.settings.max_pixels)
+            decoded = decode_image(
+                body, "the uploaded image", max_pixels=self.settings.max_pixels, reduce=reduce
+            )
         except ImageTooLarge as err:
             raise ApiError(413, "image_too_large", str(err)) from None
         except VitvizError as err:
             raise ApiError(400, "bad_image", str(err)) from None
-        if not self.backend.geometry.is_seen(image.image):
-            w, h = image.image.size
+        return decoded.image
+
+    def embeddings_message(self, body: bytes) -> bytes:
+        """One model input's patch, position and token vectors (the lesson's steps 3–5) as a
+        binary message, float16; 400 unless the body is an image of the model's input size."""
+        image = self._decode(body, None)
+        if not self.backend.geometry.is_seen(image):
+            w, h = image.size
             raise ApiError(
                 400,
                 "bad_option",
                 f"embeddings need the model's input: the image is {w}×{h} px, not a resized and "
                 "cropped input of this model",
             )
-        vectors = self.backend.embeddings(image.image)
+        vectors = self.backend.embeddings(image)
         header = {
             "api_version": API_VERSION,
             "num_prefix": vectors.num_prefix,
@@ -348,17 +356,7 @@ class Engine:
                 )
         picked = sorted({layer % num_layers for layer in layers}) if layers else []
         geometry = self.backend.geometry
-        try:
-            image = decode_image(
-                body,
-                "the uploaded image",
-                max_pixels=self.settings.max_pixels,
-                reduce=None if seen else geometry,
-            ).image
-        except ImageTooLarge as err:
-            raise ApiError(413, "image_too_large", str(err)) from None
-        except VitvizError as err:
-            raise ApiError(400, "bad_image", str(err)) from None
+        image = self._decode(body, None if seen else geometry)
         w, h = image.size
         if seen and not geometry.is_seen(image):
             raise ApiError(

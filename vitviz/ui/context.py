@@ -41,6 +41,15 @@ class ViewContext:
         """``[L, H, N, N]`` attention."""
         return self.entry.explanation.attention
 
+    def query_rows(self, patch: int) -> np.ndarray:
+        """What patch ``patch`` attends to in every layer, head and fusion ``[L, H + 3, N]``
+        (:func:`vitviz.methods.head_rows`), cached with the explanation."""
+        from vitviz import methods
+
+        return self.entry.get(
+            ("query-rows", patch), lambda: methods.head_rows(self.attn, self.layout, patch=patch)
+        )
+
     @property
     def labels(self) -> list[str]:
         """Class names (empty without a classifier)."""

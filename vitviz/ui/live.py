@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from typing import Any
 
 import streamlit as st
@@ -70,14 +69,10 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
 def _freeze(frame) -> None:
     """Button callback: the frame on screen when it was pressed becomes the image of the
     normal views (kept as the session's upload, bounded like one)."""
-    kept = resources.page_caches().uploads
-    key = st.session_state.setdefault("session_key", secrets.token_hex(16))
-    png = render.to_png(frame)
-    if len(png) > kept.max_bytes // 2:  # as for uploads: one frame never empties the share
+    if resources.remember_upload("live-frame.png", render.to_png(frame)):
+        st.session_state["source"] = "Upload"
+    else:
         st.session_state["live_freeze_failed"] = True
-        return
-    kept.put(key, ("live-frame.png", png))
-    st.session_state["source"] = "Upload"
 
 
 def _controls(info: ModelInfo, remote: bool) -> LiveSettings:

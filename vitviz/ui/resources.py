@@ -7,6 +7,7 @@ Everything here is shared by every browser session of one server process and bou
 from __future__ import annotations
 
 import gc
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,27 @@ def _download(name: str) -> None:
         models.download_weights(name, report)
     finally:  # a failed download leaves no stale bar behind
         bar.empty()
+
+
+def _session_key() -> str:
+    return st.session_state.setdefault("session_key", secrets.token_hex(16))
+
+
+def remember_upload(name: str, data: bytes) -> bool:
+    """Keep this session's last image (an upload, a frozen live frame) in the process's
+    byte-bounded cache, not in the session: many visitors' photos cannot add up beyond its
+    share of ``VITVIZ_CACHE_MB``. One image never empties the whole share: a larger one is not
+    kept (returns False)."""
+    kept = page_caches().uploads
+    if len(data) > kept.max_bytes // 2:
+        return False
+    kept.put(_session_key(), (name, data))
+    return True
+
+
+def remembered_upload() -> tuple[str, bytes] | None:
+    """This session's last kept image (name, bytes), if it is still in the cache."""
+    return page_caches().uploads.get(_session_key())
 
 
 @st.cache_resource(show_spinner=False, ttl=60, max_entries=8)

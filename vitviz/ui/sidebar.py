@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 import streamlit as st
@@ -185,17 +184,12 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
 
 def _upload(sel: Selection) -> None:
     upload = st.file_uploader(t("sidebar.upload"), type=UPLOAD_TYPES, key="upload")
-    # the last upload is kept in the process's byte-bounded cache, not in the session: many
-    # visitors' photos cannot add up beyond its share of VITVIZ_CACHE_MB
-    kept = resources.page_caches().uploads
-    session_key = st.session_state.setdefault("session_key", secrets.token_hex(16))
     if upload is not None:
         data = upload.getvalue()
         sel.data, sel.image_name = data, upload.name
-        if len(data) <= kept.max_bytes // 2:  # one photo never empties the whole share
-            kept.put(session_key, (upload.name, data))
+        resources.remember_upload(upload.name, data)
         return
-    remembered = kept.get(session_key)
+    remembered = resources.remembered_upload()
     if remembered:
         sel.image_name, sel.data = remembered
         sel.note = t("sidebar.last_upload", name=plain(remembered[0]))

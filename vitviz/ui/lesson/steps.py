@@ -264,18 +264,10 @@ def _width(lesson: Lesson) -> int | str:
     return lesson.anatomy.width if lesson.anatomy is not None else "D"
 
 
-def _query_rows(lesson: Lesson) -> np.ndarray:
-    ctx = lesson.ctx
-    return ctx.entry.get(
-        ("query-rows", lesson.patch),
-        lambda: methods.head_rows(ctx.expl.attention, ctx.layout, patch=lesson.patch),
-    )
-
-
 def step_attention(lesson: Lesson) -> None:
     """6. Self-attention in one layer: what the chosen patch attends to, head by head."""
     ctx, info, layout = lesson.ctx, lesson.ctx.info, lesson.ctx.layout
-    rows = _query_rows(lesson)
+    rows = lesson.ctx.query_rows(lesson.patch)
     top, side = st.columns([1.6, 1], gap="large")
     with side:
         layer = st.slider(
@@ -310,7 +302,7 @@ def step_attention(lesson: Lesson) -> None:
 def step_depth(lesson: Lesson) -> None:
     """7. Many layers: the same patch at a few depths, then rollout through all of them."""
     ctx, info, layout = lesson.ctx, lesson.ctx.info, lesson.ctx.layout
-    rows = _query_rows(lesson)
+    rows = lesson.ctx.query_rows(lesson.patch)
     depths = sorted({round(i * (info.layers - 1) / 4) for i in range(5)})
     fused = methods.to_grid(rows[:, info.heads], layout)  # mean over heads
     rolled = ctx.entry.get(

@@ -24,9 +24,7 @@ def render(ctx: ViewContext) -> None:
         rows = methods.compute_row("query", expl.attention, layout, patch=patch, rolled=True)
         extra = dict(title=fill("patches.title_rolled", patch=patch))
     else:
-        rows = ctx.entry.get(
-            ("query-rows", patch), lambda: methods.head_rows(expl.attention, layout, patch=patch)
-        )
+        rows = ctx.query_rows(patch)
         layer, head, fusion = session.selection(info.layers, info.heads)
         extra = dict(
             heads=info.heads,
