@@ -310,7 +310,14 @@ def test_downloads_contain_what_they_claim(demo_reference):
     at = start()
     ok(at)
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels == ["Attention arrays (.npz)", "Predictions (JSON)", "Overlay (PNG)"]
+    assert labels == [
+        "Attention arrays (.npz)",
+        "Predictions (JSON)",
+        "Figure with legend (PNG)",
+        "Figure with legend (SVG)",
+        "Patch values (CSV)",
+        "Patch values (npz)",
+    ]
     info = LocalBackend.from_name("demo", device="cpu").info()
     npz = np.load(io.BytesIO(downloads.attention_npz(demo_reference, info, "x.png")))
     np.testing.assert_array_equal(npz["attention"], demo_reference.attention)
@@ -428,8 +435,21 @@ def test_backbone_without_classifier_explains_itself(tmp_path):
     ok(at)
     assert not at.get("progress")  # no predictions
     assert any("no classifier" in i.value for i in at.info)
-    assert at.toggle(key="why_class").disabled
     assert shown(at, "rollout").shape == (14, 14)
+    assert at.slider(key="end_layer").value == 1  # the last layer of this model, not the demo's
+    # "why?" explains the class-free target: the norm of the readout feature, said so
+    at.button(key="use-chelsea.png").click().run()
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    assert any("without a classifier" in c.value for c in at.caption)
+    backend = LocalBackend(loaded)
+    image = decode_image((ASSETS / "chelsea.png").read_bytes(), "chelsea.png").image
+    res = backend.explain_classes([image], [[None]], full_gradients=True)[0]
+    want = methods.compute_map(
+        "chefer", res.explanation.attention, res.explanation.layout, grads=res.gradients[0]
+    )
+    np.testing.assert_allclose(shown(at, "class-map"), want, rtol=1e-4, atol=1e-8)
+    assert "‖" in canvas(at, "class-map")["title"]
 
 
 def test_a_failing_backend_after_the_page_loaded_shows_an_error_not_a_traceback(monkeypatch):

@@ -44,7 +44,12 @@ def test_explain_writes_png_json_npz(tmp_path, weights_file, capsys):
         npz = np.load(tmp_path / f"{stem}.npz")
         layout = TokenLayout.from_dict(rec["layout"])
         assert rec["method"] == "rollout"
-        assert rec["options"] == {"fusion": "max", "discard": 0.3, "start_layer": 0}
+        assert rec["options"] == {
+            "fusion": "max",
+            "discard": 0.3,
+            "start_layer": 0,
+            "end_layer": -1,
+        }
         assert rec["model"]["weights"]["source"] == "file"
         assert rec["input_size"] == [224, 224]
         stats = rec["head_statistics"]
@@ -300,10 +305,17 @@ def test_legend_puts_the_scale_and_settings_under_the_same_picture(tmp_path, wei
     assert legend.shape[0] > plain.shape[0] and legend.shape[1] == plain.shape[1]
     np.testing.assert_array_equal(legend[: plain.shape[0]], plain)
     npz = np.load(tmp_path / "legend" / "chelsea.npz")
+    from vitviz import exports
     from vitviz.render import with_legend
 
-    want = with_legend(
-        plain, float(npz["map"].min()), float(npz["map"].max()), "inferno",
-        "rollout fusion=mean discard=0.3 start_layer=0 | vit_tiny_patch16_224", "rollout",
+    rec = json.loads((tmp_path / "legend" / "chelsea.json").read_text())
+    caption = exports.caption(
+        {"method": "rollout", "options": rec["options"], "model": "vit_tiny_patch16_224",
+         "timm_name": rec["model"]["timm_name"], "weights": "file", "image": "chelsea.png"}
     )  # fmt: skip
+    assert caption.startswith("rollout fusion=mean discard=0.3 start_layer=0 ")
+    assert caption.endswith(" | image chelsea.png") and "file weights" in caption
+    want = with_legend(
+        plain, float(npz["map"].min()), float(npz["map"].max()), "inferno", caption, "rollout"
+    )
     np.testing.assert_array_equal(legend, want)  # the map's own range and every setting

@@ -55,6 +55,7 @@ def _families() -> dict[str, list[str]]:
         "sample": list(resources.SAMPLES.values()),
         "canvas": [f"canvas.{w}" for w in canvas.WORDS],
         "view": [f"view.{slug(v)}" for v in VIEWS],
+        "compare": [f"compare.mode_{m}" for m in ("models", "images", "methods")],
         "lesson": [f"lesson.{name}_title" for name, _ in STEPS]
         + [f"lesson.{h}_{k}" for h in honest for k in lesson_kinds]
         + [f"lesson.channel_{i}" for i in range(3)]
@@ -146,7 +147,8 @@ ALLOWED = {
     "vitviz", "ViT", "Transformer", "ImageNet", "DINO", "DINOv", "DeiT", "AugReg", "timm",
     "CLS", "DIST", "REG", "JSON", "PNG", "npz", "nats", "Chefer", "LayerNorm", "softmax",
     "QK", "Attention", "MB", "CNN", "RGB", "Lanczos", "Q", "K", "V", "W", "x", "b", "e", "p",
-    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px", "AUC", "Spearman", "CSV",
+    "D", "N", "H", "P", "d", "k", "T", "L", "h", "px", "AUC", "Spearman", "CSV", "SVG",
+    "Chelsea",  # the sample cat's name
 }  # fmt: skip
 TEXT_KEYS = {"body", "label", "caption", "text", "options", "placeholder", "help", "content"}
 COMPONENT_KEYS = {"title", "value_name", "text", "titles", "prev", "next"}

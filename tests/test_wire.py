@@ -95,17 +95,20 @@ def test_a_class_answer_without_its_relevance_is_a_wire_error():
         index=3,
         label="three",
         layers=(0, 1),
-        chefer=np.ones(5, np.float32),
+        chefer=np.arange(50, dtype=np.float32).reshape(2, 5, 5),
         fused=np.ones((3, 2, 5, 5), np.float32),
+        negative=True,
         heads=np.ones((2, 4, 5), np.float32),
         fused_rows=np.ones((3, 2, 5), np.float32),
     )
     header = {"classes": [3], "class_labels": ["three"], "gradient_layers": [0, 1]}
-    arrays = wire.encode_relevance([rel], "float16")
-    (back,) = wire.decode_relevance(header, arrays)
-    assert back.index == 3 and back.layers == (0, 1)
+    _, arrays = wire.decode(wire.encode(header, wire.encode_relevance([rel], "float16")))
+    (back,) = wire.decode_relevance(header | {"negative": True}, arrays)
+    assert back.index == 3 and back.layers == (0, 1) and back.negative
+    assert not wire.decode_relevance(header, arrays)[0].negative
     np.testing.assert_allclose(back.fused, rel.fused, rtol=1e-3)
-    for missing in ("chefer", "relevance_fused", "relevance_heads"):
+    np.testing.assert_allclose(back.chefer, rel.chefer, rtol=1e-3)
+    for missing in ("relevance_chefer", "relevance_fused", "relevance_heads"):
         broken = {k: v for k, v in arrays.items() if k != missing}
         with pytest.raises(wire.WireError):
             wire.decode_relevance(header, broken)

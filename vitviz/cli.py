@@ -2,7 +2,10 @@
 
 ``explain`` writes, per image, a PNG overlay of the chosen method, a JSON file (predictions,
 model, weights source, method and options, input size, token layout) and an ``.npz`` with the
-full attention tensor ``attention`` ``[L, H, N, N]`` and the method's raw ``map`` ``[gh, gw]``.
+full attention tensor ``attention`` ``[L, H, N, N]`` and the method's raw ``map`` ``[gh, gw]``;
+with ``--legend`` the PNG gets a colour scale and a caption of the settings, ``--svg`` adds the
+same figure as SVG and ``--values`` the map's values with every setting as ``.values.npz`` and
+``.values.csv`` (:mod:`vitviz.exports`).
 Exit status: 0 all images done, 1 some images failed, 2 bad arguments or unusable model.
 """
 
@@ -19,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from vitviz import methods, render
+from vitviz import exports, methods, render
 from vitviz.classes import resolve_class
+from vitviz.cli_text import banner
 from vitviz.errors import OptionsError, ServerError, VitvizError
 from vitviz.results import ModelInfo
 from vitviz.runtime import tune_allocator
@@ -52,6 +56,24 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kind = float if option.kind == "number" else int
             parser.add_argument(option.flag, type=kind, help=help_text)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = None) -> None:
+    """The model, its weights, where it runs and the output folder (local commands)."""
+    p.add_argument("--model", help="curated key or any timm ViT name (default: vit-b16)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
+    src.add_argument("--random-weights", action="store_true", help="architecture tests only")
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    if batch_size is not None:
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help=f"images per forward (default {batch_size})",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--legend", action="store_true", help="add the colour scale and the settings under the PNG"
     )
+    e.add_argument(
+        "--svg", action="store_true", help="also write the figure as SVG (legend and caption)"
+    )
+    e.add_argument(
+        "--values",
+        action="store_true",
+        help="also write the map's values with every setting (NAME.values.npz, NAME.values.csv)",
+    )
     e.add_argument("--top-k", type=int, default=5)
     e.add_argument("--server", help="explain on a vitviz server (URL) instead of in this process")
     e.add_argument("--token", help="the server's bearer token (default: $VITVIZ_TOKEN)")
@@ -100,16 +130,33 @@ def _parser() -> argparse.ArgumentParser:
         "trust", help="how far to trust a map: deletion/insertion curves, occlusion (JSON)"
     )
     cli_trust.add_arguments(t)
-    t.add_argument("--model", help="curated key or any timm ViT name (default: vit-b16)")
-    tsrc = t.add_mutually_exclusive_group()
-    tsrc.add_argument("--weights", help="local weights file (.safetensors, or .pth/.bin)")
-    tsrc.add_argument("--random-weights", action="store_true", help="architecture tests only")
-    t.add_argument("--out", default="results", help="output folder (default: results)")
+    _add_model_arguments(t, batch_size=16)
     _add_method_arguments(t)
     t.add_argument("--class", dest="target_class", help="class index or name (default: top)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    t.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
+
+    from vitviz import cli_atlas
+
+    a = sub.add_parser(
+        "atlas", help="per-head statistics over a folder of images: JSON, CSV and HTML report"
+    )
+    cli_atlas.add_arguments(a)
+    _add_model_arguments(a, batch_size=8)
+
+    from vitviz import cli_compare, cli_features
+
+    c = sub.add_parser(
+        "compare", help="two maps side by side: two models, two images or two methods"
+    )
+    cli_compare.add_arguments(c)
+    _add_model_arguments(c)
+    _add_method_arguments(c)
+    c.add_argument("--class", dest="target_class", help="class index or name (default: top)")
+
+    f = sub.add_parser(
+        "features", help="last-layer patch features: PCA picture and patch similarity"
+    )
+    cli_features.add_arguments(f)
+    _add_model_arguments(f)
 
     s = sub.add_parser("serve", help="serve a model over HTTP (Ray Serve; see README)")
     s.add_argument("--model", default="vit-b16", help="curated key or any timm ViT name")
@@ -139,11 +186,6 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     names = method_options()
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return methods.resolve_options(args.method, opts)
-
-
-def _banner(text: str) -> str:
-    line = "!" * (len(text) + 8)
-    return f"{line}\n!!! {text} !!!\n{line}"
 
 
 def cmd_models() -> int:
@@ -301,11 +343,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     spec = methods.METHODS[args.method]
     target = None
     if spec.needs_gradients:
-        if not info.classes:
-            raise OptionsError(
-                f"--method {args.method} explains a class, but {info.name} has no classifier"
+        if not info.classes:  # a backbone: the one class-free target, ‖readout feature‖
+            from vitviz.gradients import FEATURE_NORM
+
+            if args.target_class not in (None, "top", str(FEATURE_NORM)):
+                raise OptionsError(
+                    f"{info.name} has no classifier, so --class cannot name a class: its "
+                    f"{args.method} map explains the norm of its readout feature (leave --class "
+                    "out)"
+                )
+            print(
+                f"note: {info.name} has no classifier: {args.method} explains the norm of its "
+                "readout feature (a class-free map)",
+                file=sys.stderr,
             )
-        if args.target_class is not None:
+        elif args.target_class is not None:
             target = resolve_class(args.target_class, backend.labels or [])
     elif args.target_class is not None:
         raise OptionsError(
@@ -315,7 +367,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     warning = info.weights.warning
     if warning:
-        print(_banner(warning), file=sys.stderr)
+        print(banner(warning), file=sys.stderr)
     if info.weights.note:
         print(f"note: {info.weights.note}", file=sys.stderr)
     failed, outputs = 0, _Outputs(args, options, info, out, target)
@@ -340,7 +392,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     done = len(args.images) - failed
     print(f"{done} of {len(args.images)} images explained into {out}/", file=sys.stderr)
     if warning:
-        print(_banner(warning), file=sys.stderr)
+        print(banner(warning), file=sys.stderr)
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
@@ -370,6 +422,7 @@ class _Outputs:
                 top_k=self.args.top_k,
                 seen=True,
                 full_gradients=True,  # written to the .npz
+                negative=spec.negative(self.options),
             )
             results = [(c.explanation, c) for c in classed]
         else:
@@ -399,19 +452,31 @@ class _Outputs:
         )
         if self.info.weights.warning:
             png = render.stamp_banner(png, "RANDOM WEIGHTS - NOT A TRAINED MODEL")
-        if a.legend:
-            settings = " ".join(f"{k}={v}" for k, v in self.options.items())
-            target = "" if classed is None else f" class {classed.classes[0]}"
-            caption = f"{a.method} {settings}{target} | {self.info.name}"
-            png = render.with_legend(
-                png,
-                float(value_map.min()),
-                float(value_map.max()),
-                a.colormap,
-                caption,
-                value_name=a.method,
-            )
+        settings = exports.make_settings(
+            self.info,
+            image=path.name,
+            method=a.method,
+            options=self.options,
+            layout=res.layout,
+            target=None if classed is None else (classed.classes[0], classed.labels[0]),
+            colormap=a.colormap,
+            alpha=a.alpha,
+            smooth=a.smooth,
+        )
+        if a.legend:  # the same figure and caption as --svg and the page's exports
+            png = exports.figure(value_map, res.image, settings)
         (self.out / f"{stem}.png").write_bytes(render.to_png(png))
+        files = {"png": f"{stem}.png", "npz": f"{stem}.npz"}
+        if a.svg:
+            files["svg"] = f"{stem}.svg"
+            svg = exports.figure_svg(value_map, res.image, settings)
+            (self.out / files["svg"]).write_text(svg, encoding="utf-8")
+        if a.values:
+            files["values_npz"], files["values_csv"] = f"{stem}.values.npz", f"{stem}.values.csv"
+            values_npz = exports.values_npz(value_map, res.image, settings)
+            (self.out / files["values_npz"]).write_bytes(values_npz)
+            values_csv = exports.values_csv(value_map, res.image, settings)
+            (self.out / files["values_csv"]).write_text(values_csv, encoding="utf-8", newline="")
         npz: dict[str, np.ndarray] = {
             "attention": res.attention.astype(np.float32),
             "map": value_map.astype(np.float32),
@@ -442,7 +507,7 @@ class _Outputs:
                 name: np.round(np.asarray(fn(res.attention, res.layout)), 4).tolist()
                 for name, fn in methods.STATISTICS.items()
             },
-            "files": {"png": f"{stem}.png", "npz": f"{stem}.npz"},
+            "files": files,
         }
         (self.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
 
@@ -460,6 +525,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vitviz import cli_trust
 
             return cli_trust.run(args, _method_options(args), _output_folder(args.out))
+        if args.command == "atlas":
+            from vitviz import cli_atlas
+
+            return cli_atlas.run(args, _output_folder(args.out))
+        if args.command == "compare":
+            from vitviz import cli_compare
+
+            return cli_compare.run(args, _method_options(args), _output_folder(args.out))
+        if args.command == "features":
+            from vitviz import cli_features
+
+            return cli_features.run(args, _output_folder(args.out))
         return cmd_explain(args)
     except VitvizError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -37,6 +37,12 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     from vitviz.images import load_image_file
     from vitviz.trust import trust
 
+    if methods.METHODS[args.method].negative(options):
+        raise OptionsError(
+            "trust curves measure how the map's patches hold up the class probability; a "
+            "'why not' map (--negative) lowers it by design, so it is not judged: leave out "
+            "--negative"
+        )
     if args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
         raise OptionsError("--steps, --seeds and --batch-size must be at least 1")
     backend = LocalBackend.from_name(
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     for name in COMPARED:
         grads = rel if methods.METHODS[name].needs_gradients else None
         maps[name] = methods.compute_map(name, expl.attention, expl.layout, grads=grads)
-    grads = rel if methods.METHODS[args.method].needs_gradients else None
+    spec = methods.METHODS[args.method]
+    grads = rel if spec.needs_gradients else None
     maps[args.method] = methods.compute_map(
         args.method, expl.attention, expl.layout, grads=grads, **options
     )

@@ -5,7 +5,9 @@ them linearly to D numbers (the patch embedding, a strided convolution in timm),
 position embedding and puts the prefix tokens ([CLS], distillation, registers) in front: the
 ``(N + prefix) × D`` sequence the first block reads. :func:`token_embeddings` returns each of
 these for one image, read from the model with hooks (the encoder's real input) and from its
-weights (patch and position embeddings).
+weights (patch and position embeddings). :func:`features_of` returns the other end: every
+token's features after the last block and the final norm, what timm's ``forward_features``
+returns (for the PCA picture and patch similarity of :mod:`vitviz.methods.features`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vitviz.errors import OptionsError
-from vitviz.results import TokenEmbeddings
+from vitviz.capture import autocast_for
+from vitviz.errors import ModelError, OptionsError
+from vitviz.layout import TokenLayout
+from vitviz.results import TokenEmbeddings, TokenFeatures
 
 
 def flatten_patch(pixels: np.ndarray, patch: int, grid: tuple[int, int], size: tuple[int, int]):
@@ -94,8 +98,47 @@ def token_embeddings(
     )
 
 
+def _model_input(loaded, seen: Image.Image) -> tuple[torch.Tensor, TokenLayout]:
+    """The normalised ``[1, 3, H, W]`` tensor of a seen image and its token layout."""
+    x = loaded.to_tensor(seen.convert("RGB"))[None]
+    return x, loaded.layout((seen.size[1], seen.size[0]))
+
+
 def embeddings_of(loaded, seen: Image.Image) -> TokenEmbeddings:
     """:func:`token_embeddings` of one image already resized and cropped for ``loaded``."""
-    x = loaded.to_tensor(seen.convert("RGB"))[None]
-    layout = loaded.layout((seen.size[1], seen.size[0]))
+    x, layout = _model_input(loaded, seen)
     return token_embeddings(loaded.model, x, layout.num_prefix, tuple(layout.grid))
+
+
+def final_norm(model: nn.Module) -> str | None:
+    """The class name of the norm ending ``model.forward_features`` (None when it is an
+    identity: models with ``fc_norm`` normalise after pooling instead)."""
+    norm = getattr(model, "norm", None)
+    if not isinstance(norm, nn.Module) or isinstance(norm, nn.Identity):
+        return None
+    return type(norm).__name__
+
+
+def features_of(loaded, seen: Image.Image) -> TokenFeatures:
+    """Every token's features after the last block of one image already resized and cropped
+    for ``loaded``: ``model.forward_features`` (in the model's precision, returned as float32).
+
+    Raises:
+        OptionsError: the model has no ``forward_features``.
+        ModelError: it returned something else than one feature vector per token.
+    """
+    x, layout = _model_input(loaded, seen)
+    model = loaded.model
+    forward = getattr(model, "forward_features", None)
+    if forward is None:
+        raise OptionsError("this model has no forward_features to read token features from")
+    with torch.inference_mode(), autocast_for(loaded.device, loaded.precision):
+        out = forward(x.to(loaded.device))
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[1] != layout.num_tokens:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"forward_features gave {shape}, not one feature vector for each of the "
+            f"{layout.num_tokens} tokens: this architecture's features cannot be shown"
+        )
+    tokens = out[0].detach().float().cpu().numpy()
+    return TokenFeatures(tokens=tokens, layout=layout, norm=final_norm(model))

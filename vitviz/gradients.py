@@ -6,6 +6,11 @@ attention tensors only (``torch.autograd.grad`` on them: no parameter gradients 
 or stored), and only for the layers a method reads. A batch may hold many images, each with
 its own classes: images do not interact in a ViT, so summing their logits and taking one
 gradient gives every image its own.
+
+Two other targets: ``negative`` takes the gradient of ``-y_c`` ("why not this class"), and a
+backbone without a classifier (DINO, DINOv2) explains the norm of its readout feature,
+``‖f‖`` (what its forward returns), the one class-free scalar every such model has: class
+index :data:`FEATURE_NORM`, labelled :data:`FEATURE_NORM_LABEL`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.methods import relevance_parts
 from vitviz.results import ClassRelevance
+
+FEATURE_NORM = -1
+"""The "class" of a backbone without a classifier: the norm of its readout feature."""
+FEATURE_NORM_LABEL = "‖readout feature‖"
 
 
 class Classifier(Capturable, Protocol):
@@ -84,27 +93,35 @@ def attention_relevance(
     layers: Sequence[int] | None = None,
     keep_gradients: bool = False,
     reduce: bool = True,
+    negative: bool = False,
 ) -> ClassGradients:
     """One forward, one backward per class, each class's gradients reduced at once.
 
     The ``[B, L, H, N, N]`` gradient of class k is turned into every image's
     :class:`~vitviz.results.ClassRelevance` right after its backward pass and then dropped,
     so memory holds one class's gradients at a time, not K of them (unless
-    ``keep_gradients``).
+    ``keep_gradients``). ``negative``: the relevance is of ``-y_c`` ("why not"); kept
+    gradients are always ``∂y_c/∂A``, which the methods negate themselves with ``negative``.
+    Without a classifier the one target is the readout feature's norm (classes must be None
+    or :data:`FEATURE_NORM`).
     """
     model = loaded.model
-    if not loaded.has_classifier:
-        raise ModelError(
-            "this model has no classifier (a self-supervised backbone): class-specific methods "
-            "need class scores; use rollout or attention instead"
-        )
     b = x.shape[0]
     if len(classes) != b or len({len(c) for c in classes}) != 1:
         raise OptionsError("give the same number of classes for every image of the batch")
-    num_classes = int(model.num_classes)
+    classifier = loaded.has_classifier
+    num_classes = int(model.num_classes) if classifier else 0
     for cs in classes:
         for c in cs:
-            if c is not None and not 0 <= int(c) < num_classes:
+            if c is None:
+                continue
+            if not classifier and int(c) != FEATURE_NORM:
+                raise ModelError(
+                    "this model has no classifier (a self-supervised backbone), so it has no "
+                    f"class {c}: its class-free target is the readout feature's norm "
+                    f"(class {FEATURE_NORM} or None)"
+                )
+            if classifier and not 0 <= int(c) < num_classes:
                 raise OptionsError(f"class {c} does not exist: the model has {num_classes}")
     num_layers = len(model.blocks)
     need = sorted(set(range(num_layers) if layers is None else (int(i) for i in layers)))
@@ -124,14 +141,18 @@ def attention_relevance(
                 f"attention has {attention.shape[-1]} tokens, "
                 f"the layout expects {layout.num_tokens}"
             )
-        top = logits.argmax(dim=-1).tolist()
+        if classifier:
+            top = logits.argmax(dim=-1).tolist()
+        else:  # the class-free target: one "class", the readout feature's norm
+            top = [FEATURE_NORM] * b
+            logits = logits.norm(dim=-1, keepdim=True)
         resolved = [[top[j] if c is None else int(c) for c in cs] for j, cs in enumerate(classes)]
         k_count = len(classes[0])
         if keep_gradients:
             grads = attention.new_zeros((k_count, *attention.shape))
         rows = torch.arange(b, device=logits.device)
         for k in range(k_count):
-            idx = torch.tensor([cs[k] for cs in resolved], device=logits.device)
+            idx = torch.tensor([max(cs[k], 0) for cs in resolved], device=logits.device)
             y = logits[rows, idx].sum()
             got = torch.autograd.grad(
                 y, [attn[i] for i in need], retain_graph=k < k_count - 1, allow_unused=True
@@ -142,15 +163,17 @@ def attention_relevance(
                     g[:, i] = gi.float()
             del got
             if reduce:
-                parts = relevance_parts(attention, g, layout, chefer=len(need) == num_layers)
-                arrays = {n: None if v is None else v.cpu().numpy() for n, v in parts.items()}
+                parts = relevance_parts(attention, -g if negative else g, layout)
+                arrays = {n: v.cpu().numpy() for n, v in parts.items()}
                 for j in range(b):
+                    c = resolved[j][k]
                     relevance[j].append(
                         ClassRelevance(
-                            index=resolved[j][k],
-                            label=labels[resolved[j][k]],
+                            index=c,
+                            label=labels[c] if classifier else FEATURE_NORM_LABEL,
                             layers=tuple(need),
-                            **{n: None if v is None else v[j].copy() for n, v in arrays.items()},
+                            negative=bool(negative),
+                            **{n: v[j].copy() for n, v in arrays.items()},
                         )
                     )
             del g

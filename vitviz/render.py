@@ -20,6 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "to_png",
     "upsample",
     "with_legend",
+    "wrap_text",
 ]
 
 #: Colormap names accepted by :func:`colorize` and :func:`overlay`, mapped to OpenCV ids.
@@ -450,8 +452,9 @@ def with_legend(
     raw values at the two ends of the colormap) and a caption of the settings.
 
     The bar's middle row is :func:`colorize` of an even ramp from 0 to 1, one pixel a step,
-    so the picture says exactly which colour means which value. ASCII text only (Hershey
-    fonts: other characters are drawn as ``?``).
+    so the picture says exactly which colour means which value. A caption wider than the bar
+    is wrapped onto more lines (the band grows). ASCII text only (Hershey fonts: other
+    characters are drawn as ``?``).
 
     Returns:
         RGB uint8 ``(H + band, W, 3)``; the first ``H`` rows are ``image`` unchanged.
@@ -460,18 +463,27 @@ def with_legend(
     _colormap_id(colormap)
     height, width = image.shape[:2]
     band = max(48, round(width * 0.16))
-    out = np.full((height + band, width, 3), 255, np.uint8)
-    out[:height] = image
     margin = max(4, width // 40)
     bar_w = max(8, width - 2 * margin)
     bar_h = max(6, band // 5)
+    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, band / 160), (30, 30, 30)
+
+    def ascii_(s: str) -> str:
+        return s.encode("ascii", "replace").decode("ascii")
+
+    def fits(s: str) -> bool:
+        return cv2.getTextSize(ascii_(s), font, scale, 1)[0][0] <= bar_w
+
+    lines = wrap_text(" ".join(caption.split()), fits) if caption else []
+    step = max(12, band // 4)  # a caption too wide for one line takes more, one step each
+    out = np.full((height + band + step * max(0, len(lines) - 1), width, 3), 255, np.uint8)
+    out[:height] = image
     ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], colormap)
     top = height + band // 6
     out[top : top + bar_h, margin : margin + bar_w] = np.repeat(ramp, bar_h, axis=0)
-    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, band / 160), (30, 30, 30)
 
     def text(s: str, x: int, y: int, right: bool = False) -> None:
-        s = s.encode("ascii", "replace").decode("ascii")
+        s = ascii_(s)
         (tw, _), _ = cv2.getTextSize(s, font, scale, 1)
         x = max(0, min(width - tw, x - tw if right else x))
         cv2.putText(out, s, (x, y), font, scale, ink, 1, cv2.LINE_AA)
@@ -479,8 +491,29 @@ def with_legend(
     label_y = top + bar_h + max(10, band // 4)
     text(f"{value_name} {low:.4g}", margin, label_y)
     text(f"{high:.4g}", margin + bar_w, label_y, right=True)
-    if caption:
-        text(
-            " ".join(caption.split()), margin, min(height + band - 4, label_y + max(12, band // 4))
-        )
+    first = min(height + band - 4, label_y + step)
+    for i, line in enumerate(lines):
+        text(line, margin, first + i * step)
     return out
+
+
+def wrap_text(text: str, fits: Callable[[str], bool], cut: bool = True) -> list[str]:
+    """``text`` in lines that each ``fits``, broken at spaces; a word too long alone is cut
+    where it stops fitting (or, with ``cut=False``, kept whole on a line of its own)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        trial = f"{line} {word}" if line else word
+        if fits(trial):
+            line = trial
+            continue
+        if line:
+            lines.append(line)
+        while cut and len(word) > 1 and not fits(word):  # cut where it stops fitting
+            cut = next((n for n in range(len(word) - 1, 0, -1) if fits(word[:n])), 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines

@@ -8,7 +8,9 @@ page's state and its downloads can use these types without loading a model libra
 * :class:`ClassRelevance`: what the class-specific methods read of one class's attention
   gradients (see below);
 * :class:`WeightsInfo`, :class:`ModelInfo`: what a backend says about its model;
-* :class:`Anatomy`: the model's patch-embedding filters and position-embedding similarity.
+* :class:`Anatomy`: the model's patch-embedding filters and position-embedding similarity;
+* :class:`TokenEmbeddings`, :class:`TokenFeatures`: one image's vectors going into the encoder
+  and coming out of it.
 
 ``ClassRelevance``: the full ``[L, H, N, N]`` gradient ``G = ∂y_c/∂A`` is H/3 times larger
 than what the maps need (4× for ViT-B/16's 12 heads), so the engine reduces it right after
@@ -75,20 +77,21 @@ class ClassRelevance:
         index: the class explained.
         label: its name.
         layers: the layers whose gradients were computed (the others hold zeros).
-        chefer: ``[N]`` readout row of Chefer's relevance, or None unless every layer was
-            computed.
+        chefer: ``[L, N, N]`` Chefer's ``Ā_l = mean_h((A ⊙ G)⁺)`` (zeros where not computed).
         fused: ``[3, L, N, N]`` ``fuse_f(A ⊙ G)`` clamped at 0, f in :data:`FUSION_ORDER`.
         heads: ``[L, H, N]`` readout rows of ``(A ⊙ G)⁺`` per head.
         fused_rows: ``[3, L, N]`` readout rows of ``fuse_f((A ⊙ G)⁺)``.
+        negative: G is ``-∂y_c/∂A`` ("why not" the class: the negative part of ``A ⊙ ∂y_c/∂A``).
     """
 
     index: int
     label: str
     layers: tuple[int, ...]
-    chefer: np.ndarray | None
+    chefer: np.ndarray
     fused: np.ndarray
     heads: np.ndarray
     fused_rows: np.ndarray
+    negative: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -99,10 +102,10 @@ class ClassRelevance:
     def nbytes(self) -> int:
         """Memory held by the arrays."""
         arrays = (self.chefer, self.fused, self.heads, self.fused_rows)
-        return sum(int(a.nbytes) for a in arrays if a is not None)
+        return sum(int(a.nbytes) for a in arrays)
 
     def only(self, layers: list[int] | tuple[int, ...]) -> ClassRelevance:
-        """A copy restricted to ``layers`` (the others zeroed, Chefer's row dropped unless all)."""
+        """A copy restricted to ``layers`` (the others zeroed)."""
         keep = tuple(sorted(set(layers) & set(self.layers)))
         mask = np.zeros(self.num_layers, dtype=bool)
         mask[list(keep)] = True
@@ -110,12 +113,13 @@ class ClassRelevance:
             index=self.index,
             label=self.label,
             layers=keep,
-            chefer=self.chefer if len(keep) == self.num_layers else None,
+            chefer=np.where(mask[:, None, None], self.chefer, 0).astype(self.chefer.dtype),
             fused=np.where(mask[None, :, None, None], self.fused, 0).astype(self.fused.dtype),
             heads=np.where(mask[:, None, None], self.heads, 0).astype(self.heads.dtype),
             fused_rows=np.where(mask[None, :, None], self.fused_rows, 0).astype(
                 self.fused_rows.dtype
             ),
+            negative=self.negative,
         )
 
 
@@ -299,3 +303,27 @@ class TokenEmbeddings:
     num_prefix: int
     features: np.ndarray | None = None
     norm_pre: bool = False
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """One image's token features after the last block (:func:`vitviz.embeddings.features_of`).
+
+    Attributes:
+        tokens: ``[T, D]`` float32, what timm's ``forward_features`` returns: prefix tokens,
+            then patches, after the final norm (if the model applies one there).
+        layout: the token layout of this input (``tokens[layout.num_prefix:]`` are the
+            patches, row by row over ``layout.grid``).
+        norm: the final norm applied, by its class name (``LayerNorm``, ``RmsNorm``…), or
+            None when ``forward_features`` ends without one (models that normalise after
+            pooling, ``fc_norm``).
+    """
+
+    tokens: np.ndarray
+    layout: TokenLayout
+    norm: str | None = None
+
+    @property
+    def patches(self) -> np.ndarray:
+        """``[N, D]`` the patch tokens' features, row by row over the grid."""
+        return self.tokens[self.layout.num_prefix :]

@@ -20,6 +20,7 @@ from vitviz.results import (
     ImageExplanation,
     ModelInfo,
     TokenEmbeddings,
+    TokenFeatures,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class Backend(Protocol):
         """One model input's patch, position and token vectors (the lesson's steps 3–5)."""
         ...
 
+    def features(self, image: Image.Image) -> TokenFeatures:
+        """One model input's token features after the last block (``forward_features``)."""
+        ...
+
     def explain(
         self, images: Sequence[Image.Image], *, top_k: int = 5, seen: bool = False
     ) -> list[ImageExplanation]:
@@ -71,8 +76,10 @@ class Backend(Protocol):
         top_k: int = 5,
         seen: bool = False,
         full_gradients: bool = False,
+        negative: bool = False,
     ) -> list[ClassExplanation]:
-        """Explanations with the class relevance for the given classes of each image."""
+        """Explanations with the class relevance for the given classes of each image
+        (``negative``: of ``-y_c``, "why not" each class)."""
         ...
 
 

@@ -26,6 +26,7 @@ from vitviz.results import (
     ModelInfo,
     Prediction,
     TokenEmbeddings,
+    TokenFeatures,
 )
 
 
@@ -74,6 +75,14 @@ class LocalBackend:
 
         (seen,) = self._seen([image], True)
         return embeddings_of(self.loaded, seen)
+
+    def features(self, image: Image.Image) -> TokenFeatures:
+        """One seen image's token features after the last block and the final norm (what
+        timm's ``forward_features`` returns; :func:`vitviz.embeddings.features_of`)."""
+        from vitviz.embeddings import features_of
+
+        (seen,) = self._seen([image], True)
+        return features_of(self.loaded, seen)
 
     @property
     def geometry(self) -> InputGeometry:
@@ -133,13 +142,16 @@ class LocalBackend:
         top_k: int = 5,
         seen: bool = False,
         full_gradients: bool = False,
+        negative: bool = False,
     ) -> list[ClassExplanation]:
         """Explanations plus each class's relevance, one forward per batch.
 
         ``classes[i]`` lists the classes of image i (the same count for every image); None
-        stands for the image's top prediction. ``layers`` limits which layers' gradients are
+        stands for the image's top prediction (for a backbone without a classifier, the
+        class-free target ‖readout feature‖). ``layers`` limits which layers' gradients are
         computed (see :meth:`vitviz.methods.Method.gradient_layers`). ``full_gradients`` also
-        returns ``∂y_c/∂A`` itself (large: ``[K, L, H, N, N]`` per image).
+        returns ``∂y_c/∂A`` itself (large: ``[K, L, H, N, N]`` per image). ``negative``:
+        relevance of ``-y_c``, "why not" the class (:meth:`vitviz.methods.Method.negative`).
         """
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
@@ -154,22 +166,27 @@ class LocalBackend:
                 [list(classes[i]) for i in idx],
                 layers=layers,
                 keep_gradients=full_gradients,
+                negative=negative,
             )
             attention_np = res.attention.cpu().numpy()
             grads_np = None if res.gradients is None else res.gradients.cpu().numpy()
             for j, i in enumerate(idx):
-                logits = res.logits[j].cpu()
+                logits = res.logits[j].cpu() if self.loaded.has_classifier else None
                 expl = ImageExplanation(
                     image=np.asarray(seen_images[i], dtype=np.uint8).copy(),
                     layout=res.layout,
                     attention=attention_np[j] if len(idx) == 1 else attention_np[j].copy(),
-                    logits=logits.numpy(),
-                    predictions=top_predictions(logits, labels, top_k) if labels else [],
+                    logits=None if logits is None else logits.numpy(),
+                    predictions=top_predictions(logits, labels, top_k)
+                    if labels and logits is not None
+                    else [],
                 )
                 out[i] = ClassExplanation(
                     explanation=expl,
                     classes=res.classes[j],
-                    labels=[labels[c] if labels else str(c) for c in res.classes[j]],
+                    labels=[rel.label for rel in res.relevance[j]]
+                    if res.relevance[j]
+                    else [labels[c] if labels else str(c) for c in res.classes[j]],
                     relevance=res.relevance[j],
                     gradients=None if grads_np is None else grads_np[:, j].copy(),
                 )

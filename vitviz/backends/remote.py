@@ -31,11 +31,12 @@ from vitviz.results import (
     ModelInfo,
     Prediction,
     TokenEmbeddings,
+    TokenFeatures,
 )
 from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
-API_VERSION = 2  # 2: class answers carry the classes' relevance, not their full gradients
+API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
 # what the page needs: the model's input (resized here), the whole attention in float16
 _FULL = {"attention": "full", "dtype": "float16", "seen": "true"}
 
@@ -146,13 +147,19 @@ class RemoteBackend:
         params = _FULL | {"top_k": top_k}
         return self._map(lambda im: self._explanation(*self._explain(im, params, seen)), images)
 
-    def embeddings(self, image: Image.Image) -> TokenEmbeddings:
-        """One model input's patch, position and token vectors (float16 on the wire)."""
+    def _post_model_input(
+        self, path: str, image: Image.Image, what: str
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """POST one model input (resized and cropped already) as PNG; the decoded answer."""
         if not self.geometry.is_seen(image):
-            raise OptionsError("embeddings need the model's input (resized and cropped)")
+            raise OptionsError(f"{what} need the model's input (resized and cropped)")
         buf = io.BytesIO()
         image.convert("RGB").save(buf, format="PNG", compress_level=1)
-        header, arrays = self._decode(self._request("POST", "/v1/embeddings", data=buf.getvalue()))
+        return self._decode(self._request("POST", path, data=buf.getvalue()))
+
+    def embeddings(self, image: Image.Image) -> TokenEmbeddings:
+        """One model input's patch, position and token vectors (float16 on the wire)."""
+        header, arrays = self._post_model_input("/v1/embeddings", image, "embeddings")
 
         def get(name: str) -> np.ndarray | None:
             return None if name not in arrays else np.asarray(arrays[name], dtype=np.float32)
@@ -166,6 +173,22 @@ class RemoteBackend:
             features=get("features"),
             norm_pre=bool(header.get("norm_pre", False)),
         )
+
+    def features(self, image: Image.Image) -> TokenFeatures:
+        """One model input's token features after the last block (float16 with one scale
+        per token on the wire)."""
+        header, arrays = self._post_model_input("/v1/features", image, "features")
+        try:
+            layout = TokenLayout.from_dict(header["layout"])
+            tokens = np.asarray(arrays["tokens"], dtype=np.float32)
+            if tokens.ndim != 2 or tokens.shape[0] != layout.num_tokens:
+                raise ValueError(f"tokens {tokens.shape} for {layout.num_tokens} tokens")
+            if not np.isfinite(tokens).all():
+                raise ValueError("tokens that are not finite numbers")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ServerError(f"{self.url} sent features vitviz cannot read ({err})") from None
+        norm = header.get("norm")
+        return TokenFeatures(tokens=tokens, layout=layout, norm=None if norm is None else str(norm))
 
     def readout(
         self, image: Image.Image, *, top_k: int = 5, seen: bool = False
@@ -189,8 +212,10 @@ class RemoteBackend:
         top_k: int = 5,
         seen: bool = False,
         full_gradients: bool = False,
+        negative: bool = False,
     ) -> list[ClassExplanation]:
-        """Explanations plus each class's relevance (None: the top prediction).
+        """Explanations plus each class's relevance (None: the top prediction; ``negative``:
+        "why not" each class).
 
         ``full_gradients`` also fetches ``∂y_c/∂A`` (large; the server may refuse it past its
         answer limit).
@@ -202,6 +227,8 @@ class RemoteBackend:
             base["layer"] = [int(x) for x in layers]
         if full_gradients:
             base["gradients"] = "full"
+        if negative:
+            base["negative"] = "true"
 
         def one(pair: tuple[Image.Image, Sequence[int | None]]) -> ClassExplanation:
             image, wanted = pair

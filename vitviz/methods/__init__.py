@@ -11,10 +11,11 @@ runs one by name and puts its row on the patch grid.
 ``rollout``    attention rollout (Abnar & Zuidema 2020), discard ratio done right
 ``gradient``   Chefer et al. 2021, gradient rollout (corrected), attention × gradient
 ``statistics`` mean attention distance, attention entropy
+``features``   the last layer's token features: the PCA picture, patch similarity
 ``registry``   :class:`Method`, :class:`Option`, :func:`register`, :func:`compute_map`
 """
 
-from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, to_grid
+from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, relative_layer, to_grid
 from vitviz.methods.attention import (
     head_rows,
     head_slot,
@@ -23,9 +24,11 @@ from vitviz.methods.attention import (
     raw_attention,
     threshold_mask,
 )
+from vitviz.methods.features import FeaturePCA, patch_similarity, pca_rgb
 from vitviz.methods.gradient import (
     attn_grad,
     chefer,
+    chefer_row,
     class_head_rows,
     class_relevance,
     grad_rollout,
@@ -38,6 +41,7 @@ from vitviz.methods.registry import (
     check_options,
     compute_map,
     compute_row,
+    compute_strip,
     register,
     resolve_options,
 )
@@ -67,6 +71,7 @@ __all__ = [
     "HEAD_KINDS",
     "METHODS",
     "STATISTICS",
+    "FeaturePCA",
     "Fusion",
     "Method",
     "Option",
@@ -75,10 +80,12 @@ __all__ = [
     "attn_grad",
     "check_options",
     "chefer",
+    "chefer_row",
     "class_head_rows",
     "class_relevance",
     "compute_map",
     "compute_row",
+    "compute_strip",
     "discard_lowest",
     "fuse_heads",
     "grad_rollout",
@@ -87,10 +94,13 @@ __all__ = [
     "head_table",
     "mask",
     "mean_attention_distance",
+    "patch_similarity",
+    "pca_rgb",
     "prefix_attention",
     "query",
     "raw_attention",
     "register",
+    "relative_layer",
     "relevance_parts",
     "resolve_options",
     "rollout_layers",

@@ -8,6 +8,7 @@ stays on its device and in its dtype until the method widens it).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -74,6 +75,26 @@ def layer_index(layer: int, num_layers: int) -> int:
             f"(0–{num_layers - 1}, or -1 for the last)"
         )
     return layer % num_layers
+
+
+def layer_span(start: int, end: int, num_layers: int) -> tuple[int, int]:
+    """First and last layer (both counted from 0, inclusive) of a product over layers."""
+    s, e = layer_index(start, num_layers), layer_index(end, num_layers)
+    if e < s:
+        raise OptionsError(
+            f"the end layer ({e}) comes before the start layer ({s}): choose an end layer at or "
+            "after the start"
+        )
+    return s, e
+
+
+def relative_layer(layer: int, layers: int, other_layers: int) -> int:
+    """The layer of a model with ``other_layers`` at the same relative depth as ``layer`` of a
+    model with ``layers`` (first to first, last to last, rounded in between)."""
+    li = layer_index(layer, layers)
+    if layers == 1:
+        return other_layers - 1
+    return math.floor(li * (other_layers - 1) / (layers - 1) + 0.5)  # halves round up
 
 
 def head_index(head: int | None, num_heads: int) -> int | None:

@@ -25,7 +25,16 @@ from vitviz.methods.arrays import (
     tensors,
     wide,
 )
-from vitviz.methods.registry import DISCARD, FUSION, HEAD, LAYER, START_LAYER, Option, register
+from vitviz.methods.registry import (
+    DISCARD,
+    END_LAYER,
+    FUSION,
+    HEAD,
+    LAYER,
+    START_LAYER,
+    Option,
+    register,
+)
 from vitviz.methods.rollout import attention_rollout, rolled_rows, rollout_layers
 
 
@@ -65,7 +74,7 @@ ROLLED = Option(
     "query",
     "What one patch attends to",
     "what one patch attends to (one layer/head, or rolled out)",
-    (PATCH, LAYER, HEAD, FUSION, ROLLED, DISCARD, START_LAYER),
+    (PATCH, LAYER, HEAD, FUSION, ROLLED, DISCARD, START_LAYER, END_LAYER),
 )
 @tensors
 def query(
@@ -80,13 +89,21 @@ def query(
     rolled: bool = False,
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
 ) -> torch.Tensor:
     """Row ``P + patch`` of ``A_l^h`` (or of the rollout R with ``fusion``, ``discard``,
-    ``start_layer`` when ``rolled``): ``[..., N]``."""
+    ``start_layer``, ``end_layer`` when ``rolled``): ``[..., N]``."""
     check_attn(attn, layout)
     q = layout.num_prefix + patch_index(patch, layout)
     if rolled:
-        hat = rollout_layers(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+        hat = rollout_layers(
+            attn,
+            layout,
+            fusion=fusion,
+            discard=discard,
+            start_layer=start_layer,
+            end_layer=end_layer,
+        )
         onehot = torch.zeros(attn.shape[-1], dtype=hat.dtype, device=hat.device)
         onehot[q] = 1.0
         return rolled_rows(hat, onehot.expand(*hat.shape[:-3], 1, -1))[..., 0, :]
@@ -144,7 +161,7 @@ SOURCE = Option(
     "mask",
     "DINO-style mask",
     "smallest set of patches holding a share of the map's mass (DINO)",
-    (THRESHOLD, SOURCE, LAYER, HEAD, FUSION, DISCARD, START_LAYER),
+    (THRESHOLD, SOURCE, LAYER, HEAD, FUSION, DISCARD, START_LAYER, END_LAYER),
 )
 @tensors
 def mask(
@@ -159,6 +176,7 @@ def mask(
     fusion: Fusion = "mean",
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
 ) -> torch.Tensor:
     """Thresholded mask of the readout's row (DINO shows the last layer's, the default).
 
@@ -173,7 +191,12 @@ def mask(
         row = raw_attention(attn, layout, layer=layer, head=head, fusion=fusion)
     elif source == "rollout":
         row = attention_rollout(
-            attn, layout, fusion=fusion, discard=discard, start_layer=start_layer
+            attn,
+            layout,
+            fusion=fusion,
+            discard=discard,
+            start_layer=start_layer,
+            end_layer=end_layer,
         )
     else:
         raise OptionsError(f"unknown mask source {source!r}: choose 'attention' or 'rollout'")

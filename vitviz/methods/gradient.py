@@ -2,7 +2,8 @@
 
 * Chefer, Gur & Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and
   Encoder-Decoder Transformers", ICCV 2021: ``Ā_l = mean_h((∂y_c/∂A_l ⊙ A_l)⁺)`` (the clamp per
-  head, before the mean), ``R = I``, ``R ← R + Ā_l R`` for l = 1 … L, map = ``R[readout, P:]``.
+  head, before the mean), ``R = I``, ``R ← R + Ā_l R`` for l = s … e (all layers by default;
+  an earlier end layer e is the relevance "up to layer e"), map = ``R[readout, P:]``.
 * Gradient rollout (vit-explain's method, corrected): each layer's attention paired with ITS
   OWN gradient (vit-explain reverses the list), fused over heads, clamped at 0, then rolled out
   like attention rollout. Three differences from vit-explain: the pairing, rows normalized over
@@ -15,6 +16,12 @@
 ``y_c`` is the pre-softmax logit. ``grads`` is the full ``∂y_c/∂A`` (``[..., L, H, N, N]``) or
 its :class:`~vitviz.results.ClassRelevance`, the reduced form the engine keeps; both give the
 same maps.
+
+"Why not this class" (``negative=True``): the same maps of the negative part,
+``(A ⊙ G)⁻ = (A ⊙ (-G))⁺`` — attention whose growth would lower ``y_c``, the evidence against
+the class. With full gradients the method negates them; a ClassRelevance must have been
+computed for ``-y_c`` (``ClassRelevance.negative``), and a mismatch is an error, never a
+silently wrong map.
 """
 
 from __future__ import annotations
@@ -33,11 +40,21 @@ from vitviz.methods.arrays import (
     fusion_index,
     head_index,
     layer_index,
+    layer_span,
     readout_weights,
     tensors,
     wide,
 )
-from vitviz.methods.registry import DISCARD, FUSION, HEAD, LAYER, START_LAYER, register
+from vitviz.methods.registry import (
+    DISCARD,
+    END_LAYER,
+    FUSION,
+    HEAD,
+    LAYER,
+    NEGATIVE,
+    START_LAYER,
+    register,
+)
 from vitviz.methods.rollout import rolled_rows, rollout_factors
 from vitviz.results import ClassRelevance
 
@@ -75,25 +92,33 @@ def _like(x: np.ndarray, t: torch.Tensor) -> torch.Tensor:
 
 
 def _inputs(
-    attn: torch.Tensor, grads: Gradients | None, layout: TokenLayout
+    attn: torch.Tensor, grads: Gradients | None, layout: TokenLayout, negative: bool = False
 ) -> ClassRelevance | torch.Tensor:
+    """The checked gradients, negated for "why not" (a relevance must match the sign)."""
     check_attn(attn, layout)
     if grads is None:
         raise OptionsError("a class-specific method needs the class's gradients")
     if isinstance(grads, ClassRelevance):
         _check_relevance(grads, attn, layout)
+        if grads.negative != bool(negative):
+            want, got = ("why not", "why") if negative else ("why", "why not")
+            raise OptionsError(
+                f"this class relevance explains {got!r} the class but {want!r} was asked: "
+                "compute the relevance with negative="
+                f"{bool(negative)} (LocalBackend.explain_classes)"
+            )
         return grads
     _check_grads(attn, grads)
-    return grads
+    return -grads if negative else grads
 
 
 def relevance_parts(
-    attn: torch.Tensor, grads: torch.Tensor, layout: TokenLayout, *, chefer: bool = True
-) -> dict[str, torch.Tensor | None]:
+    attn: torch.Tensor, grads: torch.Tensor, layout: TokenLayout
+) -> dict[str, torch.Tensor]:
     """The parts of :class:`~vitviz.results.ClassRelevance` for ``[..., L, H, N, N]`` inputs.
 
-    Returns tensors with the inputs' leading dims: ``chefer [..., N]`` (None when
-    ``chefer`` is False), ``fused [..., 3, L, N, N]``, ``heads [..., L, H, N]`` and
+    Returns tensors with the inputs' leading dims: ``chefer [..., L, N, N]`` (Chefer's
+    ``Ā_l = mean_h((A ⊙ G)⁺)``), ``fused [..., 3, L, N, N]``, ``heads [..., L, H, N]`` and
     ``fused_rows [..., 3, L, N]`` (fusions in :data:`~vitviz.results.FUSION_ORDER`).
     """
     prod = wide(attn) * wide(grads)  # [..., L, H, N, N]
@@ -105,14 +130,18 @@ def relevance_parts(
     w = readout_weights(layout, pos)
     heads = torch.einsum("n,...nm->...m", w, pos)
     fused_rows = torch.einsum("n,...nm->...m", w, pos_fused)
-    row = None
-    if chefer:  # Ā_l = mean_h((G ⊙ A)⁺); v ← v + v Ā_l from the last layer down
-        abar = pos_fused[..., 0, :, :, :]
-        row = w.expand(*abar.shape[:-3], 1, -1)
-        for i in range(abar.shape[-3] - 1, -1, -1):
-            row = row + row @ abar[..., i, :, :]
-        row = row[..., 0, :]
-    return {"chefer": row, "fused": fused, "heads": heads, "fused_rows": fused_rows}
+    chefer = pos_fused[..., 0, :, :, :]  # Ā_l = mean_h((G ⊙ A)⁺)
+    return {"chefer": chefer, "fused": fused, "heads": heads, "fused_rows": fused_rows}
+
+
+def chefer_row(abar: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """The readout row of ``R = (I + Ā_e) ⋯ (I + Ā_s)`` for ``abar [..., e-s+1, N, N]``
+    (from the left: ``v ← v + v Ā_l``, l = e … s)."""
+    w = readout_weights(layout, abar)
+    v = w.expand(*abar.shape[:-3], 1, -1)
+    for i in range(abar.shape[-3] - 1, -1, -1):
+        v = v + v @ abar[..., i, :, :]
+    return v[..., 0, :]
 
 
 def class_relevance(
@@ -123,10 +152,12 @@ def class_relevance(
     index: int = -1,
     label: str = "",
     layers: list[int] | tuple[int, ...] | None = None,
+    negative: bool = False,
 ) -> ClassRelevance:
     """Reduce one image's ``[L, H, N, N]`` attention gradients to what the methods read.
 
-    ``layers``: the layers whose gradients were computed (default: all).
+    ``layers``: the layers whose gradients were computed (default: all). ``negative``: reduce
+    ``-G`` instead ("why not" the class; ``grads`` is still ``∂y_c/∂A``).
     """
     t, _ = as_tensor(attn)
     g, _ = as_tensor(grads)
@@ -136,40 +167,47 @@ def class_relevance(
         raise OptionsError("class_relevance takes one image's attention [L, H, N, N]")
     num_layers = t.shape[-4]
     done = tuple(range(num_layers)) if layers is None else tuple(sorted(set(layers)))
-    parts = relevance_parts(t, g, layout, chefer=len(done) == num_layers)
-    arrays = {k: None if v is None else v.detach().cpu().numpy() for k, v in parts.items()}
-    return ClassRelevance(index=int(index), label=str(label), layers=done, **arrays)
+    parts = relevance_parts(t, -g if negative else g, layout)
+    arrays = {k: v.detach().cpu().numpy() for k, v in parts.items()}
+    return ClassRelevance(
+        index=int(index), label=str(label), layers=done, negative=bool(negative), **arrays
+    )
 
 
 @register(
     "chefer",
     "Chefer et al. 2021",
     "class-specific relevance: gradient-weighted attention (Chefer et al. 2021)",
+    (START_LAYER, END_LAYER, NEGATIVE),
     needs_gradients=True,
 )
 @tensors
-def chefer(attn: torch.Tensor, layout: TokenLayout, *, grads: Gradients) -> torch.Tensor:
-    """The readout row ``w @ R`` of Chefer et al.'s relevance (``[..., N]``)."""
-    g = _inputs(attn, grads, layout)
+def chefer(
+    attn: torch.Tensor,
+    layout: TokenLayout,
+    *,
+    grads: Gradients,
+    start_layer: int = 0,
+    end_layer: int = -1,
+    negative: bool = False,
+) -> torch.Tensor:
+    """The readout row ``w @ R`` of Chefer et al.'s relevance over layers s…e (``[..., N]``)."""
+    g = _inputs(attn, grads, layout, negative)
+    s, e = layer_span(start_layer, end_layer, attn.shape[-4])
     if isinstance(g, ClassRelevance):
-        if g.chefer is None:
-            _need_layers(g, range(attn.shape[-4]), "Chefer's relevance")
-            raise OptionsError("this class relevance carries no Chefer row; compute it again")
-        return _like(g.chefer, attn)
-    abar = (wide(g) * wide(attn)).clamp_min(0).mean(dim=-3)  # [..., L, N, N], clamp per head
-    w = readout_weights(layout, abar)
-    # R = (I + Ā_L) ⋯ (I + Ā_1); its readout row, from the left: v ← v + v Ā_l, l = L … 1
-    v = w.expand(*abar.shape[:-3], 1, -1)
-    for i in range(abar.shape[-3] - 1, -1, -1):
-        v = v + v @ abar[..., i, :, :]
-    return v[..., 0, :]
+        _need_layers(g, range(s, e + 1), "Chefer's relevance")
+        abar = _like(g.chefer[s : e + 1], attn)
+    else:  # [..., L, N, N], clamp per head, then the mean
+        sl = slice(s, e + 1)
+        abar = (wide(g[..., sl, :, :, :]) * wide(attn[..., sl, :, :, :])).clamp_min(0).mean(-3)
+    return chefer_row(abar, layout)
 
 
 @register(
     "grad-rollout",
     "Gradient rollout",
     "class-specific rollout of gradient-weighted attention (vit-explain, corrected)",
-    (FUSION, DISCARD, START_LAYER),
+    (FUSION, DISCARD, START_LAYER, END_LAYER, NEGATIVE),
     needs_gradients=True,
 )
 @tensors
@@ -181,21 +219,24 @@ def grad_rollout(
     fusion: Fusion = "mean",
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
+    negative: bool = False,
 ) -> torch.Tensor:
     """The readout row of gradient rollout (``[..., N]``).
 
     Each layer's heads are weighted by that layer's own gradient, ``A_l ⊙ ∂y_c/∂A_l``, fused
     (mean/max/min), clamped at 0, then rolled out like attention rollout: lowest ``discard``
     share zeroed, ``+ I``, rows normalized to 1 (over the key axis), multiplied through the
-    layers from ``start_layer``.
+    layers from ``start_layer`` to ``end_layer``.
     """
-    g = _inputs(attn, grads, layout)
-    s = layer_index(start_layer, attn.shape[-4])
+    g = _inputs(attn, grads, layout, negative)
+    s, e = layer_span(start_layer, end_layer, attn.shape[-4])
     if isinstance(g, ClassRelevance):
-        _need_layers(g, range(s, attn.shape[-4]), "gradient rollout")
-        fused = _like(g.fused[fusion_index(fusion), s:], attn)
+        _need_layers(g, range(s, e + 1), "gradient rollout")
+        fused = _like(g.fused[fusion_index(fusion), s : e + 1], attn)
     else:
-        weighted = wide(attn[..., s:, :, :, :]) * wide(g[..., s:, :, :, :])
+        sl = slice(s, e + 1)
+        weighted = wide(attn[..., sl, :, :, :]) * wide(g[..., sl, :, :, :])
         fused = fuse_heads(weighted, fusion).clamp_min(0)
     hat = rollout_factors(fused, layout, discard)
     w = readout_weights(layout, hat)
@@ -206,7 +247,7 @@ def grad_rollout(
     "attn-grad",
     "Attention × gradient",
     "attention × gradient of one layer/head for a class",
-    (LAYER, HEAD, FUSION),
+    (LAYER, HEAD, FUSION, NEGATIVE),
     needs_gradients=True,
 )
 @tensors
@@ -218,10 +259,11 @@ def attn_grad(
     layer: int = -1,
     head: int | None = None,
     fusion: Fusion = "mean",
+    negative: bool = False,
 ) -> torch.Tensor:
     """The readout row of ``(A_l^h ⊙ ∂y_c/∂A_l^h)⁺`` (``[..., N]``; heads fused after the
-    clamp): where this head's attention pushed the class score up."""
-    g = _inputs(attn, grads, layout)
+    clamp): where this head's attention pushed the class score up (down with ``negative``)."""
+    g = _inputs(attn, grads, layout, negative)
     li = layer_index(layer, attn.shape[-4])
     hi = head_index(head, attn.shape[-3])
     if isinstance(g, ClassRelevance):

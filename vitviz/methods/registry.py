@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from vitviz.errors import OptionsError
 from vitviz.layout import TokenLayout
-from vitviz.methods.arrays import FUSIONS, Array, head_index, layer_index, to_grid
+from vitviz.methods.arrays import FUSIONS, Array, head_index, layer_index, layer_span, to_grid
 from vitviz.results import ClassRelevance
 
 OptionKind = Literal["layer", "head", "patch", "number", "flag", "choice"]
@@ -98,7 +100,12 @@ class Method:
         if "layer" in names:
             return [layer_index(options.get("layer", self.defaults["layer"]), num_layers)]
         start = layer_index(options.get("start_layer", 0), num_layers)
-        return list(range(start, num_layers))
+        end = layer_index(options.get("end_layer", -1), num_layers)
+        return list(range(start, max(start, end) + 1))
+
+    def negative(self, options: dict[str, Any]) -> bool:
+        """Whether this method explains "why not" the class (the gradient's negative part)."""
+        return bool(self.needs_gradients and options.get("negative", False))
 
 
 METHODS: dict[str, Method] = {}
@@ -142,6 +149,8 @@ def check_options(options: dict[str, Any], num_layers: int, num_heads: int) -> N
         for o in method.options:
             if o.name in options and options[o.name] is not None:
                 o.check(options[o.name], num_layers, num_heads)
+    if options.get("end_layer") is not None:  # a span, checked before any image is run
+        layer_span(int(options.get("start_layer") or 0), int(options["end_layer"]), num_layers)
 
 
 def compute_row(
@@ -182,6 +191,33 @@ def compute_map(
     return to_grid(compute_row(method, attn, layout, grads=grads, **options), layout)
 
 
+def compute_strip(
+    method: str,
+    attn: Array,
+    layout: TokenLayout,
+    *,
+    grads: Array | ClassRelevance | None = None,
+    **options: Any,
+) -> tuple[list[int], Array]:
+    """The layer strip of a method with an end layer: its row "up to layer e" for every e
+    from the start layer to the last, ``(layers, rows [..., K, N])``."""
+    spec = METHODS.get(method)
+    if spec is None or "end_layer" not in spec.defaults:
+        raise OptionsError(f"method {method!r} has no end layer, so it has no layer strip")
+    num_layers = int(attn.shape[-4])
+    start = layer_index(int(options.get("start_layer", 0)), num_layers)
+    layers = list(range(start, num_layers))
+    rows = [
+        compute_row(method, attn, layout, grads=grads, **{**options, "end_layer": e})
+        for e in layers
+    ]
+    if isinstance(rows[0], np.ndarray):
+        return layers, np.stack(rows, axis=-2)
+    import torch
+
+    return layers, torch.stack(rows, dim=-2)
+
+
 # Options several methods share.
 LAYER = Option(
     "layer", "layer", -1, "layer, counted from 0 like everywhere in vitviz (negative: from the end)"
@@ -201,3 +237,16 @@ DISCARD = Option(
     label="Discard ratio",
 )
 START_LAYER = Option("start_layer", "layer", 0, "first layer of the rollout, counted from 0")
+END_LAYER = Option(
+    "end_layer",
+    "layer",
+    -1,
+    "last layer of the rollout, counted from 0: the map 'up to layer l' (default: the last)",
+)
+NEGATIVE = Option(
+    "negative",
+    "flag",
+    False,
+    "why NOT this class: keep the negative part of attention × gradient (evidence against it)",
+    label="Why not",
+)

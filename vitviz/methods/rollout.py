@@ -1,6 +1,8 @@
 """Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020).
 
-``Â_l = rownorm(fuse_h(A_l) + I)``, ``R = Â_L ⋯ Â_s``, map ``= R[readout, P:]``. With mean
+``Â_l = rownorm(fuse_h(A_l) + I)``, ``R = Â_e ⋯ Â_s``, map ``= R[readout, P:]``: layers s (start)
+to e (end, default the last); ``e < L - 1`` is the map "up to layer e", how far the flow has
+got by then. With mean
 fusion and no discard this equals the product of ``½(Ā_l + I)``.
 
 The discard ratio (vit-explain's option, done right): before adding I, exactly
@@ -22,11 +24,11 @@ from vitviz.methods.arrays import (
     Fusion,
     check_attn,
     fuse_heads,
-    layer_index,
+    layer_span,
     readout_weights,
     tensors,
 )
-from vitviz.methods.registry import DISCARD, FUSION, START_LAYER, register
+from vitviz.methods.registry import DISCARD, END_LAYER, FUSION, START_LAYER, register
 
 
 def discard_lowest(fused: torch.Tensor, layout: TokenLayout, ratio: float) -> torch.Tensor:
@@ -76,15 +78,16 @@ def rollout_layers(
     fusion: Fusion = "mean",
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
 ) -> torch.Tensor:
     """The per-layer rollout factors ``Â_l = rownorm(fuse_h(A_l) (discarded) + I)``.
 
     Returns:
-        ``[..., L - s, N, N]`` for layers s…L-1, rows summing to 1.
+        ``[..., e - s + 1, N, N]`` for layers s…e, rows summing to 1.
     """
     check_attn(attn, layout)
-    s = layer_index(start_layer, attn.shape[-4])
-    return rollout_factors(fuse_heads(attn[..., s:, :, :, :], fusion), layout, discard)
+    s, e = layer_span(start_layer, end_layer, attn.shape[-4])
+    return rollout_factors(fuse_heads(attn[..., s : e + 1, :, :, :], fusion), layout, discard)
 
 
 @tensors
@@ -95,9 +98,12 @@ def rollout_matrix(
     fusion: Fusion = "mean",
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
 ) -> torch.Tensor:
-    """The full rollout ``R = Â_L ⋯ Â_s`` as ``[..., N, N]`` (rows sum to 1)."""
-    hat = rollout_layers(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    """The full rollout ``R = Â_e ⋯ Â_s`` as ``[..., N, N]`` (rows sum to 1)."""
+    hat = rollout_layers(
+        attn, layout, fusion=fusion, discard=discard, start_layer=start_layer, end_layer=end_layer
+    )
     eye = torch.eye(attn.shape[-1], dtype=hat.dtype, device=hat.device)
     return rolled_rows(hat, eye.expand(*hat.shape[:-3], -1, -1))
 
@@ -106,7 +112,7 @@ def rollout_matrix(
     "rollout",
     "Attention rollout",
     "attention rollout through the layers (Abnar & Zuidema 2020)",
-    (FUSION, DISCARD, START_LAYER),
+    (FUSION, DISCARD, START_LAYER, END_LAYER),
 )
 @tensors
 def attention_rollout(
@@ -117,6 +123,7 @@ def attention_rollout(
     fusion: Fusion = "mean",
     discard: float = 0.0,
     start_layer: int = 0,
+    end_layer: int = -1,
 ) -> torch.Tensor:
     """The rolled-out readout row ``w @ R`` (``[..., N]``, prefix tokens included).
 
@@ -127,7 +134,10 @@ def attention_rollout(
         discard: share of each fused layer's lowest entries zeroed before adding I (see the
             module docstring for exactly which).
         start_layer: first layer of the product.
+        end_layer: last layer of the product (the map "up to" that layer).
     """
-    hat = rollout_layers(attn, layout, fusion=fusion, discard=discard, start_layer=start_layer)
+    hat = rollout_layers(
+        attn, layout, fusion=fusion, discard=discard, start_layer=start_layer, end_layer=end_layer
+    )
     w = readout_weights(layout, hat)
     return rolled_rows(hat, w.expand(*hat.shape[:-3], 1, -1))[..., 0, :]

@@ -78,30 +78,46 @@ def uniform_distance(layout: TokenLayout) -> float:
     return float(torch.cdist(c, c).mean())
 
 
+def head_columns(attn: Any, layout: TokenLayout) -> dict[str, Any]:
+    """The head table's numeric columns as float64 numpy arrays ``[..., L, H]``:
+    ``mean_distance`` (px), ``entropy`` (nats), ``to_prefix`` and ``to_self``."""
+    import numpy as np
+
+    return {
+        "mean_distance": np.asarray(mean_attention_distance(attn, layout), np.float64),
+        "entropy": np.asarray(attention_entropy(attn, layout), np.float64),
+        "to_prefix": np.asarray(prefix_attention(attn, layout), np.float64),
+        "to_self": np.asarray(self_attention(attn, layout), np.float64),
+    }
+
+
+def head_kinds(mean_distance: Any, to_prefix: Any, to_self: Any, uniform: float) -> Any:
+    """Each head's kind (one of :data:`HEAD_KINDS`) by the rules above, the first that holds,
+    elementwise over arrays of one shape; ``uniform`` is :func:`uniform_distance` (px)."""
+    import numpy as np
+
+    far = LOCAL_RATIO * uniform
+    return np.where(
+        np.asarray(to_prefix) >= SINK_SHARE,
+        "prefix sink",
+        np.where(
+            np.asarray(to_self) >= SELF_SHARE,
+            "diagonal",
+            np.where(np.asarray(mean_distance) < far, "local", "global"),
+        ),
+    )
+
+
 def head_table(attn: Any, layout: TokenLayout) -> dict[str, Any]:
     """Every head as a row: ``layer``, ``head``, ``mean_distance`` (px), ``entropy`` (nats),
     ``to_prefix``, ``to_self`` and ``kind`` (one of :data:`HEAD_KINDS`, by the rules above).
     Columns are flat lists of length L·H, layer-major."""
     import numpy as np
 
-    distance = np.asarray(mean_attention_distance(attn, layout), np.float64)
+    columns = head_columns(attn, layout)
+    distance = columns["mean_distance"]
     layers, heads = distance.shape[-2:]
-    columns = {
-        "mean_distance": distance,
-        "entropy": np.asarray(attention_entropy(attn, layout), np.float64),
-        "to_prefix": np.asarray(prefix_attention(attn, layout), np.float64),
-        "to_self": np.asarray(self_attention(attn, layout), np.float64),
-    }
-    far = LOCAL_RATIO * uniform_distance(layout)
-    kind = np.where(
-        columns["to_prefix"] >= SINK_SHARE,
-        "prefix sink",
-        np.where(
-            columns["to_self"] >= SELF_SHARE,
-            "diagonal",
-            np.where(distance < far, "local", "global"),
-        ),
-    )
+    kind = head_kinds(distance, columns["to_prefix"], columns["to_self"], uniform_distance(layout))
     ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
     table: dict[str, Any] = {"layer": ll.ravel().tolist(), "head": hh.ravel().tolist()}
     table |= {k: v.reshape(-1).tolist() for k, v in columns.items()}

@@ -9,6 +9,8 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
     ``GET /v1/health``: liveness and the model name.
     ``GET /v1/model``: model description, labels, methods, limits.
     ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).
+    ``POST /v1/embeddings``, ``POST /v1/features``: a model input's vectors going into the
+        encoder, and its token features coming out of it (binary).
     ``POST /v1/explain``: the image bytes as the body, options as query parameters; the
         answer is a :mod:`vitviz.server.wire` message.
 """
@@ -103,6 +105,18 @@ async def _receive(request: Request, settings: Settings, uploads: Admission) -> 
 
 # Above the deployment class: Serve ships the class with the module globals defined before it.
 LOOPBACK_ENV = "VITVIZ_RAY_LOOPBACK"
+# routes whose body is the model's input (resized and cropped) and whose answer is binary
+_MODEL_INPUT_ROUTE: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: {"content": {wire.MEDIA_TYPE: {}}, "description": "binary message"}},
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "description": "the model's input image (already resized and cropped), as PNG",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+}
 
 
 def replica_grpc_on_loopback() -> None:
@@ -179,29 +193,35 @@ class VitvizServer:
         data = await asyncio.to_thread(self.engine.anatomy_message)
         return Response(data, media_type=wire.MEDIA_TYPE)
 
-    @api.post(
-        "/v1/embeddings",
-        summary="One model input's patch, position and token vectors (binary, float16)",
-        response_class=Response,
-        responses={200: {"content": {wire.MEDIA_TYPE: {}}, "description": "binary message"}},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "description": "the model's input image (already resized and cropped), as PNG",
-                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
-            }
-        },
-    )
-    async def embeddings(self, request: Request) -> Response:
-        """What the lesson's embedding steps show, for one model input."""
+    async def _model_input_answer(self, request: Request, answer: Any) -> Response:
+        """Run ``answer(body)`` for an uploaded model input, under the token and a queue slot."""
         self._auth(request)
         body = await _receive(request, self.settings, self.uploads)
         self.admission.acquire()
         try:
-            data = await asyncio.to_thread(self.engine.embeddings_message, body)
+            data = await asyncio.to_thread(answer, body)
         finally:
             self.admission.release()
         return Response(data, media_type=wire.MEDIA_TYPE)
+
+    @api.post(
+        "/v1/embeddings",
+        summary="One model input's patch, position and token vectors (binary, float16)",
+        **_MODEL_INPUT_ROUTE,
+    )
+    async def embeddings(self, request: Request) -> Response:
+        """What the lesson's embedding steps show, for one model input."""
+        return await self._model_input_answer(request, self.engine.embeddings_message)
+
+    @api.post(
+        "/v1/features",
+        summary="One model input's token features after the last block (binary, float16)",
+        **_MODEL_INPUT_ROUTE,
+    )
+    async def features(self, request: Request) -> Response:
+        """``forward_features`` of one model input: every token's final features and the
+        token layout (for the PCA picture and patch similarity)."""
+        return await self._model_input_answer(request, self.engine.features_message)
 
     @api.post(
         "/v1/explain",
@@ -242,6 +262,9 @@ class VitvizServer:
             str,
             Query(description="class answers: relevance (what the maps read) or full (∂y/∂A too)"),
         ] = "relevance",
+        negative: Annotated[
+            bool, Query(description='class answers for -y_c: "why not" each class')
+        ] = False,
     ) -> Response:
         """Predictions, token layout, statistics and the attention arrays asked for."""
         self._auth(request)
@@ -261,6 +284,7 @@ class VitvizServer:
                 classes=classes,
                 layers=layers,
                 gradients=gradients,
+                negative=negative,
             )
             del body  # the job holds the model's input; the upload is no longer needed
             left = limit - (time.monotonic() - start)

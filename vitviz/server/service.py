@@ -29,7 +29,7 @@ from vitviz.images import decode_image
 from vitviz.results import ClassExplanation, ImageExplanation
 from vitviz.server import wire
 
-API_VERSION = 2  # 2: class answers carry each class's relevance; full gradients on request
+API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AttentionPart = Literal["none", "readout", "full"]
 GradientPart = Literal["relevance", "full"]
@@ -190,6 +190,7 @@ class Job:
         layers: layers whose gradients are computed (all when empty).
         gradients: what a class answer carries: ``relevance`` (what the maps read) or
             ``full`` (also ``∂y_c/∂A`` of the layers asked for).
+        negative: the class answers explain ``-y_c`` ("why not" each class).
     """
 
     image: Image.Image
@@ -199,6 +200,7 @@ class Job:
     classes: list[int | None] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
     gradients: GradientPart = "relevance"
+    negative: bool = False
 
 
 @dataclass
@@ -294,19 +296,23 @@ class Engine:
             raise ApiError(400, "bad_image", str(err)) from None
         return decoded.image
 
-    def embeddings_message(self, body: bytes) -> bytes:
-        """One model input's patch, position and token vectors (the lesson's steps 3–5) as a
-        binary message, float16; 400 unless the body is an image of the model's input size."""
+    def _model_input(self, body: bytes, what: str) -> Image.Image:
+        """An uploaded model input (resized and cropped already); 400 when it is not one."""
         image = self._decode(body, None)
         if not self.backend.geometry.is_seen(image):
             w, h = image.size
             raise ApiError(
                 400,
                 "bad_option",
-                f"embeddings need the model's input: the image is {w}×{h} px, not a resized and "
+                f"{what} need the model's input: the image is {w}×{h} px, not a resized and "
                 "cropped input of this model",
             )
-        vectors = self.backend.embeddings(image)
+        return image
+
+    def embeddings_message(self, body: bytes) -> bytes:
+        """One model input's patch, position and token vectors (the lesson's steps 3–5) as a
+        binary message, float16; 400 unless the body is an image of the model's input size."""
+        vectors = self.backend.embeddings(self._model_input(body, "embeddings"))
         header = {
             "api_version": API_VERSION,
             "num_prefix": vectors.num_prefix,
@@ -319,6 +325,18 @@ class Engine:
                 arrays |= wire.pack_array(name, value, "float16")
         return wire.encode(header, arrays)
 
+    def features_message(self, body: bytes) -> bytes:
+        """One model input's token features after the last block (``forward_features``) as a
+        binary message: float16 with one scale per token (no overflow, float16's relative
+        precision); 400 unless the body is an image of the model's input size."""
+        features = self.backend.features(self._model_input(body, "features"))
+        header = {
+            "api_version": API_VERSION,
+            "layout": features.layout.to_dict(),
+            "norm": features.norm,
+        }
+        return wire.encode(header, wire.pack_array("tokens", features.tokens, "float16-scaled"))
+
     def make_job(
         self,
         body: bytes,
@@ -330,6 +348,7 @@ class Engine:
         classes: Sequence[str] = (),
         layers: Sequence[int] = (),
         gradients: str = "relevance",
+        negative: bool = False,
     ) -> Job:
         """Decode and validate one request; 400 with a clear message when it is wrong.
 
@@ -365,7 +384,7 @@ class Engine:
                 f"seen=true but the image is {w}×{h} px, not a resized and cropped input of "
                 "this model; send the original image without seen",
             )
-        job = Job(image, top_k, attention, dtype, wanted, picked, gradients)  # type: ignore[arg-type]
+        job = Job(image, top_k, attention, dtype, wanted, picked, gradients, bool(negative))  # type: ignore[arg-type]
         size = self.answer_bytes(job)
         if size > self.settings.max_answer_bytes:
             raise ApiError(
@@ -388,7 +407,7 @@ class Engine:
         k = len(job.classes)
         if k:
             wide = 4 if job.dtype == "float32" else 2
-            size += k * (3 * num_layers * n * n * wide + 4 * n * (num_layers * (heads + 3) + 1))
+            size += k * (4 * num_layers * n * n * wide + 4 * n * (num_layers * (heads + 3) + 1))
             if job.gradients == "full":
                 size += k * len(job.layers or range(num_layers)) * heads * n * n * wide
         return size
@@ -397,10 +416,15 @@ class Engine:
         if not classes:
             return []
         labels = self.backend.labels
-        if not labels:
-            raise ApiError(
-                400, "bad_option", "this model has no classifier, so it explains no class"
-            )
+        if not labels:  # a backbone: its one class-free target, the readout feature's norm
+            if any(str(spec).strip().lower() != "top" for spec in classes):
+                raise ApiError(
+                    400,
+                    "bad_option",
+                    "this model has no classifier, so it explains no class; class=top explains "
+                    "its class-free target, the readout feature's norm",
+                )
+            return [None] * min(len(classes), 16)
         if len(classes) > 16:
             raise ApiError(400, "bad_option", "at most 16 classes per request")
         out: list[int | None] = []
@@ -452,12 +476,16 @@ class Engine:
         Each pass holds every pair's relevance (and, for ``gradients=full`` jobs, their
         gradients), so the pairs, not the images, bound a batch's memory.
         """
-        out: list[ClassExplanation] = []
-        for chunk in _class_chunks(jobs, self.settings.max_batch_size):
-            out.extend(self._class_pass([jobs[i] for i in chunk]))
-        return out
+        out: list[ClassExplanation | None] = [None] * len(jobs)
+        for negative in (False, True):  # one sign per pass: -y_c is another backward target
+            group = [i for i, j in enumerate(jobs) if j.negative == negative]
+            for chunk in _class_chunks([jobs[i] for i in group], self.settings.max_batch_size):
+                done = self._class_pass([jobs[group[i]] for i in chunk], negative)
+                for i, res in zip(chunk, done, strict=True):
+                    out[group[i]] = res
+        return [r for r in out if r is not None]
 
-    def _class_pass(self, jobs: Sequence[Job]) -> list[ClassExplanation]:
+    def _class_pass(self, jobs: Sequence[Job], negative: bool) -> list[ClassExplanation]:
         num_layers = self.model.layers
         layers = sorted({layer for j in jobs for layer in (j.layers or range(num_layers))})
         k = max(len(j.classes) for j in jobs)
@@ -470,6 +498,7 @@ class Engine:
                 top_k=max(j.top_k for j in jobs),
                 seen=True,
                 full_gradients=any(j.gradients == "full" for j in jobs),
+                negative=negative,
             )
         out = []
         for job, r in zip(jobs, res, strict=True):
@@ -517,6 +546,7 @@ class Engine:
                 "classes": classed.classes,
                 "class_labels": classed.labels,
                 "gradient_layers": layers,
+                "negative": job.negative,
             }
             arrays |= wire.encode_relevance(classed.relevance, job.dtype)
             if job.gradients == "full" and classed.gradients is not None:

@@ -149,17 +149,17 @@ def _decode(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 def encode_relevance(relevance: Sequence[ClassRelevance], dtype: str) -> dict[str, np.ndarray]:
     """Wire arrays of some classes' relevance (see :class:`~vitviz.results.ClassRelevance`).
 
-    ``relevance_fused`` ``[K, 3, L, N, N]`` goes as float16 scaled per (class, fusion, layer)
-    unless ``dtype`` is float32; the small row arrays go as float32; ``chefer`` ``[K, N]``
-    only when every layer's gradients were computed.
+    ``relevance_fused`` ``[K, 3, L, N, N]`` and ``relevance_chefer`` ``[K, L, N, N]`` go as
+    float16 scaled per (class, [fusion,] layer) unless ``dtype`` is float32; the small row
+    arrays go as float32. Whether they are "why not" relevance is the header's ``negative``.
     """
     enc = "float32" if dtype == "float32" else "float16-scaled"
     fused = np.stack([r.fused for r in relevance])
     arrays = pack_array("relevance_fused", fused, enc, scale_axes=3)
+    chefer = np.stack([r.chefer for r in relevance])
+    arrays |= pack_array("relevance_chefer", chefer, enc, scale_axes=2)
     arrays["relevance_heads"] = np.stack([r.heads for r in relevance]).astype(np.float32)
     arrays["relevance_fused_rows"] = np.stack([r.fused_rows for r in relevance]).astype(np.float32)
-    if all(r.chefer is not None for r in relevance):
-        arrays["chefer"] = np.stack([r.chefer for r in relevance]).astype(np.float32)
     return arrays
 
 
@@ -171,20 +171,18 @@ def decode_relevance(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> l
     """
     try:
         layers = tuple(int(x) for x in header["gradient_layers"])
-        chefer = arrays.get("chefer")
         pairs = list(zip(header["classes"], header["class_labels"], strict=True))
-        num_layers = int(arrays["relevance_heads"].shape[1])
-        if chefer is None and len(set(layers)) == num_layers:
-            raise KeyError("chefer")
+        negative = bool(header.get("negative", False))
         return [
             ClassRelevance(
                 index=int(c),
                 label=str(label),
                 layers=layers,
-                chefer=None if chefer is None else np.array(chefer[k], np.float32),
+                chefer=np.array(arrays["relevance_chefer"][k], np.float32),
                 fused=np.array(arrays["relevance_fused"][k], np.float32),
                 heads=np.array(arrays["relevance_heads"][k], np.float32),
                 fused_rows=np.array(arrays["relevance_fused_rows"][k], np.float32),
+                negative=negative,
             )
             for k, (c, label) in enumerate(pairs)
         ]

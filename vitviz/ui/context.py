@@ -25,6 +25,7 @@ class ViewContext:
     image_name: str
     decoded: DecodedImage
     entry: Entry
+    source: bytes = b""  # the image as sent (another model decodes it for its own input)
 
     @property
     def expl(self) -> ImageExplanation:
@@ -54,6 +55,15 @@ class ViewContext:
     def labels(self) -> list[str]:
         """Class names (empty without a classifier)."""
         return list(self.backend.labels or [])
+
+    def class_title(self, cls: int) -> str:
+        """A class as the page names it (the class-free target of a backbone in words)."""
+        from vitviz.ui.i18n import class_label, t
+
+        labels = self.labels
+        return (
+            class_label(labels[cls], cls) if 0 <= cls < len(labels) else t("widgets.feature_norm")
+        )
 
     @property
     def top_classes(self) -> list[int]:

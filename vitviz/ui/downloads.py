@@ -9,34 +9,11 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from vitviz.results import ImageExplanation, ModelInfo, WeightsInfo
-
-PROJECT = Path(__file__).resolve().parents[2]
-
-
-def display_location(weights: WeightsInfo) -> str:
-    """Where weights came from, without the machine's directories.
-
-    Files inside the project are shown relative to it, other files by name; the hub by URL.
-    """
-    where = weights.location
-    if not where or weights.source not in ("file", "bundled", "cache"):
-        return where
-    path = Path(where).resolve()
-    try:
-        return str(path.relative_to(PROJECT))
-    except ValueError:
-        return path.name
-
-
-def public_info(info: ModelInfo) -> ModelInfo:
-    """A model description fit to show or hand out (see :func:`display_location`)."""
-    return info.with_(weights=replace(info.weights, location=display_location(info.weights)))
+from vitviz.provenance import public_info
+from vitviz.results import ImageExplanation, ModelInfo
 
 
 def safe_stem(name: str) -> str:

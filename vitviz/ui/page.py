@@ -71,10 +71,13 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
             st.error(plain(err2))
             st.stop()
     info = chosen.info()
-    model_id = f"{info.timm_name}|{info.weights.source}|{info.weights.location}"
-    if info.remote:
-        model_id = f"{info.backend}|{model_id}"
-    return chosen, info, model_id
+    return chosen, info, model_key(info)
+
+
+def model_key(info: ModelInfo) -> str:
+    """The id the page's caches know a model by (its weights and where it runs)."""
+    key = f"{info.timm_name}|{info.weights.source}|{info.weights.location}"
+    return f"{info.backend}|{key}" if info.remote else key
 
 
 def header(info: ModelInfo, why_default: str | None) -> None:
@@ -136,7 +139,7 @@ def context(chosen: Backend, info: ModelInfo, model_id: str, data: bytes, name: 
         st.error(error_text(err))
         st.caption(t("page.keeps_working"))
         st.stop()
-    return ViewContext(chosen, info, model_id, image_digest, name, decoded, entry)
+    return ViewContext(chosen, info, model_id, image_digest, name, decoded, entry, data)
 
 
 def image_column(ctx: ViewContext, note: str | None) -> None:

@@ -22,11 +22,11 @@ from vitviz.backends.remote import RemoteBackend
 from vitviz.cache import ByteLRU
 from vitviz.errors import VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
-from vitviz.results import Anatomy, ClassRelevance, ImageExplanation
+from vitviz.results import Anatomy, ClassRelevance, ImageExplanation, TokenFeatures
 from vitviz.runtime import release_memory
 from vitviz.ui import i18n
 from vitviz.ui.i18n import t
-from vitviz.ui.state import PageCaches, PageLimits
+from vitviz.ui.state import Entry, PageCaches, PageLimits
 from vitviz.ui.text import plain
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -242,27 +242,37 @@ def explanation(model_id: str, image_digest: str, backend: Backend, image):
 
 
 def class_relevance(
-    model_id: str, image_digest: str, backend: Backend, image, cls: int, top: list[int]
+    model_id: str,
+    image_digest: str,
+    backend: Backend,
+    image,
+    cls: int,
+    top: list[int],
+    negative: bool = False,
 ) -> ClassRelevance:
     """What the class maps read of ``∂y_c/∂A`` for one class of this image, cached.
 
     The first request computes the top-5 classes (and ``cls``) from one forward pass with one
     backward pass each, so switching among them is instant; any other class costs one forward
     and one backward pass. Sessions asking for the same class at once compute it once; the
-    cache is bounded in bytes.
+    cache is bounded in bytes. ``negative``: "why not" the class (the relevance of ``-y_c``);
+    ``cls`` is :data:`vitviz.gradients.FEATURE_NORM` for a backbone's class-free target.
     """
+    from vitviz.gradients import FEATURE_NORM
+
     cache = page_caches().relevance
-    key = (model_id, image_digest, cls)
+    key = (model_id, image_digest, cls, negative)
     hit = cache.get(key)
     if hit is not None:
         return hit
 
     def compute() -> ClassRelevance:
-        others = [c for c in top if c != cls and (model_id, image_digest, c) not in cache]
-        res = backend.explain_classes([image], [[cls, *others]], seen=True)[0]
-        for rel in res.relevance[1:]:
-            cache.put((model_id, image_digest, rel.index), rel)
-        return res.relevance[0]
+        others = [c for c in top if c != cls and (model_id, image_digest, c, negative) not in cache]
+        wanted = None if cls == FEATURE_NORM else cls  # the backbone's one target
+        res = backend.explain_classes([image], [[wanted, *others]], seen=True, negative=negative)
+        for rel in res[0].relevance[1:]:
+            cache.put((model_id, image_digest, rel.index, negative), rel)
+        return res[0].relevance[0]
 
     with st.spinner(t("busy.gradients"), show_time=True):
         try:
@@ -271,6 +281,17 @@ def class_relevance(
             st.error(t("error.class_map", detail=plain(err)))
             st.stop()
     raise AssertionError("unreachable")
+
+
+def token_features(entry: Entry, backend: Backend, image) -> TokenFeatures:
+    """The last layer's token features of this (model, image), computed once (one forward
+    pass, with a spinner) and cached with its explanation, as the lesson's embeddings are.
+
+    Raises:
+        VitvizError: the backend cannot give them (e.g. a server without ``/v1/features``).
+    """
+    with st.spinner(t("features.busy"), show_time=True):
+        return entry.get("features", lambda: backend.features(image))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -8,8 +8,9 @@ import streamlit as st
 
 from vitviz import models
 from vitviz.errors import VitvizError
+from vitviz.provenance import display_location
 from vitviz.results import ModelInfo
-from vitviz.ui import downloads, i18n, resources, session
+from vitviz.ui import i18n, resources, session
 from vitviz.ui.i18n import t
 from vitviz.ui.servers import ServerPolicy
 from vitviz.ui.session import KEEP, URL
@@ -200,7 +201,7 @@ def model_facts(info: ModelInfo) -> None:
     """Which weights are in use, where they came from, the device and the backend."""
     with st.sidebar:
         w = info.weights
-        where = downloads.display_location(w)
+        where = display_location(w)
         lines = [t("facts.model", name=plain(info.title))] if info.remote else []
         source = t(f"facts.source_{w.source}") if i18n.has(f"facts.source_{w.source}") else w.source
         weights = plain(source) + (f" — {plain(where)}" if where else "")

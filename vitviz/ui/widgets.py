@@ -68,6 +68,13 @@ def option_widget(
     title = option_title(option)
     if option.kind == "layer":
         default = option.default % layers if isinstance(option.default, int) else layers - 1
+        depth_key = f"{key}--depth"  # another model: a layer counted from the end follows it
+        if not fresh and st.session_state.get(depth_key, layers) != layers:
+            value = st.session_state[key]
+            from_end = isinstance(option.default, int) and option.default < 0
+            if from_end or not isinstance(value, int) or not 0 <= value < layers:
+                st.session_state[key] = default
+        st.session_state[depth_key] = layers
         extra = {"value": default} if fresh else {}
         return where.slider(title, 0, layers - 1, **extra, **common)
     if option.kind == "head":
@@ -131,11 +138,16 @@ def method_options(
 def class_picker(ctx: Any, key: str = "target_class") -> int:
     """Pick the class to explain: the top-5 first, then every label (type to search).
 
-    A new image or model starts on its top class.
+    A new image or model starts on its top class. A backbone without a classifier has one
+    class-free target, the norm of its readout feature (said in a caption).
     """
     from vitviz.classes import probabilities, ranked
+    from vitviz.gradients import FEATURE_NORM
 
     labels = ctx.labels
+    if not labels:
+        st.caption(t("widgets.feature_norm_note"))
+        return FEATURE_NORM
     top = ctx.top_classes
     probs = probabilities(ctx.expl.logits)
     context = ctx.model_id + ctx.image_digest
@@ -156,28 +168,79 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     )
 
 
-def overlay_download(ctx: Any, values: Any, title: str, where: Any = st) -> None:
-    """A server-rendered PNG of one map over the image (inferno, opacity 0.6), for saving."""
-    from vitviz import render
+def map_settings(
+    ctx: Any, view: str, method: str, options: dict[str, Any], cls: int | None = None
+) -> dict[str, Any]:
+    """Every setting of a map a view shows (:func:`vitviz.exports.make_settings`): the model
+    as :func:`~vitviz.ui.downloads.public_info` tells it (no directory of this machine), the
+    image's name, the view, the method with all its options, the class of a class-specific
+    map, and the canvas's default colormap and opacity the exported figure is drawn with."""
+    from vitviz import exports, methods
+    from vitviz.provenance import public_info
+    from vitviz.ui.canvas import DISPLAY_DEFAULTS
 
-    image, name = ctx.expl.image, f"{ctx.stem}-{title}.png"
-    where.download_button(
-        t("widgets.overlay_png"),
-        data=lambda: render.to_png(render.overlay(image, values, alpha=0.6)),
-        file_name=name,
-        mime="image/png",
-        on_click="ignore",
-        key=f"dl-png-{title}",
+    return exports.make_settings(
+        public_info(ctx.info),
+        image=ctx.image_name,
+        method=method,
+        options=methods.resolve_options(method, options),
+        layout=ctx.layout,
+        view=view,
+        target=None if cls is None else (cls, _target_label(ctx.labels, cls)),
+        colormap=DISPLAY_DEFAULTS["colormap"],
+        alpha=DISPLAY_DEFAULTS["alpha"],
+        smooth=DISPLAY_DEFAULTS["smooth"],
     )
+
+
+def _target_label(labels: list[str], cls: int) -> str:
+    """A class's name, or the class-free target's for a backbone."""
+    from vitviz.gradients import FEATURE_NORM_LABEL
+
+    return labels[cls] if 0 <= cls < len(labels) else FEATURE_NORM_LABEL
+
+
+def map_exports(
+    ctx: Any, values: Any, title: str, settings: dict[str, Any], where: Any = st
+) -> None:
+    """The shown map's exports in one small "Export" popover: the figure with its colour
+    legend and a caption of the settings (PNG, SVG) and the values with every setting (CSV,
+    npz). Each file is made only when its button is clicked."""
+    from functools import partial
+
+    from vitviz import exports
+
+    image, stem = ctx.expl.image, f"{ctx.stem}-{title}"
+    files = (
+        ("png", t("exports.figure_png"), f"{stem}.png", "image/png", exports.figure_png),
+        ("svg", t("exports.figure_svg"), f"{stem}.svg", "image/svg+xml", exports.figure_svg),
+        ("csv", t("exports.values_csv"), f"{stem}-values.csv", "text/csv", exports.values_csv),
+        (
+            "npz",
+            t("exports.values_npz"),
+            f"{stem}-values.npz",
+            "application/octet-stream",
+            exports.values_npz,
+        ),
+    )
+    box = where.popover(t("exports.button"), help=t("exports.help"), key=f"export-{title}")
+    for kind, label, name, mime, make in files:
+        box.download_button(
+            label,
+            data=partial(make, values, image, settings),
+            file_name=name,
+            mime=mime,
+            on_click="ignore",
+            key=f"dl-{kind}-{title}",
+        )
 
 
 def why_toggle(ctx: Any, label: str, key: str, where: Any = st) -> bool:
-    """The "why this class?" switch (off and disabled for a model without a classifier)."""
+    """The "why this class?" switch (for a backbone: why this feature, class-free)."""
     on = where.toggle(
         label,
         key=key,
-        disabled=not ctx.expl.predictions,
-        help=t("widgets.why_help"),
+        help=t("widgets.why_help" if ctx.labels else "widgets.why_help_backbone"),
         persist_state="session",
     )
-    return bool(on and ctx.expl.predictions)
+    return bool(on)

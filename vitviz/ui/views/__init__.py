@@ -14,9 +14,11 @@ import streamlit as st
 from vitviz.ui import i18n, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
-from vitviz.ui.views import heads, patches, pipeline, rollout, statistics
+from vitviz.ui.views import compare, features, heads, patches, pipeline, rollout, statistics
 
-VIEWS: dict[str, ModuleType] = {m.ID: m for m in (pipeline, heads, rollout, patches, statistics)}
+VIEWS: dict[str, ModuleType] = {
+    m.ID: m for m in (pipeline, heads, rollout, patches, statistics, features, compare)
+}
 DEFAULT = rollout.ID
 
 

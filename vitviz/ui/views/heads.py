@@ -10,7 +10,7 @@ from __future__ import annotations
 from vitviz import methods
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
-from vitviz.ui.i18n import class_label, fill, t
+from vitviz.ui.i18n import fill, t
 
 ID = "Heads"
 
@@ -43,7 +43,7 @@ def render(ctx: ViewContext) -> None:
         rel = resources.class_relevance(
             ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
         )
-        label = class_label(ctx.labels[cls], cls)
+        label = ctx.class_title(cls)
         class_data = canvas.payload(
             expl.image,
             layout,
@@ -58,6 +58,10 @@ def render(ctx: ViewContext) -> None:
         canvas.attention_canvas("heads-class-canvas", class_data)
     layer, head, fusion = session.selection(info.layers, info.heads)
     grid = methods.to_grid(rows[layer, methods.head_slot(info.heads, head, fusion)], layout)
-    widgets.overlay_download(
-        ctx, grid, f"layer{layer}-head{head}" if head >= 0 else f"layer{layer}-{fusion}"
+    chosen = {"layer": layer, "head": head if head >= 0 else None, "fusion": fusion}
+    widgets.map_exports(
+        ctx,
+        grid,
+        f"layer{layer}-head{head}" if head >= 0 else f"layer{layer}-{fusion}",
+        widgets.map_settings(ctx, ID, "attention", chosen),
     )

@@ -53,7 +53,11 @@ def render(ctx: ViewContext) -> None:
     )
     if rolled:
         grid = methods.to_grid(rows, layout)
+        chosen = {"patch": patch, "rolled": True}
     else:
         layer, head, fusion = session.selection(info.layers, info.heads)
         grid = methods.to_grid(rows[layer, methods.head_slot(info.heads, head, fusion)], layout)
-    widgets.overlay_download(ctx, grid, f"patch{patch}")
+        chosen = {"patch": patch, "layer": layer, "head": head if head >= 0 else None}
+        chosen["fusion"] = fusion
+    settings = widgets.map_settings(ctx, ID, "query", chosen)
+    widgets.map_exports(ctx, grid, f"patch{patch}", settings)

@@ -12,11 +12,17 @@ import streamlit as st
 from vitviz import methods
 from vitviz.ui import canvas, resources, session, trust_panel, widgets
 from vitviz.ui.context import ViewContext
-from vitviz.ui.i18n import class_label, t
+from vitviz.ui.i18n import t
 from vitviz.ui.session import KEEP
+from vitviz.ui.text import plain
 
 ID = "Rollout"
-KEYS = {"fusion": "roll_fusion", "discard": "discard", "start_layer": "start_layer"}
+KEYS = {
+    "fusion": "roll_fusion",
+    "discard": "discard",
+    "start_layer": "start_layer",
+    "end_layer": "end_layer",
+}
 
 
 def render(ctx: ViewContext) -> None:
@@ -29,8 +35,12 @@ def render(ctx: ViewContext) -> None:
         o.name: widgets.option_widget(o, KEYS[o.name], where=col, **sizes)
         for o, col in zip(spec.options, columns, strict=True)
     }
+    if opts["end_layer"] < opts["start_layer"]:
+        st.error(t("rollout.end_before_start", start=opts["start_layer"], end=opts["end_layer"]))
+        return
     row = methods.compute_row("rollout", expl.attention, layout, **opts)
-    t1, t2, t3 = st.columns(3)
+    t1, t2 = st.columns(2)
+    t3, t4 = st.columns(2)
     show_mask = t1.toggle(
         t("rollout.mask"),
         key="mask_on",
@@ -45,6 +55,9 @@ def render(ctx: ViewContext) -> None:
         disabled=not expl.predictions,
         persist_state=KEEP,
     ) and bool(expl.predictions)
+    strip = t4.toggle(
+        t("rollout.strip"), key="strip_on", help=t("rollout.strip_help"), persist_state=KEEP
+    )
     # each map's settings span the view's width above the maps, so no label is squeezed
     mask = _mask_settings(opts) if show_mask else None
     klass = _class_settings(ctx, opts, sizes) if why else None
@@ -62,7 +75,11 @@ def render(ctx: ViewContext) -> None:
             max_size=size,
         )
         canvas.attention_canvas("rollout", data)
-    download = (methods.to_grid(row, layout), "rollout")
+    download = (
+        methods.to_grid(row, layout),
+        "rollout",
+        widgets.map_settings(ctx, ID, "rollout", opts),
+    )
     judged = (download[0], "rollout", t("method.rollout"), ctx.top_classes[0] if judge else -1)
     if mask is not None:
         with cols[1]:
@@ -71,8 +88,15 @@ def render(ctx: ViewContext) -> None:
         with cols[-1]:
             download = _class_map(ctx, *klass, size)
         cls, cm = klass[0], klass[1]  # the class map is the one judged when it is shown
-        judged = (download[0], cm, class_methods()[cm], cls)
-    widgets.overlay_download(ctx, *download)
+        if not methods.METHODS[cm].negative(klass[2]):  # a "why not" map lowers the class by
+            judged = (download[0], cm, class_methods()[cm], cls)  # design: judge the rollout
+    if strip:
+        _strip(ctx, "rollout", None, opts, t("rollout.title"))
+        if klass is not None and "end_layer" in methods.METHODS[klass[1]].defaults:
+            cls, cm, copts = klass
+            rel = _relevance(ctx, cls, cm, copts)
+            _strip(ctx, cm, rel, copts, _class_title(ctx, cls, cm, copts))
+    widgets.map_exports(ctx, *download)
     if judge:
         trust_panel.panel(ctx, *judged)
 
@@ -136,24 +160,61 @@ def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str
     return cls, cm, widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
 
 
+def _relevance(ctx: ViewContext, cls: int, cm: str, copts: dict):
+    negative = methods.METHODS[cm].negative(copts)
+    return resources.class_relevance(
+        ctx.model_id,
+        ctx.image_digest,
+        ctx.backend,
+        ctx.decoded.image,
+        cls,
+        ctx.top_classes,
+        negative,
+    )
+
+
+def _class_title(ctx: ViewContext, cls: int, cm: str, copts: dict) -> str:
+    why_not = methods.METHODS[cm].negative(copts)
+    key = "rollout.why_not_title" if why_not else "rollout.class_title"
+    return t(key, label=ctx.class_title(cls), method=class_methods()[cm])
+
+
+def _strip(ctx: ViewContext, method: str, grads, opts: dict, title: str) -> None:
+    """The map "up to layer l" for every l from the start layer on, small, in rows."""
+    from vitviz import render
+
+    which = None if grads is None else (grads.index, grads.negative)
+    layers, rows = ctx.entry.get(
+        ("strip", method, repr(sorted(opts.items())), which),
+        lambda: methods.compute_strip(method, ctx.attn, ctx.layout, grads=grads, **opts),
+    )
+    maps = methods.to_grid(rows, ctx.layout)
+    images = [render.overlay(ctx.expl.image, m, alpha=0.6) for m in maps]
+    st.markdown(t("rollout.strip_title", title=plain(title)))
+    per_row = 6 if len(images) > 8 else len(images)
+    for start in range(0, len(images), per_row):
+        chunk = list(range(start, min(start + per_row, len(images))))
+        st.image(
+            [images[i] for i in chunk],
+            caption=[t("rollout.strip_cell", layer=layers[i]) for i in chunk],
+            width=110,
+        )
+    st.caption(t("rollout.strip_caption"))
+
+
 def _class_map(ctx: ViewContext, cls: int, cm: str, copts: dict, size: int):
     expl, layout = ctx.expl, ctx.layout
-    rel = resources.class_relevance(
-        ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
-    )
+    rel = _relevance(ctx, cls, cm, copts)
     row = methods.compute_row(cm, expl.attention, layout, grads=rel, **copts)
     data = canvas.payload(
         expl.image,
         layout,
         row,
-        title=t(
-            "rollout.class_title",
-            label=class_label(ctx.labels[cls], cls),
-            method=class_methods()[cm],
-        ),
+        title=_class_title(ctx, cls, cm, copts),
         value_name=t("canvas.relevance"),
         filename=f"{ctx.stem}-{cm}-class{cls}",
         max_size=size,
     )
     canvas.attention_canvas("class-map", data)
-    return methods.to_grid(row, layout), f"{cm}-class{cls}"
+    settings = widgets.map_settings(ctx, ID, cm, copts, cls)
+    return methods.to_grid(row, layout), f"{cm}-class{cls}", settings

@@ -1,0 +1,114 @@
+"""``python -m vitviz compare IMG [--model-b M | --image-b IMG | --method-b M] --out DIR``.
+
+Two maps side by side, as the page's Compare view: two models on one image, two images on one
+model, or two methods; one set of method options, carried to the second model by relative
+depth (:mod:`vitviz.comparison`). Writes ``NAME-compare.png`` (both figures with their colour
+legend and settings caption), ``NAME-compare.npz`` (both maps' values) and
+``NAME-compare.json`` (both sides' settings, the options each side used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitviz import methods
+from vitviz.errors import OptionsError
+
+
+def add_arguments(c: argparse.ArgumentParser) -> None:
+    """The ``compare`` command's own arguments (model, method and output come from the caller)."""
+    c.add_argument("image", help="an image file (side A; side B too unless --image-b)")
+    c.add_argument("--image-b", help="side B's image (two images on one model)")
+    c.add_argument("--model-b", help="side B's model (two models on one image)")
+    c.add_argument(
+        "--random-weights-b", action="store_true", help="side B's model with random weights"
+    )
+    c.add_argument(
+        "--method-b", choices=list(methods.METHODS), help="side B's method (two methods)"
+    )
+    c.add_argument("--colormap", default="inferno")
+    c.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
+
+
+def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 12) -> np.ndarray:
+    height = max(left.shape[0], right.shape[0])
+    out = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
+    out[: left.shape[0], : left.shape[1]] = left
+    out[: right.shape[0], left.shape[1] + gap :] = right
+    return out
+
+
+def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
+    """Compute both maps and write the files; print where they went."""
+    from vitviz import exports, render
+    from vitviz.backends.local import LocalBackend
+    from vitviz.classes import resolve_class
+    from vitviz.comparison import Side, compare
+    from vitviz.images import load_image_file
+    from vitviz.provenance import public_info
+
+    if not (args.model_b or args.image_b or args.method_b):
+        raise OptionsError(
+            "say what to compare: --model-b (two models), --image-b (two images) or "
+            "--method-b (two methods)"
+        )
+    if not 0.0 <= args.alpha <= 1.0:
+        raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
+    render.colormap_lut(args.colormap)  # an unknown colormap fails before any model work
+
+    def load(name: str | None, random: bool, weights: str | None = None) -> LocalBackend:
+        return LocalBackend.from_name(
+            name or "vit-b16",
+            weights=weights,
+            random_weights=random,
+            device=args.device,
+            precision=args.precision,
+        )
+
+    backend_a = load(args.model, args.random_weights, args.weights)
+    backend_b = load(args.model_b, args.random_weights_b) if args.model_b is not None else backend_a
+    image_a = load_image_file(Path(args.image)).image
+    image_b = load_image_file(Path(args.image_b)).image if args.image_b else image_a
+    target = None
+    if args.target_class is not None:
+        target = resolve_class(args.target_class, backend_a.labels or [])
+    a = Side(backend_a, image_a, args.method, target)
+    b = Side(backend_b, image_b, args.method_b or args.method, target if not args.model_b else None)
+    first, second = compare(a, b, options)
+    names = (Path(args.image).name, Path(args.image_b).name if args.image_b else None)
+    figures, settings = [], []
+    for side, result, name in ((a, first, names[0]), (b, second, names[1] or names[0])):
+        info = public_info(side.backend.info())
+        s = exports.make_settings(
+            info,
+            image=name,
+            method=side.method,
+            options=result.options,
+            layout=result.explanation.layout,
+            target=result.target,
+            colormap=args.colormap,
+            alpha=args.alpha,
+        )
+        settings.append(s)
+        figures.append(exports.figure(result.values, result.explanation.image, s))
+    stem = Path(args.image).stem
+    png = out / f"{stem}-compare.png"
+    png.write_bytes(render.to_png(_side_by_side(*figures)))
+    buf = io.BytesIO()
+    np.savez(buf, values_a=first.values, values_b=second.values)
+    (out / f"{stem}-compare.npz").write_bytes(buf.getvalue())
+    (out / f"{stem}-compare.json").write_text(
+        json.dumps({"a": settings[0], "b": settings[1]}, indent=2, ensure_ascii=False)
+    )
+    print(
+        f"{stem}: {exports.caption(settings[0])}  ↔  {exports.caption(settings[1])} → {png}",
+        file=sys.stderr,
+    )
+    return 0

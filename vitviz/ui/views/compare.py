@@ -1,0 +1,276 @@
+"""Compare: two maps side by side with shared controls — two models on one image, two images
+on one model, or two methods on one explanation.
+
+Panel A is the page's model and image. Panel B is another sample (the default: it costs one
+explanation), another curated model (run in this process, loaded only when asked for), or
+another method. One set of method options drives both panels, carried to B's model by
+:func:`vitviz.comparison.carry_options`: a layer to the same relative depth, a head B lacks to
+B's fused heads, a patch to the same place on B's grid. The mode, B's model, image and
+methods and every option are in the URL, so a link reopens the comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from vitviz import methods, models
+from vitviz.comparison import carry_options
+from vitviz.errors import VitvizError
+from vitviz.gradients import FEATURE_NORM
+from vitviz.methods import Method, Option
+from vitviz.results import ImageExplanation, ModelInfo
+from vitviz.ui import canvas, resources, session, widgets
+from vitviz.ui.context import ViewContext
+from vitviz.ui.i18n import error_text, t
+from vitviz.ui.session import KEEP
+from vitviz.ui.text import plain
+
+ID = "Compare"
+MODES = ("models", "images", "methods")
+PREFIX = "cmp"  # option widgets are keyed cmp-<method>-<option>; in the URL as cmp.<option>
+
+
+@dataclass
+class Panel:
+    """One side: a model's explanation of an image, and how to name it."""
+
+    ctx: ViewContext
+    name: str  # the model, image or method this panel stands for
+
+    @property
+    def info(self) -> ModelInfo:
+        """The panel's model."""
+        return self.ctx.info
+
+    @property
+    def expl(self) -> ImageExplanation:
+        """The panel's explanation."""
+        return self.ctx.expl
+
+
+def render(ctx: ViewContext) -> None:
+    """Draw the view."""
+    session.choice("cmp_mode", list(MODES), "images")
+    mode = st.segmented_control(
+        t("compare.mode"),
+        list(MODES),
+        format_func={m: t(f"compare.mode_{m}") for m in MODES}.get,
+        key="cmp_mode",
+        required=True,
+        persist_state=KEEP,
+    )
+    session.keep_in_url("cmp_mode", mode, "images")
+    a = Panel(ctx, plain(ctx.info.name) if mode == "models" else _image_title(ctx.image_name))
+    b = {"models": _other_model, "images": _other_image, "methods": lambda c: Panel(c, "")}[mode](
+        ctx
+    )
+    if b is None:
+        return
+    names = list(methods.METHODS)
+    titles = {n: widgets.method_title(n, m.title) for n, m in methods.METHODS.items()}
+    session.choice("cmp_method", names, "rollout")
+    if mode == "methods":
+        session.choice("cmp_method_b", names, "chefer" if ctx.labels else "attention")
+        c1, c2 = st.columns(2)
+        first = c1.selectbox(
+            t("compare.method_a"),
+            names,
+            format_func=titles.get,
+            key="cmp_method",
+            persist_state=KEEP,
+        )
+        second = c2.selectbox(
+            t("compare.method_b"),
+            names,
+            format_func=titles.get,
+            key="cmp_method_b",
+            persist_state=KEEP,
+        )
+        session.keep_in_url("cmp_method_b", second, "chefer" if ctx.labels else "attention")
+        a.name, b.name = titles[first], titles[second]
+    else:
+        first = second = st.selectbox(
+            t("compare.method"), names, format_func=titles.get, key="cmp_method", persist_state=KEEP
+        )
+    session.keep_in_url("cmp_method", first, "rollout")
+    opts = _options(ctx, methods.METHODS[first], methods.METHODS[second])
+    left, right = st.columns(2)
+    for panel, method, where, key in ((a, first, left, "cmp-a"), (b, second, right, "cmp-b")):
+        with where:
+            own = {k: v for k, v in opts.items() if k in methods.METHODS[method].defaults}
+            sizes = (
+                (ctx.info.layers, ctx.info.heads, ctx.layout),
+                (panel.info.layers, panel.info.heads, panel.ctx.layout),
+            )
+            _draw(panel, method, carry_options(method, own, *sizes), key)
+    if mode == "models" and ctx.info.layers != b.info.layers:
+        st.caption(t("compare.depth_note", a=ctx.info.layers, b=b.info.layers))
+
+
+def _other_model(ctx: ViewContext) -> Panel | None:
+    """Panel B for two models: a curated model, run in this process, on the same image."""
+    if ctx.info.remote:
+        st.info(t("compare.remote"))
+        return None
+    keys = list(models.CURATED)
+    current = next((k for k in keys if models.CURATED[k].timm_name == ctx.info.timm_name), None)
+    default = "dino-s16" if current != "dino-s16" else "vit-b16"
+    session.choice("cmp_model", keys, default)
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    key = c1.selectbox(
+        t("compare.model_b"),
+        keys,
+        format_func={k: resources.model_title(k) for k in keys}.get,
+        key="cmp_model",
+        persist_state=KEEP,
+    )
+    session.keep_in_url("cmp_model", key, default)
+    if "cmp_random" not in st.session_state:  # a link's choice, on this session's first run
+        st.session_state["cmp_random"] = st.query_params.get("cmp_random") == "1"
+    random = c2.toggle(
+        t("compare.random"), key="cmp_random", help=t("compare.random_help"), persist_state=KEEP
+    )
+    session.keep_in_url("cmp_random", "1" if random else "0", "0")
+    from vitviz.ui.page import model_key
+
+    try:
+        backend = resources.load_with_progress(key, None, bool(random))
+        info = backend.info()
+        mid = model_key(info)
+        decoded = resources.model_input(ctx.image_digest, ctx.source, ctx.image_name, backend)
+        entry = resources.explanation(mid, ctx.image_digest, backend, decoded.image)
+    except VitvizError as err:
+        st.error(t("compare.load_failed", name=resources.model_title(key), detail=error_text(err)))
+        return None
+    if info.weights.warning:
+        st.caption("⚠️ " + t("compare.random_note", name=plain(info.name)))
+    other = ViewContext(
+        backend, info, mid, ctx.image_digest, ctx.image_name, decoded, entry, ctx.source
+    )
+    return Panel(other, plain(info.name))
+
+
+def _other_image(ctx: ViewContext) -> Panel | None:
+    """Panel B for two images: a sample, explained by the page's model."""
+    names = list(resources.SAMPLES)
+    default = next((n for n in names if n != ctx.image_name), names[0])
+    session.choice("cmp_sample", names, default)
+    name = st.selectbox(
+        t("compare.image_b"),
+        names,
+        format_func={n: t(resources.SAMPLES[n]) for n in names}.get,
+        key="cmp_sample",
+        persist_state=KEEP,
+    )
+    session.keep_in_url("cmp_sample", name, default)
+    from vitviz.ui.state import digest
+
+    data = (resources.ASSETS / name).read_bytes()
+    image_digest = digest(data)
+    try:
+        decoded = resources.model_input(image_digest, data, name, ctx.backend)
+        entry = resources.explanation(ctx.model_id, image_digest, ctx.backend, decoded.image)
+    except VitvizError as err:
+        st.error(error_text(err))
+        return None
+    other = ViewContext(
+        ctx.backend, ctx.info, ctx.model_id, image_digest, name, decoded, entry, data
+    )
+    return Panel(other, _image_title(name))
+
+
+def _image_title(name: str) -> str:
+    """A sample's title in the page's language; another image by its (escaped) name."""
+    return t(resources.SAMPLES[name]) if name in resources.SAMPLES else plain(name)
+
+
+def _url_value(option: Option, text: str, layers: int, heads: int, patches: int) -> Any:
+    """An option's value from its URL text, or None when the text is not a valid value."""
+    try:
+        if option.kind in ("layer", "patch"):
+            value = int(text)
+            top = layers if option.kind == "layer" else patches
+            return value if 0 <= value < top else None
+        if option.kind == "head":
+            value = int(text)
+            return value if 0 <= value < heads else None
+        if option.kind == "number":
+            value = float(text)
+            low, high = option.low or 0.0, option.high if option.high is not None else 1.0
+            return value if low <= value <= high else None
+        if option.kind == "flag":
+            return {"1": True, "0": False}.get(text)
+        return text if text in option.choices else None
+    except ValueError:
+        return None
+
+
+def _url_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _options(ctx: ViewContext, first: Method, second: Method) -> dict[str, Any]:
+    """One widget per option of the two methods (on panel A's model); each in the URL."""
+    sizes = dict(layers=ctx.info.layers, heads=ctx.info.heads, patches=ctx.layout.num_patches)
+    spec: dict[str, Option] = {o.name: o for o in (*first.options, *second.options)}
+    for name, option in spec.items():  # a link's values, on this session's first run
+        key = f"{PREFIX}-{name}"
+        text = st.query_params.get(f"{PREFIX}.{name}")
+        if key not in st.session_state and text is not None:
+            value = _url_value(option, text, **sizes)
+            if value is not None:
+                st.session_state[key] = value
+    merged = Method("compare", "", "", lambda *a, **k: None, tuple(spec.values()))
+    values = widgets.method_options(merged, PREFIX, {}, **sizes)
+    for name, option in spec.items():
+        default = option.default
+        if option.kind == "layer" and isinstance(default, int):
+            default = default % sizes["layers"]
+        shown = _url_text(values[name])
+        session.keep_in_url(f"{PREFIX}.{name}", shown, _url_text(default))
+    return values
+
+
+def _draw(panel: Panel, method: str, opts: dict[str, Any], key: str) -> None:
+    """One panel's map, with what it shows in its title."""
+    ctx, spec = panel.ctx, methods.METHODS[method]
+    grads, target = None, ""
+    if spec.needs_gradients:
+        cls = ctx.top_classes[0] if ctx.top_classes else FEATURE_NORM
+        grads = resources.class_relevance(
+            ctx.model_id,
+            ctx.image_digest,
+            ctx.backend,
+            ctx.decoded.image,
+            cls,
+            ctx.top_classes,
+            spec.negative(opts),
+        )
+        target = t("compare.target", label=ctx.class_title(cls))
+    try:
+        row = methods.compute_row(method, ctx.attn, ctx.layout, grads=grads, **opts)
+    except VitvizError as err:
+        st.error(error_text(err))
+        return
+    depth = ""
+    if "layer" in opts and opts["layer"] is not None:
+        depth = t("compare.layer_of", layer=int(opts["layer"]), layers=ctx.info.layers)
+    parts = [p for p in (panel.name, widgets.method_title(method, spec.title), depth, target) if p]
+    data = canvas.payload(
+        ctx.expl.image,
+        ctx.layout,
+        np.asarray(row),
+        title=" · ".join(parts),
+        value_name=t("canvas.relevance") if spec.needs_gradients else None,
+        filename=f"{ctx.stem}-{method}",
+        max_size=300,
+    )
+    canvas.attention_canvas(key, data)
