@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from vitviz.models import LoadedModel, load_model
 
@@ -34,6 +35,15 @@ def tiny(name: str, seed: int = 0, **kwargs) -> LoadedModel:
 def vit_tiny() -> LoadedModel:
     """Random-weight vit_tiny_patch16_224: 12 layers, 3 heads, class token."""
     return tiny("vit_tiny_patch16_224")
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    """A seeded vit_tiny saved as safetensors (stands in for a trained model)."""
+    m = tiny("vit_tiny_patch16_224", seed=7)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

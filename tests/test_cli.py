@@ -13,19 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import ASSETS, tiny
+from tests.conftest import ASSETS
 from vitviz import methods
 from vitviz.cli import main
 from vitviz.layout import TokenLayout
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    """A seeded vit_tiny saved as safetensors (stands in for a trained model)."""
-    m = tiny("vit_tiny_patch16_224", seed=7)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
-    return path
 
 
 def run(args: list[str]) -> int:

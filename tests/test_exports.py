@@ -16,11 +16,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import save_file
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS, tiny
+from tests.conftest import ASSETS
 from vitviz import exports, render
 from vitviz.cli import main
 from vitviz.layout import TokenLayout
@@ -232,14 +231,6 @@ def test_exports_load_no_torch_or_streamlit():
 
 
 # ----------------------------------------------------------------------------------- the CLI
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    m = tiny("vit_tiny_patch16_224", seed=7)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
-    return path
 
 
 def test_cli_svg_and_values_hold_the_pngs_map(tmp_path, weights_file):

@@ -310,14 +310,10 @@ def _backend(args: argparse.Namespace) -> Any:
                 "leave out --model or start a server with that model"
             )
         return remote
-    from vitviz.backends.local import LocalBackend
+    from vitviz.cli_model import local_backend
 
-    return LocalBackend.from_name(
-        args.model or "vit-b16",
-        weights=args.weights,
-        random_weights=args.random_weights,
-        device=args.device,
-        precision=args.precision,
+    return local_backend(
+        args,
         keep_aspect=args.keep_aspect,
         batch_size=args.batch_size,
     )

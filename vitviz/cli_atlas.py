@@ -29,7 +29,7 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Path) -> int:
     """Build the atlas, write its three files and say where they are."""
     from vitviz.atlas import head_atlas, image_files, write_atlas
-    from vitviz.backends.local import LocalBackend
+    from vitviz.cli_model import local_backend
     from vitviz.cli_text import banner
     from vitviz.errors import OptionsError
 
@@ -40,14 +40,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
     if args.examples < 0:
         raise OptionsError(f"--examples must be 0 or more, got {args.examples}")
     image_files(args.folder, recursive=args.recursive)  # a bad folder fails before the model
-    backend = LocalBackend.from_name(
-        args.model or "vit-b16",
-        weights=args.weights,
-        random_weights=args.random_weights,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-    )
+    backend = local_backend(args, batch_size=args.batch_size)
     warning = backend.info().weights.warning
     if warning:
         print(banner(warning), file=sys.stderr)

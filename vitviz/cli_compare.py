@@ -48,8 +48,8 @@ def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 12) -> np.ndar
 def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     """Compute both maps and write the files; print where they went."""
     from vitviz import exports, render
-    from vitviz.backends.local import LocalBackend
     from vitviz.classes import resolve_class
+    from vitviz.cli_model import local_backend
     from vitviz.comparison import Side, compare
     from vitviz.images import load_image_file
     from vitviz.provenance import public_info
@@ -63,17 +63,13 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
     render.colormap_lut(args.colormap)  # an unknown colormap fails before any model work
 
-    def load(name: str | None, random: bool, weights: str | None = None) -> LocalBackend:
-        return LocalBackend.from_name(
-            name or "vit-b16",
-            weights=weights,
-            random_weights=random,
-            device=args.device,
-            precision=args.precision,
-        )
-
-    backend_a = load(args.model, args.random_weights, args.weights)
-    backend_b = load(args.model_b, args.random_weights_b) if args.model_b is not None else backend_a
+    backend_a = local_backend(args)
+    backend_b = backend_a
+    if args.model_b is not None:  # side B: its own model, with or without trained weights
+        side_b = argparse.Namespace(**vars(args))
+        side_b.model, side_b.weights = args.model_b, None
+        side_b.random_weights = args.random_weights_b
+        backend_b = local_backend(side_b)
     image_a = load_image_file(Path(args.image)).image
     image_b = load_image_file(Path(args.image_b)).image if args.image_b else image_a
     target = None

@@ -45,17 +45,11 @@ def add_arguments(f: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Path) -> int:
     """Compute and write the files; print the explained variance."""
     from vitviz import exports, render
-    from vitviz.backends.local import LocalBackend
+    from vitviz.cli_model import local_backend
     from vitviz.images import load_image_file
     from vitviz.provenance import public_info
 
-    backend = LocalBackend.from_name(
-        args.model or "vit-b16",
-        weights=args.weights,
-        random_weights=args.random_weights,
-        device=args.device,
-        precision=args.precision,
-    )
+    backend = local_backend(args)
     seen = backend.loaded.seen_image(load_image_file(Path(args.image)).image)
     feats = backend.features(seen)
     layout = feats.layout

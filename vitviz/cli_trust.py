@@ -33,7 +33,7 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     """Compute and write the report; print the AUCs."""
-    from vitviz.backends.local import LocalBackend
+    from vitviz.cli_model import local_backend
     from vitviz.images import load_image_file
     from vitviz.trust import trust
 
@@ -45,13 +45,7 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         )
     if args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
         raise OptionsError("--steps, --seeds and --batch-size must be at least 1")
-    backend = LocalBackend.from_name(
-        args.model or "vit-b16",
-        weights=args.weights,
-        random_weights=args.random_weights,
-        device=args.device,
-        precision=args.precision,
-    )
+    backend = local_backend(args)
     info = backend.info()
     if not info.classes:
         raise OptionsError(f"trust curves need a classifier, and {info.name} has none")

@@ -9,7 +9,7 @@ import numpy as np
 from vitviz.backends import Backend
 from vitviz.images import DecodedImage
 from vitviz.layout import TokenLayout
-from vitviz.results import ImageExplanation, ModelInfo
+from vitviz.results import ClassRelevance, ImageExplanation, ModelInfo
 from vitviz.ui.state import Entry
 
 
@@ -55,6 +55,21 @@ class ViewContext:
     def labels(self) -> list[str]:
         """Class names (empty without a classifier)."""
         return list(self.backend.labels or [])
+
+    def relevance(self, cls: int, negative: bool = False) -> ClassRelevance:
+        """What the class maps read of ``∂y_c/∂A`` for class ``cls`` of this image (``negative``:
+        "why not"), cached by :func:`vitviz.ui.resources.class_relevance`."""
+        from vitviz.ui import resources
+
+        return resources.class_relevance(
+            self.model_id,
+            self.image_digest,
+            self.backend,
+            self.decoded.image,
+            cls,
+            self.top_classes,
+            negative,
+        )
 
     def class_title(self, cls: int) -> str:
         """A class as the page names it (the class-free target of a backbone in words)."""

@@ -245,15 +245,7 @@ def _draw(panel: Panel, method: str, opts: dict[str, Any], key: str) -> None:
     grads, target = None, ""
     if spec.needs_gradients:
         cls = ctx.top_classes[0] if ctx.top_classes else FEATURE_NORM
-        grads = resources.class_relevance(
-            ctx.model_id,
-            ctx.image_digest,
-            ctx.backend,
-            ctx.decoded.image,
-            cls,
-            ctx.top_classes,
-            spec.negative(opts),
-        )
+        grads = ctx.relevance(cls, spec.negative(opts))
         target = t("compare.target", label=ctx.class_title(cls))
     try:
         row = methods.compute_row(method, ctx.attn, ctx.layout, grads=grads, **opts)

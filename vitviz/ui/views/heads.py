@@ -8,7 +8,7 @@ the same head for a class.
 from __future__ import annotations
 
 from vitviz import methods
-from vitviz.ui import canvas, resources, session, widgets
+from vitviz.ui import canvas, session, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import fill, t
 
@@ -40,9 +40,7 @@ def render(ctx: ViewContext) -> None:
     )
     if why:
         cls = widgets.class_picker(ctx)
-        rel = resources.class_relevance(
-            ctx.model_id, ctx.image_digest, ctx.backend, ctx.decoded.image, cls, ctx.top_classes
-        )
+        rel = ctx.relevance(cls)
         label = ctx.class_title(cls)
         class_data = canvas.payload(
             expl.image,

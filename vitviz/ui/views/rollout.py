@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from vitviz import methods
-from vitviz.ui import canvas, resources, session, trust_panel, widgets
+from vitviz.ui import canvas, session, trust_panel, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
 from vitviz.ui.session import KEEP
@@ -162,15 +162,7 @@ def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str
 
 def _relevance(ctx: ViewContext, cls: int, cm: str, copts: dict):
     negative = methods.METHODS[cm].negative(copts)
-    return resources.class_relevance(
-        ctx.model_id,
-        ctx.image_digest,
-        ctx.backend,
-        ctx.decoded.image,
-        cls,
-        ctx.top_classes,
-        negative,
-    )
+    return ctx.relevance(cls, negative)
 
 
 def _class_title(ctx: ViewContext, cls: int, cm: str, copts: dict) -> str:
