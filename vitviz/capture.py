@@ -63,10 +63,18 @@ class _Sink:
         self.count += 1
 
 
-def _collect(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+def _collect(_module: nn.Module, _inputs: Any, output: torch.Tensor | tuple) -> None:
     sink = _SINK.get()
     if sink is not None:
-        sink.add(output)
+        # a hook point is a module whose output is the probabilities (timm's attn_drop) or
+        # an attention module returning (output, probabilities) (Hugging Face's eager path)
+        sink.add(output[1] if isinstance(output, tuple) else output)
+
+
+def attention_heads(model: nn.Module) -> int:
+    """Heads per block: an adapter's ``vitviz_num_heads`` or timm's ``blocks[0].attn``."""
+    heads = getattr(model, "vitviz_num_heads", None)
+    return int(heads if heads is not None else model.blocks[0].attn.num_heads)
 
 
 class Capturable(Protocol):
@@ -99,15 +107,17 @@ def prepare(model: nn.Module, hook: str = "attn.attn_drop") -> None:
     """Make ``model`` capturable (idempotent): unfused attention and one hook per block.
 
     ``hook`` is the path, inside each block, of the module whose output is the softmax
-    probabilities (the family's hook point, :data:`vitviz.models.FAMILIES`).
+    probabilities, or an attention module returning ``(output, probabilities)`` (the family's
+    hook point, :data:`vitviz.models.FAMILIES`; adapters of other libraries name theirs).
+    Each block is marked, so wrappers sharing blocks (CLIP with other labels) hook them once.
     """
-    if getattr(model, _PREPARED, None):
-        return
-    handles = []
     for blk in model.blocks:
-        blk.attn.fused_attn = False
-        handles.append(blk.get_submodule(hook).register_forward_hook(_collect))
-    setattr(model, _PREPARED, handles)
+        if getattr(blk, _PREPARED, None):
+            continue
+        attn = getattr(blk, "attn", None)
+        if attn is not None and hasattr(attn, "fused_attn"):
+            attn.fused_attn = False
+        setattr(blk, _PREPARED, blk.get_submodule(hook).register_forward_hook(_collect))
 
 
 @dataclass
@@ -146,7 +156,7 @@ def _run(
     hook: str = "attn.attn_drop",
 ) -> tuple[torch.Tensor, _Sink]:
     prepare(model, hook)
-    sink = _Sink(len(model.blocks), int(model.blocks[0].attn.num_heads), dtype)
+    sink = _Sink(len(model.blocks), attention_heads(model), dtype)
     token = _SINK.set(sink)
     try:
         with autocast_for(x.device, precision):

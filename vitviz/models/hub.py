@@ -140,6 +140,13 @@ def download_weights(
 
 def weights_plan(name: str) -> str:
     """One line saying where a model's weights would come from now (no network used)."""
+    from vitviz.models.registry import model_family
+
+    family, ref = model_family(name)
+    if family != "timm":
+        from importlib import import_module
+
+        return import_module(f"vitviz.models.{family}").weights_plan(ref)
     key, timm_name, _ = resolve_name(name)
     spec = CURATED.get(key)
     if spec is not None and spec.bundled is not None:

@@ -28,7 +28,13 @@ from vitviz.layout import TokenLayout
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
 from vitviz.models.hub import _require_hub, cached_weights
 from vitviz.models.preprocess import InputGeometry, model_layout, patch_size_of
-from vitviz.models.registry import CURATED, check_structure, family_of, resolve_name
+from vitviz.models.registry import (
+    CURATED,
+    check_structure,
+    family_of,
+    model_family,
+    resolve_name,
+)
 from vitviz.models.weights import _depth, _num_classes, read_state_dict
 from vitviz.results import ModelInfo, WeightsInfo
 
@@ -70,7 +76,26 @@ class LoadedModel:
     @property
     def num_heads(self) -> int:
         """Attention heads per block."""
-        return int(self.model.blocks[0].attn.num_heads)
+        from vitviz.capture import attention_heads
+
+        return attention_heads(self.model)
+
+    @property
+    def typed_labels(self) -> bool:
+        """Whether the classes are typed by the user (CLIP): :meth:`with_labels` then works."""
+        return hasattr(self.model, "with_labels")
+
+    def with_labels(self, labels: list[str], template: str | None = None) -> LoadedModel:
+        """This model classifying ``labels`` (CLIP: zero-shot over typed labels), sharing the
+        weights; other models have fixed classes (an :class:`OptionsError`)."""
+        from dataclasses import replace
+
+        from vitviz.errors import OptionsError
+
+        if not self.typed_labels:
+            raise OptionsError(f"{self.name} has fixed classes; typed labels need a CLIP model")
+        model = self.model.with_labels(labels, template)
+        return replace(self, model=model, labels=list(model.labels))
 
     def layout(self, input_hw: tuple[int, int]) -> TokenLayout:
         """Token layout of this model for an input of ``(height, width)`` pixels."""
@@ -153,8 +178,16 @@ def check_model_size(
     Raises:
         ModelError: over the limit (or an unknown or refused name).
     """
-    if max_params is not None:
-        _check_size(name, parameter_count(name, model_kwargs), max_params)
+    if max_params is None:
+        return
+    family, ref = model_family(name)
+    if family != "timm":
+        from importlib import import_module
+
+        count = import_module(f"vitviz.models.{family}").parameter_count(ref)
+        _check_size(name, count, max_params)
+        return
+    _check_size(name, parameter_count(name, model_kwargs), max_params)
 
 
 def _check_size(name: str, count: int, max_params: int | None) -> None:
@@ -193,6 +226,20 @@ def load_model(
     Raises:
         ModelError / WeightsError with a message that says what to do.
     """
+    family, ref = model_family(name)
+    if family != "timm":  # Hugging Face transformers or open_clip: their own loaders
+        from importlib import import_module
+
+        loader = import_module(f"vitviz.models.{family}")
+        return loader.load(
+            ref,
+            key=name if name in CURATED else None,
+            weights=weights,
+            random_weights=random_weights,
+            device=device,
+            precision=precision,
+            max_params=max_params,
+        )
     key, timm_name, kwargs = resolve_name(name)
     spec = CURATED.get(key)
     kwargs.update(model_kwargs or {})

@@ -22,7 +22,12 @@ from vitviz.errors import ModelError
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A curated model: short key, the name shown in the UI, the timm name and notes."""
+    """A curated model: short key, the name shown in the UI, the timm name and notes.
+
+    ``family`` is the library that builds it: ``timm`` (``timm_name`` is a timm name), ``hf``
+    (Hugging Face transformers: ``timm_name`` is ``hf:<hub id>``) or ``clip`` (open_clip:
+    ``clip:<architecture>/<pretrained tag>``).
+    """
 
     key: str
     title: str
@@ -31,6 +36,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     bundled: Path | None = None  # weights shipped in assets/ (the demo model)
     cfg_overlay: dict[str, Any] = field(default_factory=dict)  # preprocessing overrides
+    family: str = "timm"
 
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -87,8 +93,44 @@ CURATED: dict[str, ModelSpec] = {
             "Self-supervised backbone with 4 register tokens, run at 224 px; no classifier.",
             {"img_size": 224},
         ),
+        ModelSpec(
+            "clip-b32",
+            "CLIP ViT-B/32 (type your classes)",
+            "clip:ViT-B-32/openai",
+            "OpenAI's CLIP image tower (open_clip): it scores the classes you type against the "
+            "image; 12 layers × 12 heads, 32 px patches.",
+            family="clip",
+        ),
+        ModelSpec(
+            "clip-b16",
+            "CLIP ViT-B/16 (type your classes)",
+            "clip:ViT-B-16/openai",
+            "OpenAI's CLIP with 16 px patches (finer maps, slower); you type the classes.",
+            family="clip",
+        ),
+        ModelSpec(
+            "hf-vit-b16",
+            "ViT-B/16 (Hugging Face)",
+            "hf:google/vit-base-patch16-224",
+            "Google's ViT-Base from the Hugging Face hub (transformers), ImageNet-1k classes.",
+            family="hf",
+        ),
     )
 }
+
+FAMILY_PREFIXES = ("hf", "clip")  # model names "hf:<id or folder>", "clip:<arch>[/<tag>]"
+
+
+def model_family(name: str) -> tuple[str, str]:
+    """``(library, reference)`` of a model name: a curated key's family, ``hf:…`` and
+    ``clip:…`` names, or timm for anything else (the reference is then the name)."""
+    spec = CURATED.get(name)
+    if spec is not None:
+        name = spec.timm_name
+    head, sep, rest = name.partition(":")
+    if sep and head in FAMILY_PREFIXES:
+        return head, rest
+    return "timm", name
 
 
 @dataclass(frozen=True)
