@@ -10,11 +10,19 @@ reduction to the class relevance the page and server keep, and the method's map.
 With ``--method trust --batch 16``: a deletion and an insertion curve of 16 steps (34 perturbed
 images, run 16 a forward, :mod:`vitviz.trust`) against one forward of 16 images, so ``ratio``
 is the cost in forward-equivalents.
+With ``--family clip`` the model is an open_clip CLIP (default ``clip-b32``, random weights)
+and ``forward_ms`` is open_clip's own image tower (``nn.MultiheadAttention``, fused) with the
+zero-shot head over the default labels (cached text features), against vitviz's adapter.
+With ``--family hf`` the model is a transformers ``ViTForImageClassification`` of ViT-B/16's
+size (random weights, a config written to a temporary folder); ``forward_ms`` is transformers'
+default (SDPA) forward of the same weights, against vitviz's adapter (eager attention, hooked).
 Prints one JSON object (``--json``) or a short table.
 
     python bench/explain_overhead.py --model vit_base_patch16_224 --json
     python bench/explain_overhead.py --model vit_base_patch16_224 --batch 8 --json
     python bench/explain_overhead.py --model vit_base_patch16_224 --method chefer --json
+    python bench/explain_overhead.py --family clip --method chefer --json
+    python bench/explain_overhead.py --family hf --method chefer --json
 """
 
 from __future__ import annotations
@@ -49,6 +57,30 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def _clip_stock(loaded) -> torch.nn.Module:
+    """open_clip's plain zero-shot forward over the loaded model's labels (same weights):
+    ``logit_scale · normalize(encode_image(x)) · textᵀ`` with open_clip's fused attention."""
+    clip, text = loaded.model.tower.clip, loaded.model.head.text_features
+
+    class Stock(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            image = torch.nn.functional.normalize(clip.encode_image(x), dim=-1)
+            return clip.logit_scale.exp() * image @ text.to(image.dtype).T
+
+    return Stock()
+
+
+class _HFLogits(torch.nn.Module):
+    """transformers' own forward (its default attention) returning the logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Run the alternating measurement and return the JSON-ready result."""
     tuned = tune_allocator() if args.tune_allocator else False
@@ -56,12 +88,32 @@ def measure(args: argparse.Namespace) -> dict:
     precision = pick_precision(device, args.precision)
     kwargs = {"img_size": args.img_size} if args.img_size else {}
     torch.manual_seed(0)
-    stock = timm.create_model(args.model, pretrained=False, **kwargs).eval().to(device)
-    loaded = load_model(
-        args.model, random_weights=True, device=str(device), precision=precision,
-        model_kwargs=kwargs,
-    )  # fmt: skip
-    loaded.model.load_state_dict(stock.state_dict())
+    if args.family == "hf":
+        import tempfile
+
+        from transformers import ViTConfig, ViTForImageClassification
+
+        folder = tempfile.mkdtemp(prefix="vitviz-bench-hf-")
+        config = ViTConfig(num_labels=1000)  # ViT-B/16 at 224 px
+        stock = ViTForImageClassification(config).eval()
+        stock.save_pretrained(folder)
+        args.model = f"hf:{folder}"
+        loaded = load_model(args.model, device=str(device), precision=precision)
+        stock = _HFLogits(stock.to(device))
+    elif args.family == "clip":
+        args.model = args.model or "clip-b32"
+        loaded = load_model(
+            args.model, random_weights=True, device=str(device), precision=precision
+        )
+        stock = _clip_stock(loaded)
+    else:
+        args.model = args.model or "vit_base_patch16_224"
+        stock = timm.create_model(args.model, pretrained=False, **kwargs).eval().to(device)
+        loaded = load_model(
+            args.model, random_weights=True, device=str(device), precision=precision,
+            model_kwargs=kwargs,
+        )  # fmt: skip
+        loaded.model.load_state_dict(stock.state_dict())
     size = loaded.data_config["input_size"][1:]
     x = torch.randn(args.batch, 3, *size, device=device)
     attn_dtype = torch.float16 if args.attn_dtype == "float16" else torch.float32
@@ -121,6 +173,7 @@ def measure(args: argparse.Namespace) -> dict:
     pairwise = statistics.median(e / f for e, f in zip(exp, fwd, strict=True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {
+        "family": args.family,
         "model": args.model,
         "method": args.method,
         "device": name,
@@ -142,7 +195,16 @@ def measure(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, measure, print."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument(
+        "--family",
+        default="timm",
+        choices=["timm", "clip", "hf"],
+        help="timm (default); clip: an open_clip CLIP against open_clip's own forward; hf: a "
+        "transformers ViT against transformers' own forward",
+    )
+    p.add_argument(
+        "--model", default=None, help="default vit_base_patch16_224 (timm), clip-b32 (clip)"
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument(
         "--method",

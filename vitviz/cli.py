@@ -58,6 +58,19 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option.flag, type=kind, help=help_text)
 
 
+def _add_label_arguments(p: argparse.ArgumentParser) -> None:
+    """``--labels`` and ``--template``: the classes a CLIP model scores (zero-shot)."""
+    p.add_argument(
+        "--labels",
+        help='CLIP models: the classes to score, "cat,dog,teapot" or @FILE (one per line); '
+        "at most 64, each up to 80 characters",
+    )
+    p.add_argument(
+        "--template",
+        help='CLIP models: the prompt each label goes into at {} (default "a photo of a {}.")',
+    )
+
+
 def _add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = None) -> None:
     """The model, its weights, where it runs and the output folder (local commands)."""
     p.add_argument("--model", help="curated key or any timm ViT name (default: vit-b16)")
@@ -67,6 +80,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int | None =
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_label_arguments(p)
     if batch_size is not None:
         p.add_argument(
             "--batch-size",
@@ -104,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_label_arguments(e)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--keep-aspect", action="store_true", help="non-square input, no crop")
     e.add_argument("--colormap", default="inferno", choices=list(render.COLORMAPS))
@@ -167,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_label_arguments(s)
     s.add_argument("--replicas", help="replicas: a number, or auto (default: one per GPU)")
     s.add_argument("--max-batch-size", type=int, default=16)
     s.add_argument("--batch-wait-ms", type=float, default=10.0)
@@ -194,10 +210,12 @@ def cmd_models() -> int:
 
     for spec in CURATED.values():
         print(f"{spec.key:20s} {spec.title}")
-        print(f"{'':20s}   timm: {spec.timm_name}")
+        library = {"hf": "transformers", "clip": "open_clip"}.get(spec.family, "timm")
+        print(f"{'':20s}   {library}: {spec.timm_name.removeprefix(spec.family + ':')}")
         print(f"{'':20s}   {spec.description}")
         print(f"{'':20s}   weights: {weights_plan(spec.key)}")
     print("Any other global-attention timm ViT name works too (e.g. vit_large_patch16_224).")
+    print("So does hf:<hub id or folder>: a Hugging Face ViT, DeiT, BEiT or DINOv2 (transformers).")
     return EXIT_OK
 
 
@@ -238,7 +256,17 @@ def _check_before_ray(args: argparse.Namespace) -> None:
     for name in ("timeout", "upload_timeout", "max_upload_mb", "max_answer_mb"):
         if not getattr(args, name) > 0:
             raise OptionsError(f"--{name.replace('_', '-')} must be positive")
-    resolve_name(args.model)
+    from vitviz.cli_model import typed_labels
+    from vitviz.models import model_family
+
+    family, ref = model_family(args.model)
+    if family == "timm":
+        resolve_name(args.model)
+    elif family == "clip":  # unknown architectures and refused towers, before Ray
+        from vitviz.models.clip import model_config
+
+        model_config(ref)
+    args.labels, args.template = typed_labels(args, args.model)  # checked, before Ray
     if args.weights:
         read_state_dict(args.weights)  # unreadable, unsafe or empty files fail here
 
@@ -266,6 +294,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "random_weights": args.random_weights,
         "device": args.device,
         "precision": args.precision,
+        "labels": args.labels,
+        "template": args.template,
         "max_batch_size": args.max_batch_size,
         "batch_wait_s": args.batch_wait_ms / 1000,
         "queue_limit": args.queue_limit,
@@ -301,6 +331,11 @@ def _backend(args: argparse.Namespace) -> Any:
             raise OptionsError(
                 "--weights, --random-weights and --keep-aspect are the server's choice: "
                 "start the server with them"
+            )
+        if args.labels is not None or args.template is not None:
+            raise OptionsError(
+                "--labels and --template are chosen when the server starts: "
+                "python -m vitviz serve --model clip-b32 --labels ..."
             )
         remote = RemoteBackend(args.server, token=args.token, batch_size=args.batch_size)
         served = remote.info().name

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     from vitviz.cli_model import local_backend
     from vitviz.comparison import Side, compare
     from vitviz.images import load_image_file
+    from vitviz.models.registry import model_family
     from vitviz.provenance import public_info
 
     if not (args.model_b or args.image_b or args.method_b):
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         side_b = argparse.Namespace(**vars(args))
         side_b.model, side_b.weights = args.model_b, None
         side_b.random_weights = args.random_weights_b
+        if model_family(args.model_b)[0] != "clip":  # typed labels: for CLIP models only
+            side_b.labels = side_b.template = None
         backend_b = local_backend(side_b)
     image_a = load_image_file(Path(args.image)).image
     image_b = load_image_file(Path(args.image_b)).image if args.image_b else image_a

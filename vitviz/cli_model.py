@@ -10,16 +10,43 @@ if TYPE_CHECKING:
     from vitviz.backends.local import LocalBackend
 
 
+def typed_labels(args: argparse.Namespace, name: str) -> tuple[list[str] | None, str | None]:
+    """``--labels`` and ``--template``, checked before any model work: the classes a CLIP
+    model scores (an :class:`OptionsError` for models with fixed classes)."""
+    from vitviz.errors import OptionsError
+    from vitviz.prompts import check_template, read_labels
+
+    text, template = getattr(args, "labels", None), getattr(args, "template", None)
+    if text is None and template is None:
+        return None, None
+    from vitviz.models.registry import model_family
+
+    if model_family(name)[0] != "clip":
+        raise OptionsError(
+            f"--labels and --template type the classes of a CLIP model (e.g. --model clip-b32); "
+            f"{name} has fixed classes"
+        )
+    labels = read_labels(text) if text is not None else None
+    return labels, None if template is None else check_template(template)
+
+
 def local_backend(args: argparse.Namespace, **extra: Any) -> LocalBackend:
     """Load the model the command line names (default ViT-B/16); ``extra`` goes to the loader
-    (``batch_size``, ``keep_aspect``)."""
+    (``batch_size``, ``keep_aspect``). A CLIP model scores ``--labels`` with ``--template``."""
     from vitviz.backends.local import LocalBackend
+    from vitviz.models import load_model
 
-    return LocalBackend.from_name(
-        args.model or "vit-b16",
+    name = args.model or "vit-b16"
+    labels, template = typed_labels(args, name)
+    batch_size = extra.pop("batch_size", 8)
+    loaded = load_model(
+        name,
         weights=getattr(args, "weights", None),
         random_weights=getattr(args, "random_weights", False),
         device=args.device,
         precision=args.precision,
         **extra,
     )
+    if labels is not None or template is not None:
+        loaded = loaded.with_labels(labels, template)
+    return LocalBackend(loaded, batch_size=batch_size)

@@ -201,6 +201,8 @@ class ModelInfo:
         input_config: the model's preprocessing (``input_size``, ``interpolation``, ``mean``,
             ``std``, ``crop_pct``, ``crop_mode``).
         backend: ``in-process`` or the server's URL.
+        label_set: for typed classes (CLIP), a digest of the labels and prompt template (a
+            model with other labels gives other logits); empty for fixed classes.
     """
 
     name: str
@@ -217,6 +219,7 @@ class ModelInfo:
     patch_size: tuple[int, int]
     input_config: dict[str, Any]
     backend: str = "in-process"
+    label_set: str = ""
 
     @property
     def device_label(self) -> str:

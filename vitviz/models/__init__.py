@@ -40,6 +40,7 @@ from vitviz.models.registry import (
     check_architecture,
     check_structure,
     family_of,
+    model_family,
     resolve_name,
 )
 from vitviz.models.weights import read_state_dict
@@ -72,6 +73,7 @@ __all__ = [
     "hub_reachable",
     "labels_for",
     "load_model",
+    "model_family",
     "model_layout",
     "parameter_count",
     "patch_size_of",

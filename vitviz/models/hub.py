@@ -114,6 +114,13 @@ def download_weights(
     from huggingface_hub import hf_hub_download
     from tqdm.auto import tqdm
 
+    from vitviz.models.registry import model_family
+
+    family, ref = model_family(name)
+    if family != "timm":  # open_clip and transformers models: their own files, same progress
+        from importlib import import_module
+
+        return import_module(f"vitviz.models.{family}").download_weights(ref, progress)
     _, timm_name, _ = resolve_name(name)
     cfg = timm.models.get_pretrained_cfg(timm_name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg else None

@@ -124,6 +124,7 @@ class LoadedModel:
             heads=self.num_heads,
             classes=int(getattr(self.model, "num_classes", 0) or 0),
             keep_aspect=self.keep_aspect,
+            label_set=str(getattr(self.model, "label_set", "") or ""),
             patch_size=patch_size_of(self.model),
             input_config={
                 k: list(v) if isinstance(v, tuple) else v
@@ -229,6 +230,12 @@ def load_model(
     family, ref = model_family(name)
     if family != "timm":  # Hugging Face transformers or open_clip: their own loaders
         from importlib import import_module
+
+        if keep_aspect or model_kwargs:
+            raise ModelError(
+                f"{name}: keep_aspect and timm creation arguments apply to timm models only; "
+                f"{family} models run at their own square input size"
+            )
 
         loader = import_module(f"vitviz.models.{family}")
         return loader.load(

@@ -47,7 +47,9 @@ def model_layout(model: nn.Module, input_hw: tuple[int, int]) -> TokenLayout:
             )
     pool = getattr(model, "global_pool", "token")
     readout: Readout
-    if "dist" in prefix:
+    if getattr(model, "vitviz_readout", None):  # adapters that know it (Hugging Face models)
+        readout = model.vitviz_readout
+    elif "dist" in prefix:
         readout = "cls+dist"
     elif pool == "token" or (not pool and "cls" in prefix):
         readout = "cls"

@@ -46,6 +46,9 @@ class Settings:
         random_weights: no trained weights (architecture tests and benchmarks only).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
+        labels: a CLIP model's classes (a list, or one comma-separated text; None: its
+            default everyday labels); checked like every typed label (:mod:`vitviz.prompts`).
+        template: a CLIP model's prompt template (None: ``a photo of a {}.``).
         max_batch_size: most images explained in one forward pass.
         batch_wait_s: how long a batch waits to fill up.
         queue_limit: requests a replica accepts at once; more get 503 with Retry-After.
@@ -71,6 +74,8 @@ class Settings:
     random_weights: bool = False
     device: str = "auto"
     precision: str = "auto"
+    labels: list[str] | str | None = None
+    template: str | None = None
     max_batch_size: int = 16
     batch_wait_s: float = 0.01
     queue_limit: int = 64
@@ -221,14 +226,22 @@ class Engine:
                 import torch
 
                 torch.set_num_threads(settings.threads or os.cpu_count() or 1)
-            backend = LocalBackend.from_name(
+            from vitviz.models import load_model
+            from vitviz.prompts import split_labels
+
+            loaded = load_model(
                 settings.model,
                 weights=settings.weights,
                 random_weights=settings.random_weights,
                 device=settings.device,
                 precision=settings.precision,
-                batch_size=settings.max_batch_size,
             )
+            labels = settings.labels
+            if isinstance(labels, str):  # a config file's "cat,dog,teapot"
+                labels = split_labels(labels)
+            if labels is not None or settings.template is not None:
+                loaded = loaded.with_labels(labels, settings.template)
+            backend = LocalBackend(loaded, batch_size=settings.max_batch_size)
         self.backend = backend
         self.model = backend.info()
         self.name: str = self.model.name

@@ -70,13 +70,15 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
         except VitvizError as err2:  # even the bundled model is missing
             st.error(plain(err2))
             st.stop()
+    if sel.labels is not None and getattr(chosen, "loaded", None) is not None:
+        chosen = resources.typed_classes(chosen, sel.labels, sel.template)
     info = chosen.info()
     return chosen, info, model_key(info)
 
 
 def model_key(info: ModelInfo) -> str:
     """The id the page's caches know a model by (its weights and where it runs)."""
-    key = f"{info.timm_name}|{info.weights.source}|{info.weights.location}"
+    key = f"{info.timm_name}|{info.weights.source}|{info.weights.location}|{info.label_set}"
     return f"{info.backend}|{key}" if info.remote else key
 
 

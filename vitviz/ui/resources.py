@@ -197,6 +197,22 @@ def remembered_upload() -> tuple[str, bytes] | None:
     return page_caches().uploads.get(_session_key())
 
 
+def typed_classes(backend: LocalBackend, labels: list[str], template: str | None) -> LocalBackend:
+    """A CLIP model scoring the typed ``labels`` (sharing the loaded weights; each label's text
+    features are encoded once and kept in the model's own byte-bounded cache). Models with
+    fixed classes come back as they are. Not cached here: a wrapper is a few tensors, and
+    caching it would keep an evicted model's weights alive."""
+    if not backend.loaded.typed_labels:
+        return backend
+    with st.spinner(t("busy.text"), show_time=True):
+        try:
+            loaded = backend.loaded.with_labels(labels, template)
+        except VitvizError as err:
+            st.error(t("sidebar.clip_bad", detail=plain(err)))
+            return backend
+    return LocalBackend(loaded, batch_size=backend.batch_size)
+
+
 @st.cache_resource(show_spinner=False, ttl=60, max_entries=8)
 def get_remote(url: str, token: str) -> RemoteBackend:
     """A client of a vitviz server (its model description is re-read every minute).

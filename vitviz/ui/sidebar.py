@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import streamlit as st
@@ -17,7 +18,9 @@ from vitviz.ui.session import KEEP, URL
 from vitviz.ui.text import plain
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
-OTHER_TIMM, WEIGHTS_FILE = "__timm__", "__file__"
+OTHER_TIMM, OTHER_HF, WEIGHTS_FILE = "__timm__", "__hf__", "__file__"
+# a Hugging Face hub id as a visitor may type it: owner/name, never a path on this machine
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 BACKENDS = ("local", "server")
 SOURCES = ("Samples", "Upload", "Camera", "Live")  # stable values (in the URL); shown translated
 
@@ -37,6 +40,8 @@ class Selection:
     data: bytes | None = None
     image_name: str | None = None
     note: str | None = None
+    labels: list[str] | None = None  # typed classes (CLIP), checked
+    template: str | None = None
 
 
 def policy() -> ServerPolicy:
@@ -133,11 +138,15 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     if kind == "server":
         st.caption(t("sidebar.server_model"))
         return sel
-    choices = [*models.CURATED, OTHER_TIMM, WEIGHTS_FILE]
+    choices = [*models.CURATED, OTHER_TIMM, OTHER_HF, WEIGHTS_FILE]
     if st.session_state.pop("model_reset", False):  # the last choice failed to load
         st.session_state["model"] = "demo"
     titles = {k: resources.model_title(k) for k in models.CURATED}
-    titles |= {OTHER_TIMM: t("sidebar.any_timm"), WEIGHTS_FILE: t("sidebar.weights_file")}
+    titles |= {
+        OTHER_TIMM: t("sidebar.any_timm"),
+        OTHER_HF: t("sidebar.any_hf"),
+        WEIGHTS_FILE: t("sidebar.weights_file"),
+    }
     # a link may name a curated model or "any timm ViT", never a file on this machine
     linkable = [c for c in choices if c != WEIGHTS_FILE]
     if "model" not in st.session_state and st.query_params.get("model") in linkable:
@@ -159,6 +168,8 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     session.keep_in_url("model", linked, None if named else default_model)
     if sel.choice in models.CURATED:
         st.caption(resources.model_description(sel.choice))
+        if models.model_family(sel.choice)[0] == "clip":
+            _typed_classes(sel)
     elif sel.choice == OTHER_TIMM:
         sel.name = st.text_input(
             t("sidebar.timm_name"),
@@ -168,6 +179,24 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
             persist_state=KEEP,
         ).strip()
         st.caption(t("sidebar.timm_help"))
+        if models.model_family(sel.name)[0] != "timm":  # "hf:…" could name a folder here
+            st.error(t("sidebar.timm_only"))
+            sel.name = "demo"
+    elif sel.choice == OTHER_HF:
+        hub_id = st.text_input(
+            t("sidebar.hf_id"),
+            "google/vit-base-patch16-224",
+            key="hf_id",
+            max_chars=193,
+            bind=URL,
+            persist_state=KEEP,
+        ).strip()
+        st.caption(t("sidebar.hf_help"))
+        if HUB_ID.fullmatch(hub_id) and ".." not in hub_id:
+            sel.name = f"hf:{hub_id}"
+        else:
+            st.error(t("sidebar.hf_bad_id"))
+            sel.name = "demo"
     else:  # never from the URL: a link must not make the page read a file
         sel.name = st.text_input(
             t("sidebar.file_arch"), "vit_base_patch16_224", key="file_arch"
@@ -181,6 +210,41 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
         persist_state=KEEP,
     )
     return sel
+
+
+def _typed_classes(sel: Selection) -> None:
+    """CLIP: the classes to score, one per line, and the prompt each one is put in (both in
+    the URL; untrusted text, checked by :mod:`vitviz.prompts`)."""
+    from vitviz import prompts
+    from vitviz.errors import OptionsError
+
+    text = st.text_area(
+        t("sidebar.clip_labels"),
+        "\n".join(prompts.DEFAULT_LABELS),
+        key="clip_labels",
+        height=150,
+        max_chars=prompts.MAX_LABELS * (prompts.MAX_LABEL_CHARS + 1),
+        help=t("sidebar.clip_labels_help", most=prompts.MAX_LABELS),
+        bind=URL,
+        persist_state=KEEP,
+    )
+    template = st.text_input(
+        t("sidebar.clip_template"),
+        prompts.DEFAULT_TEMPLATE,
+        key="clip_template",
+        max_chars=prompts.MAX_TEMPLATE_CHARS,
+        help=t("sidebar.clip_template_help"),
+        bind=URL,
+        persist_state=KEEP,
+    )
+    try:
+        sel.labels = prompts.check_labels(prompts.split_labels(text))
+        sel.template = prompts.check_template(template)
+        if len(sel.labels) < 2:
+            raise OptionsError(t("sidebar.clip_two"))
+    except OptionsError as err:
+        st.error(t("sidebar.clip_bad", detail=plain(err)))
+        sel.labels, sel.template = list(prompts.DEFAULT_LABELS), prompts.DEFAULT_TEMPLATE
 
 
 def _upload(sel: Selection) -> None:

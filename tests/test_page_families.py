@@ -1,0 +1,81 @@
+"""The page's model picker for other libraries: Hugging Face hub ids (never a path on the
+machine running the page) and CLIP with the classes a person types."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_app import fresh_cache, ok  # noqa: F401
+from tests.test_page_state import from_url
+
+
+@pytest.mark.parametrize(
+    "typed", ["../../etc/passwd", "/srv/models/vit", "owner/name/extra", "a b/c", "x" * 300]
+)
+def test_a_hub_id_field_takes_only_owner_slash_name(typed):
+    at = from_url(model="__hf__", hf_id=typed)
+    assert not at.exception
+    assert any("not a hub id" in e.value for e in at.sidebar.error)
+    assert len(at.get("progress")) == 5  # the demo model answers meanwhile
+
+
+def test_a_typed_timm_name_cannot_reach_another_library():
+    at = from_url(model="__timm__", timm_name="hf:/etc")
+    assert not at.exception
+    assert any("not a timm name" in e.value for e in at.sidebar.error)
+
+
+def test_a_hub_id_offline_fails_fast_and_says_why():
+    at = from_url(model="__hf__", hf_id="google/vit-base-patch16-224")
+    assert not at.exception
+    assert at.error  # the reason, in words; the demo model stands in
+    assert len(at.get("progress")) == 5
+
+
+def _clip_page(labels: str):
+    pytest.importorskip("open_clip")
+    return from_url(model="clip-b32", random_weights="true", clip_labels=labels)
+
+
+def test_clip_scores_the_classes_a_person_types_and_explains_each():
+    """CLIP ViT-B/32 (random weights: no hub here) over three typed classes: the top-k are
+    those classes, and "why this class?" explains a typed label with Chefer's map of the
+    image–text similarity, equal to the engine's on the page's own model."""
+    import numpy as np
+
+    from tests.conftest import ASSETS
+    from tests.test_app import shown
+    from vitviz import methods
+    from vitviz.backends.local import LocalBackend
+    from vitviz.images import decode_image
+    from vitviz.ui import resources
+
+    at = _clip_page("cat\ndog\nteapot")
+    ok(at)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert len(bars) == 3 and {b.split(" — ")[0] for b in bars} == {"cat", "dog", "teapot"}
+    total = sum(float(b.rsplit("— ", 1)[1].rstrip("%")) for b in bars)
+    assert abs(total - 100) < 0.5  # a softmax over the typed classes only
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    labels = at.selectbox(key="target_class").options
+    assert len(labels) == 3
+    base = resources.page_caches().models.get(("clip-b32", None, True))
+    typed = LocalBackend(base.loaded.with_labels(["cat", "dog", "teapot"], None))
+    name = at.session_state["sample"] if "sample" in at.session_state else "chelsea.png"  # noqa: SIM401
+    image = decode_image((ASSETS / name).read_bytes(), name).image
+    cls = at.selectbox(key="target_class").value
+    res = typed.explain_classes([image], [[cls]], full_gradients=True)[0]
+    want = methods.compute_map(
+        "chefer", res.explanation.attention, res.explanation.layout, grads=res.gradients[0]
+    )
+    np.testing.assert_allclose(shown(at, "class-map"), want, rtol=1e-3, atol=1e-9)
+
+
+def test_bad_typed_classes_say_why_and_the_everyday_classes_stand_in():
+    at = _clip_page("cat")  # one class is no choice
+    assert not at.exception
+    assert any("at least two classes" in e.value for e in at.sidebar.error)
+    assert len(at.get("progress")) == 5  # the top 5 of the ten everyday classes
+    at = _clip_page("cat\n" + "x" * 81)
+    assert any("characters" in e.value for e in at.sidebar.error)
