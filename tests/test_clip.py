@@ -353,7 +353,10 @@ def test_downloads_report_their_progress(monkeypatch, tmp_path):
         (tmp_path / filename).write_bytes(b"weights")
         return str(tmp_path / filename)
 
+    from vitviz.models import hub
+
     monkeypatch.setattr(clip_models, "hub_reachable", lambda *_: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *_: True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     from vitviz.models import download_weights
 

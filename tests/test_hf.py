@@ -406,7 +406,7 @@ def test_custom_code_and_unknown_types_are_refused(tmp_path):
 
 def test_a_missing_hub_model_fails_fast_offline():
     start = time.monotonic()
-    with pytest.raises(WeightsError, match=r"not in the local Hugging Face cache.*offline"):
+    with pytest.raises(WeightsError, match=r"not in the local cache.*offline"):
         load_model("hf:vitviz-nobody/no-such-vit", device="cpu")
     assert time.monotonic() - start < 5
     assert weights_plan("hf:vitviz-nobody/no-such-vit").startswith("download on first use")
@@ -431,7 +431,9 @@ def test_a_cached_hub_model_loads_offline(vit_folder, cat):
     assert loaded.labels[0] == "cat"
 
 
-def fake_hub(monkeypatch, tmp_path: Path, files: Path) -> list[str]:
+def fake_hub(
+    monkeypatch, tmp_path: Path, files: Path, claimed: dict[str, int] | None = None
+) -> list[str]:
     """A reachable hub serving the files of a folder into a snapshot; returns what was
     fetched, in order."""
     import huggingface_hub
@@ -457,7 +459,16 @@ def fake_hub(monkeypatch, tmp_path: Path, files: Path) -> list[str]:
         return str(snapshot / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(hf, "hub_reachable", lambda url=None, timeout=3.0: True)
+
+    def paths_info(self, repo_id: str, paths: list[str], **_kw) -> list[SimpleNamespace]:
+        sizes = {p: (files / p).stat().st_size for p in paths if (files / p).is_file()}
+        sizes |= {p: n for p, n in (claimed or {}).items() if p in paths}
+        return [SimpleNamespace(path=p, size=n) for p, n in sizes.items()]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", paths_info)
+    from vitviz.models import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda url=None, timeout=3.0: True)
     return fetched
 
 
@@ -480,6 +491,19 @@ def test_a_hub_download_checks_the_config_before_the_weights(monkeypatch, tmp_pa
     fetched = fake_hub(monkeypatch, tmp_path / "second", custom)
     with pytest.raises(ModelError, match="custom code"):
         hf.load("vitviz-test/custom-vit", device="cpu")
+    assert fetched == ["config.json"]
+
+
+def test_a_weights_file_bigger_than_its_config_is_never_downloaded(monkeypatch, tmp_path):
+    """A small config beside a huge file: the sizes are asked first, nothing is fetched."""
+    folder = tmp_path / "small"
+    transformers.ViTConfig(**DIMS).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"x")
+
+    huge = {"model.safetensors": 50 * 2**30}  # the hub claims a 50 GiB file
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", folder, claimed=huge)
+    with pytest.raises(WeightsError, match="more than its config's model can need"):
+        hf.download_weights("vitviz-test/huge-vit")
     assert fetched == ["config.json"]
 
 

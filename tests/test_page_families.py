@@ -79,3 +79,39 @@ def test_bad_typed_classes_say_why_and_the_everyday_classes_stand_in():
     assert len(at.get("progress")) == 5  # the top 5 of the ten everyday classes
     at = _clip_page("cat\n" + "x" * 81)
     assert any("characters" in e.value for e in at.sidebar.error)
+
+
+@pytest.mark.parametrize("typed", ["vitviz/models", "tests/__pycache__", "a--b/c", "a/b."])
+def test_a_hub_id_is_never_a_folder_and_a_bad_one_is_no_traceback(typed):
+    """``vitviz/models`` exists next to the page, but a hub id never reads a folder; ids the
+    hub's own rule refuses are said in words."""
+    at = from_url(model="__hf__", hf_id=typed)
+    assert not at.exception
+    text = " ".join(e.value for e in [*at.error, *at.sidebar.error])
+    assert "config.json" not in text and "folder" not in text.replace("local folder", "")
+    assert len(at.get("progress")) == 5
+
+
+def test_the_weights_file_field_takes_timm_architectures_only():
+    at = from_url(model="demo")
+    at.sidebar.selectbox(key="model").set_value("__file__").run()
+    at.sidebar.text_input(key="file_arch").input("hf:/etc").run()
+    assert not at.exception
+    assert any("not a timm name" in e.value for e in at.sidebar.error)
+
+
+def test_one_wrapper_per_label_set_and_invisible_characters_refused():
+    pytest.importorskip("open_clip")
+    from vitviz.errors import OptionsError
+    from vitviz.prompts import check_labels
+    from vitviz.ui import resources
+
+    with pytest.raises(OptionsError, match="U\\+200B"):
+        check_labels(["ca\u200bt", "cat"])  # would look like "cat" twice
+    at = _clip_page("cat\ndog")
+    ok(at)
+    base = resources.page_caches().models.get(("clip-b32", None, True))
+    first = resources.typed_classes(base, ["cat", "dog"], None)
+    assert resources.typed_classes(base, ["cat", "dog"], None) is first  # reused
+    assert resources.typed_classes(base, ["cat", "cow"], None) is not first
+    assert first.labels == ["cat", "dog"]

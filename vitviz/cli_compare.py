@@ -64,7 +64,11 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         raise OptionsError(f"--alpha must be in [0, 1], got {args.alpha}")
     render.colormap_lut(args.colormap)  # an unknown colormap fails before any model work
 
-    backend_a = local_backend(args)
+    side_a = argparse.Namespace(**vars(args))
+    b_is_clip = args.model_b is not None and model_family(args.model_b)[0] == "clip"
+    if b_is_clip and model_family(args.model or "vit-b16")[0] != "clip":
+        side_a.labels = side_a.template = None  # the typed classes are side B's
+    backend_a = local_backend(side_a)
     backend_b = backend_a
     if args.model_b is not None:  # side B: its own model, with or without trained weights
         side_b = argparse.Namespace(**vars(args))

@@ -44,7 +44,11 @@ _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 def _bad_character(text: str) -> str | None:
     """The first control character of ``text`` (as ``U+XXXX``), if any."""
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI:
+        category = unicodedata.category(ch)
+        # format characters (zero-width spaces, BOMs) make two labels look alike; the
+        # joiners that scripts need (ZWJ, ZWNJ) stay allowed
+        invisible = category == "Cf" and ch not in ("\u200c", "\u200d")
+        if category in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI or invisible:
             return f"U+{ord(ch):04X}"
     return None
 

@@ -30,7 +30,6 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from torch import nn
 from vitviz.cache import ByteLRU
 from vitviz.errors import ModelError, WeightsError
 from vitviz.models.device import Precision, pick_device, pick_precision
-from vitviz.models.hub import hub_endpoint, hub_offline, hub_reachable
+from vitviz.models.hub import check_repo_id, hub_endpoint, hub_reachable, require_reachable
 from vitviz.models.loading import (
     RANDOM_WARNING,
     LoadedModel,
@@ -353,8 +352,7 @@ def parse_ref(ref: str) -> ClipRef:
     oc = _open_clip()
     if ref.startswith(HUB_PREFIX):
         hub_id = ref[len(HUB_PREFIX) :]
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
-            raise ModelError(f"clip:{ref}: give a hub repository as hf-hub:org/name")
+        check_repo_id(hub_id, f"clip:{ref}")
         return ClipRef(ref, hub_id=hub_id)
     arch, _, tag = ref.partition("/")
     if arch not in oc.list_models():
@@ -515,12 +513,7 @@ def _download(
             f"open_clip has no pretrained weights for clip:{r.text}: pass --weights FILE "
             "(or --random-weights for an architecture test)"
         )
-    if not hub_reachable(where):
-        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
-        raise WeightsError(
-            f"model clip:{r.text}: its files are not in the local cache and {why}. Connect to "
-            f"the internet and run again (they download once from {where}), or {hint}"
-        )
+    require_reachable(where, f"model clip:{r.text}: its files are", hint)
     errors = []
     if repo:
         from huggingface_hub import hf_hub_download

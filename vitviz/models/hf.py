@@ -39,7 +39,7 @@ from torch import nn
 
 from vitviz.errors import ModelError, WeightsError
 from vitviz.models.device import Precision, pick_device, pick_precision
-from vitviz.models.hub import hub_endpoint, hub_offline, hub_reachable
+from vitviz.models.hub import check_repo_id, hub_endpoint, require_reachable
 from vitviz.models.loading import RANDOM_WARNING, LoadedModel, _check_size
 from vitviz.models.registry import CURATED
 from vitviz.results import WeightsInfo
@@ -160,7 +160,6 @@ REFUSED: dict[str, str] = {
 }
 """Refused transformers model types, with what their attention is instead."""
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _CONFIG = "config.json"
 _PROCESSOR = "preprocessor_config.json"
@@ -236,7 +235,8 @@ class HFViT(nn.Module):
         self.global_pool, self.vitviz_readout = _readout(
             arch, config, type(hf_model).__name__, dist == 1
         )
-        self.pretrained_cfg = {"architecture": f"hf:{ref}"}
+        shown = Path(ref).name if is_path(ref) else ref  # a folder by its name, never its path
+        self.pretrained_cfg = {"architecture": f"hf:{shown}"}
 
     @property
     def base(self) -> nn.Module:
@@ -442,17 +442,25 @@ def _weights_in(folder: Path) -> Path | None:
     return None
 
 
+def is_path(ref: str) -> bool:
+    """Whether ``ref`` names a folder: only an explicit path (``/…``, ``./…``, ``../…``,
+    ``~…``, ``C:…``) does; anything else is a hub id, so a hub id can never reach a folder of
+    the machine by being a relative path that happens to exist."""
+    return ref.startswith(("/", "./", "../", "~", ".\\")) or (len(ref) > 1 and ref[1] == ":")
+
+
 def _folder_of(ref: str) -> Path | None:
     """The local folder ``ref`` names, None for a hub id; refuses anything else."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return path
-    if _HUB_ID.match(ref) and ".." not in ref:
-        return None
-    raise ModelError(
-        f"hf:{ref}: no such folder, and not a Hugging Face hub id (owner/name); give a folder "
-        "with config.json and model.safetensors, or a hub id such as google/vit-base-patch16-224"
-    )
+    if is_path(ref):
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return path
+        raise ModelError(
+            f"hf:{ref}: no such folder; give a folder with config.json and model.safetensors "
+            "(a relative folder as ./NAME)"
+        )
+    check_repo_id(ref, f"hf:{ref}")
+    return None
 
 
 def _cached(ref: str, name: str) -> Path | None:
@@ -488,13 +496,11 @@ def _local_source(ref: str) -> Source | None:
 def _require_hub(ref: str) -> str:
     """The hub page of ``ref`` if the hub answers now; a fast, clear error if not."""
     where = f"{hub_endpoint()}/{ref}"
-    if not hub_reachable(where):
-        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
-        raise WeightsError(
-            f"model hf:{ref} is not in the local Hugging Face cache and {why}. Connect to the "
-            f"internet and run again (it downloads once from {where}), or give a local folder "
-            "with config.json and model.safetensors: --model hf:FOLDER"
-        )
+    require_reachable(
+        where,
+        f"model hf:{ref} is",
+        "give a local folder with config.json and model.safetensors: --model hf:FOLDER",
+    )
     return where
 
 
@@ -553,17 +559,28 @@ def download_weights(
     config = fetch(_CONFIG)
     if config is None:
         raise ModelError(f"hf:{ref} has no config.json: it is not a transformers model")
-    check_config(_read_json(config, "config.json"), ref)
+    raw = _read_json(config, "config.json")
+    check_config(raw, ref)
     fetch(_PROCESSOR)
     if weights:
+        # the files may not be bigger than the config's model in float32 (plus a margin):
+        # a small config beside a huge file never fills this machine's disk
+        limit = int(4 * _count(raw, ref) * 1.1) + 32 * 2**20
         for name in _WEIGHTS:
-            got = fetch(name, report=True)
-            if got is None:
-                continue
             if name.endswith(".index.json"):
-                for shard in sorted(set(_read_json(got, "shard index")["weight_map"].values())):
+                got = fetch(name)
+                if got is None:
+                    continue
+                shards = sorted(set(_read_json(got, "shard index")["weight_map"].values()))
+                check_download_size(ref, shards, limit)
+                for shard in shards:
                     fetch(shard, report=True)
-            break
+                break
+            if check_download_size(ref, [name], limit) == 0:
+                continue  # the repository has no such file
+            got = fetch(name, report=True)
+            if got is not None:
+                break
         else:
             raise WeightsError(
                 f"hf:{ref} has no model.safetensors (nor pytorch_model.bin) on the hub"
@@ -721,9 +738,32 @@ def parameter_count(ref: str) -> int:
     return _parameter_count(resolve(ref, weights=False), ref)
 
 
+def check_download_size(ref: str, names: list[str], limit: int) -> int:
+    """The bytes of ``names`` in the hub repository ``ref`` (0 for files it lacks), asked
+    before downloading; a :class:`WeightsError` when they pass ``limit``."""
+    import huggingface_hub
+
+    try:
+        infos = huggingface_hub.HfApi().get_paths_info(ref, names)
+    except Exception as e:  # the hub went away, or refused the question
+        raise _hub_error(ref, e) from None
+    total = sum(int(getattr(info, "size", 0) or 0) for info in infos)
+    if total > limit:
+        raise WeightsError(
+            f"hf:{ref}: its weights files hold {total / 2**20:,.0f} MiB, more than its config's "
+            f"model can need ({limit / 2**20:,.0f} MiB); not downloaded"
+        )
+    return total
+
+
 def _parameter_count(src: Source, ref: str) -> int:
-    arch = check_config(src.config, ref)
-    config = _config_object(src.config)
+    return _count(src.config, ref)
+
+
+def _count(raw: dict[str, Any], ref: str) -> int:
+    """Parameters and buffers of the model a config describes (meta device, no weights)."""
+    arch = check_config(raw, ref)
+    config = _config_object(raw)
     cls, _ = _model_class(arch, config)
     with torch.device("meta"):
         model = cls(config)
@@ -893,7 +933,7 @@ def load(
             "folder: put model.safetensors beside config.json and pass --model hf:FOLDER"
         )
     require_transformers()
-    name = key or f"hf:{ref}"
+    name = key or (f"hf:{Path(ref).name}" if is_path(ref) else f"hf:{ref}")  # no server paths
     src = resolve(ref, weights=False)  # the config first: refusals and size before weights
     arch = check_config(src.config, ref)
     if max_params is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import timm
 
-from vitviz.errors import WeightsError
+from vitviz.errors import ModelError, WeightsError
 from vitviz.models.registry import CURATED, resolve_name
 from vitviz.results import WeightsInfo
 
@@ -169,6 +169,34 @@ def weights_plan(name: str) -> str:
     return f"download on first use from {where}"
 
 
+def check_repo_id(repo: str, name: str) -> None:
+    """A :class:`ModelError` unless ``repo`` is a valid Hugging Face repository id (the hub
+    library's own rule), so a bad id never reaches the hub client as a traceback."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ModelError(
+            f"{name}: {repo!r} is not a Hugging Face repository id; type owner/name, e.g. "
+            "google/vit-base-patch16-224"
+        ) from None
+    if repo.count("/") != 1:
+        raise ModelError(f"{name}: give the repository as owner/name, not {repo!r}")
+
+
+def require_reachable(where: str, what: str, way_out: str) -> None:
+    """A fast, clear :class:`WeightsError` when ``where`` does not answer now: ``what`` is not
+    in the local cache, why the hub cannot be used, and the two ways out (connect, or
+    ``way_out``)."""
+    if not hub_reachable(where):
+        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
+        raise WeightsError(
+            f"{what} not in the local cache and {why}. Connect to the internet and run again "
+            f"(it downloads once from {where}), or {way_out}"
+        )
+
+
 def _require_hub(timm_name: str, key: str) -> WeightsInfo:
     where = download_location(timm_name)
     if where is None:
@@ -176,11 +204,9 @@ def _require_hub(timm_name: str, key: str) -> WeightsInfo:
             f"timm has no pretrained weights for {timm_name}: pass --weights FILE "
             "(or --random-weights for an architecture test)"
         )
-    if not hub_reachable(where):
-        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
-        raise WeightsError(
-            f"model {key}: the weights {timm_name} are not in the local cache and {why}. "
-            f"Connect to the internet and run again (they download once from {where}), "
-            "or pass --weights FILE with a local .safetensors/.pth file"
-        )
+    require_reachable(
+        where,
+        f"model {key}: the weights {timm_name} are",
+        "pass --weights FILE with a local .safetensors/.pth file",
+    )
     return WeightsInfo("hub", where)

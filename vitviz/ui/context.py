@@ -76,9 +76,9 @@ class ViewContext:
         from vitviz.ui.i18n import class_label, t
 
         labels = self.labels
-        return (
-            class_label(labels[cls], cls) if 0 <= cls < len(labels) else t("widgets.feature_norm")
-        )
+        if not 0 <= cls < len(labels):
+            return t("widgets.feature_norm")
+        return class_label(labels[cls], cls, short=not self.info.label_set)  # typed: whole
 
     @property
     def top_classes(self) -> list[int]:

@@ -10,6 +10,8 @@ import gc
 import secrets
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +199,15 @@ def remembered_upload() -> tuple[str, bytes] | None:
     return page_caches().uploads.get(_session_key())
 
 
+# Wrappers of a loaded CLIP model per label set (a few tensors each), dropped with the model:
+# the keys are weak, and a wrapper holds the model's tower but not its LocalBackend.
+_TYPED: weakref.WeakKeyDictionary[LocalBackend, OrderedDict[str, LocalBackend]] = (
+    weakref.WeakKeyDictionary()
+)
+_TYPED_LOCK = threading.Lock()
+TYPED_PER_MODEL = 8
+
+
 def typed_classes(backend: LocalBackend, labels: list[str], template: str | None) -> LocalBackend:
     """A CLIP model scoring the typed ``labels`` (sharing the loaded weights; each label's text
     features are encoded once and kept in the model's own byte-bounded cache). Models with
@@ -204,13 +215,30 @@ def typed_classes(backend: LocalBackend, labels: list[str], template: str | None
     caching it would keep an evicted model's weights alive."""
     if not backend.loaded.typed_labels:
         return backend
+    from vitviz import prompts
+
+    try:
+        key = prompts.label_set(prompts.check_labels(labels), prompts.check_template(template))
+    except VitvizError as err:
+        st.error(t("sidebar.clip_bad", detail=plain(err)))
+        return backend
+    with _TYPED_LOCK:  # one wrapper per (model, label set): the live view keeps its explainer
+        known = _TYPED.setdefault(backend, OrderedDict())
+        if key in known:
+            known.move_to_end(key)
+            return known[key]
     with st.spinner(t("busy.text"), show_time=True):
         try:
             loaded = backend.loaded.with_labels(labels, template)
-        except VitvizError as err:
+        except Exception as err:  # e.g. out of memory in the text tower: said, not raised
             st.error(t("sidebar.clip_bad", detail=plain(err)))
             return backend
-    return LocalBackend(loaded, batch_size=backend.batch_size)
+    typed = LocalBackend(loaded, batch_size=backend.batch_size)
+    with _TYPED_LOCK:
+        known[key] = typed
+        while len(known) > TYPED_PER_MODEL:
+            known.popitem(last=False)
+    return typed
 
 
 @st.cache_resource(show_spinner=False, ttl=60, max_entries=8)

@@ -202,6 +202,9 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
             t("sidebar.file_arch"), "vit_base_patch16_224", key="file_arch"
         ).strip()
         sel.weights = st.text_input(t("sidebar.file_path"), "") or None
+        if models.model_family(sel.name)[0] != "timm":  # a file holds timm weights only
+            st.error(t("sidebar.timm_only"))
+            sel.name, sel.weights = "demo", None
     sel.random_weights = st.toggle(
         t("sidebar.random"),
         key="random_weights",

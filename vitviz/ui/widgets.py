@@ -148,6 +148,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     if not labels:
         st.caption(t("widgets.feature_norm_note"))
         return FEATURE_NORM
+    short = not ctx.info.label_set  # typed classes (CLIP) are shown whole, commas and all
     top = ctx.top_classes
     probs = probabilities(ctx.expl.logits)
     context = ctx.model_id + ctx.image_digest
@@ -161,7 +162,7 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
         ranked(labels, top),
         format_func=_names(
             range(len(labels)),
-            lambda i: f"{i18n.class_label(labels[i], i, both=True)} — {probs[i]:.1%}",
+            lambda i: f"{i18n.class_label(labels[i], i, both=True, short=short)} — {probs[i]:.1%}",
         ),
         key=key,
         persist_state="session",
