@@ -3,6 +3,8 @@ machine running the page) and CLIP with the classes a person types."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.test_app import fresh_cache, ok  # noqa: F401
@@ -115,3 +117,43 @@ def test_one_wrapper_per_label_set_and_invisible_characters_refused():
     assert resources.typed_classes(base, ["cat", "dog"], None) is first  # reused
     assert resources.typed_classes(base, ["cat", "cow"], None) is not first
     assert first.labels == ["cat", "dog"]
+
+
+def test_a_hugging_face_vit_from_the_cache_works_on_the_page(tmp_path):
+    """A tiny transformers ViT placed in the (test's own) Hugging Face cache, opened by its
+    hub id: predictions come from its id2label, and the rollout is the engine's."""
+    transformers = pytest.importorskip("transformers")
+    import numpy as np
+    import torch
+    from huggingface_hub import constants
+
+    from tests.conftest import ASSETS
+    from tests.test_app import shown
+    from vitviz import methods
+    from vitviz.images import decode_image
+    from vitviz.models import load_model
+
+    names = ["cat", "dog", "teapot", "rocket", "coffee", "tree"]
+    config = transformers.ViTConfig(
+        image_size=64, patch_size=16, hidden_size=48, num_hidden_layers=3,
+        num_attention_heads=4, intermediate_size=96,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(config).eval()
+    repo = Path(constants.HF_HUB_CACHE) / "models--vitviz-test--page-vit"
+    snapshot = repo / "snapshots" / ("1" * 40)
+    model.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("1" * 40)
+    at = from_url(model="__hf__", hf_id="vitviz-test/page-vit")
+    ok(at)
+    bars = [p.proto.text.split(" — ")[0] for p in at.get("progress")]
+    assert len(bars) == 5 and set(bars) <= set(names)
+    loaded = load_model("hf:vitviz-test/page-vit", device="cpu")
+    from vitviz.backends.local import LocalBackend
+
+    image = decode_image((ASSETS / "chelsea.png").read_bytes(), "chelsea.png").image
+    expl = LocalBackend(loaded).explain([image])[0]
+    want = methods.compute_map("rollout", expl.attention, expl.layout)
+    np.testing.assert_allclose(shown(at, "rollout"), want, rtol=1e-5)
