@@ -324,3 +324,28 @@ def test_the_rollout_view_exports_the_map_it_shows(deferred):
     assert re.search(rf"-class{cls}-values\.npz$", name)
     settings = json.loads(str(np.load(io.BytesIO(deferred[name]()))["settings"]))
     assert settings["class_index"] == cls and settings["class_label"]
+
+
+def test_a_clip_maps_settings_hold_the_typed_classes_and_prompt():
+    """A CLIP probability depends on every typed class: the page's settings name them all."""
+    from types import SimpleNamespace
+
+    from vitviz.ui import widgets
+
+    layout = TokenLayout(prefix=("cls",), grid=(7, 7), patch_size=(32, 32), readout="cls")
+    info = ModelInfo(
+        "clip-b32", "CLIP", "clip:ViT-B-32/openai", WeightsInfo("random", ""), "cpu", "CPU",
+        "fp32", 12, 12, 3, False, (32, 32), {}, label_set="abc",
+    )  # fmt: skip
+    model = SimpleNamespace(template="a drawing of a {}.")
+    ctx = SimpleNamespace(
+        info=info, image_name="cat.png", layout=layout, labels=["cat", "a cat, sleeping", "dog"],
+        backend=SimpleNamespace(loaded=SimpleNamespace(model=model)),
+    )  # fmt: skip
+    got = widgets.map_settings(ctx, "Rollout", "chefer", {}, 1)
+    assert got["typed_classes"] == ["cat", "a cat, sleeping", "dog"]
+    assert got["prompt_template"] == "a drawing of a {}."
+    assert got["class_label"] == "a cat, sleeping"
+    fixed = widgets.map_settings(SimpleNamespace(**{**vars(ctx), "info": info.with_(label_set="")}),
+                                 "Rollout", "chefer", {}, 1)  # fmt: skip
+    assert "typed_classes" not in fixed

@@ -92,6 +92,7 @@ def make_settings(
     colormap: str = "inferno",
     alpha: float = 0.6,
     smooth: bool = False,
+    typed: tuple[list[str], str] | None = None,
 ) -> dict[str, Any]:
     """Every setting of one map, in plain JSON types and a fixed order.
 
@@ -104,6 +105,8 @@ def make_settings(
         view: the page's view the map was shown in.
         target: ``(index, label)`` of the class a class-specific map explains.
         colormap, alpha, smooth: how the figure is drawn.
+        typed: ``(classes, prompt template)`` of a model with typed classes (CLIP): the
+            probabilities and the class maps depend on the whole list.
     """
     out: dict[str, Any] = {
         "model": info.name,
@@ -119,6 +122,8 @@ def make_settings(
     out["options"] = dict(options)
     if target is not None:
         out["class_index"], out["class_label"] = int(target[0]), str(target[1])
+    if typed is not None:
+        out["typed_classes"], out["prompt_template"] = [str(c) for c in typed[0]], str(typed[1])
     if layout is not None:
         out["input_size"] = list(layout.image_size)
         out["grid"] = list(layout.grid)

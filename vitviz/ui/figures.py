@@ -1,14 +1,10 @@
-"""Plotly figures and rendered images for the page (pure functions: arrays in, figures out).
-
-Maps are drawn as an image (the overlay, JPEG inside the figure so a rerun's payload stays
-small) under a layer of invisible square markers, one per patch or per mosaic cell. The
-markers carry the numbers (``customdata``) for hover and make patches clickable with
-Streamlit's point selection; plotly heatmaps do not report single clicks.
+"""Plotly figures (the head statistics) and rendered pictures (the pipeline view and the
+lesson) for the page: pure functions, arrays in, figures or pixels out. Attention maps are
+drawn by the canvas (:mod:`vitviz.ui.canvas`), not here.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,89 +42,6 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
 
 
-def overlay_image(
-    image: np.ndarray,
-    values: np.ndarray,
-    layout: TokenLayout,
-    display: Display,
-    *,
-    selected: int | None = None,
-    factor: int = 1,
-) -> np.ndarray:
-    """The map blended over the (upscaled) image, with grid lines and a selected patch."""
-    base = upscale(image, factor)
-    out = render.overlay(
-        base, values, alpha=display.alpha, colormap=display.colormap, smooth=display.smooth
-    )
-    if display.grid:
-        out = render.draw_patch_grid(out, layout.grid, thickness=1)
-    if selected is not None:
-        out = render.outline_patch(out, layout.grid, selected, thickness=max(2, factor + 1))
-    return out
-
-
-def data_uri(image: np.ndarray, fmt: str = "jpeg") -> str:
-    """An RGB image as a data URI (JPEG by default: a fraction of the PNG's bytes)."""
-    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpeg" else []
-    ok, buf = cv2.imencode(f".{fmt}", bgr, params)
-    if not ok:
-        raise ValueError(f"could not encode a {image.shape} image as {fmt}")
-    return f"data:image/{fmt};base64,{base64.b64encode(buf.tobytes()).decode()}"
-
-
-def _image_layout(fig: go.Figure, height: int, width: int, px: int | None) -> None:
-    fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
-    fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
-    fig.update_layout(
-        margin=dict(l=0, r=0, t=0, b=0),
-        height=px,
-        dragmode=False,
-        hovermode="closest",
-        hoverdistance=-1,
-        showlegend=False,
-        clickmode="event+select",
-    )
-
-
-def patch_figure(
-    picture: np.ndarray,
-    layout: TokenLayout,
-    values: np.ndarray | None,
-    *,
-    value_name: str = "value",
-    height: int | None = None,
-) -> go.Figure:
-    """A map (already drawn into ``picture``) with one hover/click marker per patch.
-
-    ``customdata`` of patch i is ``[i, row, column, value]``; ``value`` is the map's number
-    for that patch (NaN without a map).
-    """
-    h, w = picture.shape[:2]
-    gh, gw = layout.grid
-    cell_h, cell_w = h / gh, w / gw
-    rows, cols = np.divmod(np.arange(gh * gw), gw)
-    vals = np.full(gh * gw, np.nan) if values is None else np.asarray(values, float).ravel()
-    custom = np.column_stack([np.arange(gh * gw), rows, cols, vals])
-    hover = "patch %{customdata[0]} (row %{customdata[1]}, column %{customdata[2]})"
-    if values is not None and value_name:
-        hover += f"<br>{value_name} %{{customdata[3]:.4g}}"
-    fig = go.Figure(go.Image(source=data_uri(picture), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"))
-    fig.add_trace(
-        go.Scatter(
-            x=(cols + 0.5) * cell_w,
-            y=(rows + 0.5) * cell_h,
-            mode="markers",
-            marker=dict(symbol="square", size=max(4, min(cell_w, cell_h) * 0.8), opacity=0),
-            customdata=custom,
-            hovertemplate=hover + "<extra></extra>",
-            name="patches",
-        )
-    )
-    _image_layout(fig, h, w, height)
-    return fig
-
-
 def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 4, fill: int = 255) -> np.ndarray:
     """Tiles of one size side by side, ``cols`` per row, ``gap`` pixels apart."""
     th, tw = tiles[0].shape[:2]
@@ -138,49 +51,6 @@ def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 4, fill: int = 255
         r, c = divmod(i, cols)
         out[r * (th + gap) : r * (th + gap) + th, c * (tw + gap) : c * (tw + gap) + tw] = tile
     return out
-
-
-def mosaic_figure(
-    picture: np.ndarray,
-    tile: tuple[int, int],
-    cols: int,
-    customdata: np.ndarray,
-    hovertemplate: str,
-    *,
-    gap: int = 4,
-    height: int | None = None,
-) -> go.Figure:
-    """A mosaic image with one hover/click marker in the centre of each cell."""
-    th, tw = tile
-    n = len(customdata)
-    r, c = np.divmod(np.arange(n), cols)
-    fig = go.Figure(go.Image(source=data_uri(picture), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"))
-    fig.add_trace(
-        go.Scatter(
-            x=c * (tw + gap) + tw / 2,
-            y=r * (th + gap) + th / 2,
-            mode="markers",
-            marker=dict(symbol="square", size=max(6, min(th, tw) * 0.6), opacity=0),
-            customdata=customdata,
-            hovertemplate=hovertemplate + "<extra></extra>",
-            name="cells",
-        )
-    )
-    _image_layout(fig, picture.shape[0], picture.shape[1], height)
-    return fig
-
-
-def map_tiles(
-    image: np.ndarray, maps: np.ndarray, display: Display, size: int = 72
-) -> list[np.ndarray]:
-    """Small overlays of many maps ``[k, gh, gw]`` on one image, ``size`` px square each."""
-    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return [
-        render.overlay(
-            small, m, alpha=display.alpha, colormap=display.colormap, smooth=display.smooth
-        )
-        for m in maps
-    ]
 
 
 def token_labels(layout: TokenLayout) -> list[str]:
@@ -193,28 +63,6 @@ def token_labels(layout: TokenLayout) -> list[str]:
         else:
             out.append(TOKEN_NAMES[kind])
     return out
-
-
-def prefix_strip(layout: TokenLayout, row: np.ndarray, what: str) -> go.Figure:
-    """The attention the row gives the prefix tokens (class, distillation, registers)."""
-    labels = token_labels(layout)
-    vals = np.asarray(row, float)[: layout.num_prefix]
-    fig = go.Figure(
-        go.Heatmap(
-            z=[vals],
-            x=labels,
-            y=[what],
-            colorscale="Greys",
-            zmin=0,
-            zmax=max(1e-9, float(vals.max(initial=0))),
-            showscale=False,
-            texttemplate="%{z:.3f}",
-            hovertemplate="%{x}: %{z:.4g}<extra></extra>",
-        )
-    )
-    fig.update_layout(height=70, margin=dict(l=0, r=0, t=0, b=0), dragmode=False)
-    fig.update_yaxes(visible=False)
-    return fig
 
 
 def _head_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -191,7 +191,17 @@ def map_settings(
         colormap=DISPLAY_DEFAULTS["colormap"],
         alpha=DISPLAY_DEFAULTS["alpha"],
         smooth=DISPLAY_DEFAULTS["smooth"],
+        typed=_typed(ctx),
     )
+
+
+def _typed(ctx: Any) -> tuple[list[str], str] | None:
+    """The typed classes and prompt of a CLIP model (None for fixed classes)."""
+    model = getattr(getattr(ctx.backend, "loaded", None), "model", None)
+    template = getattr(model, "template", None)
+    if not ctx.info.label_set or template is None:
+        return None
+    return list(ctx.labels), str(template)
 
 
 def _target_label(labels: list[str], cls: int) -> str:
