@@ -178,3 +178,26 @@ def test_the_page_shows_the_curves_of_the_map_it_shows():
     caption = words(" ".join(c.value for c in at.caption))
     assert f"deletion AUC of {want.deletion.auc:.3f}" in caption
     assert f"insertion AUC of {want.insertion.auc:.3f}" in caption
+
+
+def test_one_trust_check_at_a_time_and_a_long_wait_is_said(monkeypatch):
+    """The page's checks share one slot: while another visitor's holds it (longer than the
+    wait), the page says so instead of starting a second ~200-forward job."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ASSETS
+    from vitviz.ui import trust_panel
+
+    monkeypatch.setattr(trust_panel, "WAIT_S", 0.2)
+    assert trust_panel.CHECKS.acquire(timeout=5)  # another visitor's check is running
+    try:
+        at = AppTest.from_file(str(ASSETS.parent / "app.py"), default_timeout=120).run()
+        at.toggle(key="trust_on").set_value(True).run()
+        assert not at.exception
+        assert any("one at a time" in i.value for i in at.info)
+        assert not [c for c in at.get("plotly_chart") if "trust" in c.proto.id]
+    finally:
+        trust_panel.CHECKS.release()
+    at.toggle(key="trust_on").set_value(False).run()
+    at.toggle(key="trust_on").set_value(True).run()  # the slot is free: the check runs
+    assert [c for c in at.get("plotly_chart") if "trust" in c.proto.id]

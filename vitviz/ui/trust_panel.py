@@ -6,6 +6,7 @@ of the image); cached with the explanation."""
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,6 +18,15 @@ from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import raw, t
 
 STEPS, SEEDS, BATCH = 16, 2, 16
+# ~200 perturbed forwards a check: one check at a time per page process, whoever asks, so a
+# classroom turning it on together queues instead of multiplying the CPU's work; a check
+# that waits longer than WAIT_S is not started (the visitor is told to try again)
+CHECKS = threading.BoundedSemaphore(1)
+WAIT_S = 60.0
+
+
+class Busy(Exception):
+    """Another visitor's check held the slot for longer than :data:`WAIT_S`."""
 
 
 def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustReport | None:
@@ -29,6 +39,14 @@ def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustR
     key = ("trust", name, target, hashlib.sha1(values.tobytes()).hexdigest())
 
     def compute() -> TrustReport:
+        if not CHECKS.acquire(timeout=WAIT_S):
+            raise Busy
+        try:
+            return checked()
+        finally:
+            CHECKS.release()
+
+    def checked() -> TrustReport:
         x = loaded.to_tensor(Image.fromarray(ctx.expl.image))
         layout = ctx.layout
         return trust(
@@ -80,7 +98,11 @@ def figure(rep: TrustReport) -> go.Figure:
 
 def panel(ctx: ViewContext, grid: np.ndarray, name: str, title: str, target: int) -> None:
     """The curves of the map shown, with a caption that reads them."""
-    rep = report(ctx, grid, name, target)
+    try:
+        rep = report(ctx, grid, name, target)
+    except Busy:
+        st.info(t("trust.busy"))
+        return
     if rep is None:
         st.info(t("trust.remote"))
         return
