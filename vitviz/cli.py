@@ -462,14 +462,35 @@ class _Outputs:
         failed = 0
         for (path, decoded), (res, classed_res) in zip(batch, results, strict=True):
             try:
-                self.write(path, decoded, res, classed_res)
+                text = self.text_relevance(backend, classed_res)
+                self.write(path, decoded, res, classed_res, text)
             except (VitvizError, OSError) as err:  # e.g. --patch beyond this grid, disk full
                 failed += 1
                 tqdm.write(f"error: {path}: {err}", file=sys.stderr)
         return failed
 
-    def write(self, path: Path, decoded: Any, res: Any, classed: Any = None) -> None:
-        """Compute the method's map for one image and write its PNG, NPZ and JSON."""
+    def text_relevance(self, backend: Any, classed: Any) -> list[list] | None:
+        """A typed label's caption tokens and their relevance (``[[token, share], …]``,
+        :func:`vitviz.models.clip_text.text_relevance`): CLIP in this process, a class map
+        that is not "why not"; None otherwise."""
+        compute = getattr(backend, "text_relevance", None)  # a server has no text tower here
+        negative = methods.METHODS[self.args.method].negative(self.options)
+        if classed is None or compute is None or not self.info.label_set or negative:
+            return None
+        from PIL import Image
+
+        image = Image.fromarray(classed.explanation.image)
+        try:
+            pieces = compute(image, classed.labels[0], seen=True)
+        except OptionsError:  # a text tower it does not read (e.g. a Hugging Face tokenizer)
+            return None
+        return [[w, v] for w, v in pieces]
+
+    def write(
+        self, path: Path, decoded: Any, res: Any, classed: Any = None, text: list | None = None
+    ) -> None:
+        """Compute the method's map for one image and write its PNG, NPZ and JSON (with
+        ``text``, the caption's token relevance, as ``text_relevance``)."""
         a = self.args
         grads = None if classed is None else classed.gradients[0]
         relevance = None if classed is None else classed.relevance[0]
@@ -540,6 +561,8 @@ class _Outputs:
             },
             "files": files,
         }
+        if text is not None:
+            record["text_relevance"] = text
         (self.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
 
 

@@ -191,3 +191,17 @@ class LocalBackend:
                     gradients=None if grads_np is None else grads_np[:, j].copy(),
                 )
         return [e for e in out if e is not None]
+
+    def text_relevance(
+        self, image: Image.Image, label: str, *, seen: bool = False
+    ) -> list[tuple[str, float]]:
+        """A CLIP model's caption tokens for ``label`` and their share of the relevance for
+        the image–text similarity (:func:`vitviz.models.clip_text.text_relevance`).
+
+        Raises:
+            OptionsError: not a CLIP model, or a bad label.
+        """
+        from vitviz.models.clip_text import text_relevance
+
+        (seen_image,) = self._seen([image], seen)
+        return text_relevance(self.loaded, seen_image, label, seen=True)

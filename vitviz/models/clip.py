@@ -104,8 +104,8 @@ def _open_clip() -> Any:
 
 
 class ClipAttention(nn.Module):
-    """``nn.MultiheadAttention``'s self-attention written out (batch first, no mask), so its
-    probabilities pass ``attn_drop`` (an identity) and can be captured.
+    """``nn.MultiheadAttention``'s self-attention written out (batch first, an optional
+    additive mask), so its probabilities pass ``attn_drop`` (an identity) and can be captured.
 
     Same maths as ``need_weights=False``: ``q, k, v = x W_inᵀ + b_in``,
     ``A = softmax(q kᵀ / √d)`` per head, ``out_proj(A v)``. Shares the module's parameters.
@@ -128,12 +128,15 @@ class ClipAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.attn_drop = nn.Identity()  # the hook point: its output is the probabilities
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, N, D]`` → ``[B, N, D]``."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, N, D]`` → ``[B, N, D]``; ``attn_mask``: an additive mask broadcasting to
+        ``[B, H, N, N]`` (the text tower's causal mask), added before the softmax."""
         b, n, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         attn = (q * self.scale) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            attn = attn + attn_mask
         attn = self.attn_drop(attn.softmax(dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(b, n, d)
         return self.out_proj(out)

@@ -66,13 +66,17 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
     return state["live_explainer"]
 
 
-def _freeze(frame) -> None:
-    """Button callback: the frame on screen when it was pressed becomes the image of the
-    normal views (kept as the session's upload, bounded like one)."""
-    if resources.remember_upload("live-frame.png", render.to_png(frame)):
+def _freeze(live: LiveExplainer) -> None:
+    """Button callback: the frame of the map on screen when it was pressed becomes the image
+    of the normal views (kept as the session's upload, bounded like one). The frame is read
+    at the click, so the button need not be redrawn with every map."""
+    result = live.latest()
+    if result is None:
+        st.session_state["live_freeze_failed"] = "live.freeze_none"
+    elif resources.remember_upload("live-frame.png", render.to_png(result.frame)):
         st.session_state["source"] = "Upload"
     else:
-        st.session_state["live_freeze_failed"] = True
+        st.session_state["live_freeze_failed"] = "live.freeze_failed"
 
 
 def _controls(info: ModelInfo, remote: bool) -> LiveSettings:
@@ -152,6 +156,11 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
     with side:
         paused = st.toggle(t("live.pause"), key="live_paused")
         live.pause(paused)
+        # outside the twice-a-second fragment: a click never meets a redraw of its button
+        st.button(t("live.freeze"), on_click=_freeze, args=(live,), help=t("live.freeze_help"))
+        failed = st.session_state.pop("live_freeze_failed", None)
+        if failed:
+            st.error(t(failed))
         _status(live, bool(stream.state.playing), i18n.current())
 
 
@@ -160,17 +169,6 @@ def _status(live: LiveExplainer, playing: bool, lang: str) -> None:
     """Predictions and speed, re-read twice a second from the explainer."""
     result = live.latest()
     stats = live.stats
-    frozen = st.button(
-        t("live.freeze"),
-        on_click=_freeze,
-        args=(None if result is None else result.frame,),
-        disabled=result is None,
-        help=t("live.freeze_help"),
-    )
-    if st.session_state.pop("live_freeze_failed", False):
-        st.error(t("live.freeze_failed"))
-    elif frozen:  # the whole page, not just this fragment: the views open on the frame
-        st.rerun()
     if result is None:
         st.info(t("live.waiting" if playing else "live.press_start"))
         return

@@ -208,5 +208,39 @@ def _class_map(ctx: ViewContext, cls: int, cm: str, copts: dict, size: int):
         max_size=size,
     )
     canvas.attention_canvas("class-map", data)
+    negative = methods.METHODS[cm].negative(copts)
+    if ctx.info.label_set and 0 <= cls < len(ctx.labels) and not negative:
+        _text_relevance(ctx, ctx.labels[cls])  # a typed label: its caption's words too
     settings = widgets.map_settings(ctx, ID, cm, copts, cls)
     return methods.to_grid(row, layout), f"{cm}-class{cls}", settings
+
+
+def _text_relevance(ctx: ViewContext, label: str) -> None:
+    """Which words of the label's caption made the image match it: Chefer et al.'s relevance
+    in CLIP's text tower, one bar per token, cached with the explanation."""
+    from vitviz.errors import VitvizError
+
+    st.markdown(t("text_relevance.title", label=plain(label)))
+    compute = getattr(ctx.backend, "text_relevance", None)
+    if ctx.info.remote or compute is None:  # the text tower is needed in this process
+        st.caption(t("text_relevance.remote"))
+        return
+    try:
+        pieces = ctx.entry.get(
+            ("text-relevance", label), lambda: compute(ctx.decoded.image, label, seen=True)
+        )
+    except VitvizError as err:  # e.g. a text tower it cannot read: say so, keep the map
+        st.caption(t("text_relevance.unavailable", detail=plain(err)))
+        return
+    word, share = t("text_relevance.word"), t("text_relevance.share")
+    top = max((v for _, v in pieces), default=0.0)
+    st.dataframe(  # shown as data (the words are user text): never Markdown or HTML
+        {word: [w for w, _ in pieces], share: [v for _, v in pieces]},
+        hide_index=True,
+        column_config={
+            share: st.column_config.ProgressColumn(
+                share, format="percent", min_value=0.0, max_value=max(top, 1e-9)
+            )
+        },
+    )
+    st.caption(t("text_relevance.caption"))
