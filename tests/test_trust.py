@@ -183,11 +183,13 @@ def test_the_page_shows_the_curves_of_the_map_it_shows():
 def test_one_trust_check_at_a_time_and_a_long_wait_is_said(monkeypatch):
     """The page's checks share one slot: while another visitor's holds it (longer than the
     wait), the page says so instead of starting a second ~200-forward job."""
+    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import ASSETS
     from vitviz.ui import trust_panel
 
+    st.cache_resource.clear()  # no report cached by an earlier test: the check must run
     monkeypatch.setattr(trust_panel, "WAIT_S", 0.2)
     assert trust_panel.CHECKS.acquire(timeout=5)  # another visitor's check is running
     try:
