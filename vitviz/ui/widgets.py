@@ -122,7 +122,8 @@ def method_options(
     controls), a widget keyed ``prefix-name`` for each other one."""
     values = {}
     others = [o for o in method.options if o.name not in shared]
-    columns = where.columns(len(others)) if others else []
+    # two a row: a segmented control's buttons (fusion: mean/max/min) never get cut off
+    columns = [col for i in range(0, len(others), 2) for col in where.columns(2)][: len(others)]
     for option, column in zip(others, columns, strict=True):
         values[option.name] = option_widget(
             option,

@@ -30,7 +30,12 @@ def render(ctx: ViewContext) -> None:
     expl, layout, info = ctx.expl, ctx.layout, ctx.info
     sizes = dict(layers=info.layers, heads=info.heads, patches=layout.num_patches)
     spec = methods.METHODS["rollout"]
-    columns = st.columns([1.4] + [1] * (len(spec.options) - 1))  # fusion's three buttons fit
+    # two options a row, the first (fusion's three buttons) the wider: nothing is cut off
+    columns = [
+        col
+        for first in range(0, len(spec.options), 2)
+        for col in st.columns([1.4, 1] if first == 0 else [1, 1])
+    ][: len(spec.options)]
     opts = {
         o.name: widgets.option_widget(o, KEYS[o.name], where=col, **sizes)
         for o, col in zip(spec.options, columns, strict=True)
@@ -143,18 +148,16 @@ def class_methods() -> dict[str, str]:
 def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str, dict]:
     titles = class_methods()
     session.choice("class_method", list(titles), "chefer")
-    c1, c2 = st.columns([3, 2])
-    with c1:
-        cls = widgets.class_picker(ctx)
-    with c2:
-        cm = st.segmented_control(
-            t("rollout.method"),
-            list(titles),
-            format_func=titles.get,
-            key="class_method",
-            required=True,
-            persist_state=KEEP,
-        )
+    # the picker and the methods each get the full width: no method's name is cut off
+    cls = widgets.class_picker(ctx)
+    cm = st.segmented_control(
+        t("rollout.method"),
+        list(titles),
+        format_func=titles.get,
+        key="class_method",
+        required=True,
+        persist_state=KEEP,
+    )
     session.keep_in_url("class_method", cm, "chefer")
     # options the rollout controls above already set are shared; others get widgets
     return cls, cm, widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
