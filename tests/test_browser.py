@@ -432,3 +432,31 @@ def test_a_link_cannot_put_a_link_or_picture_into_the_page(page, server):
     assert "[Sign in again](https://evil.example)" in shown
     assert alert.locator("a, img").count() == 0
     canvas(page, "rollout")  # the demo model answers meanwhile
+
+
+def test_no_control_is_clipped_at_1280_in_chinese(page, server):
+    """The zh-Hant page: the same check, every view, with the class map and the mask on."""
+    page.goto(f"{server}/?view=Rollout&lang=zh-Hant")
+    canvas(page, "rollout")
+    settle(page)
+    page.get_by_text("為什麼是這個類別？").first.click()
+    canvas(page, "class-map")
+    settle(page)
+    page.get_by_text("DINO 式遮罩").first.click()
+    canvas(page, "mask")
+    settle(page)
+    assert page.evaluate(CLIPPED_JS) == [], "注意力展開"
+    for name, key in (
+        ("注意力頭", "heads-canvas"),
+        ("圖塊探索", "patch-canvas"),
+        ("特徵", "features-canvas"),
+        ("比較", "cmp-b"),
+    ):
+        view(page, name)
+        canvas(page, key)
+        settle(page)
+        assert page.evaluate(CLIPPED_JS) == [], name
+    for name in ("ViT 如何看這張圖", "注意力頭統計"):
+        view(page, name)
+        settle(page)
+        assert page.evaluate(CLIPPED_JS) == [], name
