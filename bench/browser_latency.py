@@ -12,7 +12,8 @@ fixed sleep. Then it waits for the page to settle before the next action.
 
 Actions (``--repeats`` of each): a layer step and a head change in Heads, a click in the
 layers × heads mosaic, a layer step and a patch click in the Patch explorer, a discard-ratio
-step in Rollout, a view switch; in lesson mode, a step by the → / ← keys (to the new step
+step in Rollout, a start-layer step in Compare (two images: both panels redrawn), a view
+switch; in lesson mode, a step by the → / ← keys (to the new step
 drawn and the page settled) and a patch click on the step-2 grid. Prints medians per action,
 ``floor_ms`` and ``ratio_to_floor``; on the canvas page also ``view_switch_mixed_frames``: over
 every view switch, the animation frames in which the old view's maps or controls were on
@@ -219,6 +220,19 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         out["rollout_discard_step"].append(
             p.timed("rollout", lambda k=key: (slider.focus(), slider.press(k)))
         )
+    # Compare (two images, rollout): a start-layer step redraws both panels on the server
+    view("Compare")
+    page.wait_for_selector(".st-key-cmp-b [data-state]")
+    p.settle()
+    start = page.locator(
+        '[data-testid="stMain"] input[type="range"][aria-label="Start layer"]'
+    ).first
+    out["compare_option_step"] = []
+    for i in range(repeats):
+        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
+        out["compare_option_step"].append(
+            p.timed("cmp-b", lambda k=key: (start.focus(), start.press(k)))
+        )
     return out
 
 
@@ -311,6 +325,19 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
         out["rollout_discard_step"].append(
             p.timed("rollout", lambda k=key: (slider.focus(), slider.press(k)))
+        )
+    # Compare (two images, rollout): a start-layer step redraws both panels on the server
+    view("Compare")
+    page.wait_for_selector(".st-key-cmp-b [data-state]")
+    p.settle()
+    start = page.locator(
+        '[data-testid="stMain"] input[type="range"][aria-label="Start layer"]'
+    ).first
+    out["compare_option_step"] = []
+    for i in range(repeats):
+        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
+        out["compare_option_step"].append(
+            p.timed("cmp-b", lambda k=key: (start.focus(), start.press(k)))
         )
     return out
 
