@@ -145,6 +145,14 @@ class Page:
         return ms
 
 
+def slider_steps(p: Page, key: str, slider, repeats: int) -> list[float]:
+    """Times of ``repeats`` one-step moves of ``slider`` (right, left, …) to map ``key``."""
+    return [
+        p.timed(key, lambda k=k: (slider.focus(), slider.press(k)))
+        for k in ("ArrowRight" if i % 2 == 0 else "ArrowLeft" for i in range(repeats))
+    ]
+
+
 def layer_keys(repeats: int, at_first_layer: bool = False) -> list[str]:
     """Arrow keys for ``repeats`` layer steps back and forth, first toward a layer that exists
     (right when the map shows layer 0, else left)."""
@@ -214,25 +222,7 @@ def legacy_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     page.wait_for_selector(".st-key-rollout image")
     p.settle()
     slider = main.locator('input[type="range"][aria-label="Discard ratio"]').first
-    out["rollout_discard_step"] = []
-    for i in range(repeats):
-        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
-        out["rollout_discard_step"].append(
-            p.timed("rollout", lambda k=key: (slider.focus(), slider.press(k)))
-        )
-    # Compare (two images, rollout): a start-layer step redraws both panels on the server
-    view("Compare")
-    page.wait_for_selector(".st-key-cmp-b [data-state]")
-    p.settle()
-    start = page.locator(
-        '[data-testid="stMain"] input[type="range"][aria-label="Start layer"]'
-    ).first
-    out["compare_option_step"] = []
-    for i in range(repeats):
-        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
-        out["compare_option_step"].append(
-            p.timed("cmp-b", lambda k=key: (start.focus(), start.press(k)))
-        )
+    out["rollout_discard_step"] = slider_steps(p, "rollout", slider, repeats)
     return out
 
 
@@ -320,12 +310,7 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     slider = page.locator(
         '[data-testid="stMain"] input[type="range"][aria-label="Discard ratio"]'
     ).first
-    out["rollout_discard_step"] = []
-    for i in range(repeats):
-        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
-        out["rollout_discard_step"].append(
-            p.timed("rollout", lambda k=key: (slider.focus(), slider.press(k)))
-        )
+    out["rollout_discard_step"] = slider_steps(p, "rollout", slider, repeats)
     # Compare (two images, rollout): a start-layer step redraws both panels on the server
     view("Compare")
     page.wait_for_selector(".st-key-cmp-b [data-state]")
@@ -333,12 +318,7 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
     start = page.locator(
         '[data-testid="stMain"] input[type="range"][aria-label="Start layer"]'
     ).first
-    out["compare_option_step"] = []
-    for i in range(repeats):
-        key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
-        out["compare_option_step"].append(
-            p.timed("cmp-b", lambda k=key: (start.focus(), start.press(k)))
-        )
+    out["compare_option_step"] = slider_steps(p, "cmp-b", start, repeats)
     return out
 
 
