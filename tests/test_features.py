@@ -19,10 +19,10 @@ from vitviz.backends.local import LocalBackend
 from vitviz.errors import OptionsError
 from vitviz.images import decode_image
 from vitviz.methods import patch_similarity, pca_rgb
+from vitviz.render import block_picture
 from vitviz.server import wire
 from vitviz.server.service import ApiError, Engine, Settings
 from vitviz.ui import canvas as vcanvas
-from vitviz.ui.views.features import picture
 
 # ------------------------------------------------------------------ the math
 
@@ -267,7 +267,9 @@ def test_the_features_view_shows_the_pca_picture_and_patch_similarity(media, dem
     captions = " ".join(c.value for c in at.caption)
     assert "self-supervised backbones" in captions and "192 numbers" in captions
     want = pca_rgb(feats.patches, layout.grid, orient=orient)
-    np.testing.assert_array_equal(_shown_pca(at, media), picture(want.rgb, expl.image.shape[:2]))
+    np.testing.assert_array_equal(
+        _shown_pca(at, media), block_picture(want.rgb, expl.image.shape[:2])
+    )
     assert f"red {100 * want.variance[0]:.1f} %" in captions
     # the canvas shows the chosen patch's cosine similarity (the centre patch by default)
     centre = (layout.grid[0] // 2) * layout.grid[1] + layout.grid[1] // 2
@@ -289,7 +291,7 @@ def test_the_features_view_shows_the_pca_picture_and_patch_similarity(media, dem
     assert not at.exception, at.exception
     dropped = pca_rgb(feats.patches, layout.grid, drop_background=True, orient=orient)
     pixels = _shown_pca(at, media)
-    np.testing.assert_array_equal(pixels, picture(dropped.rgb, expl.image.shape[:2]))
+    np.testing.assert_array_equal(pixels, block_picture(dropped.rgb, expl.image.shape[:2]))
     fg = int(dropped.foreground.sum())
     assert 0 < fg < layout.num_patches
     assert f"Foreground: {fg} of {layout.num_patches} patches" in " ".join(
@@ -301,5 +303,5 @@ def test_the_features_view_shows_the_pca_picture_and_patch_similarity(media, dem
     )
     assert stricter.foreground.sum() < fg
     np.testing.assert_array_equal(
-        _shown_pca(at, media), picture(stricter.rgb, expl.image.shape[:2])
+        _shown_pca(at, media), block_picture(stricter.rgb, expl.image.shape[:2])
     )

@@ -37,14 +37,6 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
 
 
-def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 12) -> np.ndarray:
-    height = max(left.shape[0], right.shape[0])
-    out = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
-    out[: left.shape[0], : left.shape[1]] = left
-    out[: right.shape[0], left.shape[1] + gap :] = right
-    return out
-
-
 def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
     """Compute both maps and write the files; print where they went."""
     from vitviz import exports, render
@@ -103,7 +95,7 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         figures.append(exports.figure(result.values, result.explanation.image, s))
     stem = Path(args.image).stem
     png = out / f"{stem}-compare.png"
-    png.write_bytes(render.to_png(_side_by_side(*figures)))
+    png.write_bytes(render.to_png(render.side_by_side(*figures)))
     buf = io.BytesIO()
     np.savez(buf, values_a=first.values, values_b=second.values)
     (out / f"{stem}-compare.npz").write_bytes(buf.getvalue())

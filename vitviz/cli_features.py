@@ -70,10 +70,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
 
     stem = Path(args.image).stem
     size = expl.image.shape[:2]
-    rgb = np.stack([render.upsample(pca.rgb[..., c], size) for c in range(3)], axis=-1)
-    pixels = np.rint(rgb * 255.0).astype(np.uint8)
-    side = np.full((size[0], 2 * size[1] + 8, 3), 255, np.uint8)
-    side[:, : size[1]], side[:, size[1] + 8 :] = expl.image, pixels
+    side = render.side_by_side(expl.image, render.block_picture(pca.rgb, size), gap=8)
     (out / f"{stem}-pca.png").write_bytes(render.to_png(side))
     arrays = {
         "tokens": feats.tokens,

@@ -27,11 +27,13 @@ import numpy as np
 
 __all__ = [
     "COLORMAPS",
+    "block_picture",
     "colorize",
     "draw_patch_grid",
     "normalize_map",
     "outline_patch",
     "overlay",
+    "side_by_side",
     "stamp_banner",
     "to_jpeg",
     "to_png",
@@ -397,6 +399,22 @@ def stamp_banner(image: np.ndarray, text: str) -> np.ndarray:
     strip = np.ascontiguousarray(out[:band])
     cv2.putText(strip, text, (x, y), _BANNER_FONT, scale, _BANNER_TEXT_RGB, thickness, cv2.LINE_AA)
     out[:band] = strip
+    return out
+
+
+def block_picture(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``[gh, gw, 3]`` picture with values in [0, 1] as RGB uint8 of ``size`` (height,
+    width), each patch a flat block (nearest neighbour), so patches stay crisp."""
+    channels = [upsample(rgb[..., c], size) for c in range(3)]
+    return np.rint(np.stack(channels, axis=-1) * 255.0).astype(np.uint8)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 12) -> np.ndarray:
+    """Two RGB pictures in a row on white, ``gap`` pixels apart, top-aligned."""
+    height = max(left.shape[0], right.shape[0])
+    out = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
+    out[: left.shape[0], : left.shape[1]] = left
+    out[: right.shape[0], left.shape[1] + gap :] = right
     return out
 
 

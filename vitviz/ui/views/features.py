@@ -13,7 +13,7 @@ import streamlit as st
 
 from vitviz import methods
 from vitviz.errors import VitvizError
-from vitviz.render import upsample
+from vitviz.render import block_picture
 from vitviz.ui import canvas, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, fill, t
@@ -25,13 +25,6 @@ ID = "Features"
 
 def _percent(share: float) -> str:
     return f"{100 * share:.1f} %"
-
-
-def picture(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A ``[gh, gw, 3]`` picture in [0, 1] as RGB uint8 of ``size`` (height, width), each
-    patch a flat block (nearest neighbour), so patches stay crisp."""
-    channels = [upsample(rgb[..., c], size) for c in range(3)]
-    return np.rint(np.stack(channels, axis=-1) * 255.0).astype(np.uint8)
 
 
 def _pca(ctx: ViewContext, patches: np.ndarray, drop: bool, threshold: float):
@@ -70,7 +63,7 @@ def render_pca(ctx: ViewContext, patches: np.ndarray) -> None:
     pca = _pca(ctx, patches, bool(drop), float(threshold) if drop else 0.0)
     left, right = st.columns(2)
     left.image(expl.image, caption=t("features.input"), width="stretch")
-    pixels = picture(pca.rgb, expl.image.shape[:2])  # PNG: JPEG would blur the patch edges
+    pixels = block_picture(pca.rgb, expl.image.shape[:2])  # PNG: JPEG would blur the patch edges
     right.image(pixels, caption=t("features.pca"), width="stretch", output_format="PNG")
     r, g, b = (_percent(float(v)) for v in pca.variance)
     if drop:
