@@ -211,17 +211,14 @@ TYPED_PER_MODEL = 8
 def typed_classes(backend: LocalBackend, labels: list[str], template: str | None) -> LocalBackend:
     """A CLIP model scoring the typed ``labels`` (sharing the loaded weights; each label's text
     features are encoded once and kept in the model's own byte-bounded cache). Models with
-    fixed classes come back as they are. Not cached here: a wrapper is a few tensors, and
-    caching it would keep an evicted model's weights alive."""
+    fixed classes come back as they are. The last :data:`TYPED_PER_MODEL` wrappers of each
+    model are kept (weakly keyed by the model, so they never keep an evicted model alive); the
+    labels are checked where the wrapper is made (:meth:`LoadedModel.with_labels`)."""
     if not backend.loaded.typed_labels:
         return backend
     from vitviz import prompts
 
-    try:
-        key = prompts.label_set(prompts.check_labels(labels), prompts.check_template(template))
-    except VitvizError as err:
-        st.error(t("sidebar.clip_bad", detail=plain(err)))
-        return backend
+    key = prompts.label_set(list(labels), template or prompts.DEFAULT_TEMPLATE)
     with _TYPED_LOCK:  # one wrapper per (model, label set): the live view keeps its explainer
         known = _TYPED.setdefault(backend, OrderedDict())
         if key in known:

@@ -219,7 +219,6 @@ def _typed_classes(sel: Selection) -> None:
     """CLIP: the classes to score, one per line, and the prompt each one is put in (both in
     the URL; untrusted text, checked by :mod:`vitviz.prompts`)."""
     from vitviz import prompts
-    from vitviz.errors import OptionsError
 
     text = st.text_area(
         t("sidebar.clip_labels"),
@@ -240,14 +239,26 @@ def _typed_classes(sel: Selection) -> None:
         bind=URL,
         persist_state=KEEP,
     )
+    sel.labels, sel.template, problem = read_typed(text, template)
+    if problem:
+        st.error(problem)
+
+
+def read_typed(text: str | None, template: str | None) -> tuple[list[str], str, str | None]:
+    """Typed classes (one per line, or comma-separated) and a prompt, checked: ``(labels,
+    template, None)``, or CLIP's everyday classes and prompt with what was wrong, in words."""
+    from vitviz import prompts
+    from vitviz.errors import OptionsError
+
     try:
-        sel.labels = prompts.check_labels(prompts.split_labels(text))
-        sel.template = prompts.check_template(template)
-        if len(sel.labels) < 2:
+        labels = prompts.check_labels(prompts.split_labels(text or ""))
+        checked = prompts.check_template(template)
+        if len(labels) < 2:
             raise OptionsError(t("sidebar.clip_two"))
     except OptionsError as err:
-        st.error(t("sidebar.clip_bad", detail=plain(err)))
-        sel.labels, sel.template = list(prompts.DEFAULT_LABELS), prompts.DEFAULT_TEMPLATE
+        problem = t("sidebar.clip_bad", detail=plain(err))
+        return list(prompts.DEFAULT_LABELS), prompts.DEFAULT_TEMPLATE, problem
+    return labels, checked, None
 
 
 def _upload(sel: Selection) -> None:

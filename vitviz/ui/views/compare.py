@@ -27,6 +27,7 @@ from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, t
 from vitviz.ui.session import KEEP
+from vitviz.ui.sidebar import read_typed
 from vitviz.ui.text import plain
 
 ID = "Compare"
@@ -140,7 +141,10 @@ def _other_model(ctx: ViewContext) -> Panel | None:
     try:
         backend = resources.load_with_progress(key, None, bool(random))
         if backend.loaded.typed_labels:  # CLIP: the classes typed in the sidebar, if any
-            backend = resources.typed_classes(backend, *_typed_in_sidebar())
+            labels, template, _ = read_typed(  # the problem, if any, is said in the sidebar
+                st.session_state.get("clip_labels"), st.session_state.get("clip_template")
+            )
+            backend = resources.typed_classes(backend, labels, template)
         info = backend.info()
         mid = model_key(info)
         decoded = resources.model_input(ctx.image_digest, ctx.source, ctx.image_name, backend)
@@ -154,23 +158,6 @@ def _other_model(ctx: ViewContext) -> Panel | None:
         backend, info, mid, ctx.image_digest, ctx.image_name, decoded, entry, ctx.source
     )
     return Panel(other, plain(info.name))
-
-
-def _typed_in_sidebar() -> tuple[list[str], str]:
-    """The classes and prompt typed for a CLIP model in the sidebar (checked; the everyday
-    classes when none or bad ones were typed)."""
-    from vitviz import prompts
-
-    try:
-        labels = prompts.check_labels(
-            prompts.split_labels(st.session_state.get("clip_labels") or "")
-        )
-        template = prompts.check_template(st.session_state.get("clip_template"))
-    except VitvizError:
-        labels, template = [], prompts.DEFAULT_TEMPLATE
-    if len(labels) < 2:
-        labels = list(prompts.DEFAULT_LABELS)
-    return labels, template
 
 
 def _other_image(ctx: ViewContext) -> Panel | None:
