@@ -113,9 +113,9 @@ def compare(a: Side, b: Side, options: dict[str, Any]) -> tuple[ComparedMap, Com
     def carried(layout: TokenLayout | None) -> dict[str, Any]:
         if layout is None:  # only the flags are read before B's layout is known
             return own(b.method)
-        return carry_options(
+        return carry_options(  # it takes B's method's own options from all of them
             b.method,
-            own(b.method),
+            options,
             (info_a.layers, info_a.heads, layout_a),
             (info_b.layers, info_b.heads, layout),
         )

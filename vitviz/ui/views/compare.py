@@ -22,7 +22,7 @@ from vitviz.comparison import carry_options
 from vitviz.errors import VitvizError
 from vitviz.gradients import FEATURE_NORM
 from vitviz.methods import Method, Option
-from vitviz.results import ImageExplanation, ModelInfo
+from vitviz.results import ModelInfo
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, t
@@ -46,11 +46,6 @@ class Panel:
     def info(self) -> ModelInfo:
         """The panel's model."""
         return self.ctx.info
-
-    @property
-    def expl(self) -> ImageExplanation:
-        """The panel's explanation."""
-        return self.ctx.expl
 
 
 def render(ctx: ViewContext) -> None:
@@ -102,12 +97,11 @@ def render(ctx: ViewContext) -> None:
     left, right = st.columns(2)
     for panel, method, where, key in ((a, first, left, "cmp-a"), (b, second, right, "cmp-b")):
         with where:
-            own = {k: v for k, v in opts.items() if k in methods.METHODS[method].defaults}
             sizes = (
                 (ctx.info.layers, ctx.info.heads, ctx.layout),
                 (panel.info.layers, panel.info.heads, panel.ctx.layout),
-            )
-            _draw(panel, method, carry_options(method, own, *sizes), key)
+            )  # carry_options takes the method's own options from opts
+            _draw(panel, method, carry_options(method, opts, *sizes), key)
     if mode == "models" and ctx.info.layers != b.info.layers:
         st.caption(t("compare.depth_note", a=ctx.info.layers, b=b.info.layers))
 
