@@ -14,7 +14,14 @@ from PIL import Image
 
 from tests.conftest import ASSETS
 from vitviz import methods
-from vitviz.atlas import COLUMNS, HeadAtlas, head_atlas, image_files, write_atlas
+from vitviz.atlas import (
+    COLUMNS,
+    HeadAtlas,
+    atlas_csv,
+    head_atlas,
+    image_files,
+    write_atlas,
+)
 from vitviz.backends.local import LocalBackend
 from vitviz.cli import main
 from vitviz.errors import ImageError, OptionsError
@@ -276,6 +283,26 @@ def test_the_report_files(tmp_path):
     assert "Fake ViT &lt;b&gt;" in page and "Fake ViT <b>" not in page
     assert page.count("data:image/png;base64,") == 4  # 2 most local + 2 most global
     assert isinstance(atlas, HeadAtlas)
+
+
+def test_the_atlas_csv_quotes_every_field_and_starts_no_formula(tmp_path):
+    """Issue 21: the atlas CSV is written like every CSV of the project (exports.csv_text)."""
+    import dataclasses
+    import io
+
+    import pandas as pd
+
+    atlas = head_atlas(FakeBackend(), _fake_folder(tmp_path), progress=False)
+    kinds = atlas.kinds.astype(object)
+    kinds[0, 0] = "=cmd|' -C calc'!A0"
+    text = atlas_csv(dataclasses.replace(atlas, kinds=kinds))
+    assert all(line.startswith('"') and line.endswith('"') for line in text.splitlines())
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["kind"] == "'=cmd|' -C calc'!A0" and rows[1]["kind"] == atlas.kinds[0, 1]
+    df = pd.read_csv(io.StringIO(text))
+    want = atlas.rows()
+    assert df["layer"].tolist() == [r["layer"] for r in want]
+    np.testing.assert_array_equal(df["entropy_mean"], [r["entropy_mean"] for r in want])
 
 
 def _cli(args: list[str]) -> int:

@@ -4,6 +4,7 @@ and the figure with a colour legend and a caption (PNG, SVG), from the API, the 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -28,6 +29,37 @@ from vitviz.results import ModelInfo, WeightsInfo
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE = 'evil\nname\r\n# x,"y"\u2028<script>alert(1)</script> & 貓.png'
+# names and labels a spreadsheet would run as formulas, or that split a line into cells
+FORMULAS = [
+    "x,=cmd|' -C calc'!A0,y.png",
+    "=1+1.png",
+    "+SUM(A1).png",
+    "-2+3.png",
+    "@SUM(1).png",
+    "\t=1+1.png",
+    "\r=1+1.png",
+    '"=1",=2,"=3".png',
+    'a"b,"c\n=HYPERLINK("x")',
+    "line\r\n=next\n+line",
+    "\uff1dfull-width.png",
+    "'quoted.png",
+]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def _cells(text: str) -> list[list[str]]:
+    """Every row of the CSV text as Python's csv module reads it."""
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def _settings_of(text: str) -> dict:
+    """The settings read back from the ``#`` rows of a values CSV."""
+    out = {}
+    for row in _cells(text):
+        if row and row[0] == "#" and ": " in row[1]:
+            key, _, value = row[1].partition(": ")
+            out[key] = json.loads(value)
+    return out
 
 
 def _info(source: str = "file", location: str = "weights/tiny.safetensors") -> ModelInfo:
@@ -114,14 +146,9 @@ def test_csv_reads_back_with_pandas(case):
     r6 = df.iloc[6]
     assert (r6["row"], r6["col"]) == (1, 2)
     assert (r6["x0"], r6["y0"], r6["x1"], r6["y1"]) == (32, 14, 48, 28)
-    # the settings lead as "# key: <JSON>" lines, each giving back its value exactly
-    comments = dict(
-        line[2:].split(": ", 1)
-        for line in text.splitlines()
-        if line.startswith("# ") and ": " in line
-    )
-    for key, value in settings.items():
-        assert json.loads(comments[key]) == value, key
+    # the settings lead as '#,"key: <JSON>"' lines, each giving back its value exactly
+    assert _settings_of(text) == settings
+    assert all(line.startswith(('#,"', '"')) for line in text.splitlines())
 
 
 def test_hostile_image_names_break_neither_csv_nor_svg(case):
@@ -129,13 +156,13 @@ def test_hostile_image_names_break_neither_csv_nor_svg(case):
     settings = {**settings, "image": HOSTILE, "class_label": "a]]><b>&amp;\x00\x1b"}
     text = exports.values_csv(values, image, settings)
     lines = text.split("\n")
-    assert all(line.startswith("# ") or re.fullmatch(r"[\w,.\-e]+", line) for line in lines if line)
+    quoted = r'"[\w.\-e]+"(,"[\w.\-e]+")*'
+    assert all(line.startswith('#,"') or re.fullmatch(quoted, line) for line in lines if line)
     assert not any(sep in text for sep in ("\r", "\u2028", "\u2029", "\x85"))
     df = pd.read_csv(io.StringIO(text), comment="#")
     assert len(df) == 12 and list(df.columns) == list(exports.CSV_COLUMNS)
     np.testing.assert_array_equal(df["value"].to_numpy(np.float32), values.ravel())
-    image_line = next(line for line in lines if line.startswith("# image: "))
-    assert json.loads(image_line.removeprefix("# image: ")) == HOSTILE
+    assert _settings_of(text)["image"] == HOSTILE
 
     svg = exports.figure_svg(values, image, settings)
     root = ET.fromstring(svg.encode("utf-8"))  # well-formed XML
@@ -148,6 +175,81 @@ def test_hostile_image_names_break_neither_csv_nor_svg(case):
     assert root.find(f"{SVG}title").text == caption
     meta = json.loads(root.find(f"{SVG}metadata").text)
     assert meta["image"] == HOSTILE
+
+
+@pytest.mark.parametrize("name", FORMULAS)
+def test_no_csv_cell_starts_a_formula(case, name):
+    """Issue 21: a hostile image name, class label, typed class or prompt template cannot put a
+    formula into any cell; the settings still read back exactly, and pandas the same table."""
+    values, image, settings = case
+    values = values - np.float32(0.2)  # negative values must stay plain numbers
+    assert (values < 0).any()
+    plain = pd.read_csv(io.StringIO(exports.values_csv(values, image, settings)), comment="#")
+    hostile = {
+        **settings,
+        "image": name,
+        "class_label": name,
+        "typed_classes": [name, "cat", f"-{name}"],
+        "prompt_template": f"{name} {{}}",
+        "options": {**settings["options"], name: name},
+    }
+    text = exports.values_csv(values, image, hostile)
+    rows = _cells(text)
+    header = rows.index(list(exports.CSV_COLUMNS))
+    # no text cell starts a formula; only the value column's numbers may start with "-"
+    texts = [cell for row in rows[: header + 1] for cell in row]
+    texts += [cell for row in rows[header + 1 :] for cell in row[:-1]]
+    assert [cell for cell in texts if cell.startswith(FORMULA_START)] == []
+    numbers = [row[-1] for row in rows[header + 1 :]]
+    assert all(float(v) == float(v) for v in numbers) and any(v.startswith("-") for v in numbers)
+    # each settings line is one line of the file and two cells: "#" and "key: <JSON>"
+    comments = [line for line in text.split("\n") if line.startswith("#")]
+    assert len(comments) == len(hostile) + 2
+    assert all(len(row) == 2 and row[0] == "#" for row in _cells("\n".join(comments)))
+    assert _settings_of(text) == hostile
+    df = pd.read_csv(io.StringIO(text), comment="#")
+    pd.testing.assert_frame_equal(df, plain)
+    assert df["value"].dtype == np.float64 and df["x0"].dtype == np.int64
+    np.testing.assert_array_equal(df["value"].to_numpy(np.float32), values.ravel())
+    assert (df["value"] < 0).any()
+    # every line is one whole record, every field quoted (the "#" of a comment line excepted)
+    for line in text.removesuffix("\n").split("\n"):
+        assert line.startswith(('#,"', '"')) and line.endswith('"'), line
+        assert len(_cells(line)) == 1, line
+
+
+def test_csv_cell_neutralises_text_and_keeps_numbers():
+    for start in FORMULA_START:
+        assert exports.csv_cell(f"{start}1+1") == f"'{start}1+1"
+    assert exports.csv_cell("cat, 1") == "cat, 1" and exports.csv_cell("") == ""
+    for number in (-1, -2.5, np.float32(-3.25), np.int64(-4)):
+        assert exports.csv_cell(number) is number
+    text = exports.csv_text([["name", "value"], ["=x", -1.5], ["-y", np.float32(-2)]], ["a\n=b"])
+    assert text.split("\n")[0] == '#,"a =b"'
+    assert _cells(text)[1:] == [["name", "value"], ["'=x", "-1.5"], ["'-y", "-2.0"]]
+    df = pd.read_csv(io.StringIO(text), comment="#")
+    assert df["value"].tolist() == [-1.5, -2.0] and df["name"].tolist() == ["'=x", "'-y"]
+
+
+def test_the_head_table_csv_is_quoted_and_safe():
+    from vitviz.ui.views.statistics import head_csv
+
+    table = {
+        "layer": [0, 1],
+        "head": [0, 0],
+        "mean_distance": [12.5, -1.0],
+        "entropy": [np.float32(0.5), 1.25],
+        "to_prefix": [0.1, 0.2],
+        "to_self": [0.3, 0.4],
+        "kind": ["local", "=cmd|' -C calc'!A0"],
+    }
+    text = head_csv(table)
+    assert all(line.startswith('"') for line in text.splitlines())
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["kind"] for r in rows] == ["local", "'=cmd|' -C calc'!A0"]
+    assert [float(r["mean_distance"]) for r in rows] == [12.5, -1.0]
+    df = pd.read_csv(io.StringIO(text))
+    assert df["mean_distance"].tolist() == [12.5, -1.0] and df["layer"].tolist() == [0, 1]
 
 
 def test_svg_colour_bar_is_the_colormap_and_the_image_is_embedded(case):

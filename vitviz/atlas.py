@@ -22,9 +22,7 @@ the most local and most global heads on the first image as PNG data URLs, and th
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import os
 import sys
@@ -37,6 +35,7 @@ import numpy as np
 
 from vitviz import methods, render
 from vitviz.errors import ImageError, OptionsError, ServerError
+from vitviz.exports import csv_text
 from vitviz.methods.statistics import (
     LOCAL_RATIO,
     SELF_SHARE,
@@ -373,13 +372,11 @@ def _reason(err: Exception, path: Path) -> str:
 
 
 def atlas_csv(atlas: HeadAtlas) -> str:
-    """One row per head: ``layer, head, <stat>_mean, <stat>_std … , kind``."""
+    """One row per head: ``layer, head, <stat>_mean, <stat>_std … , kind`` (every field
+    quoted, no cell a formula: :func:`vitviz.exports.csv_text`)."""
     rows = atlas.rows()
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    names = list(rows[0])
+    return csv_text([names, *([row[n] for n in names] for row in rows)])
 
 
 def write_atlas(atlas: HeadAtlas, out: str | os.PathLike[str], *, examples: int = 3) -> list[Path]:

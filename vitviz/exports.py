@@ -17,8 +17,10 @@ What comes out:
   (x0, y0, x1, y1 per patch, row-major), ``patch_size`` int32 ``(ph, pw)``, ``image`` (the
   pixels the model saw) and ``settings`` (a JSON string): ``json.loads(str(npz["settings"]))``.
 * :func:`values_csv` — one row per patch, ``index,row,col,x0,y0,x1,y1,value``, after leading
-  ``# key: value`` comment lines holding the settings (each value JSON-encoded, on one line).
-  Read it with ``pandas.read_csv(path, comment="#")``.
+  comment lines ``#,"key: JSON"`` holding the settings (each value JSON-encoded, on one line).
+  Read it with ``pandas.read_csv(path, comment="#")``. Every CSV the project writes goes
+  through :func:`csv_text`: every field quoted, text that a spreadsheet would run as a formula
+  neutralised (:func:`csv_cell`).
 * :func:`figure_png` / :func:`figure_svg` — the overlay with a colour bar from the map's lowest
   to its highest value and a caption of the settings (:func:`caption`). The SVG embeds the
   overlay as a PNG and draws the colour bar as a vector gradient whose stops are the colormap's
@@ -36,7 +38,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "caption",
+    "csv_cell",
+    "csv_text",
     "figure",
     "figure_png",
     "figure_svg",
@@ -60,6 +64,9 @@ __all__ = [
 ]
 
 CSV_COLUMNS = ("index", "row", "col", "x0", "y0", "x1", "y1", "value")
+# a cell starting with one of these is a formula to a spreadsheet (OWASP's list, plus the
+# full-width forms some spreadsheets also accept)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 RANDOM_BANNER = "RANDOM WEIGHTS - NOT A TRAINED MODEL"
 SVG_FONTS = "DejaVu Sans, Noto Sans CJK TC, PingFang TC, Microsoft JhengHei, sans-serif"
 
@@ -237,28 +244,61 @@ def values_npz(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> b
     return buf.getvalue()
 
 
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell that a spreadsheet shows and never runs.
+
+    Text starting with ``= + - @``, a tab or a carriage return (or a full-width ``＝ ＋ － ＠``)
+    gets a leading ``'``, as OWASP recommends; numbers (``int``, ``float``, numpy numbers) are
+    left as they are, so negative values stay numbers.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Iterable[Any]], comments: Iterable[str] = ()) -> str:
+    """CSV text with every field quoted and every text cell passed through :func:`csv_cell`.
+
+    ``rows`` start with the header. Each of ``comments`` (one line of text each: line breaks
+    become spaces) leads as ``#,"text"``: ``pandas.read_csv(path, comment="#")`` skips it, a
+    CSV reader sees the cells ``#`` and ``text``, so nothing in it can start a cell of its own.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    for text in comments:
+        out.write("#,")  # unquoted, so the line starts with the comment character
+        writer.writerow([csv_cell(" ".join(str(text).splitlines()))])
+    for row in rows:
+        writer.writerow([csv_cell(cell) for cell in row])
+    return out.getvalue()
+
+
 def values_csv(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> str:
     """One row per patch (``index,row,col,x0,y0,x1,y1,value``) after the settings as
-    ``# key: value`` lines, each value JSON (strings quoted, no line breaks).
+    ``#,"key: value"`` lines, each value JSON (strings quoted, no line breaks); every field is
+    quoted and no text cell starts a formula (:func:`csv_text`).
 
     Read with ``pandas.read_csv(path, comment="#")``; the values have 9 significant digits, so
-    ``df["value"].to_numpy(np.float32)`` gives back the float32 map exactly.
+    ``df["value"].to_numpy(np.float32)`` gives back the float32 map exactly. The settings:
+    ``key, _, value = row[1].partition(": ")`` of each ``csv.reader`` row whose first cell is
+    ``#`` and whose second holds ``": "``, then ``json.loads(value)``.
     """
     grid, image, patch = _check(values, image)
-    out = io.StringIO()
-    out.write('# vitviz map values; read with pandas.read_csv(path, comment="#")\n')
-    out.write("# boxes: pixels of the image the model saw, x0 y0 inclusive, x1 y1 exclusive\n")
+    comments = [
+        'vitviz map values; read with pandas.read_csv(path, comment="#")',
+        "boxes are pixels of the image the model saw, x0 y0 inclusive, x1 y1 exclusive",
+    ]
     for key, value in _plain(settings).items():
         name = re.sub(r"[^\w.-]", "_", str(key), flags=re.ASCII) or "_"
-        out.write(f"# {name}: {_settings_json(value)}\n")
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+        comments.append(f"{name}: {_settings_json(value)}")
     boxes = patch_boxes(grid.shape, patch)
     gw = grid.shape[1]
+    rows: list[Iterable[Any]] = [CSV_COLUMNS]
     for index, (value, box) in enumerate(zip(grid.ravel(), boxes, strict=True)):
         row, col = divmod(index, gw)
-        writer.writerow([index, row, col, *box.tolist(), f"{float(value):.9g}"])
-    return out.getvalue()
+        # a float (not text), so a negative value stays a number; 9 digits give back float32
+        rows.append([index, row, col, *box.tolist(), float(f"{float(value):.9g}")])
+    return csv_text(rows, comments)
 
 
 # -------------------------------------------------------------------------------------- figure

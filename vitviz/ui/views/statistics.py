@@ -120,13 +120,9 @@ def _table(ctx: ViewContext) -> None:
 
 
 def head_csv(table: dict) -> str:
-    """The head table as CSV (machine-readable column names, one row per head)."""
-    import csv
-    import io
+    """The head table as CSV (machine-readable column names, one row per head; every field
+    quoted, no cell a formula: :func:`vitviz.exports.csv_text`)."""
+    from vitviz.exports import csv_text
 
     names = ["layer", "head", "mean_distance", "entropy", "to_prefix", "to_self", "kind"]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(names)
-    writer.writerows(zip(*(table[n] for n in names), strict=True))
-    return buf.getvalue()
+    return csv_text([names, *zip(*(table[n] for n in names), strict=True)])
