@@ -139,6 +139,17 @@ class ByteLRU(Generic[V]):
         self._items[key] = (value, size)
         self.nbytes += size
 
+    def evict(self, nbytes: int) -> int:
+        """Drop least recently used entries until ``nbytes`` are dropped (or none is left);
+        returns the bytes dropped (freed once nobody else holds those values)."""
+        dropped = 0
+        with self._lock:
+            while self._items and dropped < nbytes:
+                _, (_, size) = self._items.popitem(last=False)
+                self.nbytes -= size
+                dropped += size
+        return dropped
+
     def discard(self, predicate: Callable[[Hashable], bool]) -> None:
         """Drop every entry whose key matches ``predicate``."""
         with self._lock:

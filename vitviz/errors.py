@@ -37,3 +37,33 @@ class OptionsError(VitvizError):
 
 class ServerError(VitvizError):
     """A vitviz server cannot be reached, refuses the request or fails."""
+
+
+class MemoryRefused(VitvizError):
+    """Work that could never fit in the memory budget, refused before it starts.
+
+    Attributes:
+        what: the kind of work (``explanation``, ``class maps``, ``model`` …).
+        needed: bytes the work would hold at its peak.
+        available: bytes it could ever have (the budget's capacity less what must stay).
+        total: the whole budget.
+    """
+
+    def __init__(
+        self, message: str, what: str = "", needed: int = 0, available: int = 0, total: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.what, self.needed, self.available, self.total = what, needed, available, total
+
+
+class MemoryBusy(VitvizError):
+    """Work that fits the budget waited longer than its limit for others to finish.
+
+    Attributes:
+        needed: bytes it waited for.
+        waited: seconds it waited.
+    """
+
+    def __init__(self, message: str, needed: int = 0, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.needed, self.waited = needed, waited

@@ -27,6 +27,8 @@ from vitviz.models.loading import (
     check_model_size,
     labels_for,
     load_model,
+    model_parameters,
+    model_shape,
     parameter_count,
 )
 from vitviz.models.preprocess import model_layout, patch_size_of
@@ -75,6 +77,8 @@ __all__ = [
     "load_model",
     "model_family",
     "model_layout",
+    "model_parameters",
+    "model_shape",
     "parameter_count",
     "patch_size_of",
     "pick_device",

@@ -23,6 +23,7 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_co
 from torch import nn
 from torchvision import transforms as T
 
+from vitviz.cost import ModelShape
 from vitviz.errors import ModelError, WeightsError
 from vitviz.layout import TokenLayout
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
@@ -85,6 +86,15 @@ class LoadedModel:
         """Whether the classes are typed by the user (CLIP): :meth:`with_labels` then works."""
         return hasattr(self.model, "with_labels")
 
+    @property
+    def shape(self) -> ModelShape:
+        """What this model's memory use depends on (:mod:`vitviz.cost`), read once."""
+        known = self.__dict__.get("_shape")
+        if known is None:
+            layout = self.layout(self.geometry.size)
+            known = self.__dict__["_shape"] = model_shape(self.model, layout)
+        return known
+
     def with_labels(self, labels: list[str], template: str | None = None) -> LoadedModel:
         """This model classifying ``labels`` (CLIP: zero-shot over typed labels), sharing the
         weights; other models have fixed classes (an :class:`OptionsError`)."""
@@ -134,6 +144,26 @@ class LoadedModel:
         )
 
 
+def model_shape(model: nn.Module, layout: TokenLayout) -> ModelShape:
+    """The :class:`~vitviz.cost.ModelShape` of a capturable model: blocks, heads, token width
+    (``embed_dim``), the MLP's hidden width (the widest linear layer of a block), parameters
+    and buffers, prefix tokens and patch size."""
+    from vitviz.capture import attention_heads
+
+    dim = int(getattr(model, "embed_dim", 0) or getattr(model, "num_features", 0) or 0)
+    widths = [m.out_features for m in model.blocks[0].modules() if isinstance(m, nn.Linear)]
+    hidden = max([w for w in widths if w != 3 * dim] or [4 * dim])
+    return ModelShape(
+        layers=len(model.blocks),
+        heads=attention_heads(model),
+        dim=dim,
+        mlp_dim=max(hidden, dim),
+        params=sum(t.numel() for t in (*model.parameters(), *model.buffers())),
+        prefix=layout.num_prefix,
+        patch=patch_size_of(model),
+    )
+
+
 def _full_name(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     arch, tag = cfg.get("architecture", ""), cfg.get("tag", "")
@@ -171,6 +201,18 @@ def parameter_count(name: str, model_kwargs: dict[str, Any] | None = None) -> in
     return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
 
 
+def model_parameters(name: str, model_kwargs: dict[str, Any] | None = None) -> int:
+    """Parameters and buffers of any family's model by name, counted before anything is
+    built, read or downloaded (timm and open_clip on the meta device, Hugging Face from its
+    config)."""
+    family, ref = model_family(name)
+    if family != "timm":
+        from importlib import import_module
+
+        return int(import_module(f"vitviz.models.{family}").parameter_count(ref))
+    return parameter_count(name, model_kwargs)
+
+
 def check_model_size(
     name: str, max_params: int | None, model_kwargs: dict[str, Any] | None = None
 ) -> None:
@@ -181,14 +223,7 @@ def check_model_size(
     """
     if max_params is None:
         return
-    family, ref = model_family(name)
-    if family != "timm":
-        from importlib import import_module
-
-        count = import_module(f"vitviz.models.{family}").parameter_count(ref)
-        _check_size(name, count, max_params)
-        return
-    _check_size(name, parameter_count(name, model_kwargs), max_params)
+    _check_size(name, model_parameters(name, model_kwargs), max_params)
 
 
 def _check_size(name: str, count: int, max_params: int | None) -> None:

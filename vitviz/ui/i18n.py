@@ -162,11 +162,35 @@ def error_text(err: BaseException, lang: str | None = None) -> str:
     from vitviz.ui.text import plain
 
     lang = lang or current()
+    memory = _memory_text(err, lang)
+    if memory is not None:
+        return memory
     if lang == DEFAULT:
         return plain(err)
     kinds = {cls.__name__ for cls in type(err).__mro__}
     key = next((k for name, k in _ERROR_KEYS if name in kinds), "error.other")
     return t(key, lang, detail=plain(err))
+
+
+def _memory_text(err: BaseException, lang: str) -> str | None:
+    """The page's budget refusing or timing out work, in the page's words (with the sizes)."""
+    from vitviz.cost import size_text
+    from vitviz.errors import MemoryBusy, MemoryRefused
+
+    if isinstance(err, MemoryRefused):
+        what = err.what.replace(" ", "_")
+        what = what if has(f"memory.{what}") else "work"
+        return t(
+            "error.memory_refused",
+            lang,
+            what=t(f"memory.{what}", lang),
+            size=size_text(err.needed),
+            available=size_text(err.available),
+            budget=size_text(err.total),
+        )
+    if isinstance(err, MemoryBusy):
+        return t("error.memory_busy", lang, size=size_text(err.needed), seconds=f"{err.waited:.0f}")
+    return None
 
 
 _NOTES = {  # the decoder's fixed notes (vitviz.images) → catalog keys

@@ -19,6 +19,7 @@ import streamlit as st
 
 from vitviz import render
 from vitviz.backends import Backend
+from vitviz.cost import WorkCost
 from vitviz.errors import OptionsError, VitvizError
 from vitviz.live import LiveExplainer, LiveSettings
 from vitviz.results import ModelInfo
@@ -61,7 +62,17 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
         return old
     if old is not None:
         old.close()
-    state["live_explainer"] = LiveExplainer(backend, settings)
+        del old
+        state.pop("live_explainer", None)
+    # one frame at a time, for as long as the stream's explainer lives: counted at the most a
+    # frame can cost (a class map where the model runs here)
+    local = getattr(backend, "loaded", None) is not None
+    frame = resources.work_cost(backend, backend.geometry.size, classes=1 if local else 0)
+    cost = WorkCost("live", frame.peak, frame.peak, frame.parts)
+    with resources.admitted(cost, alongside=resources.model_bytes(backend)) as admission:
+        live = LiveExplainer(backend, settings)
+        admission.keep(live, cost.peak)
+    state["live_explainer"] = live
     state["live_model"] = model_id
     return state["live_explainer"]
 

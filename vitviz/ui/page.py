@@ -6,7 +6,7 @@ import streamlit as st
 
 from vitviz import models
 from vitviz.backends import Backend
-from vitviz.errors import VitvizError
+from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
 from vitviz.results import ModelInfo
 from vitviz.ui import downloads, resources, session
 from vitviz.ui.context import ViewContext
@@ -51,19 +51,18 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
         else:
             chosen = resources.load_with_progress(sel.name, sel.weights, sel.random_weights)
     except VitvizError as err:
+        detail = load_detail(err)
         if pol.server_only:  # never run a model on this machine: wait for the server
-            st.error(t("error.load", name=plain(sel.name), detail=plain(err)))
+            st.error(t("error.load", name=plain(sel.name), detail=detail))
             st.caption(t("page.server_only"))
             st.stop()
         if sel.backend_kind != "server" and sel.choice in models.CURATED and sel.choice != "demo":
             # the picker then names the model in use; the reason stays on screen (a typed
             # name or file stays in its field, to be corrected)
-            st.session_state["load_error"] = t(
-                "error.load", name=plain(sel.name), detail=plain(err)
-            )
+            st.session_state["load_error"] = t("error.load", name=plain(sel.name), detail=detail)
             st.session_state["model_reset"] = True
             st.rerun()
-        st.error(t("error.load", name=plain(sel.name), detail=plain(err)))
+        st.error(t("error.load", name=plain(sel.name), detail=detail))
         st.caption(t("page.demo_instead"))
         try:
             chosen = resources.load_with_progress("demo", None, False)
@@ -74,6 +73,14 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
         chosen = resources.typed_classes(chosen, sel.labels, sel.template)
     info = chosen.info()
     return chosen, info, model_key(info)
+
+
+def load_detail(err: VitvizError) -> str:
+    """Why a model did not load, for the page: the memory budget's refusal in the page's
+    words, any other reason as the loader said it."""
+    if isinstance(err, (MemoryRefused, MemoryBusy)):
+        return error_text(err)
+    return plain(err)
 
 
 def model_key(info: ModelInfo) -> str:

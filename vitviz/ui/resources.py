@@ -12,17 +12,29 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from vitviz import models
+from vitviz.admission import Reservation
 from vitviz.backends import Backend
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
-from vitviz.cache import ByteLRU
-from vitviz.errors import VitvizError, WeightsFileError
+from vitviz.cache import ByteLRU, nbytes
+from vitviz.cost import (
+    REMOTE_PREFIX,
+    ModelShape,
+    WorkCost,
+    answer_cost,
+    explanation_cost,
+    model_cost,
+    size_text,
+)
+from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError, WeightsFileError
 from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation, TokenFeatures
 from vitviz.runtime import release_memory
@@ -79,22 +91,80 @@ def default_model() -> tuple[str, str | None]:
     return "demo", "default.offline" if models.hub_offline() else "default.no_internet"
 
 
+@contextmanager
+def admitted(cost: WorkCost, alongside: int = 0) -> Iterator[Reservation]:
+    """Run work of ``cost`` within the page's memory budget (:class:`MemoryBudget`): refused
+    at once if it could never fit, else it waits its turn and the visitor sees the queue.
+
+    Raises:
+        MemoryRefused / MemoryBusy: said on the page by :func:`vitviz.ui.i18n.error_text`.
+    """
+    budget = page_caches().memory
+    slot = st.empty()
+
+    def waiting(ahead: int, seconds: float) -> None:
+        slot.info(
+            t(
+                "busy.memory_wait",
+                ahead=ahead,
+                size=size_text(cost.peak),
+                used=size_text(budget.used),
+                capacity=size_text(budget.capacity),
+                seconds=f"{seconds:.0f}",
+            ),
+            icon="⏳",
+        )
+
+    try:
+        with budget.admit(cost.peak, cost.what, alongside=alongside, on_wait=waiting) as res:
+            slot.empty()
+            yield res
+    finally:
+        slot.empty()
+
+
+def model_bytes(backend: Backend) -> int:
+    """Bytes of the model a backend runs in this process (0 for a server's)."""
+    loaded = getattr(backend, "loaded", None)
+    return 0 if loaded is None else loaded.shape.params * 4
+
+
+def work_cost(
+    backend: Backend, input_hw: tuple[int, int], classes: int = 0, negative: bool = False
+) -> WorkCost:
+    """What explaining one image of ``input_hw`` pixels will hold on this page, with the
+    page's methods on the result: the model's whole work in this process, or what the page
+    keeps of a server's answer (see :mod:`vitviz.cost`)."""
+    loaded = getattr(backend, "loaded", None)
+    if loaded is not None:
+        return explanation_cost(
+            loaded.shape, input_hw, classes=classes, negative=negative, views=True
+        )
+    info = backend.info()
+    shape = ModelShape(info.layers, info.heads, 0, 0, 0, REMOTE_PREFIX, tuple(info.patch_size))
+    return answer_cost(shape, input_hw, classes=classes, views=True)
+
+
 def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
     """One loaded model per (name, weights) and process, within the page's size limits.
 
-    Models are built one at a time, so visitors choosing different models at once cannot add
-    up their memory beyond one model over the cache's budget.
+    Models are built one at a time and admitted by bytes within the page's memory budget (its
+    parameters, and a second copy while a weights file is read); a loaded model stays counted
+    until it is evicted and no session uses it any more.
     """
     caches = page_caches()
 
     def load() -> LocalBackend:
-        with MODEL_LOADS:
-            return LocalBackend.from_name(
+        cost = model_cost(models.model_parameters(name), reading_weights=not random_weights)
+        with MODEL_LOADS, admitted(cost) as res:
+            backend = LocalBackend.from_name(
                 name,
                 weights=weights,
                 random_weights=random_weights,
                 max_params=caches.limits.max_params,
             )
+            res.keep(backend, nbytes(backend.loaded.model))
+        return backend
 
     return caches.models.get_or_compute((name, weights, random_weights), load)
 
@@ -147,6 +217,8 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
                 _download(name)
         with st.spinner(t("busy.loading", name=plain(name)), show_time=True):
             backend = get_backend(name, weights, random_weights)
+    except (MemoryRefused, MemoryBusy):  # the page's budget, not the model: not remembered
+        raise
     except WeightsFileError:  # one answer, whatever is at that path: no file-existence oracle
         load_failures().put(key, ("file", time.time()))
         raise VitvizError(t("error.weights_file", path=weights)) from None
@@ -261,16 +333,21 @@ def model_input(image_digest: str, data: bytes, name: str, backend: Backend) -> 
 
 
 def _explain_once(backend: Backend, image) -> ImageExplanation:
-    """Explain one model input; first free what earlier runs of this page left behind.
+    """Explain one model input within the page's memory budget; first free what earlier
+    runs of this page left behind.
 
     Every run of this script is a new module whose functions and globals form reference
     cycles, so the explanations an old run shows (evicted from the cache since) stay alive
     until Python's cyclic collector runs, which can be many uploads later. Collect them
     now (cheap: :func:`page_caches` froze the libraries out of the collector's way), and
-    give the freed heap back to the kernel after the forward pass.
+    give the freed heap back to the kernel after the forward pass. The explanation stays
+    counted in the budget for as long as it lives (cached or shown).
     """
     gc.collect()
-    result = backend.explain([image], seen=True)[0]
+    cost = work_cost(backend, (image.size[1], image.size[0]))
+    with admitted(cost, alongside=model_bytes(backend)) as res:
+        result = backend.explain([image], seen=True)[0]
+        res.keep(result, nbytes(result))
     release_memory()
     return result
 
@@ -310,14 +387,25 @@ def class_relevance(
     def compute() -> ClassRelevance:
         others = [c for c in top if c != cls and (model_id, image_digest, c, negative) not in cache]
         wanted = None if cls == FEATURE_NORM else cls  # the backbone's one target
-        res = backend.explain_classes([image], [[wanted, *others]], seen=True, negative=negative)
-        for rel in res[0].relevance[1:]:
+        hw = (image.size[1], image.size[0])
+        cost = work_cost(backend, hw, classes=1 + len(others), negative=negative)
+        with admitted(cost, alongside=model_bytes(backend)) as admission:
+            # the relevance only: the page has the explanation already
+            rels = backend.explain_classes(
+                [image], [[wanted, *others]], seen=True, negative=negative
+            )[0].relevance
+            for rel in rels:
+                admission.keep(rel, nbytes(rel))
+        for rel in rels[1:]:
             cache.put((model_id, image_digest, rel.index, negative), rel)
-        return res[0].relevance[0]
+        return rels[0]
 
     with st.spinner(t("busy.gradients"), show_time=True):
         try:
             return cache.get_or_compute(key, compute)
+        except (MemoryRefused, MemoryBusy) as err:  # too large, or the page too busy
+            st.error(i18n.error_text(err))
+            st.stop()
         except VitvizError as err:  # e.g. the server went away: say so, keep the page
             st.error(t("error.class_map", detail=plain(err)))
             st.stop()

@@ -41,11 +41,16 @@ class PageLimits:
         cache_bytes: explanations, class relevance, derived figures and model-input images
             together with the uploads each session remembers (``VITVIZ_CACHE_MB``, default
             256), shared 60/20/5/5/10 %.
+        memory_bytes: the whole page process's memory budget (``VITVIZ_PAGE_MEMORY_MB``,
+            default half of the machine's memory, at least 2 GiB; :func:`default_memory`):
+            model loads, explanations, class maps, trust checks and live streams are admitted
+            by bytes within it (:class:`vitviz.admission.MemoryBudget`).
     """
 
     max_params: int = 350_000_000
     model_bytes: int = 2048 * MB
     cache_bytes: int = 256 * MB
+    memory_bytes: int = 0  # 0: default_memory()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PageLimits:
@@ -70,7 +75,21 @@ class PageLimits:
             max_params=int(number("VITVIZ_MAX_PARAMS", cls.max_params)),
             model_bytes=int(number("VITVIZ_MODEL_CACHE_MB", cls.model_bytes / MB) * MB),
             cache_bytes=int(number("VITVIZ_CACHE_MB", cls.cache_bytes / MB) * MB),
+            memory_bytes=int(number("VITVIZ_PAGE_MEMORY_MB", default_memory() / MB) * MB),
         )
+
+
+SLACK = 256 * MB
+"""Memory the page budget leaves for what it does not count: Streamlit's sessions and
+messages, thread stacks, the allocator's slack."""
+
+
+def default_memory() -> int:
+    """The page's default memory budget: half of the machine's memory (or of a smaller
+    cgroup limit), at least 2 GiB."""
+    from vitviz.admission import machine_memory
+
+    return max(2048 * MB, machine_memory() // 2)
 
 
 class Entry:
@@ -117,8 +136,13 @@ class ExplanationCache:
 class PageCaches:
     """Everything one page process keeps for its sessions, each part bounded in bytes."""
 
-    def __init__(self, limits: PageLimits | None = None) -> None:
+    def __init__(self, limits: PageLimits | None = None, base: int | None = None) -> None:
+        from vitviz.admission import MemoryBudget, process_rss
+
         self.limits = limits or PageLimits.from_env()
+        memory = self.limits.memory_bytes or default_memory()
+        # the process as it is now (libraries, Streamlit) plus SLACK is not for work
+        self.memory = MemoryBudget(memory, (process_rss() if base is None else base) + SLACK)
         total = self.limits.cache_bytes
         self.models: ByteLRU[Any] = ByteLRU(self.limits.model_bytes)
         self.explanations = ExplanationCache(int(total * 0.60), int(total * 0.05))
@@ -126,6 +150,17 @@ class PageCaches:
         self.images: ByteLRU[Any] = ByteLRU(int(total * 0.05))
         # each session's last upload by session key, so Upload → Samples → Upload keeps it
         self.uploads: ByteLRU[tuple[str, bytes]] = ByteLRU(int(total * 0.10))
+        # when work waits for memory: drop kept results first, idle models last
+        self.memory.add_reclaimer(self._drop_results)
+        self.memory.add_reclaimer(self.models.evict)
+
+    def _drop_results(self, need: int) -> int:
+        """Evict kept explanations and class relevance (least recently used first)."""
+        dropped = 0
+        for cache in (self.explanations._items, self.relevance, self.explanations.derived):
+            if dropped < need:
+                dropped += cache.evict(need - dropped)
+        return dropped
 
     @property
     def nbytes(self) -> int:

@@ -13,9 +13,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
+from vitviz.cost import trust_cost
+from vitviz.errors import MemoryBusy, MemoryRefused
 from vitviz.trust import TrustReport, trust
+from vitviz.ui import resources
 from vitviz.ui.context import ViewContext
-from vitviz.ui.i18n import raw, t
+from vitviz.ui.i18n import error_text, raw, t
 
 STEPS, SEEDS, BATCH = 16, 2, 16
 # ~200 perturbed forwards a check: one check at a time per page process, whoever asks, so a
@@ -49,6 +52,11 @@ def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustR
     def checked() -> TrustReport:
         x = loaded.to_tensor(Image.fromarray(ctx.expl.image))
         layout = ctx.layout
+        cost = trust_cost(loaded.shape, layout.image_size, STEPS, BATCH)
+        with resources.admitted(cost, alongside=resources.model_bytes(ctx.backend)):
+            return trust_of(x, layout)
+
+    def trust_of(x, layout) -> TrustReport:
         return trust(
             loaded.model,
             x,
@@ -102,6 +110,9 @@ def panel(ctx: ViewContext, grid: np.ndarray, name: str, title: str, target: int
         rep = report(ctx, grid, name, target)
     except Busy:
         st.info(t("trust.busy"))
+        return
+    except (MemoryRefused, MemoryBusy) as err:  # the page's memory budget: said, page kept
+        st.info(error_text(err))
         return
     if rep is None:
         st.info(t("trust.remote"))
