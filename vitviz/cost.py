@@ -144,7 +144,8 @@ def explanation_cost(
     backward pass, the detached attention stack, one class's gradient buffer and the
     gradients autograd returns (``gradient_layers`` of the L layers), the product ``A⊙G``
     (and ``−G`` for ``negative``), and the K :class:`~vitviz.results.ClassRelevance` results
-    (``4·L·N²`` + small rows each, kept). ``full_gradients`` keeps all K gradients.
+    (``4·L·N²`` + small rows each, kept; one more while the batch's are copied out per
+    image). ``full_gradients`` keeps all K gradients.
 
     ``views``: the page's methods on a kept explanation (head fusions and rollout products,
     ``4·L·N²`` float32), added to the peak.
@@ -168,7 +169,8 @@ def explanation_cost(
     else:
         k = int(classes)
         need = layers if gradient_layers is None else max(0, min(layers, int(gradient_layers)))
-        relevance = k * b * (4 * layers * n * n + 4 * layers * (heads + 3) * n) * FLOAT
+        one = b * (4 * layers * n * n + 4 * layers * (heads + 3) * n) * FLOAT
+        relevance = k * one
         kept = att * FLOAT + relevance
         grads = att * FLOAT * (k if full_gradients else 1)
         parts |= {
@@ -176,7 +178,7 @@ def explanation_cost(
             "graph": att * FLOAT + layers * (SAVED_TOKEN_MATRICES * tokens + 2 * hidden),
             "gradients": grads + att * FLOAT * need // layers,
             "product": att * FLOAT * (2 if negative else 1),
-            "relevance": relevance,
+            "relevance": relevance + one,  # the last class's is copied out of the batch's
             "scores": 2 * layer_att,
         }
         what = "class maps"
