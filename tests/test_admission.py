@@ -22,10 +22,13 @@ class Thing:
 def test_work_that_can_never_fit_is_refused_at_once_with_its_sizes():
     budget = MemoryBudget(1000 * MB, base=200 * MB)
     assert budget.capacity == 800 * MB
-    with pytest.raises(MemoryRefused) as err:
-        with budget.admit(700 * MB, "explanation", alongside=200 * MB):
-            pytest.fail("must not run")
-    assert (err.value.needed, err.value.available, err.value.total) == (700 * MB, 600 * MB, 1000 * MB)
+    with (
+        pytest.raises(MemoryRefused) as err,
+        budget.admit(700 * MB, "explanation", alongside=200 * MB),
+    ):
+        pytest.fail("must not run")
+    sizes = (err.value.needed, err.value.available, err.value.total)
+    assert sizes == (700 * MB, 600 * MB, 1000 * MB)
     assert "700 MB" in str(err.value) and "600 MB" in str(err.value)
     assert budget.used == 0 and budget.refused == 1
     with budget.admit(600 * MB, "explanation", alongside=200 * MB) as res:  # just fits
@@ -101,10 +104,8 @@ def test_waiting_work_asks_the_reclaimers_and_runs_once_they_drop_enough():
 
 def test_a_long_wait_ends_in_a_clear_busy_error():
     budget = MemoryBudget(100, timeout=0.5)
-    with budget.admit(90, "a"):
-        with pytest.raises(MemoryBusy) as err:
-            with budget.admit(20, "b"):
-                pytest.fail("must not run")
+    with budget.admit(90, "a"), pytest.raises(MemoryBusy) as err, budget.admit(20, "b"):
+        pytest.fail("must not run")
     assert err.value.needed == 20 and err.value.waited >= 0.5
     assert budget.used == 0 and budget.waiting == 0
 
