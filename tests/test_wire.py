@@ -112,3 +112,96 @@ def test_a_class_answer_without_its_relevance_is_a_wire_error():
         broken = {k: v for k, v in arrays.items() if k != missing}
         with pytest.raises(wire.WireError):
             wire.decode_relevance(header, broken)
+
+
+def _table(msg: bytes) -> tuple[int, dict]:
+    (size,) = struct.unpack("<I", msg[8:12])
+    return 12 + size, json.loads(msg[12 : 12 + size])["arrays"]
+
+
+def test_float32_travels_exactly_and_every_array_starts_aligned():
+    rng = np.random.default_rng(4)
+    attn = rng.random((2, 3, 7, 7)).astype(np.float32)
+    arrays = {
+        "image": rng.integers(0, 256, (5, 5, 3), dtype=np.uint8),  # 75 bytes: odd
+        "logits": rng.normal(size=3).astype(np.float32),
+        "half": rng.random(5).astype(np.float16),  # 10 bytes
+        **wire.pack_array("attention", attn, "float32"),
+        **wire.pack_array("rows", attn[:, :, 0], "float16-scaled"),
+    }
+    msg = wire.encode({"model": "m" * 13}, arrays)
+    body, table = _table(msg)
+    for entry in table.values():  # a typed-array view needs no copy in any language
+        assert (body + entry["offset"]) % wire.ALIGN == 0
+    header, out = wire.decode(bytearray(msg))  # a writable buffer: arrays view it in place
+    assert header["model"] == "m" * 13
+    assert out["attention"].dtype == np.float32 and np.array_equal(out["attention"], attn)
+    assert out["attention"].flags.writeable and out["attention"].flags.aligned
+    assert not out["attention"].flags.owndata  # a view of the message, not a copy
+    assert np.array_equal(out["image"], arrays["image"]) and np.array_equal(
+        out["half"], arrays["half"]
+    )
+    assert not wire.decode(msg)[1]["attention"].flags.writeable  # bytes stay read-only
+    assert np.shares_memory(wire.pack_array("a", attn, "float32")["a"], attn)  # no copy
+
+
+def test_messages_of_writers_that_do_not_align_still_decode():
+    """An older server packed arrays back to back after the header: still read, and an
+    unaligned array is copied so that it can be used as any other."""
+    image = np.arange(75, dtype=np.uint8).reshape(5, 5, 3)
+    attn = np.linspace(0, 1, 36, dtype=np.float32).reshape(1, 1, 6, 6)
+    head = json.dumps(
+        {
+            "arrays": {
+                "image": {"dtype": "uint8", "shape": [5, 5, 3], "offset": 0, "nbytes": 75},
+                "attention": {
+                    "dtype": "float32",
+                    "shape": [1, 1, 6, 6],
+                    "offset": 75,
+                    "nbytes": 144,
+                },
+            }
+        }
+    ).encode()
+    msg = wire.MAGIC + struct.pack("<I", len(head)) + head + image.tobytes() + attn.tobytes()
+    _, out = wire.decode(bytearray(msg))
+    assert np.array_equal(out["image"], image) and np.array_equal(out["attention"], attn)
+    assert out["attention"].flags.aligned
+
+
+def test_encoding_says_how_each_array_travelled():
+    x = np.random.default_rng(5).random((2, 4, 6)).astype(np.float32)
+    packed = {}
+    for enc in wire.DTYPES:
+        packed |= wire.pack_array(enc.replace("-", "_"), x, enc)
+    header, _ = wire.decode(wire.encode({}, packed))
+    for enc in wire.DTYPES:
+        assert wire.encoding(header, enc.replace("-", "_")) == enc
+    assert wire.encoding(header, "missing") is None
+
+
+def test_float32_relevance_is_exact_and_copied_out_of_the_message():
+    from vitviz.results import ClassRelevance
+
+    rng = np.random.default_rng(6)
+    rels = [
+        ClassRelevance(
+            index=c,
+            label=str(c),
+            layers=(0, 1),
+            chefer=rng.random((2, 5, 5)).astype(np.float32) * 1e-7,
+            fused=rng.random((3, 2, 5, 5)).astype(np.float32),
+            heads=rng.random((2, 4, 5)).astype(np.float32),
+            fused_rows=rng.random((3, 2, 5)).astype(np.float32),
+        )
+        for c in (1, 2)
+    ]
+    header = {"classes": [1, 2], "class_labels": ["1", "2"], "gradient_layers": [0, 1]}
+    arrays = wire.encode_relevance(rels, "float32")
+    decoded_header, decoded = wire.decode(bytearray(wire.encode(header, arrays)))
+    assert wire.encoding(decoded_header, "relevance_fused") == "float32"
+    assert wire.encoding(decoded_header, "relevance_chefer") == "float32"
+    for back, rel in zip(wire.decode_relevance(header, decoded), rels, strict=True):
+        for name in ("chefer", "fused", "heads", "fused_rows"):
+            assert np.array_equal(getattr(back, name), getattr(rel, name)), name
+            assert getattr(back, name).flags.owndata  # keeping it never keeps the message

@@ -1,10 +1,20 @@
 """``RemoteBackend``: the :class:`vitviz.backends.Backend` protocol over HTTP to a vitviz server.
 
 The client resizes and crops each image itself with the geometry the server reports (the same
-code the server would run), sends the model's input as a PNG and asks for the full attention
-in float16, so the page and the CLI get what the in-process engine gives, to float16
-precision. Several images are sent at once (the server batches them); a busy server's 503 is
-retried after its Retry-After.
+code the server would run), sends the model's input as a PNG and asks for the full attention.
+Several images are sent at once (the server batches them); a busy server's 503 is retried
+after its Retry-After.
+
+Precision: every map the page draws from a server's answer must equal the in-process one,
+and some maps rank entries (rollout's discard ratio, DINO's masks, gradient rollout's
+discard), which float16 rounding reorders (see :mod:`vitviz.server.wire`). So the client asks
+for ``dtype=float32`` by default: attention, class relevance and gradients arrive exactly as
+the server's engine computed them, and every method and option gives the in-process map (a
+ViT-B/16 answer: 22 MB instead of 11 MB; the page held float32 attention anyway). Each answer
+is checked to be in the encoding asked for, and is read into one buffer that the attention
+views in place, so an explanation holds one copy of its answer and nothing more.
+``dtype="float16"`` halves the bytes for clients that can live with float16 precision and do
+not rank entries.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import requests
@@ -37,8 +47,13 @@ from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
 API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
-# what the page needs: the model's input (resized here), the whole attention in float16
-_FULL = {"attention": "full", "dtype": "float16", "seen": "true"}
+Precision = Literal["float32", "float16"]
+# how each precision's arrays travel: the attention rows or tensor, and the class arrays
+_ENCODINGS: dict[str, tuple[str, str]] = {
+    "float32": ("float32", "float32"),
+    "float16": ("float16", "float16-scaled"),
+}
+_SLACK = 16 * 2**20  # an answer may pass the server's declared limit by this much
 
 
 class RemoteBackend:
@@ -50,6 +65,8 @@ class RemoteBackend:
         timeout: seconds to wait for one answer.
         batch_size: images in flight at once.
         retries: how often a busy (503) answer is retried.
+        dtype: ``float32`` (exact: every map equals the in-process engine's) or ``float16``
+            (half the bytes; maps that rank entries, such as discard and masks, may differ).
     """
 
     def __init__(
@@ -60,7 +77,11 @@ class RemoteBackend:
         timeout: float = 120.0,
         batch_size: int = 8,
         retries: int = 5,
+        dtype: Precision = "float32",
     ) -> None:
+        if dtype not in _ENCODINGS:
+            raise OptionsError(f"dtype must be float32 or float16, got {dtype!r}")
+        self.dtype: Precision = dtype
         url = url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ServerError(f"server URL {url!r} must start with http:// or https://")
@@ -140,12 +161,35 @@ class RemoteBackend:
     def explain(
         self, images: Sequence[Image.Image], *, top_k: int = 5, seen: bool = False
     ) -> list[ImageExplanation]:
-        """One explanation per image (full attention, float16 on the wire).
+        """One explanation per image (the full attention, in :attr:`dtype` on the wire).
 
         ``seen``: the images are already the model's input (see :attr:`geometry`).
         """
-        params = _FULL | {"top_k": top_k}
-        return self._map(lambda im: self._explanation(*self._explain(im, params, seen)), images)
+        params = self._full(top_k)
+
+        def one(image: Image.Image) -> ImageExplanation:
+            header, arrays = self._explain(image, params, seen)
+            self._check(header, ("attention",))
+            return self._explanation(header, arrays)
+
+        return self._map(one, images)
+
+    def _full(self, top_k: int) -> dict[str, Any]:
+        """What the page asks for: the model's input, the whole attention in :attr:`dtype`."""
+        return {"attention": "full", "dtype": self.dtype, "seen": "true", "top_k": top_k}
+
+    def _check(self, header: dict[str, Any], names: Sequence[str], classed: bool = False) -> None:
+        """Refuse an answer whose arrays are not in the encoding asked for (a server that
+        rounds would give maps that differ from the in-process engine's)."""
+        want = _ENCODINGS[self.dtype][1 if classed else 0]
+        for name in names:
+            got = wire.encoding(header, name)
+            if got != want:
+                raise ServerError(
+                    f"the vitviz server at {self.url} sent {name!r} as {got or 'nothing'}, not "
+                    f"the {want} asked for, so its maps would not equal this engine's; use "
+                    "matching vitviz versions"
+                )
 
     def _post_model_input(
         self, path: str, image: Image.Image, what: str
@@ -155,7 +199,7 @@ class RemoteBackend:
             raise OptionsError(f"{what} need the model's input (resized and cropped)")
         buf = io.BytesIO()
         image.convert("RGB").save(buf, format="PNG", compress_level=1)
-        return self._decode(self._request("POST", path, data=buf.getvalue()))
+        return self._decode(self._request("POST", path, data=buf.getvalue(), stream=True))
 
     def embeddings(self, image: Image.Image) -> TokenEmbeddings:
         """One model input's patch, position and token vectors (float16 on the wire)."""
@@ -194,13 +238,15 @@ class RemoteBackend:
         self, image: Image.Image, *, top_k: int = 5, seen: bool = False
     ) -> tuple[list[Prediction], TokenLayout, np.ndarray]:
         """The light answer for streams: predictions, the layout and the readout's attention
-        rows ``[L, H, N]`` (what raw attention maps show; 1/N of the full tensor)."""
-        params = {"attention": "readout", "dtype": "float16", "seen": "true", "top_k": top_k}
+        rows ``[L, H, N]`` in :attr:`dtype` (what raw attention maps show; 1/N of the full
+        tensor: 113 KB in float32 for ViT-B/16)."""
+        params = {"attention": "readout", "dtype": self.dtype, "seen": "true", "top_k": top_k}
         header, arrays = self._explain(image, params, seen)
+        self._check(header, ("readout",))
         return (
             [Prediction(**p) for p in header["predictions"]],
             TokenLayout.from_dict(header["layout"]),
-            np.asarray(arrays["readout"], dtype=np.float32),
+            np.array(arrays["readout"], dtype=np.float32),  # a copy: the answer can go
         )
 
     def explain_classes(
@@ -218,11 +264,12 @@ class RemoteBackend:
         "why not" each class).
 
         ``full_gradients`` also fetches ``∂y_c/∂A`` (large; the server may refuse it past its
-        answer limit).
+        answer limit). Every array is copied out of the answer, so keeping one class's
+        relevance does not keep the attention and the other classes alive.
         """
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
-        base: dict[str, Any] = _FULL | {"top_k": top_k}
+        base: dict[str, Any] = self._full(top_k)
         if layers is not None:
             base["layer"] = [int(x) for x in layers]
         if full_gradients:
@@ -234,7 +281,11 @@ class RemoteBackend:
             image, wanted = pair
             params = dict(base, **{"class": ["top" if c is None else str(c) for c in wanted]})
             header, arrays = self._explain(image, params, seen)
-            expl = self._explanation(header, arrays)
+            self._check(header, ("attention",))
+            self._check(header, ("relevance_fused", "relevance_chefer"), classed=True)
+            if full_gradients:
+                self._check(header, ("gradients",), classed=True)
+            expl = self._explanation(header, arrays, copy=True)
             try:
                 relevance = wire.decode_relevance(header, arrays)
             except wire.WireError as err:
@@ -273,26 +324,80 @@ class RemoteBackend:
             model_input = self.geometry(image)
         buf = io.BytesIO()
         model_input.save(buf, format="PNG", compress_level=1)
-        r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue())
+        r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue(), stream=True)
         return self._decode(r)
 
     def _decode(self, r: requests.Response) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         try:
-            return wire.decode(r.content)
+            return wire.decode(self._body(r))
         except wire.WireError as err:
             raise ServerError(f"{self.url} sent an answer vitviz cannot read: {err}") from None
+
+    def _body(self, r: requests.Response) -> bytearray:
+        """An answer's bytes in one writable buffer, which the decoded arrays view in place
+        (no second copy); refused past the server's declared answer limit."""
+        limit = int(self._info.get("limits", {}).get("max_answer_bytes") or 2**30) + _SLACK
+        declared = r.headers.get("content-length", "")
+        encoded = r.headers.get("content-encoding", "identity") not in ("", "identity")
+        too_long = ServerError(
+            f"the vitviz server at {self.url} sent an answer longer than its own limit of "
+            f"{limit / 2**20:.0f} MiB"
+        )
+        try:
+            if declared.isdigit() and not encoded:  # the usual case: filled in place
+                size = int(declared)
+                if size > limit:
+                    raise too_long
+                buf, pos = bytearray(size), 0
+                with memoryview(buf) as view:
+                    for chunk in r.iter_content(1 << 20):
+                        if pos + len(chunk) > size:
+                            raise ServerError(
+                                f"the vitviz server at {self.url} sent more than the {size} B "
+                                "it announced"
+                            )
+                        view[pos : pos + len(chunk)] = chunk
+                        pos += len(chunk)
+                if pos != size:
+                    raise ServerError(f"the answer from {self.url} broke off ({pos} of {size} B)")
+                return buf
+            buf = bytearray()
+            for chunk in r.iter_content(1 << 20):
+                buf += chunk
+                if len(buf) > limit:
+                    raise too_long
+            return buf
+        except requests.RequestException as err:
+            raise ServerError(
+                f"the answer from the vitviz server at {self.url} broke off ({type(err).__name__})"
+            ) from None
+        finally:
+            r.close()
 
     def close(self) -> None:
         """Close the connections to the server."""
         self._http.close()
 
-    @staticmethod
-    def _explanation(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> ImageExplanation:
+    def _explanation(
+        self, header: dict[str, Any], arrays: dict[str, np.ndarray], copy: bool = False
+    ) -> ImageExplanation:
+        """The explanation in an answer. Its float32 attention views the answer's buffer in
+        place (nearly all of it) unless ``copy``; float16 attention is widened to float32."""
         logits = arrays.get("logits")
+        layout = TokenLayout.from_dict(header["layout"])
+        attention = arrays["attention"]
+        n = layout.num_tokens
+        if attention.shape != (self._model.layers, self._model.heads, n, n):
+            raise ServerError(
+                f"the vitviz server at {self.url} sent attention of shape {attention.shape} "
+                f"for a model of {self._model.layers} layers, {self._model.heads} heads and "
+                f"{n} tokens"
+            )
+        take = np.array if copy else np.asarray
         return ImageExplanation(
             image=np.array(arrays["image"], dtype=np.uint8),
-            layout=TokenLayout.from_dict(header["layout"]),
-            attention=np.asarray(arrays["attention"], dtype=np.float32),
+            layout=layout,
+            attention=take(attention, dtype=np.float32),
             logits=None if logits is None else np.array(logits, dtype=np.float32),
             predictions=[Prediction(**p) for p in header["predictions"]],
         )
@@ -322,6 +427,7 @@ class RemoteBackend:
                     "check the address and that `python -m vitviz serve` runs there"
                 ) from None
             if r.status_code == 503 and attempt < self.retries:
+                r.close()  # a streamed answer's connection goes back to the pool
                 time.sleep(_retry_after(r))
                 continue
             if r.ok and not r.is_redirect:
