@@ -347,7 +347,8 @@ def _explain_once(backend: Backend, image) -> ImageExplanation:
     cost = work_cost(backend, (image.size[1], image.size[0]))
     with admitted(cost, alongside=model_bytes(backend)) as res:
         result = backend.explain([image], seen=True)[0]
-        res.keep(result, nbytes(result))
+        # the views' arrays are made from it later, on any rerun: counted with it
+        res.keep(result, nbytes(result) + cost.parts.get("views", 0))
     release_memory()
     return result
 

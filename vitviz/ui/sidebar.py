@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from vitviz import models
+from vitviz.cost import size_text
 from vitviz.errors import VitvizError
 from vitviz.provenance import display_location
 from vitviz.results import ModelInfo
@@ -289,6 +290,16 @@ def model_facts(info: ModelInfo) -> None:
             t("facts.backend_server", kind=plain(info.backend))
             if info.remote
             else t("facts.backend_local")
+        )
+        mem = resources.page_caches().memory.snapshot()
+        lines.append(
+            t(
+                "facts.memory",
+                used=size_text(mem["used"]),
+                capacity=size_text(mem["capacity"]),
+                budget=size_text(mem["total"]),
+                waiting=mem["waiting"],
+            )
         )
         st.caption("  \n".join(lines))
         if w.note:

@@ -45,16 +45,20 @@ class PageLimits:
             default half of the machine's memory, at least 2 GiB; :func:`default_memory`):
             model loads, explanations, class maps, trust checks and live streams are admitted
             by bytes within it (:class:`vitviz.admission.MemoryBudget`).
+        wait_s: how long work may wait for memory before the visitor is told the page is
+            busy (``VITVIZ_MEMORY_WAIT_S``, default 120).
     """
 
     max_params: int = 350_000_000
     model_bytes: int = 2048 * MB
     cache_bytes: int = 256 * MB
     memory_bytes: int = 0  # 0: default_memory()
+    wait_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PageLimits:
-        """Limits from ``VITVIZ_MAX_PARAMS``, ``VITVIZ_MODEL_CACHE_MB``, ``VITVIZ_CACHE_MB``.
+        """Limits from ``VITVIZ_MAX_PARAMS``, ``VITVIZ_MODEL_CACHE_MB``, ``VITVIZ_CACHE_MB``,
+        ``VITVIZ_PAGE_MEMORY_MB`` and ``VITVIZ_MEMORY_WAIT_S``.
 
         Raises:
             OptionsError: a value that is not a positive finite number.
@@ -76,6 +80,7 @@ class PageLimits:
             model_bytes=int(number("VITVIZ_MODEL_CACHE_MB", cls.model_bytes / MB) * MB),
             cache_bytes=int(number("VITVIZ_CACHE_MB", cls.cache_bytes / MB) * MB),
             memory_bytes=int(number("VITVIZ_PAGE_MEMORY_MB", default_memory() / MB) * MB),
+            wait_s=number("VITVIZ_MEMORY_WAIT_S", cls.wait_s),
         )
 
 
@@ -142,7 +147,8 @@ class PageCaches:
         self.limits = limits or PageLimits.from_env()
         memory = self.limits.memory_bytes or default_memory()
         # the process as it is now (libraries, Streamlit) plus SLACK is not for work
-        self.memory = MemoryBudget(memory, (process_rss() if base is None else base) + SLACK)
+        base = (process_rss() if base is None else base) + SLACK
+        self.memory = MemoryBudget(memory, base, timeout=self.limits.wait_s)
         total = self.limits.cache_bytes
         self.models: ByteLRU[Any] = ByteLRU(self.limits.model_bytes)
         self.explanations = ExplanationCache(int(total * 0.60), int(total * 0.05))
