@@ -10,6 +10,7 @@ Answers are compared with the in-process engine on the same images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,6 +117,123 @@ def assert_same(remote, local) -> None:
         assert r.label == lo.label and abs(r.probability - lo.probability) < 1e-4
     np.testing.assert_allclose(remote.attention, local.attention, atol=ATOL, rtol=0)
     np.testing.assert_allclose(remote.logits, local.logits, atol=1e-4, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------- stopping
+# First in the module, before the two servers above start, so the machine is less busy.
+
+STOPPED_WITHIN_S = 120  # generous: a loaded 2-core machine; no speed is asserted
+
+
+def _gone(proc) -> bool:
+    """A psutil process that has ended (a zombie nobody reaps has ended too)."""
+    import psutil
+
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _descendants(pid: int) -> set:
+    import psutil
+
+    try:
+        return set(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return set()
+
+
+def _listening(procs: set) -> set[tuple[str, int]]:
+    """The (address, port) pairs the processes listen on."""
+    import psutil
+
+    pids = {p.pid for p in procs}
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+def _stop_and_check(proc: subprocess.Popen, seen: set, log: Path, when: float) -> None:
+    """SIGTERM the server: within STOPPED_WITHIN_S it exits, and when it has exited none of
+    the processes it ever had runs and nothing that ran before the signal listens on the
+    ports they had (Ray's agents used to outlive it by a minute)."""
+    import psutil
+
+    ports = _listening(seen | {psutil.Process(proc.pid)})
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOPPED_WITHIN_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen |= _descendants(proc.pid)  # whatever it starts while stopping counts too
+        time.sleep(0.2)
+    text = log.read_text(errors="replace")
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+        pytest.fail(f"the server did not exit on SIGTERM:\n{text[-4000:]}")
+    left = [p for p in seen if not _gone(p)]
+    names = [(p.pid, p.name()) for p in left]
+    for p in left:  # clean up after a failure, then report it
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert names == [], f"exit code {proc.returncode}\n{text[-4000:]}"
+    still = [
+        (c.laddr, c.pid)
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+        and (c.laddr.ip, c.laddr.port) in ports
+        and (c.pid is None or _started_before(c.pid, when))
+    ]
+    assert still == []
+    assert "Traceback" not in text, text[-4000:]
+
+
+def _started_before(pid: int, when: float) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() < when
+    except psutil.Error:
+        return False
+
+
+def test_a_stopped_server_leaves_no_process_behind():
+    """Issue 21: SIGTERM used to leave Ray's DashboardAgent and RuntimeEnvAgent running,
+    listening on loopback. Now the server, Ray and every process they started are gone."""
+    proc, url, log = _start([], {"VITVIZ_TOKEN": ""})
+    try:
+        _wait(proc, url, log)
+        seen = _descendants(proc.pid)
+        names = " ".join(p.name() for p in seen)
+        assert "raylet" in names and "gcs_server" in names
+        assert len(_listening(seen)) >= 5  # the HTTP proxy, GCS, raylet, workers, agents
+        _stop_and_check(proc, seen, log, time.time())
+        assert proc.returncode == 130  # interrupted, not aborted by Ray's crash handler
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.unlink(missing_ok=True)
+
+
+def test_a_server_stopped_while_starting_leaves_no_process_behind():
+    """SIGTERM as soon as Ray's raylet runs (Serve not up yet): nothing is left either."""
+    proc, _, log = _start([], {"VITVIZ_TOKEN": ""})
+    try:
+        seen: set = set()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen |= _descendants(proc.pid)
+            if any("raylet" in p.name() for p in seen if not _gone(p)):
+                break
+            time.sleep(0.1)
+        assert any("raylet" in p.name() for p in seen), log.read_text(errors="replace")
+        _stop_and_check(proc, seen, log, time.time())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- main server

@@ -16,7 +16,11 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
 """
 
 import asyncio
+import contextlib
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -105,6 +109,9 @@ async def _receive(request: Request, settings: Settings, uploads: Admission) -> 
 
 # Above the deployment class: Serve ships the class with the module globals defined before it.
 LOOPBACK_ENV = "VITVIZ_RAY_LOOPBACK"
+RECORD_EVERY_S = 10.0  # how often a running server notes its processes
+SHUTDOWN_TIMEOUT_S = 45.0  # Serve's and Ray's own shutdown, before the processes are stopped
+STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL for a process left after the shutdown
 # routes whose body is the model's input (resized and cropped) and whose answer is binary
 _MODEL_INPUT_ROUTE: dict[str, Any] = {
     "response_class": Response,
@@ -414,6 +421,99 @@ def private_ray_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+class ProcessTree:
+    """The server's descendant processes (Ray's GCS, raylet, agents, workers), remembered so
+    that none outlives the server.
+
+    Ray's agents are children of the raylet; when it goes first they are re-parented and no
+    longer descend from the server. On Linux the server is made their "subreaper", so they
+    are re-parented to it instead of to init; elsewhere the tree is recorded while it is
+    whole (after start, now and then while serving, and when stopping). Every process ever
+    seen is stopped. ``psutil`` comes with Ray (``ray/thirdparty_files``): import Ray first.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        _become_subreaper()
+        self.root = psutil.Process()
+        self.seen: set[Any] = set()  # psutil.Process: equal only for the same pid and start time
+        self._lock = threading.Lock()  # the shutdown's watchdog may stop the tree meanwhile
+
+    def record(self) -> None:
+        """Remember every process now below this one."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            children = self.root.children(recursive=True)
+            with self._lock:
+                self.seen.update(children)
+
+    def alive(self) -> list[Any]:
+        """The remembered processes still running."""
+        with self._lock:
+            seen = list(self.seen)
+        return [proc for proc in seen if _running(proc)]
+
+    def stop(self, grace_s: float = STOP_GRACE_S, rounds: int = 3) -> list[Any]:
+        """Stop every process of the tree: SIGTERM, up to ``grace_s`` to end, then SIGKILL;
+        again for any process that appeared meanwhile (a raylet starting its agents as it is
+        stopped), up to ``rounds`` times. Returns those still running (none expected)."""
+        for _ in range(rounds):
+            self.record()
+            procs = self.alive()
+            if not procs:
+                break
+            _end(procs, grace_s)
+        _reap_children()
+        return self.alive()
+
+
+def _running(proc: Any) -> bool:
+    """A psutil process still runs (a zombie has ended)."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _end(procs: list[Any], grace_s: float) -> None:
+    """SIGTERM the processes, wait up to ``grace_s``, SIGKILL the rest, wait up to ``grace_s``."""
+    import psutil
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):  # refused for a pid now reused
+                proc.send_signal(sig)
+        deadline = time.monotonic() + grace_s
+        while procs and time.monotonic() < deadline:
+            _reap_children()
+            time.sleep(0.1)
+            procs = [proc for proc in procs if _running(proc)]
+        if not procs:
+            return
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process, not to init
+    (``prctl(PR_SET_CHILD_SUBREAPER)``), so they stay in its tree until it stops them."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # 36: PR_SET_CHILD_SUBREAPER
+
+
+def _reap_children() -> None:
+    """Collect this process's exited children, so that none stays a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
 def run_server(
     args: dict[str, Any],
     *,
@@ -422,44 +522,98 @@ def run_server(
     address: str | None = None,
     ready: Sequence[str] = (),
 ) -> None:
-    """Start Ray (a local instance unless ``address``), deploy, serve until interrupted."""
+    """Start Ray (a local instance unless ``address``), deploy, serve until interrupted.
+
+    SIGTERM and SIGINT, during start-up too, stop the server: Serve and Ray are shut down and
+    then every process the server started is stopped (:class:`ProcessTree`), so nothing is
+    left behind. A second signal does not cut that short; it is bounded by
+    ``SHUTDOWN_TIMEOUT_S`` and ``STOP_GRACE_S``.
+    """
     import logging
-    import signal
 
     import ray
 
+    stopping = False
+
     def _stop(*_: object) -> None:
-        raise KeyboardInterrupt
+        if not stopping:  # while shutting down, a second signal waits for the shutdown
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    def _catch_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
 
-    # a busy machine (a model loading next door) can starve Serve's proxy for more than its
-    # default 5 s readiness check, after which Serve gives up on it: allow more
-    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
-    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
-    if address is None:
-        private_ray_on_loopback()
-    ray.init(
-        address=address or "local",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-    )
+    _catch_signals()
+    tree = ProcessTree()
     try:
+        # a busy machine (a model loading next door) can starve Serve's proxy for more than
+        # its default 5 s readiness check, after which Serve gives up on it: allow more
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+        os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+        if address is None:
+            private_ray_on_loopback()
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+        # ray.init puts its own SIGTERM handlers in place (one that exits where it stands and
+        # Ray's crash handler, which aborts the process and leaves Ray's agents running)
+        _catch_signals()
+        tree.record()
         timeout = float(args.get("timeout_s", Settings.timeout_s))
         serve.start(
             http_options={"host": host, "port": port, "request_timeout_s": timeout + 30},
             logging_config={"log_level": "WARNING"},
         )
         serve.run(build_app(args), name="vitviz", route_prefix="/", blocking=False)
+        tree.record()
         print(f"vitviz server ready at http://{host}:{port}  (API docs: /docs)", flush=True)
         for line in ready:
             print(line, flush=True)
-        while True:
-            time.sleep(3600)
+        while True:  # a replica Serve restarts is a new process: keep the record current
+            time.sleep(RECORD_EVERY_S)
+            tree.record()
     finally:
-        if address is None:
-            serve.shutdown()
-        else:  # a shared cluster: take only our application down
-            serve.delete("vitviz")
-        ray.shutdown()
+        stopping = True
+        _catch_signals()  # Ray's handlers may be back if the signal came during ray.init
+        tree.record()
+        _shut_down(tree, address)
+
+
+def _shut_down(tree: ProcessTree, address: str | None) -> None:
+    """Shut Serve and Ray down (within ``SHUTDOWN_TIMEOUT_S``), then stop every process the
+    server started that is still running."""
+    import ray
+
+    def overdue() -> None:  # Serve or Ray hangs: stop the processes and leave
+        print(
+            f"warning: the server did not shut down within {SHUTDOWN_TIMEOUT_S:g} s; "
+            "stopping its processes",
+            file=sys.stderr,
+            flush=True,
+        )
+        tree.stop()
+        os._exit(1)
+
+    watchdog = threading.Timer(SHUTDOWN_TIMEOUT_S, overdue)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if ray.is_initialized():
+            try:
+                if address is None:
+                    serve.shutdown()
+                else:  # a shared cluster: take only our application down
+                    serve.delete("vitviz")
+            except Exception as err:  # half started: Ray's shutdown below still runs
+                print(f"warning: Serve did not shut down: {type(err).__name__}", file=sys.stderr)
+            tree.record()
+            ray.shutdown()
+    finally:
+        watchdog.cancel()
+        left = tree.stop()
+        if left:
+            names = ", ".join(f"{p.pid}" for p in left)
+            print(f"warning: processes still running after the server: {names}", file=sys.stderr)
