@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "--upload-timeout", type=float, default=15.0, help="seconds to send a body, then 408"
     )
     s.add_argument("--max-uploads", type=int, default=128, help="bodies received at once")
-    s.add_argument("--max-answer-mb", type=float, default=128.0, help="largest answer, else 400")
+    s.add_argument("--max-answer-mb", type=float, default=256.0, help="largest answer, else 400")
     s.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of a new one")
     return p
 

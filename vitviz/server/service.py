@@ -84,7 +84,7 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     upload_timeout_s: float = 15.0
     max_uploads: int = 128
-    max_answer_bytes: int = 128 * 1024 * 1024
+    max_answer_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 40_000_000
     token: str | None = field(default=None, repr=False)
     require_token: bool = False
