@@ -30,11 +30,14 @@ if selection.source == "Live":  # the webcam stream with its overlay, instead of
 data, image_name = page.image(selection, info)
 ctx = page.context(backend, info, model_id, data, image_name)
 
-if lesson.requested():
-    lesson.render(ctx)
-else:
-    left, right = st.columns([1, 2.4], gap="medium")
-    with left:
-        page.image_column(ctx, selection.note)
-    with right:
-        views.render(ctx)
+try:
+    if lesson.requested():
+        lesson.render(ctx)
+    else:
+        left, right = st.columns([1, 2.4], gap="medium")
+        with left:
+            page.image_column(ctx, selection.note)
+        with right:
+            views.render(ctx)
+finally:  # the explanation stays in the page's cache, not in this session
+    ctx.release()

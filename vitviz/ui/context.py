@@ -27,6 +27,10 @@ class ViewContext:
     entry: Entry
     source: bytes = b""  # the image as sent (another model decodes it for its own input)
 
+    def release(self) -> None:
+        """The page run is over: hold the explanation no longer (:meth:`Entry.unpin`)."""
+        self.entry.unpin()
+
     @property
     def expl(self) -> ImageExplanation:
         """The explanation (predictions, layout, input image, attention)."""

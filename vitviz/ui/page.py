@@ -177,7 +177,7 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
     for label, make, suffix, kind in files:  # one a row: the labels fit the narrow column
         st.download_button(
             label,
-            data=lambda make=make: make(expl, ctx.info, ctx.image_name),
+            data=lambda make=make: make(ctx.expl, ctx.info, ctx.image_name),
             file_name=f"{ctx.stem}-{suffix}",
             mime="application/json" if kind == "json" else "application/octet-stream",
             on_click="ignore",

@@ -129,6 +129,13 @@ def model_bytes(backend: Backend) -> int:
     return 0 if loaded is None else loaded.shape.params * 4
 
 
+def held_by_run(backend: Backend, input_hw: tuple[int, int]) -> int:
+    """What a page run holds while it asks for more work on its image: the model and the
+    explanation it shows (with its views' arrays); none of it can be dropped meanwhile."""
+    shown = work_cost(backend, input_hw)
+    return model_bytes(backend) + shown.kept + shown.parts.get("views", 0)
+
+
 def work_cost(
     backend: Backend, input_hw: tuple[int, int], classes: int = 0, negative: bool = False
 ) -> WorkCost:
@@ -390,7 +397,7 @@ def class_relevance(
         wanted = None if cls == FEATURE_NORM else cls  # the backbone's one target
         hw = (image.size[1], image.size[0])
         cost = work_cost(backend, hw, classes=1 + len(others), negative=negative)
-        with admitted(cost, alongside=model_bytes(backend)) as admission:
+        with admitted(cost, alongside=held_by_run(backend, hw)) as admission:
             # the relevance only: the page has the explanation already
             rels = backend.explain_classes(
                 [image], [[wanted, *others]], seen=True, negative=negative

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,12 +99,43 @@ def default_memory() -> int:
 
 
 class Entry:
-    """One cached explanation and the things derived from it, by key."""
+    """One cached explanation and the things derived from it, by key.
 
-    def __init__(self, explanation: ImageExplanation, key: Hashable, derived: ByteLRU) -> None:
-        self.explanation = explanation
+    A page run holds its explanation (pinned) until :meth:`unpin` at the run's end; after
+    that only a weak reference is kept, so a session's stored fragment (Streamlit keeps a
+    fragment's arguments to rerun it) never keeps an explanation alive on its own: the cache
+    decides, and the memory budget can drop it for someone else's work. The next access gets
+    it back from the cache, computing it again if it was dropped (``fetch``).
+    """
+
+    def __init__(
+        self,
+        explanation: ImageExplanation,
+        key: Hashable,
+        derived: ByteLRU,
+        fetch: Callable[[], ImageExplanation] | None = None,
+    ) -> None:
+        self._pin: ImageExplanation | None = explanation
+        self._ref = weakref.ref(explanation)
         self._key = key
         self._derived = derived
+        self._fetch = fetch
+
+    @property
+    def explanation(self) -> ImageExplanation:
+        """The explanation, pinned for the rest of this run."""
+        expl = self._pin if self._pin is not None else self._ref()
+        if expl is None:
+            if self._fetch is None:
+                raise LookupError("this explanation was dropped and cannot be computed again")
+            expl = self._fetch()
+            self._ref = weakref.ref(expl)
+        self._pin = expl
+        return expl
+
+    def unpin(self) -> None:
+        """The run is over: keep only a weak reference (see the class docstring)."""
+        self._pin = None
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """A derived value, computed once (bounded with every entry's, in bytes)."""
@@ -127,7 +159,11 @@ class ExplanationCache:
     ) -> Entry:
         """The entry for this model and image, running ``compute`` once on a miss."""
         key = (model_id, image_digest)
-        return Entry(self._items.get_or_compute(key, compute), key, self.derived)
+
+        def fetch() -> ImageExplanation:
+            return self._items.get_or_compute(key, compute)
+
+        return Entry(fetch(), key, self.derived, fetch)
 
     @property
     def nbytes(self) -> int:

@@ -52,8 +52,9 @@ def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustR
     def checked() -> TrustReport:
         x = loaded.to_tensor(Image.fromarray(ctx.expl.image))
         layout = ctx.layout
-        cost = trust_cost(loaded.shape, layout.image_size, STEPS, BATCH)
-        with resources.admitted(cost, alongside=resources.model_bytes(ctx.backend)):
+        hw = layout.image_size
+        cost = trust_cost(loaded.shape, hw, STEPS, BATCH)
+        with resources.admitted(cost, alongside=resources.held_by_run(ctx.backend, hw)):
             return trust_of(x, layout)
 
     def trust_of(x, layout) -> TrustReport:

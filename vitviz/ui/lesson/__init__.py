@@ -76,4 +76,7 @@ def render(ctx: ViewContext) -> None:
             st.rerun()  # the whole page, not just this fragment: back to the views
         st.markdown(f"## {step + 1}. {titles[step]}")
         with st.container(key=f"lesson-step-{step + 1}"):
-            STEPS[step][1](load(ctx))
+            try:
+                STEPS[step][1](load(ctx))
+            finally:  # Streamlit keeps ctx to rerun this fragment: not the attention
+                ctx.release()

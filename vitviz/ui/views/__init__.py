@@ -56,5 +56,8 @@ def render(ctx: ViewContext) -> None:
     # the language is part of the key: a language switch draws the view anew, never leaving
     # a canvas with the old language's words (seen once in ~8 switches in Chromium otherwise)
     key = f"view-{slug(name)}-{i18n.current()}" + ("-switch" if switch else "")
-    with st.container(key=key):
-        VIEWS[name].render(ctx)
+    try:
+        with st.container(key=key):
+            VIEWS[name].render(ctx)
+    finally:  # Streamlit keeps ctx to rerun this fragment: it must not keep the attention
+        ctx.release()
