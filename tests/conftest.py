@@ -13,6 +13,9 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vitviz-hf-")
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,12 @@ from safetensors.torch import save_file
 from vitviz.models import LoadedModel, load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# How long a test waits for a state it expects (a thread's result, a server's answer, a page's
+# canvas): generous, so that a loaded machine (a busy 2-core CI runner, a CPU hog beside the
+# suite) slows the suite down without failing it. No test asserts a speed; speeds are measured
+# in bench/.
+STATE_TIMEOUT_S = 180.0
 
 
 def tiny(name: str, seed: int = 0, **kwargs) -> LoadedModel:
@@ -98,10 +107,65 @@ def plotly_array(obj):
 
 def in_threads(target, count: int) -> None:
     """Run ``target(i)`` for i in 0…count-1, each in its own thread, and wait for all."""
-    import threading
-
     threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def wait_until(condition, seconds: float = STATE_TIMEOUT_S, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it is true; fail after ``seconds`` (a hang, not a slow run)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds:.0f} s waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The connections a test attempts, each refused at once: a test that must fail without
+    waiting on the network asserts this list stays empty (instead of timing itself)."""
+    import socket
+
+    attempts: list[tuple[str, tuple]] = []
+
+    def refuse(kind: str):
+        def refused(*args, **kwargs):
+            attempts.append((kind, args))
+            raise OSError(f"this test allows no network ({kind})")
+
+        return refused
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    return attempts
+
+
+@contextlib.contextmanager
+def never_waits_on(fifo: Path, seconds: float = STATE_TIMEOUT_S):
+    """Around code that must refuse the FIFO ``fifo`` without opening it. Code that opens it
+    waits for a writer forever: after ``seconds`` a writer is opened to release it and the test
+    fails, so a hang becomes a failure without a time limit on the code."""
+    import os
+
+    released: list[bool] = []
+
+    def release() -> None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no reader has it open: nothing waits on it
+            return
+        released.append(True)
+        os.close(fd)
+
+    timer = threading.Timer(seconds, release)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    assert not released, f"{fifo} was opened and waited on for {seconds:.0f} s"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import STATE_TIMEOUT_S, free_port
 from vitviz import methods
 from vitviz.images import decode_image
 
@@ -37,9 +37,15 @@ ASSETS = ROOT / "assets"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("VITVIZ_REQUIRE_BROWSER") == "1"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage"]
+# Every wait on the page (expect, clicks, wait_for_*, navigation) is a wait on state with this
+# generous limit: the page's server may share a loaded 2-core machine. Nothing here is a sleep
+# or a speed check (speeds are measured in bench/).
+WAIT_MS = int(STATE_TIMEOUT_S * 1000)
 
 try:
     from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
@@ -67,10 +73,10 @@ def server():
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + STATE_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -103,11 +109,19 @@ def engine():
     return out
 
 
+def new_page(browser, **context):
+    """A page at 1280×800 in a new context whose waits default to ``WAIT_MS``."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, **context)
+    ctx.set_default_timeout(WAIT_MS)
+    ctx.set_default_navigation_timeout(WAIT_MS)
+    return ctx.new_page()
+
+
 @pytest.fixture
 def page(server):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page = new_page(browser)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.errors = errors
@@ -121,15 +135,14 @@ def settle(page) -> None:
     """Until no script run is in flight (Streamlit's own script state)."""
     page.wait_for_function(
         "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
-        " return a && a.getAttribute('data-test-script-state') === 'notRunning'; }",
-        timeout=120_000,
+        " return a && a.getAttribute('data-test-script-state') === 'notRunning'; }"
     )
 
 
 def canvas(page, key: str):
     """The canvas's root (its state attributes) inside the element with this key."""
     root = page.locator(f".st-key-{key} .vv")
-    expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+    expect(root).to_have_attribute("data-ready", "1")
     return root
 
 
@@ -188,7 +201,6 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
         "  const v = r && Number(r.getAttribute('data-checksum'));"
         "  return r && Math.abs(v - w) < 1e-4 * Math.abs(w); }",
         arg=checksum(want),
-        timeout=60_000,
     )
     settle(page)
     # after a new upload the view is still selected
@@ -221,7 +233,7 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     expect(heads).to_have_attribute("data-layer", "1")
     expect(heads).to_have_attribute("data-head", "2")
     # the selection reaches the URL once the person pauses
-    page.wait_for_url(re.compile(r"layer=1.*head=2|head=2.*layer=1"), timeout=10_000)
+    page.wait_for_url(re.compile(r"layer=1.*head=2|head=2.*layer=1"))
     # display settings in the browser: colormap and opacity, shared by all canvases
     page.locator(".st-key-heads-canvas select[data-role=colormap]").select_option("viridis")
     expect(heads).to_have_attribute("data-colormap", "viridis")
@@ -259,7 +271,7 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     page.mouse.click(
         box["x"] + (c + 0.5) * box["width"] / 14, box["y"] + (r + 0.5) * box["height"] / 14
     )
-    expect(patch).to_have_attribute("data-patch", str(r * 14 + c), timeout=60_000)
+    expect(patch).to_have_attribute("data-patch", str(r * 14 + c))
     expect(page.get_by_text(f"selected: patch {r * 14 + c} (row {r}, column {c})")).to_be_visible()
     settle(page)
     want = methods.compute_map(
@@ -269,16 +281,16 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     # rolled out (one map) and back: the layer and head come back, not a trimmed layer 0
     rolled = page.get_by_text("Rolled out (follow")
     rolled.click()
-    expect(patch).to_have_attribute("data-layer", "0", timeout=60_000)
+    expect(patch).to_have_attribute("data-layer", "0")
     expect(patch).not_to_have_attribute("data-checksum", f"{checksum(want):.8g}")
     rolled.click()
-    expect(patch).to_have_attribute("data-layer", "1", timeout=60_000)
+    expect(patch).to_have_attribute("data-layer", "1")
     expect(patch).to_have_attribute("data-head", "2")
 
     # Head statistics: clicking a head's point opens its map in the Heads view
     view(page, "Head statistics")
     points = page.locator(".st-key-distance .scatterlayer .trace").first.locator("path.point")
-    expect(points.first).to_be_visible(timeout=60_000)
+    expect(points.first).to_be_visible()
     settle(page)
     box = points.nth(7).bounding_box()  # layer 2, head 1 (points run head-fastest, 3 heads)
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -286,7 +298,7 @@ def test_canvas_follows_layer_head_patch_and_the_engine(page, server, engine, tm
     expect(page.locator(".hovertext").first).to_contain_text("layer 2, head 1")
     page.mouse.click(cx, cy)
     heads = canvas(page, "heads-canvas")
-    expect(heads).to_have_attribute("data-layer", "2", timeout=60_000)
+    expect(heads).to_have_attribute("data-layer", "2")
     expect(heads).to_have_attribute("data-head", "1")
     assert shot.stat().st_size > 20_000
 
@@ -305,7 +317,7 @@ def test_a_link_reproduces_the_view(page, server, engine):
     settle(page)
     box = patch.locator("canvas[data-role=map]").bounding_box()
     page.mouse.click(box["x"] + 2.5 * box["width"] / 14, box["y"] + 3.5 * box["height"] / 14)
-    expect(patch).to_have_attribute("data-patch", str(3 * 14 + 2), timeout=60_000)
+    expect(patch).to_have_attribute("data-patch", str(3 * 14 + 2))
     settle(page)
     expect(page).to_have_url(re.compile("view=Patch"))
     expect(page).to_have_url(re.compile("patch=44"))
@@ -320,8 +332,8 @@ def test_a_link_reproduces_the_view(page, server, engine):
     page.locator('.st-key-heads-canvas button[data-head="0"]').click()
     view(page, "Patch explorer")
     patch = canvas(page, "patch-canvas")
-    expect(patch).to_have_attribute("data-head", "0", timeout=60_000)
-    page.wait_for_url(re.compile(r"head=0"), timeout=10_000)
+    expect(patch).to_have_attribute("data-head", "0")
+    page.wait_for_url(re.compile(r"head=0"))
     view(page, "Rollout")  # the default view leaves the URL
     canvas(page, "rollout")
     settle(page)
@@ -427,7 +439,7 @@ def test_a_link_cannot_put_a_link_or_picture_into_the_page(page, server):
     evil = "[Sign in again](https://evil.example) ![](https://evil.example/p.png)"
     page.goto(f"{server}/?model=__timm__&timm_name={urllib.parse.quote(evil)}")
     alert = page.locator('[data-testid="stAlert"]').filter(has_text="Sign in again").first
-    expect(alert).to_be_visible(timeout=60_000)
+    expect(alert).to_be_visible()
     shown = alert.inner_text().replace("\u2060", "")  # invisible joiners keep it from linking
     assert "[Sign in again](https://evil.example)" in shown
     assert alert.locator("a, img").count() == 0

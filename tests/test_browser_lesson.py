@@ -31,13 +31,13 @@ STEP_BOTTOM_JS = """() => {
 
 def nav(tab):
     root = tab.locator(".st-key-lesson-nav nav.vv-nav")
-    expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+    expect(root).to_have_attribute("data-ready", "1")
     return root
 
 
 def at_step(tab, step: int) -> None:
     """Until step ``step`` (1-based) is drawn and the page has settled."""
-    expect(tab.locator(f".st-key-lesson-step-{step}")).to_be_visible(timeout=60_000)
+    expect(tab.locator(f".st-key-lesson-step-{step}")).to_be_visible()
     expect(nav(tab)).to_have_attribute("data-step", str(step - 1))
     settle(tab)
 
@@ -62,9 +62,7 @@ def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server): 
     picker = page.locator(".st-key-lesson-picker-2 canvas[data-role=picker]")
     box = picker.bounding_box()
     page.mouse.click(box["x"] + 3.5 * box["width"] / 14, box["y"] + 2.5 * box["height"] / 14)
-    expect(page.locator(".st-key-lesson-picker-2 .vv-picker")).to_have_attribute(
-        "data-patch", "31", timeout=60_000
-    )
+    expect(page.locator(".st-key-lesson-picker-2 .vv-picker")).to_have_attribute("data-patch", "31")
     settle(page)
     assert "Chosen patch: 31 (row 2, column 3)" in main_text(page)
     assert re.search(r"[?&]patch=31", page.url)
@@ -90,7 +88,7 @@ def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server): 
     before = slider.get_attribute("aria-valuetext")
     slider.focus()
     page.keyboard.press("ArrowRight")
-    expect(slider).not_to_have_attribute("aria-valuetext", before, timeout=30_000)
+    expect(slider).not_to_have_attribute("aria-valuetext", before)
     settle(page)
     expect(nav(page)).to_have_attribute("data-step", "5")
     page.locator("h2").first.click()  # focus back on the page: the keys move the lesson again
@@ -115,18 +113,16 @@ def test_language_switch_and_its_link(page, server, tmp_path):  # noqa: F811
     settle(page)
     expect(page.get_by_text("what does the Vision Transformer look at?")).to_be_visible()
     page.locator('[data-testid="stSidebar"] button', has_text="中文").click()
-    expect(page.get_by_text("視覺 Transformer 在看哪裡？")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("視覺 Transformer 在看哪裡？")).to_be_visible()
     settle(page)
     assert "lang=zh-Hant" in page.url
     # the canvas speaks the language too
     legend = page.locator(".st-key-rollout .legend")
-    expect(legend).to_contain_text("展開值", timeout=60_000)
+    expect(legend).to_contain_text("展開值")
     link = page.url + "&lesson=1&step=6"
     # back to English: the choice stays in the link
     page.locator('[data-testid="stSidebar"] button', has_text="English").click()
-    expect(page.get_by_text("what does the Vision Transformer look at?")).to_be_visible(
-        timeout=60_000
-    )
+    expect(page.get_by_text("what does the Vision Transformer look at?")).to_be_visible()
     settle(page)
     assert "lang=en" in page.url
     # the Chinese link opens in Chinese, lesson included
@@ -168,28 +164,33 @@ def test_a_class_walks_the_lesson_on_a_camera_photo(server, tmp_path):  # noqa: 
 
 def walk_on_camera_photo(browser, server) -> None:  # noqa: F811
     """Take a photo with the fake camera in 中文, open the lesson, step through all nine."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["camera"])
-    tab = context.new_page()
+    from tests.test_browser import new_page
+
+    tab = new_page(browser, permissions=["camera"])
     errors: list[str] = []
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.goto(f"{server}/?lang=zh-Hant&source=Camera")
     settle(tab)
     sidebar = tab.locator('[data-testid="stSidebar"]')
     take = sidebar.locator('[data-testid="stCameraInputButton"]')
-    expect(take).to_be_enabled(timeout=60_000)
-    tab.wait_for_function(  # the fake camera's stream plays
+    expect(take).to_be_enabled()
+    # the fake camera's stream plays, at the size the widget asks for: the widget restarts the
+    # stream once it knows its width, so a photo taken before that has another size
+    frame_size = tab.wait_for_function(
         "() => { const v = document.querySelector('[data-testid=stSidebar] video');"
-        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
-        timeout=60_000,
-    )
+        " return v && v.readyState >= 2 && v.videoWidth > 0 && v.videoWidth === v.clientWidth"
+        " ? [v.videoWidth, v.videoHeight] : null; }"
+    ).json_value()
     take.click()
     settle(tab)
     # the photo is the image now: the page names it and explains it
-    expect(tab.get_by_text("模型看到的影像")).to_be_visible(timeout=60_000)
+    expect(tab.get_by_text("模型看到的影像")).to_be_visible()
     tab.locator(".st-key-lesson input[type=checkbox]").check(force=True)
     at_step(tab, 1)
-    size = re.search(r"你的圖片是 (\d+)×(\d+) 像素", main_text(tab))  # the camera's frame
-    assert size and int(size.group(1)) > 224 and int(size.group(2)) > 224
+    size = re.search(r"你的圖片是 (\d+)×(\d+) 像素", main_text(tab))
+    assert size, main_text(tab)
+    shown = [int(size.group(1)), int(size.group(2))]
+    assert shown == frame_size and shown != [224, 224]  # the camera's frame, not the model's input
     for step in range(2, 10):
         tab.keyboard.press("ArrowRight")
         at_step(tab, step)

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import cv2
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, REQUIRED, server, settle  # noqa: F401 - fixtures
+from tests.conftest import STATE_TIMEOUT_S
+from tests.test_browser import (  # noqa: F401 - server is a fixture
+    ARGS,
+    CHROMIUM,
+    REQUIRED,
+    new_page,
+    server,
+    settle,
+)
 from vitviz.live import moving_clip
 
 try:
@@ -42,6 +51,25 @@ OUTPUT_PIXELS_JS = """(video) => {
   return [w, h, edgeMax, centreMax, centreSum / n];
 }"""
 
+# The processed frames are back: the part the model does not see is dimmed (the fake camera's
+# frames are bright there), the centre keeps its colours. Returns the stats when so.
+OVERLAID_JS = (
+    "(video) => { const s = (" + OUTPUT_PIXELS_JS + ")(video);"
+    " return s && s[2] < 130 && s[3] > 150 ? s : null; }"
+)
+# The overlay's centre differs from ``before`` (the map follows the camera).
+CHANGED_JS = (
+    "([video, before]) => { const s = (" + OUTPUT_PIXELS_JS + ")(video);"
+    " return s && Math.abs(s[4] - before) > 0.5; }"
+)
+# The page's speed line, once at least ``n`` frames were taken and not skipped: their maps
+# arrived, give or take the one being explained and the one waiting. Returns its numbers.
+SPEED = r"([\d.]+) maps per second · latency (\d+) ms · (\d+) of (\d+) frames skipped"
+EXPLAINED_JS = (
+    "(n) => { const m = document.body.innerText.match(/" + SPEED + "/);"
+    " return m && Number(m[4]) - Number(m[3]) >= n + 2 ? m.slice(1).map(Number) : null; }"
+)
+
 
 def write_y4m(path, frames, fps: int = 30) -> None:
     """A YUV4MPEG2 clip (what Chromium's fake camera plays, in a loop)."""
@@ -51,6 +79,25 @@ def write_y4m(path, frames, fps: int = 30) -> None:
         for rgb in frames:
             f.write(b"FRAME\n")
             f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+
+
+def start_stream(page):
+    """Press the player's START until its video plays; the video element. A rerun just after
+    the page's first run can re-mount the player's iframe, and a click on the old one is lost
+    (seen on a loaded machine): START is pressed again whenever the player shows it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    player = page.frame_locator("iframe[title*='webrtc']").first
+    start, video = player.get_by_role("button", name="START"), player.locator("video").first
+    deadline = time.monotonic() + STATE_TIMEOUT_S
+    while True:
+        try:
+            if start.is_visible():
+                start.click(timeout=5_000)
+            video.wait_for(state="attached", timeout=5_000)
+            return video.element_handle()
+        except PlaywrightTimeout:
+            assert time.monotonic() < deadline, "the live player never played"
 
 
 def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_path):  # noqa: F811
@@ -66,50 +113,39 @@ def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_p
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
         try:
-            context = browser.new_context(
-                viewport={"width": 1280, "height": 800}, permissions=["camera"]
-            )
-            page = context.new_page()
+            page = new_page(browser, permissions=["camera"])
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{server}/?source=Live")
             settle(page)
-            player = page.frame_locator("iframe[title*='webrtc']").first
-            player.get_by_role("button", name="START").click()
-            video = player.locator("video").first
+            video = start_stream(page)
             # processed frames arrive: the part the model does not see comes back dimmed
             # (the fake camera's frames are bright there), the centre keeps its colours
-            stats = None
-            for _ in range(200):
-                stats = video.evaluate(OUTPUT_PIXELS_JS)
-                if stats and stats[2] < 130 and stats[3] > 150:
-                    break
-                page.wait_for_timeout(100)
+            frame = video.owner_frame()
+            stats = frame.wait_for_function(OVERLAID_JS, arg=video, polling=100).json_value()
             assert stats and stats[0] == 640 and stats[1] == 480, stats
             assert stats[2] < 130 and stats[3] > 150, stats  # edges dimmed ×0.45, centre not
             # the prediction follows the clip: checkerboard, then horizontal stripes
             status = page.locator("[data-testid='stProgress']").first
-            expect(status).to_contain_text(re.compile("checkerboard"), timeout=60_000)
-            expect(status).to_contain_text(re.compile("horizontal stripes"), timeout=60_000)
+            expect(status).to_contain_text(re.compile("checkerboard"))
+            expect(status).to_contain_text(re.compile("horizontal stripes"))
             # and the overlay changes with it
             first = video.evaluate(OUTPUT_PIXELS_JS)[4]
-            page.wait_for_timeout(1500)
-            assert abs(video.evaluate(OUTPUT_PIXELS_JS)[4] - first) > 0.5
+            frame.wait_for_function(CHANGED_JS, arg=[video, first], polling=100)
+            # the page counts the maps: at least ten arrived, and it reports a rate (a number,
+            # whatever the machine's speed: speeds are measured in bench/, not asserted here)
+            numbers = page.wait_for_function(EXPLAINED_JS, arg=10, polling=250).json_value()
+            fps, _, skipped, frames = numbers
+            assert fps > 0 and frames - skipped >= 12, numbers
             speed = page.get_by_text(re.compile(r"maps per second"))
             expect(speed).to_be_visible()
-            fps = float(re.search(r"([\d.]+) maps per second", speed.inner_text()).group(1))
-            assert fps > 2, speed.inner_text()
             print("live page:", speed.inner_text())  # pytest -s shows what the page measured
             if os.environ.get("VITVIZ_SCREENSHOT_LIVE"):
                 page.screenshot(path=os.environ["VITVIZ_SCREENSHOT_LIVE"])
             # freeze: the frame of the current map opens in the normal views
             page.get_by_role("button", name=re.compile("Freeze")).click()
-            expect(page.get_by_text(re.compile("last upload, live-frame.png"))).to_be_visible(
-                timeout=60_000
-            )
-            expect(page.locator(".st-key-rollout .vv")).to_have_attribute(
-                "data-ready", "1", timeout=60_000
-            )
+            expect(page.get_by_text(re.compile("last upload, live-frame.png"))).to_be_visible()
+            expect(page.locator(".st-key-rollout .vv")).to_have_attribute("data-ready", "1")
             assert not errors, errors
         finally:
             browser.close()

@@ -4,7 +4,6 @@ weights, the CLI and the server's labels, on tiny random CLIP models (no hub).""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -287,26 +286,23 @@ def test_safetensors_and_pickle_weights_round_trip(tiny_file, tmp_path, cat_imag
         load_model(f"clip:{TINY}", weights=path, random_weights=True)
 
 
-def test_unavailable_hub_weights_fail_fast_and_clearly():
+def test_unavailable_hub_weights_fail_fast_and_clearly(no_network):
     for name, words in [
         ("clip-b32", "https://huggingface.co/timm/vit_base_patch32_clip_224.openai"),
         ("clip:ViT-B-16/laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
         ("clip:hf-hub:someone/some-clip", "someone/some-clip"),
     ]:
-        start = time.perf_counter()
         with pytest.raises(WeightsError) as err:
             load_model(name, device="cpu")
-        assert time.perf_counter() - start < 2.0
         message = str(err.value)
         assert "offline mode is on" in message and "--weights FILE" in message, message
         assert words in message, message
     assert weights_plan("clip-b16").startswith("download on first use from https://")
     from vitviz.models import download_weights
 
-    start = time.perf_counter()
     with pytest.raises(WeightsError, match="offline mode is on"):
         download_weights("clip-b16")
-    assert time.perf_counter() - start < 2.0
+    assert no_network == []  # fast: nothing waited on the network
     with pytest.raises(WeightsError, match="names no pretrained weights: add a tag"):
         load_model("clip:ViT-B-32", device="cpu")
 
@@ -488,11 +484,20 @@ def test_trust_and_compare_take_typed_labels(tiny_file, tmp_path, capsys):
          "chosen when the server starts"),
     ],
 )  # fmt: skip
-def test_cli_label_errors_exit_2_before_any_model_work(args, words, tmp_path, capsys):
-    start = time.perf_counter()
+def test_cli_label_errors_exit_2_before_any_model_work(
+    args, words, tmp_path, capsys, monkeypatch, no_network
+):
+    import vitviz.backends.remote
+    import vitviz.models
+
+    work = []
+    monkeypatch.setattr(vitviz.models, "load_model", lambda *a, **k: work.append(a) or 1 / 0)
+    monkeypatch.setattr(
+        vitviz.backends.remote, "RemoteBackend", lambda *a, **k: work.append(a) or 1 / 0
+    )
     assert main(["explain", str(ASSETS / "chelsea.png"), "--out", str(tmp_path), *args]) == 2
     assert words in capsys.readouterr().err
-    assert time.perf_counter() - start < 5
+    assert work == [] and no_network == []  # no model loaded, no server asked
 
 
 def test_the_server_engine_serves_its_labels(tiny_file):

@@ -5,7 +5,6 @@ random configs saved with ``save_pretrained`` (the hub is never reached)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -404,11 +403,10 @@ def test_custom_code_and_unknown_types_are_refused(tmp_path):
         load_model(f"hf:{folder}", random_weights=True, device="cpu")
 
 
-def test_a_missing_hub_model_fails_fast_offline():
-    start = time.monotonic()
+def test_a_missing_hub_model_fails_fast_offline(no_network):
     with pytest.raises(WeightsError, match=r"not in the local cache.*offline"):
         load_model("hf:vitviz-nobody/no-such-vit", device="cpu")
-    assert time.monotonic() - start < 5
+    assert no_network == []  # fast: it never waited on the network
     assert weights_plan("hf:vitviz-nobody/no-such-vit").startswith("download on first use")
     with pytest.raises(ModelError, match="no such folder"):
         load_model("hf:./no/such/folder", device="cpu")

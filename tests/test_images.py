@@ -10,7 +10,6 @@ import io
 import random
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image, ImageFile
 
 import vitviz.images as images
+from tests.conftest import STATE_TIMEOUT_S, never_waits_on, wait_until
 from vitviz.errors import ImageError, VitvizError
 from vitviz.images import DecodedImage, decode_image, load_image_file
 
@@ -365,14 +365,21 @@ def _peak_rss_mib() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def test_decompression_bomb_fails_fast_without_allocating() -> None:
+def test_decompression_bomb_fails_fast_without_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = huge_blank_png(20000)  # 400 megapixels, one byte each once decoded: 400 MB
     assert len(data) < 200_000
+    loads: list[tuple[int, int]] = []  # the sizes of the images whose pixels were decoded
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda im: loads.append(im.size) or real_load(im)
+    )
     peak_before = _peak_rss_mib()
-    start = time.perf_counter()
     message = decode_error(data, "bomb.png")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"took {elapsed:.2f} s: the pixels were probably decoded"
+    assert loads == [], "the pixels were decoded"  # fast: refused from the header alone
+    decode_image(encode(Image.new("RGB", (50, 50)), "PNG"))
+    assert (50, 50) in loads  # (what a decode looks like to this check)
     assert "20000×20000" in message
     assert "400.0 megapixels" in message
     assert "40-megapixel limit" in message
@@ -531,12 +538,13 @@ def test_large_images_decode_a_bounded_number_at_a_time(monkeypatch):
     monkeypatch.setattr(images, "DECODE_SLOTS", threading.BoundedSemaphore(2))
     inside, most = [0], [0]
     lock = threading.Lock()
+    gate = threading.Event()
 
     def slow_reduce(image: Image.Image) -> Image.Image:
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
-        time.sleep(0.05)  # the full-size pixels are held meanwhile
+        gate.wait(STATE_TIMEOUT_S)  # the full-size pixels are held until the test lets go
         with lock:
             inside[0] -= 1
         return image.resize((8, 8))
@@ -551,10 +559,19 @@ def test_large_images_decode_a_bounded_number_at_a_time(monkeypatch):
     ]
     for t in threads:
         t.start()
-    # a small image is not held up by the large ones
-    start = time.perf_counter()
-    decode_image(small, reduce=lambda im: im)
-    assert time.perf_counter() - start < 0.05
+    try:
+        wait_until(lambda: inside[0] == 2, what="two large images to hold both slots")
+        # a small image is not held up by the large ones: it decodes while they hold every slot
+        small_done: list[Image.Image] = []
+        small_thread = threading.Thread(
+            target=lambda: small_done.append(decode_image(small, reduce=lambda im: im))
+        )
+        small_thread.start()
+        small_thread.join(STATE_TIMEOUT_S)
+        assert small_done, "the small image waited for a slot"
+        assert inside[0] == 2  # the large ones were still holding both slots meanwhile
+    finally:
+        gate.set()
     for t in threads:
         t.join()
     assert most[0] == 2
@@ -565,7 +582,5 @@ def test_load_image_file_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
 
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    start = time.perf_counter()
-    with pytest.raises(ImageError, match="not a regular file"):
+    with never_waits_on(fifo), pytest.raises(ImageError, match="not a regular file"):
         load_image_file(fifo)
-    assert time.perf_counter() - start < 1.0

@@ -84,11 +84,10 @@ def test_safetensors_metadata_labels(tmp_path, cat_image):
     assert capture(b, [cat_image]).logits.shape == (1, 3)
 
 
-def test_offline_hub_failure_is_fast_and_says_what_to_do():
-    start = time.monotonic()
+def test_offline_hub_failure_is_fast_and_says_what_to_do(no_network):
     with pytest.raises(WeightsError) as info:
         models.load_model("vit-b16")
-    assert time.monotonic() - start < 5
+    assert no_network == []  # fast: it never waited on the network
     msg = str(info.value)
     assert "vit-b16" in msg and "vit_base_patch16_224.augreg2_in21k_ft_in1k" in msg
     assert "Connect to the internet" in msg and "--weights" in msg
@@ -101,10 +100,19 @@ def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback, nothing listens
-    start = time.monotonic()
+    monkeypatch.setattr(models.hub, "_PROBES", {})  # no answer remembered from another test
+    probes = []
+    real_probe = models.hub._probe
+    monkeypatch.setattr(
+        models.hub,
+        "_probe",
+        lambda url, timeout: probes.append((url, timeout)) or real_probe(url, timeout),
+    )
     with pytest.raises(WeightsError, match="cannot be reached"):
         models.load_model("deit-s16")
-    assert time.monotonic() - start < 5
+    # fast: one probe of the hub, bounded by its short timeout, then the error (no download)
+    assert len(probes) == 1 and probes[0][0].startswith("http://127.0.0.1:9")
+    assert probes[0][1] <= models.hub.HUB_PROBE_SECONDS
 
 
 def test_cached_weights_load_without_network(tmp_path, monkeypatch, cat_image):
@@ -265,14 +273,12 @@ def test_parameter_count_on_the_meta_device_matches_the_built_model():
     )
 
 
-def test_models_over_the_size_limit_are_refused_in_seconds_without_allocating():
+def test_models_over_the_size_limit_are_refused_without_allocating():
     import psutil
 
     rss = psutil.Process().memory_info().rss
-    start = time.perf_counter()
     with pytest.raises(ModelError, match=r"1,844 M parameters .* over the limit of 350 M"):
         models.load_model("vit_gigantic_patch14_224", random_weights=True, max_params=350_000_000)
-    assert time.perf_counter() - start < 5
     assert psutil.Process().memory_info().rss - rss < 200 * 2**20  # not its 6.9 GiB
     assert models.load_model("demo", max_params=350_000_000).name == "demo"
 
