@@ -103,7 +103,7 @@ def page_server(memory_mb: int) -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 def text_of(page) -> str:
-    return page.evaluate("() => document.body.innerText")
+    return page.evaluate("() => document.body ? document.body.innerText : ''")
 
 
 def settled(page) -> bool:
@@ -197,7 +197,9 @@ def test_cycling_compares_second_model_stays_under_the_budget():
         for key in keys:
             link = f"{url}/?view=Compare&cmp_mode=models&cmp_model={key}&cmp_random=1"
             page.goto(link, wait_until="commit")
-            out = watch([page], proc.pid, lambda t: "has random weights" in t or "could not be loaded" in t)
+            out = watch(
+                [page], proc.pid, lambda t: "has random weights" in t or "could not be loaded" in t
+            )
             shown.append(out["seen"][0])
             assert out["hwm"] < budget * MB, (key, out["hwm"] / MB)
         assert page.locator('[data-testid="stException"]').count() == 0
