@@ -766,11 +766,14 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+PINNED: list[str] = []  # ["taskset", "-c", "0"] with --page-cores 1: the page on fewer cores
+
+
 def start_page(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free loopback port (no file watcher: others edit the
     code meanwhile), in a process group of its own."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    cmd = [*PINNED, sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
     cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     cmd += ["--server.fileWatcherType", "none"]
@@ -789,7 +792,7 @@ def start_server(model: str, env: dict[str, str], log: Path) -> tuple[subprocess
     """``python -m vitviz serve`` with ``model`` (random weights unless the demo model) on a
     free loopback port, in a process group of its own."""
     port = free_port()
-    cmd = [sys.executable, "-m", "vitviz", "serve", "--model", model, "--port", str(port)]
+    cmd = [*PINNED, sys.executable, "-m", "vitviz", "serve", "--model", model, "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--device", "cpu"]
     if model != "demo":
         cmd.append("--random-weights")
@@ -1284,6 +1287,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], page_log: str) -> d
         "teacher_sample": result["teacher_sample"],
         "memory_budget_mb": budget,  # the page's, as it computes it
         "memory_mb_set": args.memory_mb,  # --memory-mb (None: the page's default)
+        "page_cores": args.page_cores,  # --page-cores (None: all)
         "warmup_ms": result["warmup_ms"],
         "warmup_error": result.get("warmup_error"),
         "walk": [a.name for a in walk()],
@@ -1339,6 +1343,11 @@ def main(argv: list[str] | None = None) -> int:
         "--start-server", action="store_true", help="start `python -m vitviz serve` for the page"
     )
     ap.add_argument("--memory-mb", type=float, help="the page's VITVIZ_PAGE_MEMORY_MB")
+    ap.add_argument(
+        "--page-cores",
+        type=int,
+        help="run the page on its first K cores only (taskset): what each core adds",
+    )
     ap.add_argument("--same-image", action="store_true", help="the whole class on one photo")
     ap.add_argument("--cold", action="store_true", help="no teacher's visit before the class")
     ap.add_argument("--action-timeout", type=float, default=300.0, help="seconds per action")
@@ -1359,6 +1368,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.server and urllib.parse.urlsplit(args.server).hostname not in LOOPBACK:
         ap.error("--server must be on the loopback interface (this bench stays on 127.0.0.1)")
     args.browsers = min(args.students, 4) if args.browsers is None else max(0, args.browsers)
+    if args.page_cores:
+        cores = sorted(os.sched_getaffinity(0))[: max(1, args.page_cores)]
+        PINNED[:] = ["taskset", "-c", ",".join(map(str, cores))]
 
     signal.signal(signal.SIGTERM, _interrupt)
     procs = Processes()
