@@ -60,9 +60,11 @@ class ViewContext:
         """Class names (empty without a classifier)."""
         return list(self.backend.labels or [])
 
-    def relevance(self, cls: int, negative: bool = False) -> ClassRelevance:
+    def relevance(self, cls: int, negative: bool = False, *, alone: bool = False) -> ClassRelevance:
         """What the class maps read of ``∂y_c/∂A`` for class ``cls`` of this image (``negative``:
-        "why not"), cached by :func:`vitviz.ui.resources.class_relevance`."""
+        "why not"), cached by :func:`vitviz.ui.resources.class_relevance`. The top classes
+        come with it (one backward pass each, so a class picker switches at once) unless
+        ``alone`` (a page that shows one class only, e.g. the lesson)."""
         from vitviz.ui import resources
 
         return resources.class_relevance(
@@ -71,7 +73,7 @@ class ViewContext:
             self.backend,
             self.decoded.image,
             cls,
-            self.top_classes,
+            [] if alone else self.top_classes,
             negative,
         )
 

@@ -210,6 +210,9 @@ def for_the_page(message: str) -> str:
 def load_with_progress(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
     """Load a model; when its weights must be downloaded, show the download's progress."""
     key = (name, weights, random_weights)
+    loaded = page_caches().models.get(key)
+    if loaded is not None:  # the usual case: every rerun of every session
+        return loaded
     failed = load_failures().get(key)
     if failed and time.time() - failed[1] < 300:
         if failed[0] == "file":

@@ -341,7 +341,7 @@ def step_output(lesson: Lesson) -> None:
             st.progress(min(1.0, p.probability), text=f"{name} — {p.probability:.1%}")
     best = expl.predictions[0]
     with middle:
-        rel = ctx.relevance(best.index)
+        rel = ctx.relevance(best.index, alone=True)  # one class: one backward pass
         row = methods.compute_row("chefer", expl.attention, ctx.layout, grads=rel)
         st.image(map_over(expl.image, methods.to_grid(row, ctx.layout), ctx.layout, None, 300))
         st.caption(t("lesson.why_caption", label=plain(class_label(best.label, best.index))))
