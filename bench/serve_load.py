@@ -8,8 +8,8 @@
    ones, written to a temporary file, unless ``--weights``), then for 1, 4 and 16 concurrent
    clients sends ``--requests`` explain requests each time (the image as the model's input,
    PNG, ``seen=true`` — what ``RemoteBackend`` sends) and asks for ``--attention``
-   (``full``: the whole tensor in float16, what the app asks for; ``readout``: the light
-   answer).
+   (``full``: the whole tensor in float16, the light clients' precision; the app asks for
+   float32 since its maps must equal the in-process ones; ``readout``: the light answer).
 3. After the timing, every answer is decoded and compared with the in-process result for its
    image: a mismatch is attention off by more than float16 precision (2e-3) or logits off by
    more than 1e-3.
