@@ -70,6 +70,10 @@ def _families() -> dict[str, list[str]]:
         "live": [f"live.method_{m}" for m in ("rollout", "attention", "class")],
         "heads_table": [f"heads_table.kind_{k.replace(' ', '_')}" for k in methods.HEAD_KINDS],
         "error": [key for _, key in i18n._ERROR_KEYS] + ["error.other"],
+        # what the page's memory budget refused or waited for (vitviz.cost's WorkCost.what)
+        "memory": [
+            f"memory.{w}" for w in ("explanation", "class_maps", "model", "forward", "live", "work")
+        ],
         "note": list(i18n._NOTES.values()),
         "interpolation": [
             f"interpolation.{n}" for n in ("bicubic", "bilinear", "nearest", "area", "lanczos")
@@ -280,3 +284,20 @@ def test_the_language_switch_is_kept_in_the_url():
     at.segmented_control(key="lang").set_value("en").run()
     assert at.query_params["lang"] == "en"
     assert any("what does the Vision Transformer" in m.value for m in at.markdown)
+
+
+def test_the_memory_budget_speaks_the_pages_language():
+    from vitviz.errors import MemoryBusy, MemoryRefused
+
+    err = MemoryRefused("…", "explanation", 3 * 2**30, 2 * 2**30, 6 * 2**30)
+    en = i18n.error_text(err, "en")
+    assert en.startswith("This explanation would need 3.0 GB")
+    assert "2.0 GB" in en and "6.0 GB" in en and "224 px" in en and "vitviz server" in en
+    zh = i18n.error_text(err, "zh-Hant")
+    assert zh.startswith("這次解釋一次需要 3.0 GB") and "224 像素" in zh
+    command = "python -m vitviz explain"  # a command stays as typed
+    assert not re.search(r"[A-Za-z]{4,}", zh.replace(command, "").replace("vitviz", ""))
+    busy = i18n.error_text(MemoryBusy("…", 300 * 2**20, 121.4), "zh-Hant")
+    assert "121 秒" in busy and "300 MB" in busy
+    odd = i18n.error_text(MemoryRefused("…", "something new", 1, 1, 1), "en")
+    assert odd.startswith("This work would need")
