@@ -514,6 +514,12 @@ def _reap_children() -> None:
             pass
 
 
+SERVE_START_TRIES = 3
+"""Ray Serve gives its HTTP proxy a fixed 60 s to start (``HTTP_PROXY_TIMEOUT``, not
+configurable); on a loaded machine that can pass, and a later ``serve.start`` finds the same
+proxy further along."""
+
+
 def run_server(
     args: dict[str, Any],
     *,
@@ -563,10 +569,17 @@ def run_server(
         _catch_signals()
         tree.record()
         timeout = float(args.get("timeout_s", Settings.timeout_s))
-        serve.start(
-            http_options={"host": host, "port": port, "request_timeout_s": timeout + 30},
-            logging_config={"log_level": "WARNING"},
-        )
+        for attempt in range(SERVE_START_TRIES):  # Serve waits a fixed 60 s for its proxy
+            try:
+                serve.start(
+                    http_options={"host": host, "port": port, "request_timeout_s": timeout + 30},
+                    logging_config={"log_level": "WARNING"},
+                )
+                break
+            except TimeoutError as err:  # a busy machine: the proxy is still starting
+                if attempt == SERVE_START_TRIES - 1:
+                    raise
+                print(f"warning: {err} Waiting again (the machine is busy).", flush=True)
         serve.run(build_app(args), name="vitviz", route_prefix="/", blocking=False)
         tree.record()
         print(f"vitviz server ready at http://{host}:{port}  (API docs: /docs)", flush=True)
