@@ -37,6 +37,10 @@ from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
 
+# Two Ray instances starting side by side take ~20 s on a quiet 2-core machine and more than
+# 180 s beside two busy loops (seen): a server start waits on its health, up to this long.
+SERVER_START_S = 600
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
 ATOL = 2e-3  # float16 on the wire: attention ≤ 1, so ≤ 2⁻¹¹ plus accumulated rounding
@@ -57,7 +61,7 @@ def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str,
 
 
 def _wait(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.time() + 180
+    deadline = time.time() + SERVER_START_S
     while time.time() < deadline:
         if proc.poll() is not None:
             break
