@@ -556,6 +556,11 @@ def run_server(
         # its default 5 s readiness check, after which Serve gives up on it: allow more
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
         os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+        # Ray starts its workers at niceness 15 (below its driver); here the workers *are* the
+        # server (proxy, controller, replicas), and at 15 any busy process on the machine
+        # takes ~28x their CPU share: Serve's proxy missed its readiness checks for minutes
+        # beside two busy loops. The operator can still set another value.
+        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray reads this exact name
         if address is None:
             private_ray_on_loopback()
         ray.init(
