@@ -558,6 +558,20 @@ def test_every_port_of_a_started_server_is_on_loopback(servers):
     assert [x for x in listening if x[0] not in loopback] == []
 
 
+def test_the_servers_workers_run_at_the_servers_priority(servers):
+    """Ray starts workers at niceness 15; the proxy, controller and replicas are the server, and
+    at 15 two busy loops kept Serve's proxy from starting for 10 minutes."""
+    import psutil
+
+    root = psutil.Process(servers["main_pid"])
+    workers = [
+        p for p in root.children(recursive=True) if p.name().startswith(("ray::", "ServeRepl"))
+    ]
+    names = " ".join(p.name() for p in workers)
+    assert "ProxyActor" in names and "ServeController" in names, names
+    assert {p.nice() for p in workers} == {root.nice()}
+
+
 # ----------------------------------------------------------------------------- strict server
 
 
