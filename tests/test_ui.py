@@ -106,6 +106,43 @@ def test_explanation_cache_computes_once_and_evicts_the_oldest():
     assert entry.get("x", lambda: 42) == 42 and entry.get("x", lambda: 0) == 42
 
 
+def test_pictures_are_encoded_once_per_explanation_and_decode_to_the_same_pixels():
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vitviz.ui import encoded
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(encoded.png(rgb))))
+    assert back.dtype == np.uint8 and np.array_equal(back, rgb)  # lossless
+    grey = rng.random((5, 7))  # floats in [0, 1]: Streamlit's convention, ×255
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(encoded.png(grey)))), (grey * 255).astype(np.uint8)
+    )
+    pil = Image.fromarray(rgb)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encoded.png(pil)))), rgb)
+
+    cache = ExplanationCache()
+    made = []
+    ctx_a = SimpleNamespace(entry=cache.get("m", "a", lambda: _expl(1)))
+    ctx_b = SimpleNamespace(entry=cache.get("m", "b", lambda: _expl(2)))
+
+    def make(value):
+        return lambda: made.append(value) or np.full((4, 4, 3), value, np.uint8)
+
+    first = encoded.cached(ctx_a, "input", make(10))
+    again = encoded.cached(
+        SimpleNamespace(entry=cache.get("m", "a", lambda: _expl(3))), "input", make(99)
+    )
+    assert first == again and made == [10]  # another session's rerun: not encoded again
+    other = encoded.cached(ctx_b, "input", make(20))  # another image: its own picture
+    assert made == [10, 20] and other != first
+    assert np.asarray(Image.open(io.BytesIO(other)))[0, 0, 0] == 20
+
+
 def test_digest_depends_on_content_only():
     assert digest(b"abc") == digest(b"abc") != digest(b"abd")
 

@@ -8,7 +8,7 @@ from vitviz import models
 from vitviz.backends import Backend
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
 from vitviz.results import ModelInfo
-from vitviz.ui import downloads, resources, session
+from vitviz.ui import downloads, encoded, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, decoder_note, error_text, t
 from vitviz.ui.servers import ServerPolicy
@@ -155,7 +155,8 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
     """The image as the model sees it, the prediction, conversion notes and downloads."""
     expl, layout, decoded = ctx.expl, ctx.layout, ctx.decoded
     h, w = layout.image_size
-    st.image(expl.image, caption=t("page.model_sees", w=w, h=h), width="stretch")
+    picture = encoded.cached(ctx, "input", lambda: ctx.expl.image)
+    st.image(picture, caption=t("page.model_sees", w=w, h=h), width="stretch")
     ow, oh = decoded.original_size
     if abs(ow / oh - w / h) > 0.01:
         st.caption(t("page.crop_note", ow=ow, oh=oh, w=w, h=h))

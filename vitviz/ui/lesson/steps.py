@@ -21,7 +21,7 @@ from vitviz.cost import token_cost
 from vitviz.embeddings import flatten_patch
 from vitviz.errors import VitvizError
 from vitviz.results import Anatomy, TokenEmbeddings
-from vitviz.ui import figures, i18n, resources, session
+from vitviz.ui import encoded, figures, i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
 from vitviz.ui.lesson.components import picker as patch_picker
@@ -118,7 +118,8 @@ def step_input(lesson: Lesson) -> None:
     std = ", ".join(f"{v:.3f}" for v in cfg.get("std", (0.5, 0.5, 0.5)))
     left, right = st.columns([1, 1.5], gap="large")
     with left:
-        st.image(ctx.expl.image, width=360, caption=t("lesson.input_caption", w=w, h=h))
+        picture = encoded.cached(ctx, "input", lambda: ctx.expl.image)
+        st.image(picture, width=360, caption=t("lesson.input_caption", w=w, h=h))
     with right:
         st.markdown(
             t(
@@ -136,10 +137,11 @@ def step_input(lesson: Lesson) -> None:
         if lesson.vectors is not None:
             px = lesson.vectors.pixels
             st.markdown(t("lesson.input_range", low=f"{px.min():.2f}", high=f"{px.max():.2f}"))
+            scale = float(np.abs(px).max())
             cols = st.columns(3)
             for i, col in enumerate(cols):
                 col.image(
-                    signed_colours(px[i], float(np.abs(px).max())),
+                    encoded.cached(ctx, ("channel", i), lambda i=i: signed_colours(px[i], scale)),
                     width=150,
                     caption=t(f"lesson.channel_{i}"),
                 )
@@ -227,7 +229,12 @@ def step_sequence(lesson: Lesson) -> None:
     """5. The sequence: prefix tokens, then the N patches: the (N + prefix) × D input."""
     ctx = lesson.ctx
     layout = ctx.layout
-    st.image(figures.token_sequence(ctx.expl.image, layout, per_row=40, tile=22, gap=3))
+    sequence = encoded.cached(
+        ctx,
+        "token-sequence",
+        lambda: figures.token_sequence(ctx.expl.image, layout, per_row=40, tile=22, gap=3),
+    )
+    st.image(sequence)
     names = ", ".join(figures.token_labels(layout)) or t("pipeline.no_extra")
     left, right = st.columns([1.3, 1], gap="large")
     with left:

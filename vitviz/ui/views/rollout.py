@@ -43,7 +43,10 @@ def render(ctx: ViewContext) -> None:
     if opts["end_layer"] < opts["start_layer"]:
         st.error(t("rollout.end_before_start", start=opts["start_layer"], end=opts["end_layer"]))
         return
-    row = methods.compute_row("rollout", expl.attention, layout, **opts)
+    row = ctx.entry.get(  # every visitor's rerun on this image and these options
+        ("rollout", tuple(sorted(opts.items()))),
+        lambda: methods.compute_row("rollout", ctx.expl.attention, ctx.layout, **opts),
+    )
     t1, t2 = st.columns(2)
     t3, t4 = st.columns(2)
     show_mask = t1.toggle(
