@@ -1074,6 +1074,15 @@ def query_for(params: dict[str, str], sample: str | None) -> str:
     return urllib.parse.urlencode(q)
 
 
+def default_browsers(students: int, cores: int = CORES) -> int:
+    """Chromium students by default: one per two cores, at most 4. A Chromium tab opening this
+    page costs ~1.5 s of CPU on this 2-vCPU VM (a hello-world Streamlit page 1.0-1.3 s); four of
+    them beside the page made the browsers' own work most of what a 16-student class measured
+    (their opens 12-14 s while the page used under half the machine), and a real class's
+    browsers run on the students' own computers."""
+    return min(students, 4, max(1, cores // 2))
+
+
 async def warm_browser(browser: Any, url: str, timeout: float) -> float:
     """The teacher's tab in the students' Chromium, closed before the class: a fresh
     Chromium's first page costs ~5 s more than its next ones on this VM (its first renderer,
@@ -1361,7 +1370,8 @@ def main(argv: list[str] | None = None) -> int:
         "--browsers",
         type=int,
         default=None,
-        help="students in Chromium contexts (default min(N, 4)); the rest speak the protocol",
+        help="students in Chromium contexts (default: one per two cores, at most 4 and N); "
+        "the rest speak the protocol",
     )
     ap.add_argument("--server", help="a running vitviz server for the page (VITVIZ_SERVER)")
     ap.add_argument(
@@ -1392,7 +1402,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--server and --start-server exclude each other")
     if args.server and urllib.parse.urlsplit(args.server).hostname not in LOOPBACK:
         ap.error("--server must be on the loopback interface (this bench stays on 127.0.0.1)")
-    args.browsers = min(args.students, 4) if args.browsers is None else max(0, args.browsers)
+    args.browsers = (
+        default_browsers(args.students) if args.browsers is None else max(0, args.browsers)
+    )
     if args.page_cores:
         cores = sorted(os.sched_getaffinity(0))[: max(1, args.page_cores)]
         PINNED[:] = ["taskset", "-c", ",".join(map(str, cores))]

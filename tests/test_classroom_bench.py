@@ -263,3 +263,15 @@ async def _drive(url: str) -> None:
         assert state.finished == ForwardMsg.FINISHED_SUCCESSFULLY and "is-Heads" in state.drawn
     finally:
         await student.close()
+
+
+def test_chromium_students_by_default_are_one_per_two_cores_at_most_four():
+    assert [classroom.default_browsers(16, cores) for cores in (1, 2, 3, 4, 8, 64)] == [
+        1,
+        1,
+        1,
+        2,
+        4,
+        4,
+    ]
+    assert classroom.default_browsers(1, 8) == 1  # never more than the class
