@@ -660,6 +660,9 @@ class BrowserStudent:
             await self._before()
             clock()
             await page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            taken = page.locator(".st-key-lesson-picker-2 .vv-picker[data-pending]")
+            with contextlib.suppress(Exception):  # the picker marks a click at once
+                await taken.wait_for(state="attached", timeout=10_000)
             want = await root.get_attribute("data-pending")
             if want is None or want == before:
                 return [f"patch click: the picker took no click ({before} → {want})"]
@@ -769,42 +772,42 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 PINNED: list[str] = []  # ["taskset", "-c", "0"] with --page-cores 1: the page on fewer cores
 
 
+def _launch(
+    cmd: list[str], env: dict[str, str], log: Path, health: str, wait_s: float, what: str
+) -> tuple[subprocess.Popen, str]:
+    """Start ``cmd`` (its port is the last ``--port``/``--server.port`` value) in a process
+    group of its own and wait for ``health`` to answer; stopped and RuntimeError if not."""
+    port = cmd[max(i for i, c in enumerate(cmd) if c in ("--port", "--server.port")) + 1]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*PINNED, *cmd], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    if not wait_http(f"{url}{health}", proc, wait_s):
+        stop_tree(proc, {}, signal.SIGINT, 30)
+        raise RuntimeError(f"{what} did not start (log: {log})")
+    return proc, url
+
+
 def start_page(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free loopback port (no file watcher: others edit the
     code meanwhile), in a process group of its own."""
-    port = free_port()
-    cmd = [*PINNED, sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
-    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    cmd += ["--server.address", "127.0.0.1", "--server.port", str(free_port())]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     cmd += ["--server.fileWatcherType", "none"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    if not wait_http(f"{url}/_stcore/health", proc, 180):
-        stop_tree(proc, {}, signal.SIGTERM, 10)
-        raise RuntimeError(f"the page did not start (log: {log})")
-    return proc, url
+    return _launch(cmd, env, log, "/_stcore/health", 180, "the page")
 
 
 def start_server(model: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """``python -m vitviz serve`` with ``model`` (random weights unless the demo model) on a
     free loopback port, in a process group of its own."""
-    port = free_port()
-    cmd = [*PINNED, sys.executable, "-m", "vitviz", "serve", "--model", model, "--port", str(port)]
+    cmd = [sys.executable, "-m", "vitviz", "serve", "--model", model, "--port", str(free_port())]
     cmd += ["--host", "127.0.0.1", "--device", "cpu"]
     if model != "demo":
         cmd.append("--random-weights")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    if not wait_http(f"{url}/v1/health", proc, 300):
-        stop_tree(proc, {}, signal.SIGINT, 30)
-        raise RuntimeError(f"the vitviz server did not start (log: {log})")
-    return proc, url
+    return _launch(cmd, env, log, "/v1/health", 300, "the vitviz server")
 
 
 def descendants(pid: int) -> dict[int, float]:

@@ -169,3 +169,89 @@ def never_waits_on(fifo: Path, seconds: float = STATE_TIMEOUT_S):
     finally:
         timer.cancel()
     assert not released, f"{fifo} was opened and waited on for {seconds:.0f} s"
+
+
+# ----------------------------------------------------------------------------- processes
+
+ROOT = ASSETS.parent
+# Two Ray instances starting side by side take ~20 s on a quiet 2-core machine; beside two busy
+# loops a start once took minutes: a server start waits on its health up to this long.
+SERVER_START_S = 600.0
+
+
+def wait_healthy(proc, url: str, log: Path, seconds: float, what: str) -> None:
+    """Until ``GET url`` answers 200; the process is killed and the test fails with the tail of
+    its log when it exits first or ``seconds`` pass."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(url, timeout=5) as r,
+        ):
+            if r.status == 200:
+                return
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def stop(proc, sig: int | None = None, seconds: float = 60) -> None:
+    """Stop a process the tests started (``sig``, SIGTERM by default), killed if it lingers."""
+    import signal
+    import subprocess
+
+    proc.send_signal(sig or signal.SIGTERM)
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def start_serve(args: list[str], env: dict[str, str], name: str = "serve"):
+    """``python -m vitviz serve`` with ``args`` on a free loopback port (not waited for):
+    ``(process, url, log path)``. ``--model demo`` unless ``args`` names a model."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vitviz-{name}-{port}.log"
+    model = [] if "--model" in args else ["--model", "demo"]
+    cmd = [sys.executable, "-m", "vitviz", "serve", *model, "--port", str(port), *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+@contextlib.contextmanager
+def page_process(env: dict[str, str] | None = None, name: str = "page"):
+    """``streamlit run app.py`` on a free loopback port, healthy: yields ``(url, process)``.
+    Afterwards the page is stopped and its log must hold no traceback."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vitviz-{name}-{port}.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, f"{url}/_stcore/health", log, STATE_TIMEOUT_S, "the page")
+        yield url, proc
+    finally:
+        stop(proc, seconds=20)
+        output = log.read_text(errors="replace")
+        log.unlink(missing_ok=True)
+    assert "Traceback" not in output, output[-3000:]

@@ -17,10 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -28,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import STATE_TIMEOUT_S, free_port
+from tests.conftest import STATE_TIMEOUT_S, page_process
 from vitviz import methods
 from vitviz.images import decode_image
 
@@ -65,35 +61,8 @@ def server():
         if REQUIRED:
             pytest.fail(f"browser test required but {why}")
         pytest.skip(f"browser test skipped: {why}")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
-    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STATE_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            proc.kill()
-            log.seek(0)
-            pytest.fail(f"streamlit did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+    with page_process() as (url, _):
         yield url
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    assert "Traceback" not in output, output[-3000:]
 
 
 @pytest.fixture(scope="module")

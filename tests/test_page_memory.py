@@ -15,8 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import page_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -60,46 +58,15 @@ def status(pid: int) -> dict[str, int]:
 @contextlib.contextmanager
 def page_server(memory_mb: int) -> Iterator[tuple[str, subprocess.Popen]]:
     """``streamlit run app.py`` on a free loopback port with this memory budget."""
-    port = free_port()
     env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
         "VITVIZ_PAGE_MEMORY_MB": str(memory_mb),
         "VITVIZ_MEMORY_WAIT_S": "900",  # on a loaded machine the queue may be long
     }
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
-    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 180
-            while time.time() < deadline and proc.poll() is None:
-                with (
-                    contextlib.suppress(OSError),
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r,
-                ):
-                    if r.status == 200:
-                        break
-                time.sleep(0.3)
-            else:
-                log.seek(0)
-                pytest.fail(f"streamlit did not start:\n{log.read().decode()[-3000:]}")
-            yield url, proc
-            assert proc.poll() is None, "the page process died"
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=30) as r:
-                assert r.status == 200
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.seek(0)
-            output = log.read().decode(errors="replace")
-        assert "Traceback" not in output, output[-3000:]
+    with page_process(env, name="page-memory") as (url, proc):
+        yield url, proc
+        assert proc.poll() is None, "the page process died"
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=30) as r:
+            assert r.status == 200
 
 
 def text_of(page) -> str:

@@ -12,11 +12,7 @@ must keep the same patches.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ import requests
 import torch
 from PIL import Image
 
-from tests.conftest import ASSETS, free_port, tiny
+from tests.conftest import ASSETS, SERVER_START_S, start_serve, stop, tiny, wait_healthy
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
@@ -67,36 +63,16 @@ def weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(weights) -> Iterator[str]:
     """``python -m vitviz serve`` with those weights, on loopback (one per module)."""
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vitviz-serve-equal-{port}.log"
-    cmd = [sys.executable, "-m", "vitviz", "serve", "--model", MODEL, "--weights", str(weights)]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--batch-wait-ms", "5"],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "VITVIZ_TOKEN": ""},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    proc, url, log = start_serve(
+        ["--model", MODEL, "--weights", str(weights), "--batch-wait-ms", "5"],
+        {"VITVIZ_TOKEN": ""},
+        name="serve-equal",
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300  # Ray starts slowly on a busy 2-core machine
-        while True:
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-4000:]}")
-            try:
-                if requests.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        wait_healthy(proc, f"{url}/v1/health", log, SERVER_START_S, "the server")
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, signal.SIGINT)
         text = log.read_text(errors="replace")
         log.unlink(missing_ok=True)
         assert "Traceback" not in text, text[-4000:]

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,17 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ASSETS, STATE_TIMEOUT_S, free_port, png, words
+from tests.conftest import (
+    ASSETS,
+    SERVER_START_S,
+    STATE_TIMEOUT_S,
+    free_port,
+    png,
+    start_serve,
+    stop,
+    wait_healthy,
+    words,
+)
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
@@ -37,9 +45,6 @@ from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
 
-# Two Ray instances starting side by side take ~20 s on a quiet 2-core machine and more than
-# 180 s beside two busy loops (seen): a server start waits on its health, up to this long.
-SERVER_START_S = 600
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
@@ -47,41 +52,15 @@ ATOL = 2e-3  # float16 on the wire: attention ≤ 1, so ≤ 2⁻¹¹ plus accumu
 
 
 def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vitviz-serve-{port}.log"
-    cmd = [sys.executable, "-m", "vitviz", "serve", "--model", "demo", "--port", str(port), *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{port}", log
+    return start_serve(args, env)
 
 
 def _wait(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.time() + SERVER_START_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if requests.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"the server did not start:\n{log.read_text(errors='replace')[-4000:]}")
+    wait_healthy(proc, f"{url}/v1/health", log, SERVER_START_S, "the server")
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop(proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,14 @@ export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
   // Streamlit's <style> lives in parentElement too: only our own element is replaced
   const old = parentElement.querySelector("div.vv-picker");
+  // a click not yet answered survives a redraw with the same patch (another rerun landing
+  // between the click and its own run would otherwise drop the visitor's choice on screen)
+  const carried = old && old.getAttribute("data-patch") === String(data.patch)
+    ? old.getAttribute("data-pending") : null;
   const root = document.createElement("div");
   root.className = "vv-picker";
   root.setAttribute("data-patch", String(data.patch));
+  if (carried !== null) root.setAttribute("data-pending", carried);
   if (old) old.replaceWith(root); else parentElement.appendChild(root);
   const canvas = document.createElement("canvas");
   const dpr = window.devicePixelRatio || 1;
@@ -45,7 +50,10 @@ export default function (component) {
       ctx.strokeRect(x + 1.5, y + 1.5, sx - 3, sy - 3);
     }
   };
-  img.onload = () => { draw(data.patch); root.setAttribute("data-ready", "1"); };
+  img.onload = () => {
+    draw(carried !== null ? Number(carried) : data.patch);
+    root.setAttribute("data-ready", "1");
+  };
   img.src = data.image;
   canvas.addEventListener("click", (e) => {
     const rect = canvas.getBoundingClientRect();
