@@ -531,6 +531,19 @@ SETTLED_JS = (
     "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
     " return !!a && a.getAttribute('data-test-script-state') === 'notRunning'; }"
 )
+# what a click at (x, y) landed on, for a click the picker did not take
+HIT_JS = """([x, y]) => {
+  let e = document.elementFromPoint(x, y);
+  for (let inner = e && e.shadowRoot && e.shadowRoot.elementFromPoint(x, y);
+       inner && inner !== e; inner = e.shadowRoot && e.shadowRoot.elementFromPoint(x, y)) e = inner;
+  if (!e) return `nothing (viewport ${innerWidth}x${innerHeight}, scroll ${scrollY})`;
+  let key = null;  // the nearest keyed block, across shadow roots
+  for (let n = e; n && !key; n = n.parentElement || (n.getRootNode().host ?? null))
+    key = [...(n.classList || [])].find(k => k.startsWith('st-key-')) ?? null;
+  const role = e.getAttribute('data-role');
+  const what = e.tagName.toLowerCase() + (role ? `[${role}]` : '');
+  return `${what} in ${key ?? 'no keyed block'} (scroll ${scrollY})`;
+}"""
 PROBLEMS = ("stException", "stAlertContentError")  # an exception, an st.error
 ERRORS_JS = """() => [...document.querySelectorAll(
     '[data-testid="stException"], [data-testid="stAlertContentError"]')]
@@ -659,13 +672,15 @@ class BrowserStudent:
             fx, fy = click_fraction(self.student.index)
             await self._before()
             clock()
-            await page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            await page.mouse.click(x, y)
             taken = page.locator(".st-key-lesson-picker-2 .vv-picker[data-pending]")
             with contextlib.suppress(Exception):  # the picker marks a click at once
                 await taken.wait_for(state="attached", timeout=10_000)
             want = await root.get_attribute("data-pending")
             if want is None or want == before:
-                return [f"patch click: the picker took no click ({before} → {want})"]
+                hit = await page.evaluate(HIT_JS, [x, y])
+                return [f"patch click: the picker took no click ({before} → {want}; hit {hit})"]
             await self._until(f'.st-key-lesson-picker-2 .vv-picker[data-patch="{want}"]')
         elif action.kind == "view_switch":
             name = str(action.arg)
