@@ -123,7 +123,7 @@ def image(sel: Selection, info: ModelInfo) -> tuple[bytes, str]:
             cols = st.columns(2)
             for i, (fname, title) in enumerate(resources.SAMPLES.items()):
                 with cols[i % 2]:
-                    st.image(thumbs[fname], caption=t(title), width="stretch")
+                    encoded.show(st, thumbs[fname], caption=t(title), width="stretch")
                     st.button(
                         t("page.use_sample"),
                         key=f"use-{fname}",
@@ -156,7 +156,7 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
     expl, layout, decoded = ctx.expl, ctx.layout, ctx.decoded
     h, w = layout.image_size
     picture = encoded.cached(ctx, "input", lambda: ctx.expl.image)
-    st.image(picture, caption=t("page.model_sees", w=w, h=h), width="stretch")
+    encoded.show(st, picture, caption=t("page.model_sees", w=w, h=h), width="stretch")
     ow, oh = decoded.original_size
     if abs(ow / oh - w / h) > 0.01:
         st.caption(t("page.crop_note", ow=ow, oh=oh, w=w, h=h))

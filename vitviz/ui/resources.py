@@ -39,7 +39,7 @@ from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation, TokenFeatures
 from vitviz.runtime import release_memory
 from vitviz.ui import i18n
-from vitviz.ui.encoded import png
+from vitviz.ui.encoded import encode
 from vitviz.ui.i18n import t
 from vitviz.ui.state import Entry, PageCaches, PageLimits
 from vitviz.ui.text import plain
@@ -443,7 +443,7 @@ def model_anatomy(model_id: str, _backend: Backend) -> Anatomy:
 
 @st.cache_resource(show_spinner=False)
 def gallery_thumbnails() -> dict[str, bytes]:
-    """Small previews of the sample images, PNG-encoded once for every visitor's runs."""
+    """Small previews of the sample images, encoded once for every visitor's runs."""
     import cv2
 
     out = {}
@@ -453,5 +453,5 @@ def gallery_thumbnails() -> dict[str, bytes]:
         h, w = rgb.shape[:2]
         s = min(h, w)
         crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        out[name] = png(cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA))
+        out[name] = encode(cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA))
     return out

@@ -119,7 +119,7 @@ def step_input(lesson: Lesson) -> None:
     left, right = st.columns([1, 1.5], gap="large")
     with left:
         picture = encoded.cached(ctx, "input", lambda: ctx.expl.image)
-        st.image(picture, width=360, caption=t("lesson.input_caption", w=w, h=h))
+        encoded.show(st, picture, width=360, caption=t("lesson.input_caption", w=w, h=h))
     with right:
         st.markdown(
             t(
@@ -140,7 +140,8 @@ def step_input(lesson: Lesson) -> None:
             scale = float(np.abs(px).max())
             cols = st.columns(3)
             for i, col in enumerate(cols):
-                col.image(
+                encoded.show(
+                    col,
                     encoded.cached(ctx, ("channel", i), lambda i=i: signed_colours(px[i], scale)),
                     width=150,
                     caption=t(f"lesson.channel_{i}"),
@@ -234,7 +235,7 @@ def step_sequence(lesson: Lesson) -> None:
         "token-sequence",
         lambda: figures.token_sequence(ctx.expl.image, layout, per_row=40, tile=22, gap=3),
     )
-    st.image(sequence)
+    encoded.show(st, sequence)
     names = ", ".join(figures.token_labels(layout)) or t("pipeline.no_extra")
     left, right = st.columns([1.3, 1], gap="large")
     with left:
