@@ -18,25 +18,39 @@ import numpy as np
 
 from vitviz import methods
 from vitviz.classes import resolve_class
+from vitviz.cli.arguments import (
+    add_class,
+    add_method_arguments,
+    add_model_arguments,
+    chosen_method_options,
+)
+from vitviz.cli.common import EXIT_OK, local_backend, output_folder
 from vitviz.errors import OptionsError
+
+NAME = "trust"
+HELP = "how far to trust a map: deletion/insertion curves, occlusion (JSON)"
 
 # whole-image maps compared with occlusion (query is one patch's, mask is binary)
 COMPARED = ("attention", "rollout", "chefer", "grad-rollout", "attn-grad")
 
 
-def add_arguments(t: argparse.ArgumentParser) -> None:
-    """The ``trust`` command's own arguments (model, method and output come from the caller)."""
-    t.add_argument("image", help="an image file")
-    t.add_argument("--steps", type=int, default=16, help="curve steps (default 16)")
-    t.add_argument("--seeds", type=int, default=3, help="random orders for the baseline")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image, the curves' steps and seeds, the model, the method and the class."""
+    parser.add_argument("image", help="an image file")
+    parser.add_argument("--steps", type=int, default=16, help="curve steps (default 16)")
+    parser.add_argument("--seeds", type=int, default=3, help="random orders for the baseline")
+    add_model_arguments(parser, batch_size=16)
+    add_method_arguments(parser)
+    add_class(parser)
 
 
-def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     """Compute and write the report; print the AUCs."""
-    from vitviz.cli_model import local_backend
     from vitviz.images import load_image_file
     from vitviz.trust import trust
 
+    options = chosen_method_options(args)
+    out = output_folder(args.out)
     if methods.METHODS[args.method].negative(options):
         raise OptionsError(
             "trust curves measure how the map's patches hold up the class probability; a "
@@ -104,7 +118,7 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         f"higher is better), Spearman with occlusion {r.correlations[args.method]:.2f} → {path}",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
 
 
 def _plain(value: Any) -> Any:

@@ -1,19 +1,49 @@
-"""The model a local command names: ``--model``, ``--weights``/``--random-weights``,
-``--device`` and ``--precision``, loaded in this process."""
+"""What the commands share at run time: exit statuses, the warning banner, the ``--out``
+folder, and the model a local command names (``--model``, ``--weights``/``--random-weights``,
+``--device``, ``--precision``, ``--labels``/``--template``), loaded in this process."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from vitviz.errors import OptionsError
 
 if TYPE_CHECKING:
     from vitviz.backends.local import LocalBackend
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+
+def banner(text: str) -> str:
+    """``text`` framed in exclamation marks (random weights, a fallback model…)."""
+    line = "!" * (len(text) + 8)
+    return f"{line}\n!!! {text} !!!\n{line}"
+
+
+def output_folder(name: str) -> Path:
+    """The ``--out`` folder, created and checked writable before any model work."""
+    import tempfile
+
+    out = Path(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise OptionsError(
+            f"--out {name}: cannot write output files there ({why}); "
+            "give a folder you can write to (it is created if missing)"
+        ) from None
+    return out
 
 
 def typed_labels(args: argparse.Namespace, name: str) -> tuple[list[str] | None, str | None]:
     """``--labels`` and ``--template``, checked before any model work: the classes a CLIP
     model scores (an :class:`OptionsError` for models with fixed classes)."""
-    from vitviz.errors import OptionsError
     from vitviz.prompts import check_template, read_labels
 
     text, template = getattr(args, "labels", None), getattr(args, "template", None)

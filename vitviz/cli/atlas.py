@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-EXIT_OK, EXIT_SOME_SKIPPED = 0, 1
+from vitviz.cli.arguments import add_model_arguments
+from vitviz.cli.common import EXIT_OK, banner, local_backend, output_folder
+from vitviz.errors import OptionsError
+
+NAME = "atlas"
+HELP = "per-head statistics over a folder of images: JSON, CSV and HTML report"
+EXIT_SOME_SKIPPED = 1
 
 
-def add_arguments(a: argparse.ArgumentParser) -> None:
-    """The ``atlas`` command's own arguments (model and output come from the caller)."""
-    a.add_argument("folder", help="folder of images (JPEG, PNG, WebP, BMP, GIF, TIFF)")
-    a.add_argument("--limit", type=int, help="stop after N readable images (in name order)")
-    a.add_argument("--recursive", action="store_true", help="also read sub-folders")
-    a.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The folder, how much of it to read, and the model."""
+    parser.add_argument("folder", help="folder of images (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    parser.add_argument("--limit", type=int, help="stop after N readable images (in name order)")
+    parser.add_argument("--recursive", action="store_true", help="also read sub-folders")
+    parser.add_argument(
         "--examples", type=int, default=3, help="most local and most global heads shown (3 each)"
     )
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser, batch_size=8)
 
 
-def run(args: argparse.Namespace, out: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     """Build the atlas, write its three files and say where they are."""
     from vitviz.atlas import head_atlas, image_files, write_atlas
-    from vitviz.cli_model import local_backend
-    from vitviz.cli_text import banner
-    from vitviz.errors import OptionsError
 
+    out = output_folder(args.out)
     if args.batch_size < 1:
         raise OptionsError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:

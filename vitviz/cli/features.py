@@ -18,37 +18,43 @@ from pathlib import Path
 import numpy as np
 
 from vitviz import methods
+from vitviz.cli.arguments import add_model_arguments
+from vitviz.cli.common import EXIT_OK, local_backend, output_folder
 from vitviz.errors import OptionsError
 
+NAME = "features"
+HELP = "last-layer patch features: PCA picture and patch similarity"
 
-def add_arguments(f: argparse.ArgumentParser) -> None:
-    """The ``features`` command's own arguments (model and output come from the caller)."""
-    f.add_argument("image", help="an image file")
-    f.add_argument(
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image, the PCA picture's options, the patch to compare, and the model."""
+    parser.add_argument("image", help="an image file")
+    parser.add_argument(
         "--drop-background",
         action="store_true",
         help="split the patches by the first component's sign and redo the PCA on the "
         "foreground (DINOv2's picture)",
     )
-    f.add_argument(
+    parser.add_argument(
         "--threshold",
         type=float,
         default=0.0,
         help="with --drop-background: the cut on the first component, in standard deviations "
         "(0: its sign)",
     )
-    f.add_argument(
+    parser.add_argument(
         "--patch", type=int, help="also map the cosine similarity of this patch to every patch"
     )
+    add_model_arguments(parser)
 
 
-def run(args: argparse.Namespace, out: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     """Compute and write the files; print the explained variance."""
     from vitviz import exports, render
-    from vitviz.cli_model import local_backend
     from vitviz.images import load_image_file
     from vitviz.provenance import public_info
 
+    out = output_folder(args.out)
     backend = local_backend(args)
     seen = backend.loaded.seen_image(load_image_file(Path(args.image)).image)
     feats = backend.features(seen)
@@ -97,4 +103,4 @@ def run(args: argparse.Namespace, out: Path) -> int:
     print(
         f"{stem}: the three components explain {shares} of the variance → {out}/", file=sys.stderr
     )
-    return 0
+    return EXIT_OK

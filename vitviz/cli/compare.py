@@ -14,39 +14,54 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vitviz import methods
+from vitviz.cli.arguments import (
+    add_alpha,
+    add_class,
+    add_colormap,
+    add_method_arguments,
+    add_model_arguments,
+    chosen_method_options,
+)
+from vitviz.cli.common import EXIT_OK, local_backend, output_folder
 from vitviz.errors import OptionsError
 
+NAME = "compare"
+HELP = "two maps side by side: two models, two images or two methods"
 
-def add_arguments(c: argparse.ArgumentParser) -> None:
-    """The ``compare`` command's own arguments (model, method and output come from the caller)."""
-    c.add_argument("image", help="an image file (side A; side B too unless --image-b)")
-    c.add_argument("--image-b", help="side B's image (two images on one model)")
-    c.add_argument("--model-b", help="side B's model (two models on one image)")
-    c.add_argument(
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Side A's image, what side B changes, the picture, the model, the method and the class."""
+    parser.add_argument("image", help="an image file (side A; side B too unless --image-b)")
+    parser.add_argument("--image-b", help="side B's image (two images on one model)")
+    parser.add_argument("--model-b", help="side B's model (two models on one image)")
+    parser.add_argument(
         "--random-weights-b", action="store_true", help="side B's model with random weights"
     )
-    c.add_argument(
+    parser.add_argument(
         "--method-b", choices=list(methods.METHODS), help="side B's method (two methods)"
     )
-    c.add_argument("--colormap", default="inferno")
-    c.add_argument("--alpha", type=float, default=0.6, help="overlay opacity in [0, 1]")
+    add_colormap(parser, checked_by_argparse=False)  # checked by run, as an OptionsError
+    add_alpha(parser)
+    add_model_arguments(parser)
+    add_method_arguments(parser)
+    add_class(parser)
 
 
-def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     """Compute both maps and write the files; print where they went."""
     from vitviz import exports, render
     from vitviz.classes import resolve_class
-    from vitviz.cli_model import local_backend
     from vitviz.comparison import Side, compare
     from vitviz.images import load_image_file
     from vitviz.models.registry import model_family
     from vitviz.provenance import public_info
 
+    options = chosen_method_options(args)
+    out = output_folder(args.out)
     if not (args.model_b or args.image_b or args.method_b):
         raise OptionsError(
             "say what to compare: --model-b (two models), --image-b (two images) or "
@@ -106,4 +121,4 @@ def run(args: argparse.Namespace, options: dict[str, Any], out: Path) -> int:
         f"{stem}: {exports.caption(settings[0])}  ↔  {exports.caption(settings[1])} → {png}",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
