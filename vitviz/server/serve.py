@@ -17,6 +17,7 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -123,21 +124,44 @@ _MODEL_INPUT_ROUTE: dict[str, Any] = {
 }
 
 
-def replica_grpc_on_loopback() -> None:
-    """Open a Serve replica's inter-deployment gRPC port on loopback, not on all interfaces.
+GRPC_PORT_HOOK = ("ray.serve._private.replica", "add_port_to_grpc_server")
+"""The private Ray function :func:`replica_grpc_on_loopback` wraps: (module, name)."""
+PRIVATE_RAY = (GRPC_PORT_HOOK, ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"))
+"""Every private Ray name this module touches; ``tests/test_ray_private.py`` fails, naming
+the Ray version, when one is missing."""
 
-    Ray Serve 2.60 opens it on ``[::]:0`` whatever the node's address (``replica.py``,
-    ``_on_initialized``). In a private one-machine instance nothing outside the machine
-    needs it, so this replica's process opens it on 127.0.0.1 instead. Runs in the replica
-    before Serve starts that server; a Ray version without this hook is left as it is.
+
+def replica_grpc_on_loopback() -> bool:
+    """Patch Ray's private replica code (the only such patch): a Serve replica opens its
+    inter-deployment gRPC port on loopback, not on all interfaces.
+
+    What: ``ray.serve._private.replica.add_port_to_grpc_server(server, address)``
+    (:data:`GRPC_PORT_HOOK`) is wrapped so that an all-interfaces address (``[::]``,
+    ``0.0.0.0``) becomes ``127.0.0.1``. Why: Ray Serve 2.60 opens that port on ``[::]:0``
+    whatever the node's address (``replica.py``, ``_on_initialized``), and no setting moves
+    it; in a private one-machine instance nothing outside the machine needs it, and every
+    other port is kept on loopback by Ray's own settings (:func:`private_ray_on_loopback`).
+
+    Runs in the replica's process before Serve starts that server. On a Ray version without
+    the function the port is left as Ray opens it and a warning is printed. Returns whether
+    the patch is in place.
     """
+    module_name, name = GRPC_PORT_HOOK
     try:
-        from ray.serve._private import replica
+        replica = importlib.import_module(module_name)
     except ImportError:
-        return
-    original = getattr(replica, "add_port_to_grpc_server", None)
-    if original is None or getattr(original, "vitviz_loopback", False):
-        return
+        replica = None
+    original = getattr(replica, name, None)
+    if original is None:
+        print(
+            f"warning: this Ray has no {module_name}.{name}; the replica's gRPC port stays "
+            "where Ray opens it (see vitviz.server.serve.replica_grpc_on_loopback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    if getattr(original, "vitviz_loopback", False):
+        return True
 
     def on_loopback(server: Any, address: str) -> Any:
         host, _, port = address.rpartition(":")
@@ -146,7 +170,8 @@ def replica_grpc_on_loopback() -> None:
         return original(server, address)
 
     on_loopback.vitviz_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = on_loopback
+    setattr(replica, name, on_loopback)
+    return True
 
 
 @serve.deployment(name="VitvizServer")
