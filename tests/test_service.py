@@ -258,10 +258,10 @@ def test_why_not_jobs_share_a_run_with_why_jobs_and_keep_their_sign(engine):
     assert [o.error for o in out] == [None, None, None]
     for job, o in zip((why_not, why), out[:2], strict=True):
         alone = engine.backend.explain_classes(
-            [job.image], [[3]], seen=True, negative=job.negative
+            [job.image], [[3]], seen=True, negative=job.options.negative
         )[0].relevance[0]
         got = o.result.relevance[0]
-        assert got.negative == job.negative == alone.negative
+        assert got.negative == job.options.negative == alone.negative
         np.testing.assert_allclose(got.chefer, alone.chefer, rtol=1e-4, atol=1e-7)
     # the answer says which it is, and the client reads it back
     header, arrays = wire.decode(engine.encode(why_not, out[0].result))

@@ -47,7 +47,7 @@ from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
 API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
-Precision = Literal["float32", "float16"]
+Precision = Literal["float32", "float16"]  # the dtypes this client asks for (wire.ArrayDtype)
 # how each precision's arrays travel: the attention rows or tensor, and the class arrays
 _ENCODINGS: dict[str, tuple[str, str]] = {
     "float32": ("float32", "float32"),
@@ -176,7 +176,7 @@ class RemoteBackend:
 
     def _full(self, top_k: int) -> dict[str, Any]:
         """What the page asks for: the model's input, the whole attention in :attr:`dtype`."""
-        return {"attention": "full", "dtype": self.dtype, "seen": "true", "top_k": top_k}
+        return explain_query(top_k=top_k, attention="full", dtype=self.dtype)
 
     def _check(self, header: dict[str, Any], names: Sequence[str], classed: bool = False) -> None:
         """Refuse an answer whose arrays are not in the encoding asked for (a server that
@@ -240,7 +240,7 @@ class RemoteBackend:
         """The light answer for streams: predictions, the layout and the readout's attention
         rows ``[L, H, N]`` in :attr:`dtype` (what raw attention maps show; 1/N of the full
         tensor: 113 KB in float32 for ViT-B/16)."""
-        params = {"attention": "readout", "dtype": self.dtype, "seen": "true", "top_k": top_k}
+        params = explain_query(top_k=top_k, attention="readout", dtype=self.dtype)
         header, arrays = self._explain(image, params, seen)
         self._check(header, ("readout",))
         return (
@@ -269,17 +269,18 @@ class RemoteBackend:
         """
         if len(classes) != len(images):
             raise OptionsError(f"{len(images)} images but {len(classes)} class lists")
-        base: dict[str, Any] = self._full(top_k)
-        if layers is not None:
-            base["layer"] = [int(x) for x in layers]
-        if full_gradients:
-            base["gradients"] = "full"
-        if negative:
-            base["negative"] = "true"
 
         def one(pair: tuple[Image.Image, Sequence[int | None]]) -> ClassExplanation:
             image, wanted = pair
-            params = dict(base, **{"class": ["top" if c is None else str(c) for c in wanted]})
+            params = explain_query(
+                top_k=top_k,
+                attention="full",
+                dtype=self.dtype,
+                classes=wanted,
+                layers=layers,
+                gradients="full" if full_gradients else "relevance",
+                negative=negative,
+            )
             header, arrays = self._explain(image, params, seen)
             self._check(header, ("attention",))
             self._check(header, ("relevance_fused", "relevance_chefer"), classed=True)
@@ -434,6 +435,36 @@ class RemoteBackend:
                 return r
             raise _error(self.url, r)
         raise AssertionError("unreachable")
+
+
+def explain_query(
+    *,
+    top_k: int,
+    attention: wire.Attention,
+    dtype: wire.ArrayDtype,
+    seen: bool = True,
+    classes: Sequence[int | None] = (),
+    layers: Sequence[int] | None = None,
+    gradients: wire.Gradients = "relevance",
+    negative: bool = False,
+) -> dict[str, Any]:
+    """The query of ``POST /v1/explain`` (the server's ``vitviz.server.options.ExplainOptions``,
+    which ``tests/test_serve_options.py`` checks this agrees with); defaults are left out.
+
+    ``classes``: class indices, None for the top prediction; ``layers``: None for all.
+    """
+    params: dict[str, Any] = {"attention": attention, "dtype": dtype, "top_k": top_k}
+    if seen:
+        params["seen"] = "true"
+    if layers is not None:
+        params["layer"] = [int(x) for x in layers]
+    if gradients != "relevance":
+        params["gradients"] = gradients
+    if negative:
+        params["negative"] = "true"
+    if classes:
+        params["class"] = ["top" if c is None else str(c) for c in classes]
+    return params
 
 
 def _retry_after(r: requests.Response) -> float:

@@ -17,13 +17,13 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, fields
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -33,14 +33,15 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from vitviz.server import wire
+from vitviz.server.options import AppArgs, ExplainOptions, Settings
 from vitviz.server.service import (
     API_VERSION,
     Admission,
     ApiError,
     Engine,
     Job,
-    Settings,
     check_token,
+    options_error,
 )
 from vitviz.server.service import too_large as _too_large
 
@@ -68,11 +69,8 @@ async def _internal(_: Request, err: Exception) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _bad_options(_: Request, err: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in err.errors()
-    )
-    body = ApiError(422, "bad_option", f"invalid options: {problems}").body()
-    return JSONResponse(body, status_code=422)
+    refused = options_error(err.errors())  # 422 for a wrong type, 400 for a wrong choice
+    return JSONResponse(refused.body(), status_code=refused.status)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -126,21 +124,44 @@ _MODEL_INPUT_ROUTE: dict[str, Any] = {
 }
 
 
-def replica_grpc_on_loopback() -> None:
-    """Open a Serve replica's inter-deployment gRPC port on loopback, not on all interfaces.
+GRPC_PORT_HOOK = ("ray.serve._private.replica", "add_port_to_grpc_server")
+"""The private Ray function :func:`replica_grpc_on_loopback` wraps: (module, name)."""
+PRIVATE_RAY = (GRPC_PORT_HOOK, ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"))
+"""Every private Ray name this module touches; ``tests/test_ray_private.py`` fails, naming
+the Ray version, when one is missing."""
 
-    Ray Serve 2.60 opens it on ``[::]:0`` whatever the node's address (``replica.py``,
-    ``_on_initialized``). In a private one-machine instance nothing outside the machine
-    needs it, so this replica's process opens it on 127.0.0.1 instead. Runs in the replica
-    before Serve starts that server; a Ray version without this hook is left as it is.
+
+def replica_grpc_on_loopback() -> bool:
+    """Patch Ray's private replica code (the only such patch): a Serve replica opens its
+    inter-deployment gRPC port on loopback, not on all interfaces.
+
+    What: ``ray.serve._private.replica.add_port_to_grpc_server(server, address)``
+    (:data:`GRPC_PORT_HOOK`) is wrapped so that an all-interfaces address (``[::]``,
+    ``0.0.0.0``) becomes ``127.0.0.1``. Why: Ray Serve 2.60 opens that port on ``[::]:0``
+    whatever the node's address (``replica.py``, ``_on_initialized``), and no setting moves
+    it; in a private one-machine instance nothing outside the machine needs it, and every
+    other port is kept on loopback by Ray's own settings (:func:`private_ray_on_loopback`).
+
+    Runs in the replica's process before Serve starts that server. On a Ray version without
+    the function the port is left as Ray opens it and a warning is printed. Returns whether
+    the patch is in place.
     """
+    module_name, name = GRPC_PORT_HOOK
     try:
-        from ray.serve._private import replica
+        replica = importlib.import_module(module_name)
     except ImportError:
-        return
-    original = getattr(replica, "add_port_to_grpc_server", None)
-    if original is None or getattr(original, "vitviz_loopback", False):
-        return
+        replica = None
+    original = getattr(replica, name, None)
+    if original is None:
+        print(
+            f"warning: this Ray has no {module_name}.{name}; the replica's gRPC port stays "
+            "where Ray opens it (see vitviz.server.serve.replica_grpc_on_loopback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    if getattr(original, "vitviz_loopback", False):
+        return True
 
     def on_loopback(server: Any, address: str) -> Any:
         host, _, port = address.rpartition(":")
@@ -149,7 +170,8 @@ def replica_grpc_on_loopback() -> None:
         return original(server, address)
 
     on_loopback.vitviz_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = on_loopback
+    setattr(replica, name, on_loopback)
+    return True
 
 
 @serve.deployment(name="VitvizServer")
@@ -160,7 +182,7 @@ class VitvizServer:
     def __init__(self, settings: dict[str, Any]) -> None:
         if os.environ.get(LOOPBACK_ENV) == "1":  # inherited from a private instance's start
             replica_grpc_on_loopback()
-        self.settings = Settings(**settings)
+        self.settings = Settings.model_validate(settings)
         self.settings.resolve_token()  # read here, so the secret is not a deployment arg
         self.engine = Engine(self.settings)
         self.admission = Admission(self.settings.queue_limit, self.settings.retry_after_s)
@@ -244,34 +266,7 @@ class VitvizServer:
         },
     )
     async def explain(
-        self,
-        request: Request,
-        top_k: Annotated[int, Query(description="predictions (1 to max(50, classes))")] = 5,
-        attention: Annotated[
-            str, Query(description="none, readout ([L,H,N] rows of the readout) or full")
-        ] = "readout",
-        dtype: Annotated[
-            str, Query(description="attention arrays: float16, uint8 or float32")
-        ] = "float16",
-        classes: Annotated[
-            list[str],
-            Query(
-                alias="class",
-                description="class-specific: a class index, name or 'top' (repeat for several)",
-            ),
-        ] = [],  # noqa: B006 - FastAPI copies defaults per request
-        layers: Annotated[
-            list[int],
-            Query(alias="layer", description="layers whose gradients to return (default all)"),
-        ] = [],  # noqa: B006
-        seen: Annotated[bool, Query(description="the image is already the model's input")] = False,
-        gradients: Annotated[
-            str,
-            Query(description="class answers: relevance (what the maps read) or full (∂y/∂A too)"),
-        ] = "relevance",
-        negative: Annotated[
-            bool, Query(description='class answers for -y_c: "why not" each class')
-        ] = False,
+        self, request: Request, options: Annotated[ExplainOptions, Query()]
     ) -> Response:
         """Predictions, token layout, statistics and the attention arrays asked for."""
         self._auth(request)
@@ -281,18 +276,7 @@ class VitvizServer:
         self.admission.acquire()
         release = True
         try:
-            job = await asyncio.to_thread(
-                self.engine.make_job,
-                body,
-                seen=seen,
-                top_k=top_k,
-                attention=attention,
-                dtype=dtype,
-                classes=classes,
-                layers=layers,
-                gradients=gradients,
-                negative=negative,
-            )
+            job = await asyncio.to_thread(self.engine.make_job, body, options)
             del body  # the job holds the model's input; the upload is no longer needed
             left = limit - (time.monotonic() - start)
             task = asyncio.ensure_future(self._run_batch(job))
@@ -339,31 +323,24 @@ def _cluster_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
+def build_app(args: Mapping[str, Any] | AppArgs) -> serve.Application:
     """The Serve application (``import_path: vitviz.server.serve:build_app`` in a Serve config).
 
-    ``args``: any :class:`Settings` field (``token`` defaults to each replica's
-    ``$VITVIZ_TOKEN``, so the secret need not be in the config) plus
-    ``replicas`` (an int, or ``auto`` to autoscale between 1 and the number of GPUs; default
-    one per GPU, or 1 without GPUs), ``gpus_per_replica`` (default 1 with GPUs) and
-    ``cpus_per_replica`` (default 1).
+    ``args``: the fields of :class:`~vitviz.server.options.AppArgs`: any :class:`Settings`
+    field (``token`` defaults to each replica's ``$VITVIZ_TOKEN``, so the secret need not be
+    in the config) plus ``replicas`` (an int, or ``auto`` to autoscale between 1 and the
+    number of GPUs; default one per GPU, or 1 without GPUs), ``gpus_per_replica`` (default 1
+    with GPUs) and ``cpus_per_replica`` (default 1). Strings (a config file's, ``serve run …
+    k=v``) are converted to each field's type; an unknown name is a ``ValueError``.
     """
-    args = dict(args)
-    known = {f.name for f in fields(Settings)}
-    extra = {"replicas", "gpus_per_replica", "cpus_per_replica"}
-    unknown = set(args) - known - extra
-    if unknown:
-        raise ValueError(f"unknown server options: {', '.join(sorted(unknown))}")
-    settings = Settings(**{k: _coerce(Settings, k, v) for k, v in args.items() if k in known})
+    app = AppArgs.parse(args)
+    settings = app.settings()
     if settings.device.startswith("cuda:"):  # Ray gives each replica its own GPU as cuda:0
         settings.device = "cuda"
     gpus = _cluster_gpus() if settings.device in ("auto", "cuda") else 0
-    per_gpu = float(args.get("gpus_per_replica", 1 if gpus else 0))
+    per_gpu = app.gpus_per_replica if app.gpus_per_replica is not None else (1 if gpus else 0)
     options: dict[str, Any] = {
-        "ray_actor_options": {
-            "num_cpus": float(args.get("cpus_per_replica", 1)),
-            "num_gpus": per_gpu,
-        },
+        "ray_actor_options": {"num_cpus": app.cpus_per_replica, "num_gpus": float(per_gpu)},
         # our admission control answers first (JSON 503); Serve's queue bound is the backstop
         "max_ongoing_requests": settings.queue_limit
         + settings.max_uploads
@@ -373,31 +350,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             status_code=503, retry_after_s=settings.retry_after_s
         ),
     }
-    replicas = args.get("replicas")
     most = max(1, int(gpus / per_gpu) if per_gpu else 1)
-    if replicas == "auto":
+    if app.replicas == "auto":
         options["autoscaling_config"] = {
             "min_replicas": 1,
             "max_replicas": most,
             "target_ongoing_requests": settings.max_batch_size,
         }
     else:
-        options["num_replicas"] = int(replicas) if replicas is not None else most
-    return VitvizServer.options(**options).bind(asdict(settings))
-
-
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Config files and ``serve run k=v`` give strings: convert to the field's type."""
-    if not isinstance(value, str):
-        return value
-    kind = next(f.type for f in fields(cls) if f.name == name)
-    if "bool" in kind:
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    if kind.startswith("int"):
-        return int(value)
-    if kind.startswith("float"):
-        return float(value)
-    return value
+        options["num_replicas"] = app.replicas if app.replicas is not None else most
+    return VitvizServer.options(**options).bind(settings.model_dump())
 
 
 def private_ray_on_loopback() -> None:
@@ -521,7 +483,7 @@ proxy further along."""
 
 
 def run_server(
-    args: dict[str, Any],
+    args: Mapping[str, Any] | AppArgs,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -533,12 +495,14 @@ def run_server(
     SIGTERM and SIGINT, during start-up too, stop the server: Serve and Ray are shut down and
     then every process the server started is stopped (:class:`ProcessTree`), so nothing is
     left behind. A second signal does not cut that short; it is bounded by
-    ``SHUTDOWN_TIMEOUT_S`` and ``STOP_GRACE_S``.
+    ``SHUTDOWN_TIMEOUT_S`` and ``STOP_GRACE_S``. ``args``: as :func:`build_app`'s, checked
+    before Ray starts.
     """
     import logging
 
     import ray
 
+    app = AppArgs.parse(args)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -573,7 +537,7 @@ def run_server(
         # Ray's crash handler, which aborts the process and leaves Ray's agents running)
         _catch_signals()
         tree.record()
-        timeout = float(args.get("timeout_s", Settings.timeout_s))
+        timeout = app.timeout_s
         for attempt in range(SERVE_START_TRIES):  # Serve waits a fixed 60 s for its proxy
             try:
                 serve.start(
@@ -585,7 +549,7 @@ def run_server(
                 if attempt == SERVE_START_TRIES - 1:
                     raise
                 print(f"warning: {err} Waiting again (the machine is busy).", flush=True)
-        serve.run(build_app(args), name="vitviz", route_prefix="/", blocking=False)
+        serve.run(build_app(app), name="vitviz", route_prefix="/", blocking=False)
         tree.record()
         print(f"vitviz server ready at http://{host}:{port}  (API docs: /docs)", flush=True)
         for line in ready:

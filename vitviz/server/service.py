@@ -16,102 +16,25 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
-from vitviz import images, methods
+from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.classes import resolve_class
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.images import decode_image
 from vitviz.results import ClassExplanation, ImageExplanation
 from vitviz.server import wire
+from vitviz.server.options import ExplainOptions, Settings, refusal
+
+__all__ = ["ApiError", "Engine", "ExplainOptions", "Job", "Settings", "check_token"]
 
 API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-AttentionPart = Literal["none", "readout", "full"]
-GradientPart = Literal["relevance", "full"]
-ARRAY_DTYPES = ("float16", "uint8", "float32")
-
-
-@dataclass
-class Settings:
-    """How a server runs: its model and its limits.
-
-    Attributes:
-        model: curated key, timm name or path (see :func:`vitviz.models.load_model`).
-        weights: local weights file on the server.
-        random_weights: no trained weights (architecture tests and benchmarks only).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
-        labels: a CLIP model's classes (a list, or one comma-separated text; None: its
-            default everyday labels); checked like every typed label (:mod:`vitviz.prompts`).
-        template: a CLIP model's prompt template (None: ``a photo of a {}.``).
-        max_batch_size: most images explained in one forward pass.
-        batch_wait_s: how long a batch waits to fill up.
-        queue_limit: requests a replica accepts at once; more get 503 with Retry-After.
-        retry_after_s: the Retry-After a busy replica answers.
-        timeout_s: longest a request may wait and compute before it gets 504.
-        max_upload_bytes: largest request body.
-        upload_timeout_s: longest a client may take to send its body (then 408); the body is
-            read before the request takes a queue slot, so slow uploads never block others.
-        max_uploads: bodies being received at once (more get 503), so slow clients cannot
-            hold unbounded memory or connections.
-        max_answer_bytes: largest answer; a request whose answer would be larger (many
-            classes with full gradients, say) is refused with 400 before any work.
-        max_pixels: largest decoded image (width × height).
-        token: bearer token every API request but health must carry (None: each replica
-            reads ``$VITVIZ_TOKEN``; empty: open).
-        require_token: a replica without a token refuses to start (so a node whose
-            environment lacks ``VITVIZ_TOKEN`` cannot serve an open replica).
-        threads: CPU threads for torch (0: all cores).
-    """
-
-    model: str = "vit-b16"
-    weights: str | None = None
-    random_weights: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    labels: list[str] | str | None = None
-    template: str | None = None
-    max_batch_size: int = 16
-    batch_wait_s: float = 0.01
-    queue_limit: int = 64
-    retry_after_s: int = 2
-    timeout_s: float = 60.0
-    max_upload_bytes: int = 20 * 1024 * 1024
-    upload_timeout_s: float = 15.0
-    max_uploads: int = 128
-    max_answer_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    token: str | None = field(default=None, repr=False)
-    require_token: bool = False
-    threads: int = 0
-
-    def resolve_token(self) -> None:
-        """Take the token from ``$VITVIZ_TOKEN`` unless given; enforce ``require_token``."""
-        if self.token is None:
-            self.token = os.environ.get("VITVIZ_TOKEN") or None
-        if self.require_token and not self.token:
-            raise RuntimeError(
-                "require_token is set but this replica has no token: export VITVIZ_TOKEN "
-                "where the replica runs (before `ray start` on every node) or pass token"
-            )
-
-    def limits(self) -> dict[str, Any]:
-        """The limits clients may read (never the token)."""
-        return {
-            "max_batch_size": self.max_batch_size,
-            "queue_limit": self.queue_limit,
-            "timeout_s": self.timeout_s,
-            "max_upload_bytes": self.max_upload_bytes,
-            "upload_timeout_s": self.upload_timeout_s,
-            "max_answer_bytes": self.max_answer_bytes,
-            "max_pixels": min(self.max_pixels, images.MAX_PIXELS),
-            "token_required": bool(self.token),
-        }
 
 
 class ApiError(Exception):
@@ -188,24 +111,33 @@ class Job:
     Attributes:
         image: the model's input: resized and cropped right after decoding (or by the
             client), so a queued job holds the model's input size, never the upload's.
-        top_k: predictions to return.
-        attention: which attention to return: none, the readout rows, or the full tensor.
-        dtype: encoding of attention arrays (float16, uint8 per-row scaled, float32).
-        classes: class-specific request: class indices, None for the top prediction.
-        layers: layers whose gradients are computed (all when empty).
-        gradients: what a class answer carries: ``relevance`` (what the maps read) or
-            ``full`` (also ``∂y_c/∂A`` of the layers asked for).
-        negative: the class answers explain ``-y_c`` ("why not" each class).
+        options: the request's options (top_k, attention, dtype, gradients, negative …).
+        classes: the classes asked for, resolved: class indices, None for the top prediction.
+        layers: layers whose gradients are computed, as indices from 0 (all when empty).
     """
 
     image: Image.Image
-    top_k: int = 5
-    attention: AttentionPart = "readout"
-    dtype: str = "float16"
+    options: ExplainOptions = field(default_factory=ExplainOptions)
     classes: list[int | None] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
-    gradients: GradientPart = "relevance"
-    negative: bool = False
+
+
+def options_error(errors: Sequence[Any]) -> ApiError:
+    """The API's error for options that failed validation (see
+    :func:`vitviz.server.options.refusal`): 422 for a wrong type, 400 for a wrong choice."""
+    status, message = refusal(errors)
+    return ApiError(status, "bad_option", message)
+
+
+def explain_options(options: ExplainOptions | None = None, **values: Any) -> ExplainOptions:
+    """``options``, or the options ``values`` give (field names or query names), validated;
+    the API's 400/422 when they are wrong."""
+    if options is not None:
+        return options
+    try:
+        return ExplainOptions.model_validate(values)
+    except ValidationError as err:
+        raise options_error(err.errors()) from None
 
 
 @dataclass
@@ -350,36 +282,23 @@ class Engine:
         }
         return wire.encode(header, wire.pack_array("tokens", features.tokens, "float16-scaled"))
 
-    def make_job(
-        self,
-        body: bytes,
-        *,
-        seen: bool = False,
-        top_k: int = 5,
-        attention: str = "readout",
-        dtype: str = "float16",
-        classes: Sequence[str] = (),
-        layers: Sequence[int] = (),
-        gradients: str = "relevance",
-        negative: bool = False,
-    ) -> Job:
-        """Decode and validate one request; 400 with a clear message when it is wrong.
+    def make_job(self, body: bytes, options: ExplainOptions | None = None, **values: Any) -> Job:
+        """Decode one request and check its options against the model; 400 with a clear
+        message when it is wrong.
 
-        The image is reduced to the model's input as it is decoded, and the answer's size is
-        checked against ``max_answer_bytes`` before any model work.
+        ``options``: validated already (the endpoint's); else ``values`` are validated as
+        :class:`ExplainOptions`. The image is reduced to the model's input as it is decoded,
+        and the answer's size is checked against ``max_answer_bytes`` before any model work.
         """
-        if attention not in ("none", "readout", "full"):
-            raise ApiError(400, "bad_option", "attention must be none, readout or full")
-        if dtype not in ARRAY_DTYPES:
-            raise ApiError(400, "bad_option", f"dtype must be one of {', '.join(ARRAY_DTYPES)}")
-        if gradients not in ("relevance", "full"):
-            raise ApiError(400, "bad_option", "gradients must be relevance or full")
+        options = explain_options(options, **values)
+        top_k = options.top_k
         most = max(50, len(self.backend.labels or []))
         if not 1 <= top_k <= most:
             raise ApiError(400, "bad_option", f"top_k must be between 1 and {most}, got {top_k}")
         if len(body) > self.settings.max_upload_bytes:
             raise too_large(len(body), self.settings.max_upload_bytes)
-        wanted = self._classes(classes)
+        wanted = self._classes(options.classes)
+        layers = options.layers
         num_layers = self.model.layers
         for layer in layers:
             if not -num_layers <= layer < num_layers:
@@ -388,16 +307,16 @@ class Engine:
                 )
         picked = sorted({layer % num_layers for layer in layers}) if layers else []
         geometry = self.backend.geometry
-        image = self._decode(body, None if seen else geometry)
+        image = self._decode(body, None if options.seen else geometry)
         w, h = image.size
-        if seen and not geometry.is_seen(image):
+        if options.seen and not geometry.is_seen(image):
             raise ApiError(
                 400,
                 "bad_option",
                 f"seen=true but the image is {w}×{h} px, not a resized and cropped input of "
                 "this model; send the original image without seen",
             )
-        job = Job(image, top_k, attention, dtype, wanted, picked, gradients, bool(negative))  # type: ignore[arg-type]
+        job = Job(image, options, wanted, picked)
         size = self.answer_bytes(job)
         if size > self.settings.max_answer_bytes:
             raise ApiError(
@@ -412,16 +331,17 @@ class Engine:
     def answer_bytes(self, job: Job) -> int:
         """The size of ``job``'s answer, from the model's shape (before any work)."""
         w, h = job.image.size
+        o = job.options
         n = self.backend.loaded.layout((h, w)).num_tokens
         num_layers, heads = self.model.layers, self.model.heads
-        item = {"float32": 4, "float16": 2, "uint8": 1}[job.dtype]
+        item = {"float32": 4, "float16": 2, "uint8": 1}[o.dtype]
         size = w * h * 3 + 4 * (self.model.classes + 2 * num_layers * heads + n) + 64 * 1024
-        size += {"full": n * n, "readout": n, "none": 0}[job.attention] * num_layers * heads * item
+        size += {"full": n * n, "readout": n, "none": 0}[o.attention] * num_layers * heads * item
         k = len(job.classes)
         if k:
-            wide = 4 if job.dtype == "float32" else 2
+            wide = 4 if o.dtype == "float32" else 2
             size += k * (4 * num_layers * n * n * wide + 4 * n * (num_layers * (heads + 3) + 1))
-            if job.gradients == "full":
+            if o.gradients == "full":
                 size += k * len(job.layers or range(num_layers)) * heads * n * n * wide
         return size
 
@@ -479,7 +399,7 @@ class Engine:
         return outcomes
 
     def _plain(self, jobs: Sequence[Job]) -> list[ImageExplanation]:
-        top_k = max(j.top_k for j in jobs)
+        top_k = max(j.options.top_k for j in jobs)
         with self._lock:
             return self.backend.explain([j.image for j in jobs], top_k=top_k, seen=True)
 
@@ -491,7 +411,7 @@ class Engine:
         """
         out: list[ClassExplanation | None] = [None] * len(jobs)
         for negative in (False, True):  # one sign per pass: -y_c is another backward target
-            group = [i for i, j in enumerate(jobs) if j.negative == negative]
+            group = [i for i, j in enumerate(jobs) if j.options.negative == negative]
             for chunk in _class_chunks([jobs[i] for i in group], self.settings.max_batch_size):
                 done = self._class_pass([jobs[group[i]] for i in chunk], negative)
                 for i, res in zip(chunk, done, strict=True):
@@ -508,16 +428,16 @@ class Engine:
                 [j.image for j in jobs],
                 padded,
                 layers=layers,
-                top_k=max(j.top_k for j in jobs),
+                top_k=max(j.options.top_k for j in jobs),
                 seen=True,
-                full_gradients=any(j.gradients == "full" for j in jobs),
+                full_gradients=any(j.options.gradients == "full" for j in jobs),
                 negative=negative,
             )
         out = []
         for job, r in zip(jobs, res, strict=True):
             n = len(job.classes)
             grads = None
-            if job.gradients == "full" and r.gradients is not None:
+            if job.options.gradients == "full" and r.gradients is not None:
                 grads = r.gradients[:n]
             relevance = r.relevance[:n]
             if job.layers and job.layers != layers:  # what this job asked for, not its batch's
@@ -535,35 +455,35 @@ class Engine:
         header: dict[str, Any] = {
             "api_version": API_VERSION,
             "model": self.name,
-            "predictions": [p.to_dict() for p in expl.predictions[: job.top_k]],
+            "predictions": [p.to_dict() for p in expl.predictions[: job.options.top_k]],
             "layout": layout.to_dict(),
             "input_size": list(expl.image.shape[:2]),
-            "attention": job.attention,
+            "attention": job.options.attention,
         }
         arrays: dict[str, np.ndarray] = {"image": expl.image.astype(np.uint8)}
         if expl.logits is not None:
             arrays["logits"] = np.asarray(expl.logits, dtype=np.float32)
-        if job.attention == "full":  # the client derives the rest from the tensor
-            arrays |= wire.pack_array("attention", attn, job.dtype)
+        if job.options.attention == "full":  # the client derives the rest from the tensor
+            arrays |= wire.pack_array("attention", attn, job.options.dtype)
         else:
             rollout = methods.compute_row("rollout", attn, layout)
             arrays["rollout"] = np.asarray(rollout, dtype=np.float32)
             for name, fn in methods.STATISTICS.items():
                 arrays[name] = np.asarray(fn(attn, layout), dtype=np.float32)
-        if job.attention == "readout":
+        if job.options.attention == "readout":
             readout = np.einsum("n,lhnm->lhm", layout.readout_weights(), attn)
-            arrays |= wire.pack_array("readout", readout, job.dtype)
+            arrays |= wire.pack_array("readout", readout, job.options.dtype)
         if classed is not None:
             layers = job.layers or list(range(self.model.layers))
             header |= {
                 "classes": classed.classes,
                 "class_labels": classed.labels,
                 "gradient_layers": layers,
-                "negative": job.negative,
+                "negative": job.options.negative,
             }
-            arrays |= wire.encode_relevance(classed.relevance, job.dtype)
-            if job.gradients == "full" and classed.gradients is not None:
-                enc = "float32" if job.dtype == "float32" else "float16-scaled"
+            arrays |= wire.encode_relevance(classed.relevance, job.options.dtype)
+            if job.options.gradients == "full" and classed.gradients is not None:
+                enc = "float32" if job.options.dtype == "float32" else "float16-scaled"
                 grads = classed.gradients[:, layers]
                 arrays |= wire.pack_array("gradients", grads, enc, scale_axes=2)
         return wire.encode(header, arrays)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,6 +46,10 @@ MEDIA_TYPE = "application/x-vitviz"
 DTYPES = ("float32", "float16", "float16-scaled", "uint8")
 ALIGN = 64  # every array starts at a multiple of this many bytes from the message's start
 _STORED = {"float32", "float16", "uint8"}
+# the values of an explain request's options (server: vitviz.server.options.ExplainOptions)
+Attention = Literal["none", "readout", "full"]  # which attention an answer carries
+ArrayDtype = Literal["float16", "uint8", "float32"]  # how its attention arrays are encoded
+Gradients = Literal["relevance", "full"]  # what a class answer carries besides its relevance
 
 
 class WireError(ValueError):
