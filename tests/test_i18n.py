@@ -112,6 +112,14 @@ def test_a_language_is_one_catalog_file(tmp_path, monkeypatch):
     assert i18n.t("page.title", "fr") == "vitviz — que regarde le ViT ?"
     assert i18n.error_text(errors.ImageError("x"), "fr") == "Image illisible : x"
     assert i18n.class_name("tabby, tabby cat", "fr") is None  # it names no classes
+    # the page offers it and speaks it when a link names it
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lang"] = "fr"
+    at.run()
+    assert not at.exception
+    assert at.session_state["lang"] == "fr"
+    assert at.segmented_control(key="lang").options == ["English", "Français", "中文"]
+    assert any("que regarde le ViT" in m.value for m in at.markdown)
 
 
 def _families() -> dict[str, list[str]]:
