@@ -1,8 +1,10 @@
-"""The page in English and Traditional Chinese: the catalogs, the class names, and the page
-itself rendered in zh-Hant with no English left in the main area (AppTest)."""
+"""The page in English and Traditional Chinese: the catalogs, the class names, engine errors
+worded by their code, a third language added as one file, and the page itself rendered in
+zh-Hant with no English left in the main area (AppTest)."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import re
@@ -14,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS
-from vitviz import methods, models
+from vitviz import errors, methods, models
 from vitviz.ui import canvas, i18n, resources
 from vitviz.ui.lesson.steps import STEPS
 from vitviz.ui.views import VIEWS, slug
@@ -28,12 +30,96 @@ def _fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
 
 
-def test_both_catalogs_have_the_same_keys_and_placeholders():
-    en, zh = i18n.catalog("en"), i18n.catalog("zh-Hant")
-    assert set(en) == set(zh)
-    for key in en:
-        assert _fields(en[key]) == _fields(zh[key]), key
-        assert zh[key].strip(), key
+def test_every_catalog_has_the_same_keys_and_placeholders():
+    assert list(i18n.languages()) == ["en", "zh-Hant"]
+    en = i18n.catalog("en")
+    for lang in i18n.languages():
+        other = i18n.catalog(lang)
+        assert set(other) == set(en), lang
+        for key in en:
+            assert _fields(en[key]) == _fields(other[key]), (lang, key)
+            assert other[key].strip(), (lang, key)
+
+
+def _error_classes() -> dict[str, type[errors.VitvizError]]:
+    found, todo = {}, [errors.VitvizError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def raised_error_codes() -> set[str]:
+    """Every error code vitviz/ can raise: each error class it constructs (its class's code)
+    and every ``code="..."`` a construction passes."""
+    classes, codes = _error_classes(), set()
+    for path in (ROOT / "vitviz").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name not in classes:
+                continue
+            given = [k.value for k in node.keywords if k.arg == "code"]
+            if not given:
+                codes.add(classes[name].code)
+            for value in given:
+                assert isinstance(value, ast.Constant), f"{path}:{node.lineno}: code= not literal"
+                codes.add(value.value)
+    return codes
+
+
+def test_every_error_code_raised_has_words_in_every_language():
+    codes = raised_error_codes()
+    assert {"image_too_large", "options", "memory_refused", "memory_busy"} <= codes
+    for lang in i18n.languages():
+        missing = {c for c in codes if f"error_code.{c}" not in i18n.catalog(lang)}
+        assert missing == set(), (lang, missing)
+
+
+def test_errors_are_worded_by_their_code_not_their_english():
+    from vitviz.errors import ImageError, ImageTooLarge, OptionsError, VitvizError
+
+    # the same English words under different codes read differently; the English is the detail
+    assert i18n.error_text(ImageError("x"), "zh-Hant") == "無法讀取這張圖片：x"
+    assert i18n.error_text(ImageTooLarge("x"), "zh-Hant") == "這張圖片太大了：x"
+    assert i18n.error_text(VitvizError("x", code="image"), "zh-Hant") == "無法讀取這張圖片：x"
+    assert i18n.error_text(OptionsError("layer 99 of 12"), "en") == "layer 99 of 12"
+    assert i18n.error_text(ValueError("boom"), "zh-Hant") == "發生錯誤：boom"
+    # a code no catalog knows: the English message, made safe for Markdown
+    assert i18n.error_text(VitvizError("a *b*", code="plugin_thing"), "zh-Hant") == r"a \*b\*"
+    # the English message stays exactly as raised (the CLI and the server print it)
+    assert str(ImageTooLarge("too big")) == "too big"
+    assert ImageTooLarge("x").code == "image_too_large"
+
+
+def test_a_language_is_one_catalog_file(tmp_path, monkeypatch):
+    """A toy third language: one file beside the others, chosen for its tag, used by t."""
+    for lang in i18n.languages():
+        (tmp_path / f"{lang}.toml").write_bytes((i18n.LOCALES / f"{lang}.toml").read_bytes())
+    toy = (i18n.LOCALES / "en.toml").read_text(encoding="utf-8")
+    toy = toy.replace('name = "English"', 'name = "Français"', 1)
+    toy = toy.replace('image = "{detail}"', 'image = "Image illisible : {detail}"', 1)
+    title = i18n.catalog("en")["page.title"]
+    toy = toy.replace(f'title = "{title}"', 'title = "vitviz — que regarde le ViT ?"', 1)
+    (tmp_path / "fr.toml").write_text(toy, encoding="utf-8")
+    monkeypatch.setattr(i18n, "LOCALES", tmp_path)
+    assert i18n.languages() == {"en": "English", "fr": "Français", "zh-Hant": "中文"}
+    assert i18n.from_locale("fr-CA") == i18n.from_locale("fr") == "fr"
+    assert i18n.from_locale("zh-TW") == "zh-Hant" and i18n.from_locale("de") == "en"
+    assert i18n.t("page.title", "fr") == "vitviz — que regarde le ViT ?"
+    assert i18n.error_text(errors.ImageError("x"), "fr") == "Image illisible : x"
+    assert i18n.class_name("tabby, tabby cat", "fr") is None  # it names no classes
+    # the page offers it and speaks it when a link names it
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lang"] = "fr"
+    at.run()
+    assert not at.exception
+    assert at.session_state["lang"] == "fr"
+    assert at.segmented_control(key="lang").options == ["English", "Français", "中文"]
+    assert any("que regarde le ViT" in m.value for m in at.markdown)
 
 
 def _families() -> dict[str, list[str]]:
@@ -69,7 +155,7 @@ def _families() -> dict[str, list[str]]:
         "default": ["default.offline", "default.no_internet"],
         "live": [f"live.method_{m}" for m in ("rollout", "attention", "class")],
         "heads_table": [f"heads_table.kind_{k.replace(' ', '_')}" for k in methods.HEAD_KINDS],
-        "error": [key for _, key in i18n._ERROR_KEYS] + ["error.other"],
+        "error_code": [f"error_code.{c}" for c in raised_error_codes() | {"other"}],
         # what the page's memory budget refused or waited for (vitviz.cost's WorkCost.what)
         "memory": [
             f"memory.{w}" for w in ("explanation", "class_maps", "model", "forward", "live", "work")
@@ -100,8 +186,10 @@ def test_every_catalog_key_is_used_and_every_used_key_exists():
 def test_language_follows_the_browser_locale():
     assert i18n.from_locale("zh-TW") == "zh-Hant"
     assert i18n.from_locale("zh-Hant-HK") == "zh-Hant"
+    assert i18n.from_locale("zh-HK") == i18n.from_locale("zh_TW") == "zh-Hant"
+    assert i18n.from_locale("zh-CN") == i18n.from_locale("zh") == "zh-Hant"  # as before
     assert i18n.from_locale("en-US") == "en"
-    assert i18n.from_locale(None) == "en"
+    assert i18n.from_locale(None) == i18n.from_locale("") == "en"
     assert i18n.from_locale("fr") == "en"
 
 

@@ -1,17 +1,22 @@
-"""The page's words in English and Traditional Chinese: one message catalog per language.
+"""The page's words in every language it speaks: one message catalog per language.
 
-Every user-facing string of the page is a key in ``vitviz/ui/locales/<language>.toml``;
-:func:`t` looks it up in the session's language and fills in ``{named}`` values
-(:meth:`str.format`). The language follows the browser (``st.context.locale``) until the
-person picks one; a picked language is kept in the URL (``?lang=zh-Hant``), so a shared link
-opens in it. Class names in Chinese come from ``assets/*-zh-hant.tsv`` (:func:`class_name`).
+A language is one file, ``vitviz/ui/locales/<tag>.toml`` named by its BCP 47 tag (``en``,
+``zh-Hant``): its ``[locale]`` table gives the name the language switch shows and, where the
+language names classes, the files (under ``assets/``) and column holding those names; every
+other table holds the page's strings. Adding a language is adding one such file.
+:func:`t` looks a key up in the session's language and fills in ``{named}`` values
+(:meth:`str.format`). The language follows the browser (``st.context.locale``, best match in
+:func:`from_locale`) until the person picks one; a picked language is kept in the URL
+(``?lang=zh-Hant``), so a shared link opens in it. Engine errors are worded by their code
+(:func:`error_text`), never by their English text.
 
-Tests check that both catalogs have the same keys and placeholders and that every key is used.
+Tests check that all catalogs have the same keys and placeholders and that every key is used.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -19,10 +24,8 @@ from typing import Any
 
 LOCALES = Path(__file__).resolve().parent / "locales"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-LANGUAGES = {"en": "English", "zh-Hant": "中文"}
 DEFAULT = "en"
-# Chinese class names for label lists the page knows (English name → Chinese name)
-CLASS_FILES = ("imagenet-zh-hant.tsv", "demo/classes-zh-hant.tsv")
+META = "locale"  # the table of a catalog file that describes its language
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -37,15 +40,56 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @cache
+def _load(folder: Path, lang: str) -> dict[str, Any]:
+    with open(folder / f"{lang}.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+@cache
+def _languages(folder: Path) -> dict[str, str]:
+    """The languages with a catalog in ``folder``, the default first, then by tag."""
+    tags = sorted((p.stem for p in folder.glob("*.toml")), key=lambda t: (t != DEFAULT, t))
+    return {tag: str(_load(folder, tag)[META]["name"]) for tag in tags}
+
+
+def languages() -> dict[str, str]:
+    """Every language the page speaks: its tag → its name in the language switch."""
+    return dict(_languages(LOCALES))
+
+
+def locale_info(lang: str) -> dict[str, Any]:
+    """A language's ``[locale]`` table (its name, the files naming classes in it …)."""
+    return _load(LOCALES, lang)[META]
+
+
+@cache
+def _catalog(folder: Path, lang: str) -> dict[str, str]:
+    return _flatten({k: v for k, v in _load(folder, lang).items() if k != META})
+
+
 def catalog(lang: str) -> dict[str, str]:
     """All messages of one language, by dotted key."""
-    with open(LOCALES / f"{lang}.toml", "rb") as f:
-        return _flatten(tomllib.load(f))
+    return _catalog(LOCALES, lang)
+
+
+def _subtags(tag: str | None) -> list[str]:
+    return [s for s in re.split(r"[-_]", (tag or "").lower()) if s]
 
 
 def from_locale(locale: str | None) -> str:
-    """The page language for a browser locale ("zh-TW", "zh-Hant-HK", "zh" → zh-Hant)."""
-    return "zh-Hant" if (locale or "").lower().startswith("zh") else DEFAULT
+    """The page language that best matches a browser locale: same primary language, then the
+    most subtags in common, then the first in :func:`languages` ("zh-TW", "zh-Hant-HK" →
+    zh-Hant); the default language when none speaks that primary language."""
+    wanted = _subtags(locale)
+    best, score = DEFAULT, 0
+    for tag in _languages(LOCALES):
+        have = _subtags(tag)
+        if not wanted or have[0] != wanted[0]:
+            continue
+        common = len(set(have) & set(wanted)) + (have == wanted)
+        if common > score:
+            best, score = tag, common
+    return best
 
 
 def current() -> str:
@@ -56,7 +100,7 @@ def current() -> str:
         lang = st.session_state.get("lang")
     except Exception:
         return DEFAULT
-    return lang if lang in LANGUAGES else DEFAULT
+    return lang if lang in _languages(LOCALES) else DEFAULT
 
 
 def t(key: str, lang: str | None = None, /, **values: Any) -> str:
@@ -96,30 +140,31 @@ def has(key: str) -> bool:
 
 
 @cache
-def _class_tables() -> tuple[dict[tuple[int, str], str], dict[str, str]]:
-    """Chinese names by (index, English label) of each known label list, and by English label
-    alone where that label is unique (ImageNet has two "crane": the bird and the machine)."""
+def _class_tables(folder: Path, lang: str) -> tuple[dict[tuple[int, str], str], dict[str, str]]:
+    """A language's class names by (index, English label) of each known label list, and by
+    English label alone where that label is unique (ImageNet has two "crane": the bird and the
+    machine)."""
+    info = _load(folder, lang)[META]
+    column = info.get("class_column", lang)
     by_index: dict[tuple[int, str], str] = {}
     by_label: dict[str, list[str]] = {}
-    for name in CLASS_FILES:
+    for name in info.get("class_files", ()):
         path = ASSETS / name
         if not path.is_file():
             continue
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f, delimiter="\t"):
-                by_index[(int(row["index"]), row["english"])] = row["zh_hant"]
-                by_label.setdefault(row["english"], []).append(row["zh_hant"])
+                by_index[(int(row["index"]), row["english"])] = row[column]
+                by_label.setdefault(row["english"], []).append(row[column])
     unique = {label: names[0] for label, names in by_label.items() if len(names) == 1}
     return by_index, unique
 
 
 def class_name(label: str, lang: str | None = None, index: int | None = None) -> str | None:
-    """The Chinese name of a class, when one is known and wanted: by its index when the label
-    there is a known list's (ImageNet-1k, the demo model's), else by a label no two classes
-    share."""
-    if (lang or current()) == DEFAULT:
-        return None
-    by_index, unique = _class_tables()
+    """A class's name in the language (None when the language lists no class names or not
+    this one): by its index when the label there is a known list's (ImageNet-1k, the demo
+    model's), else by a label no two classes share."""
+    by_index, unique = _class_tables(LOCALES, lang or current())
     if index is not None and (int(index), label) in by_index:
         return by_index[(int(index), label)]
     return unique.get(label)
@@ -146,51 +191,45 @@ def class_label(
     return f"{chinese} · {short_label(label)}" if both else chinese
 
 
-_ERROR_KEYS = (  # most specific first
-    ("ImageTooLarge", "error.image_too_large"),
-    ("ImageError", "error.image"),
-    ("WeightsError", "error.weights"),
-    ("ModelError", "error.model"),
-    ("ServerError", "error.server_failed"),
-    ("OptionsError", "error.options"),
-)
-
-
 def error_text(err: BaseException, lang: str | None = None) -> str:
-    """An error for the page: in English its own one-line message; in another language a
-    translated lead sentence by the error's kind, then the message's details as written."""
+    """An engine error in the page's language: the catalog entry ``error_code.<code>`` of its
+    :attr:`~vitviz.errors.VitvizError.code` (``other`` for an exception that is no
+    :class:`~vitviz.errors.VitvizError`), filled in with its fields and ``{detail}``, its
+    English message made safe for Markdown.
+
+    An error whose code has no entry in the language's catalog (say a plugin's) falls back to
+    its English message.
+    """
+    from vitviz.errors import VitvizError
     from vitviz.ui.text import plain
 
     lang = lang or current()
-    memory = _memory_text(err, lang)
-    if memory is not None:
-        return memory
-    if lang == DEFAULT:
+    code = err.code if isinstance(err, VitvizError) else "other"
+    fields = err.fields if isinstance(err, VitvizError) else {}
+    template = catalog(lang).get(f"error_code.{code}")
+    if template is None:
         return plain(err)
-    kinds = {cls.__name__ for cls in type(err).__mro__}
-    key = next((k for name, k in _ERROR_KEYS if name in kinds), "error.other")
-    return t(key, lang, detail=plain(err))
+    values = {name: _field(name, value, lang) for name, value in fields.items()}
+    return template.format(**values, detail=plain(err))
 
 
-def _memory_text(err: BaseException, lang: str) -> str | None:
-    """The page's budget refusing or timing out work, in the page's words (with the sizes)."""
+_BYTES = frozenset({"needed", "available", "total"})  # error fields that count bytes
+
+
+def _field(name: str, value: Any, lang: str) -> str:
+    """One field of an error in the page's words: byte counts as sizes, seconds whole, the
+    kind of work the memory budget refused (``what``) in words, anything else as written."""
     from vitviz.cost import size_text
-    from vitviz.errors import MemoryBusy, MemoryRefused
+    from vitviz.ui.text import plain
 
-    if isinstance(err, MemoryRefused):
-        what = err.what.replace(" ", "_")
-        what = what if has(f"memory.{what}") else "work"
-        return t(
-            "error.memory_refused",
-            lang,
-            what=t(f"memory.{what}", lang),
-            size=size_text(err.needed),
-            available=size_text(err.available),
-            budget=size_text(err.total),
-        )
-    if isinstance(err, MemoryBusy):
-        return t("error.memory_busy", lang, size=size_text(err.needed), seconds=f"{err.waited:.0f}")
-    return None
+    if name in _BYTES:
+        return size_text(value)
+    if name == "waited":
+        return f"{value:.0f}"
+    if name == "what":
+        what = str(value).replace(" ", "_")
+        return t(f"memory.{what}" if has(f"memory.{what}") else "memory.work", lang)
+    return plain(value)
 
 
 _NOTES = {  # the decoder's fixed notes (vitviz.images) → catalog keys

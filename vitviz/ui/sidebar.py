@@ -84,14 +84,15 @@ def language() -> str:
     """The language switch: the browser's language until one is picked; a picked one is kept
     in the URL (``?lang=``) so a shared link opens in it."""
     state = st.session_state
+    names = i18n.languages()
     if "lang" not in state:
         linked = st.query_params.get("lang")
-        state["lang_chosen"] = linked in i18n.LANGUAGES
+        state["lang_chosen"] = linked in names
         state["lang"] = linked if state["lang_chosen"] else i18n.from_locale(st.context.locale)
     lang = st.sidebar.segmented_control(
         "Language / 語言",
-        list(i18n.LANGUAGES),
-        format_func=i18n.LANGUAGES.get,
+        list(names),
+        format_func=names.get,
         key="lang",
         required=True,
         persist_state=KEEP,
