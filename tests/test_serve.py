@@ -127,6 +127,16 @@ def _descendants(pid: int) -> set:
         return set()
 
 
+def _name(proc) -> str:
+    """A process's name, or "" once it has ended (short-lived Ray helpers come and go)."""
+    import psutil
+
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
+
+
 def _listening(procs: set) -> set[tuple[str, int]]:
     """The (address, port) pairs the processes listen on."""
     import psutil
@@ -157,7 +167,7 @@ def _stop_and_check(proc: subprocess.Popen, seen: set, log: Path, when: float) -
         proc.wait(30)
         pytest.fail(f"the server did not exit on SIGTERM:\n{text[-4000:]}")
     left = [p for p in seen if not _gone(p)]
-    names = [(p.pid, p.name()) for p in left]
+    names = [(p.pid, _name(p)) for p in left if not _gone(p)]
     for p in left:  # clean up after a failure, then report it
         with contextlib.suppress(psutil.Error):
             p.kill()
@@ -189,7 +199,7 @@ def test_a_stopped_server_leaves_no_process_behind():
     try:
         _wait(proc, url, log)
         seen = _descendants(proc.pid)
-        names = " ".join(p.name() for p in seen)
+        names = " ".join(_name(p) for p in seen)
         assert "raylet" in names and "gcs_server" in names
         assert len(_listening(seen)) >= 5  # the HTTP proxy, GCS, raylet, workers, agents
         _stop_and_check(proc, seen, log, time.time())
@@ -205,13 +215,13 @@ def test_a_server_stopped_while_starting_leaves_no_process_behind():
     proc, _, log = _start([], {"VITVIZ_TOKEN": ""})
     try:
         seen: set = set()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
+        raylet = False
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline and proc.poll() is None and not raylet:
             seen |= _descendants(proc.pid)
-            if any("raylet" in p.name() for p in seen if not _gone(p)):
-                break
+            raylet = any("raylet" in _name(p) for p in seen)
             time.sleep(0.1)
-        assert any("raylet" in p.name() for p in seen), log.read_text(errors="replace")
+        assert raylet, log.read_text(errors="replace")
         _stop_and_check(proc, seen, log, time.time())
     finally:
         if proc.poll() is None:
