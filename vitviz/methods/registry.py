@@ -168,6 +168,8 @@ def register(
         raise ValueError(f"method {name!r}: unknown kind {chosen!r} (one of {', '.join(KINDS)})")
     if needs_gradients and chosen != "class":
         raise ValueError(f"method {name!r}: needs_gradients=True is kind 'class', not {chosen!r}")
+    if gradients not in ("layer", "span"):
+        raise ValueError(f"method {name!r}: gradients must be 'layer' or 'span', not {gradients!r}")
     if gradients == "layer" and all(o.name != "layer" for o in options):
         raise ValueError(f"method {name!r} reads its layer's gradients but has no layer option")
 
