@@ -29,16 +29,26 @@ from vitviz.backends import Backend
 from vitviz.errors import OptionsError, VitvizError
 from vitviz.results import Prediction
 
-LIVE_METHODS = ("rollout", "attention", "class")  # class: Chefer et al. for the top class
+CLASS = "class"  # the live view's class map: Chefer et al.'s for the top class
+CLASS_METHOD = "chefer"
+REMOTE_METHOD = "attention"  # what a server's readout rows are: raw attention of a layer/head
 MAX_FRAME_PIXELS = 8_294_400  # 3840×2160; a larger frame (or one over 4:1) passes unexplained
 MAX_ASPECT = 4.0
+
+
+def live_methods() -> tuple[str, ...]:
+    """What the live view can show: the registry's class-agnostic maps (the default method
+    first, then in display order) and ``class``, read at each call (later registrations
+    included). A layer or head the settings give goes to a method with that option."""
+    agnostic = sorted(methods.of_kind("attention"), key=lambda n: n != methods.DEFAULT_METHOD)
+    return (*agnostic, CLASS)
 
 
 @dataclass(frozen=True)
 class LiveSettings:
     """What the stream shows: a method and its layer/head, and how it is drawn."""
 
-    method: str = "rollout"
+    method: str = methods.DEFAULT_METHOD
     layer: int = -1
     head: int | None = None
     colormap: str = "inferno"
@@ -46,8 +56,8 @@ class LiveSettings:
 
     def check(self) -> LiveSettings:
         """These settings, or :class:`OptionsError` saying what is wrong."""
-        if self.method not in LIVE_METHODS:
-            raise OptionsError(f"live method must be one of {', '.join(LIVE_METHODS)}")
+        if self.method not in live_methods():
+            raise OptionsError(f"live method must be one of {', '.join(live_methods())}")
         if self.colormap not in render.COLORMAPS:
             raise OptionsError(f"unknown colormap {self.colormap!r}")
         if not 0.0 <= float(self.alpha) <= 1.0:
@@ -136,7 +146,7 @@ class LiveExplainer:
 
     def _checked(self, settings: LiveSettings) -> LiveSettings:
         settings.check()
-        if hasattr(self.backend, "readout") and settings.method != "attention":
+        if hasattr(self.backend, "readout") and settings.method != REMOTE_METHOD:
             raise OptionsError(
                 "over a vitviz server the live view shows raw attention (the server sends the "
                 "readout rows, not the full attention that rollout and class maps need); run "
@@ -256,20 +266,17 @@ class LiveExplainer:
             layer = rows[s.layer % rows.shape[0]]
             row = layer.mean(axis=0) if s.head is None else layer[s.head % rows.shape[1]]
             return self._result(methods.to_grid(row, layout), predictions, captured, rgb)
-        if s.method == "class":
+        if s.method == CLASS:
             res = self.backend.explain_classes([seen], [[None]], seen=True)[0]
             expl = res.explanation
             grid = methods.compute_map(
-                "chefer", expl.attention, expl.layout, grads=res.relevance[0]
+                CLASS_METHOD, expl.attention, expl.layout, grads=res.relevance[0]
             )
         else:
             expl = self.backend.explain([seen], top_k=3, seen=True)[0]
-            if s.method == "rollout":
-                grid = methods.compute_map("rollout", expl.attention, expl.layout)
-            else:
-                grid = methods.compute_map(
-                    "attention", expl.attention, expl.layout, layer=s.layer, head=s.head
-                )
+            grid = methods.compute_map(
+                s.method, expl.attention, expl.layout, **layer_head(s.method, s.layer, s.head)
+            )
         return self._result(grid, expl.predictions, captured, rgb)
 
     def _result(self, grid, predictions, captured: float, rgb: np.ndarray) -> LiveResult:
@@ -284,6 +291,12 @@ class LiveExplainer:
             box=self.backend.geometry.source_box(*rgb.shape[:2]),
             frame=rgb,
         )
+
+
+def layer_head(method: str, layer: int, head: int | None) -> dict[str, Any]:
+    """The live settings' layer and head, for those of the two options ``method`` has."""
+    given = {"layer": layer, "head": head}
+    return {k: v for k, v in given.items() if k in methods.METHODS[method].defaults}
 
 
 def moving_clip(

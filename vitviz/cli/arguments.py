@@ -96,11 +96,19 @@ def method_options() -> dict[str, tuple[methods.Option, list[str]]]:
     return out
 
 
+def method_choices() -> list[str]:
+    """Every registered method, in display order (``--method``'s and ``--method-b``'s)."""
+    return list(methods.of_kind())
+
+
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """``--method`` and one flag per method option, all from the registry."""
-    listing = "; ".join(f"{n}: {m.title}" for n, m in methods.METHODS.items())
+    listing = "; ".join(f"{n}: {m.title}" for n, m in methods.of_kind().items())
     parser.add_argument(
-        "--method", default="rollout", choices=list(methods.METHODS), help=f"map ({listing})"
+        "--method",
+        default=methods.DEFAULT_METHOD,
+        choices=method_choices(),
+        help=f"map ({listing})",
     )
     for option, users in method_options().values():
         help_text = f"{option.help} ({', '.join(users)})"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vitviz import methods
 from vitviz.cli.arguments import (
     add_alpha,
     add_class,
@@ -25,6 +24,7 @@ from vitviz.cli.arguments import (
     add_method_arguments,
     add_model_arguments,
     chosen_method_options,
+    method_choices,
 )
 from vitviz.cli.common import EXIT_OK, local_backend, output_folder
 from vitviz.errors import OptionsError
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--random-weights-b", action="store_true", help="side B's model with random weights"
     )
     parser.add_argument(
-        "--method-b", choices=list(methods.METHODS), help="side B's method (two methods)"
+        "--method-b", choices=method_choices(), help="side B's method (two methods)"
     )
     add_colormap(parser, checked_by_argparse=False)  # checked by run, as an OptionsError
     add_alpha(parser)

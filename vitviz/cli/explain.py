@@ -48,7 +48,7 @@ HELP = "explain images: overlay PNG, JSON and attention .npz"
 
 def _class_methods() -> str:
     """The class-specific methods, comma-separated."""
-    return ", ".join(n for n, m in methods.METHODS.items() if m.needs_gradients)
+    return ", ".join(methods.of_kind("class"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,8 +30,11 @@ from vitviz.errors import OptionsError
 NAME = "trust"
 HELP = "how far to trust a map: deletion/insertion curves, occlusion (JSON)"
 
-# whole-image maps compared with occlusion (query is one patch's, mask is binary)
-COMPARED = ("attention", "rollout", "chefer", "grad-rollout", "attn-grad")
+
+def compared_methods() -> list[str]:
+    """The maps compared with occlusion: every whole-image graded map of the registry
+    (class-agnostic and class-specific; a query map is one patch's, a mask is binary)."""
+    return list(methods.of_kind(*methods.WHOLE_IMAGE))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     )
     rel = backend.explain_classes([seen], [[target]], seen=True)[0].relevance[0]
     maps = {}
-    for name in COMPARED:
+    for name in compared_methods():
         grads = rel if methods.METHODS[name].needs_gradients else None
         maps[name] = methods.compute_map(name, expl.attention, expl.layout, grads=grads)
     spec = methods.METHODS[args.method]

@@ -12,7 +12,8 @@ runs one by name and puts its row on the patch grid.
 ``gradient``   Chefer et al. 2021, gradient rollout (corrected), attention × gradient
 ``statistics`` mean attention distance, attention entropy
 ``features``   the last layer's token features: the PCA picture, patch similarity
-``registry``   :class:`Method`, :class:`Option`, :func:`register`, :func:`compute_map`
+``registry``   :class:`Method`, :class:`Option`, :func:`register`, :func:`compute_map`,
+               :func:`of_kind` (the methods a caller can show, in display order)
 """
 
 from vitviz.methods.arrays import FUSIONS, Fusion, fuse_heads, relative_layer, to_grid
@@ -35,13 +36,19 @@ from vitviz.methods.gradient import (
     relevance_parts,
 )
 from vitviz.methods.registry import (
+    DEFAULT_METHOD,
+    KINDS,
     METHODS,
+    WHOLE_IMAGE,
     Method,
+    MethodKind,
     Option,
     check_options,
     compute_map,
     compute_row,
     compute_strip,
+    first_of_kind,
+    of_kind,
     register,
     resolve_options,
 )
@@ -61,19 +68,18 @@ from vitviz.methods.statistics import (
     self_attention,
 )
 
-# the order the CLI, the page and the server list them in (methods registered later follow)
-for _name in ("attention", "rollout", "query", "mask", "chefer", "grad-rollout", "attn-grad"):
-    METHODS[_name] = METHODS.pop(_name)
-del _name
-
 __all__ = [
+    "DEFAULT_METHOD",
     "FUSIONS",
     "HEAD_KINDS",
+    "KINDS",
     "METHODS",
     "STATISTICS",
+    "WHOLE_IMAGE",
     "FeaturePCA",
     "Fusion",
     "Method",
+    "MethodKind",
     "Option",
     "attention_entropy",
     "attention_rollout",
@@ -87,6 +93,7 @@ __all__ = [
     "compute_row",
     "compute_strip",
     "discard_lowest",
+    "first_of_kind",
     "fuse_heads",
     "grad_rollout",
     "head_rows",
@@ -94,6 +101,7 @@ __all__ = [
     "head_table",
     "mask",
     "mean_attention_distance",
+    "of_kind",
     "patch_similarity",
     "pca_rgb",
     "prefix_attention",

@@ -43,6 +43,8 @@ from vitviz.methods.rollout import attention_rollout, rolled_rows, rollout_layer
     "Raw attention",
     "raw readout attention of one layer, one head or all heads fused",
     (LAYER, HEAD, FUSION),
+    kind="attention",
+    order=10,
 )
 @tensors
 def raw_attention(
@@ -75,6 +77,8 @@ ROLLED = Option(
     "What one patch attends to",
     "what one patch attends to (one layer/head, or rolled out)",
     (PATCH, LAYER, HEAD, FUSION, ROLLED, DISCARD, START_LAYER, END_LAYER),
+    kind="query",
+    order=30,
 )
 @tensors
 def query(
@@ -162,6 +166,8 @@ SOURCE = Option(
     "DINO-style mask",
     "smallest set of patches holding a share of the map's mass (DINO)",
     (THRESHOLD, SOURCE, LAYER, HEAD, FUSION, DISCARD, START_LAYER, END_LAYER),
+    kind="mask",
+    order=40,
 )
 @tensors
 def mask(

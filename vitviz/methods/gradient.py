@@ -179,7 +179,8 @@ def class_relevance(
     "Chefer et al. 2021",
     "class-specific relevance: gradient-weighted attention (Chefer et al. 2021)",
     (START_LAYER, END_LAYER, NEGATIVE),
-    needs_gradients=True,
+    kind="class",
+    order=50,
 )
 @tensors
 def chefer(
@@ -208,7 +209,8 @@ def chefer(
     "Gradient rollout",
     "class-specific rollout of gradient-weighted attention (vit-explain, corrected)",
     (FUSION, DISCARD, START_LAYER, END_LAYER, NEGATIVE),
-    needs_gradients=True,
+    kind="class",
+    order=60,
 )
 @tensors
 def grad_rollout(
@@ -248,7 +250,9 @@ def grad_rollout(
     "Attention × gradient",
     "attention × gradient of one layer/head for a class",
     (LAYER, HEAD, FUSION, NEGATIVE),
-    needs_gradients=True,
+    kind="class",
+    order=70,
+    gradients="layer",
 )
 @tensors
 def attn_grad(

@@ -1,10 +1,11 @@
-"""The one registry of map methods: name, title, options (typed, with ranges and help), and
-whether a method needs class gradients.
+"""The one registry of map methods: name, title, options (typed, with ranges and help), kind
+(what a caller needs to give it and what it shows) and display order.
 
 Every method is a *row function* ``fn(attn, layout, *, grads=None, **options) -> [..., N]``:
 the readout's (or a query's) row over all N tokens, prefix tokens included. The registry
-turns rows into maps (:func:`compute_map`), and the CLI, the page and the server list the
-methods, their titles and their options from here, so a new method is one function plus one
+turns rows into maps (:func:`compute_map`), and the CLI, the page, live, trust, Compare and
+the server list the methods, their titles and their options from here, filtered by kind
+(:func:`of_kind`) and sorted by order, so a new method is one function plus one
 :func:`register`.
 """
 
@@ -22,6 +23,25 @@ from vitviz.methods.arrays import FUSIONS, Array, head_index, layer_index, layer
 from vitviz.results import ClassRelevance
 
 OptionKind = Literal["layer", "head", "patch", "number", "flag", "choice"]
+MethodKind = Literal["attention", "class", "query", "mask"]
+GradientSpan = Literal["layer", "span"]
+
+KINDS: dict[str, str] = {
+    "attention": "class-agnostic: a whole-image map from the attention alone",
+    "class": "class-specific: needs the attention gradients for a class",
+    "query": "one patch's map: needs a patch",
+    "mask": "a binary mask of the patches",
+}
+"""Each method kind and what it means (the keys are :data:`MethodKind`'s values)."""
+
+WHOLE_IMAGE: tuple[MethodKind, ...] = ("attention", "class")
+"""The kinds of graded whole-image maps: what trust curves judge and compare."""
+
+DEFAULT_METHOD = "rollout"
+"""The method the CLI, Compare and the live view open with."""
+
+DEFAULT_ORDER = 1000
+"""The order of a method registered without one: after every built-in method."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +91,30 @@ class Option:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered map method (see the module docstring for the function's shape)."""
+    """A registered map method (see the module docstring for the function's shape).
+
+    Attributes:
+        kind: what it needs and shows (:data:`KINDS`): ``attention`` (class-agnostic),
+            ``class`` (class-specific: needs gradients), ``query`` (one patch's) or ``mask``.
+        order: where pickers and listings put it (lower first; ties in registration order).
+        gradients: which layers' gradients a class-specific method reads: ``layer`` (its
+            ``layer`` option's) or ``span`` (its ``start_layer`` to ``end_layer``, all layers
+            where it has neither option).
+    """
 
     name: str
     title: str
     description: str
     fn: Callable[..., Any]
     options: tuple[Option, ...] = ()
-    needs_gradients: bool = False
+    kind: MethodKind = "attention"
+    order: int = DEFAULT_ORDER
+    gradients: GradientSpan = "span"
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether it is class-specific (needs the attention gradients for a class)."""
+        return self.kind == "class"
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -96,8 +132,7 @@ class Method:
         """Layers whose attention gradients this method reads (empty if class-agnostic)."""
         if not self.needs_gradients:
             return []
-        names = {o.name for o in self.options}
-        if "layer" in names:
+        if self.gradients == "layer":
             return [layer_index(options.get("layer", self.defaults["layer"]), num_layers)]
         start = layer_index(options.get("start_layer", 0), num_layers)
         end = layer_index(options.get("end_layer", -1), num_layers)
@@ -109,7 +144,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
-"""Every method by name, in registration order."""
+"""Every method by name, in display order (:attr:`Method.order`)."""
 
 
 def register(
@@ -118,15 +153,50 @@ def register(
     description: str,
     options: tuple[Option, ...] = (),
     *,
+    kind: MethodKind | None = None,
+    order: int = DEFAULT_ORDER,
+    gradients: GradientSpan = "span",
     needs_gradients: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register a row function under ``name`` (returns the function unchanged)."""
+    """Decorator: register a row function under ``name`` (returns the function unchanged).
+
+    ``kind`` defaults to ``class`` with ``needs_gradients=True`` (its older spelling), else
+    to ``attention``; ``order`` places it in every picker and listing.
+    """
+    chosen: MethodKind = kind or ("class" if needs_gradients else "attention")
+    if chosen not in KINDS:
+        raise ValueError(f"method {name!r}: unknown kind {chosen!r} (one of {', '.join(KINDS)})")
+    if needs_gradients and chosen != "class":
+        raise ValueError(f"method {name!r}: needs_gradients=True is kind 'class', not {chosen!r}")
+    if gradients not in ("layer", "span"):
+        raise ValueError(f"method {name!r}: gradients must be 'layer' or 'span', not {gradients!r}")
+    if gradients == "layer" and all(o.name != "layer" for o in options):
+        raise ValueError(f"method {name!r} reads its layer's gradients but has no layer option")
 
     def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-        METHODS[name] = Method(name, title, description, fn, tuple(options), needs_gradients)
+        METHODS[name] = Method(
+            name, title, description, fn, tuple(options), chosen, int(order), gradients
+        )
+        ranked = sorted(METHODS.items(), key=lambda item: item[1].order)  # stable: ties stay
+        METHODS.clear()
+        METHODS.update(ranked)
         return fn
 
     return add
+
+
+def of_kind(*kinds: MethodKind) -> dict[str, Method]:
+    """The registered methods of these kinds (all with none given), in display order; read
+    at each call, so methods registered later are included."""
+    return {n: m for n, m in METHODS.items() if not kinds or m.kind in kinds}
+
+
+def first_of_kind(kind: MethodKind) -> str:
+    """The name of the first method of ``kind`` in display order (the one a view shows)."""
+    for name, method in METHODS.items():
+        if method.kind == kind:
+            return name
+    raise KeyError(f"no method of kind {kind!r} is registered")
 
 
 def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:

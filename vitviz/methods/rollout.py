@@ -113,6 +113,8 @@ def rollout_matrix(
     "Attention rollout",
     "attention rollout through the layers (Abnar & Zuidema 2020)",
     (FUSION, DISCARD, START_LAYER, END_LAYER),
+    kind="attention",
+    order=20,
 )
 @tensors
 def attention_rollout(

@@ -148,6 +148,23 @@ class Outcome:
     error: ApiError | None = None
 
 
+def method_listing() -> dict[str, dict[str, Any]]:
+    """Every registered method, in display order, with its title, kind and options (the
+    ``methods`` of the ``/v1/model`` body)."""
+    return {
+        name: {
+            "title": m.title,
+            "description": m.description,
+            "kind": m.kind,
+            "needs_gradients": m.needs_gradients,
+            "options": {
+                o.name: {"kind": o.kind, "default": o.default, "help": o.help} for o in m.options
+            },
+        }
+        for name, m in methods.of_kind().items()
+    }
+
+
 class Engine:
     """The model of one replica and everything a request needs from it."""
 
@@ -194,18 +211,7 @@ class Engine:
             "api_version": API_VERSION,
             **info,
             "labels": self.backend.labels,
-            "methods": {
-                name: {
-                    "title": m.title,
-                    "description": m.description,
-                    "needs_gradients": m.needs_gradients,
-                    "options": {
-                        o.name: {"kind": o.kind, "default": o.default, "help": o.help}
-                        for o in m.options
-                    },
-                }
-                for name, m in methods.METHODS.items()
-            },
+            "methods": method_listing(),
             "limits": self.settings.limits(),
         }
 

@@ -21,12 +21,14 @@ from vitviz import render
 from vitviz.backends import Backend
 from vitviz.cost import WorkCost
 from vitviz.errors import OptionsError, VitvizError
-from vitviz.live import LiveExplainer, LiveSettings
+from vitviz.live import CLASS, REMOTE_METHOD, LiveExplainer, LiveSettings, live_methods
+from vitviz.methods import METHODS
 from vitviz.results import ModelInfo
 from vitviz.ui import i18n, resources
 from vitviz.ui.i18n import error_text, t
 from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
+from vitviz.ui.widgets import method_title
 
 
 def ice_servers(environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -90,11 +92,25 @@ def _freeze(live: LiveExplainer) -> None:
         st.session_state["live_freeze_failed"] = "live.freeze_failed"
 
 
+def live_choices(remote: bool) -> dict[str, str]:
+    """The live view's methods in its picker's order, each with its words: the registry's
+    class-agnostic maps and the top class's map (raw attention alone over a server)."""
+    names = (REMOTE_METHOD,) if remote else live_methods()
+    words = {}
+    for name in names:
+        key = f"live.method_{name}"
+        if i18n.has(key) or name == CLASS:
+            words[name] = t(key)
+        else:  # a method registered elsewhere: its own title
+            words[name] = method_title(name, METHODS[name].title)
+    return words
+
+
 def _controls(info: ModelInfo, remote: bool) -> LiveSettings:
-    methods = ("attention",) if remote else ("rollout", "attention", "class")
+    names = live_choices(remote)
+    methods = list(names)
     if st.session_state.get("live_method") not in methods:
         st.session_state["live_method"] = methods[0]
-    names = {m: t(f"live.method_{m}") for m in methods}
     c1, c2, c3, c4 = st.columns([2.2, 1.4, 1, 1])
     method = c1.segmented_control(
         t("live.method"),
@@ -105,8 +121,10 @@ def _controls(info: ModelInfo, remote: bool) -> LiveSettings:
         persist_state=KEEP,
     )
     layer, head = -1, None
-    if method == "attention":
+    takes = set(METHODS[method].defaults) if method in METHODS else set()  # class: none
+    if "layer" in takes:
         layer = c2.slider(t("lesson.layer"), 0, info.layers - 1, info.layers - 1, key="live_layer")
+    if "head" in takes:
         heads = [None, *range(info.heads)]
         labels = {
             h: t("widgets.all_heads") if h is None else t("widgets.head_n", head=h) for h in heads

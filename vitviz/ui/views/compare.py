@@ -66,11 +66,11 @@ def render(ctx: ViewContext) -> None:
     )
     if b is None:
         return
-    names = list(methods.METHODS)
-    titles = {n: widgets.method_title(n, m.title) for n, m in methods.METHODS.items()}
-    session.choice("cmp_method", names, "rollout")
+    titles = method_choices()
+    names = list(titles)
+    session.choice("cmp_method", names, methods.DEFAULT_METHOD)
     if mode == "methods":
-        session.choice("cmp_method_b", names, "chefer" if ctx.labels else "attention")
+        session.choice("cmp_method_b", names, _second_default(ctx))
         c1, c2 = st.columns(2)
         first = c1.selectbox(
             t("compare.method_a"),
@@ -86,13 +86,13 @@ def render(ctx: ViewContext) -> None:
             key="cmp_method_b",
             persist_state=KEEP,
         )
-        session.keep_in_url("cmp_method_b", second, "chefer" if ctx.labels else "attention")
+        session.keep_in_url("cmp_method_b", second, _second_default(ctx))
         a.name, b.name = titles[first], titles[second]
     else:
         first = second = st.selectbox(
             t("compare.method"), names, format_func=titles.get, key="cmp_method", persist_state=KEEP
         )
-    session.keep_in_url("cmp_method", first, "rollout")
+    session.keep_in_url("cmp_method", first, methods.DEFAULT_METHOD)
     opts = _options(ctx, methods.METHODS[first], methods.METHODS[second])
     left, right = st.columns(2)
     for panel, method, where, key in ((a, first, left, "cmp-a"), (b, second, right, "cmp-b")):
@@ -104,6 +104,17 @@ def render(ctx: ViewContext) -> None:
             _draw(panel, method, carry_options(method, opts, *sizes), key)
     if mode == "models" and ctx.info.layers != b.info.layers:
         st.caption(t("compare.depth_note", a=ctx.info.layers, b=b.info.layers))
+
+
+def method_choices() -> dict[str, str]:
+    """Compare's methods and their titles: every registered method, in display order."""
+    return {n: widgets.method_title(n, m.title) for n, m in methods.of_kind().items()}
+
+
+def _second_default(ctx: ViewContext) -> str:
+    """Side B's method when two methods are compared: the first class-specific method where
+    there are classes, else the first class-agnostic one."""
+    return methods.first_of_kind("class" if ctx.labels else "attention")
 
 
 def _other_model(ctx: ViewContext) -> Panel | None:

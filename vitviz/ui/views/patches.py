@@ -16,12 +16,13 @@ ID = "Patch explorer"
 def render(ctx: ViewContext) -> None:
     """Draw the view."""
     expl, layout, info = ctx.expl, ctx.layout, ctx.info
+    query = methods.first_of_kind("query")  # the registry's patch map (one patch's row)
     patch = session.patch(layout.num_patches, layout.grid)
     r, c = divmod(patch, layout.grid[1])
     rolled = st.toggle(t("patches.rolled"), key="rolled", persist_state=KEEP)
     st.caption(t("patches.click", patch=patch, row=r, column=c))
     if rolled:
-        rows = methods.compute_row("query", expl.attention, layout, patch=patch, rolled=True)
+        rows = methods.compute_row(query, expl.attention, layout, patch=patch, rolled=True)
         extra = dict(title=fill("patches.title_rolled", patch=patch))
     else:
         rows = ctx.query_rows(patch)
@@ -59,5 +60,5 @@ def render(ctx: ViewContext) -> None:
         grid = methods.to_grid(rows[layer, methods.head_slot(info.heads, head, fusion)], layout)
         chosen = {"patch": patch, "layer": layer, "head": head if head >= 0 else None}
         chosen["fusion"] = fusion
-    settings = widgets.map_settings(ctx, ID, "query", chosen)
+    settings = widgets.map_settings(ctx, ID, query, chosen)
     widgets.map_exports(ctx, grid, f"patch{patch}", settings)

@@ -1,7 +1,8 @@
 """Rollout: attention flow through the layers, DINO's mask, and "why this class?".
 
-The rollout's options come from the method registry; the map is recomputed on the server (it
-needs every layer) and drawn by the canvas. The mask and the class-specific map can be shown
+The rollout's options come from the method registry (a widget for each, whatever options it
+has); the map is recomputed on the server (it needs every layer) and drawn by the canvas. The
+mask and the class-specific map (any of the registry's class-specific methods) can be shown
 together, side by side.
 """
 
@@ -17,7 +18,11 @@ from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 
 ID = "Rollout"
-KEYS = {
+METHOD = "rollout"  # the view's map
+MASK = "mask"  # its mask (drawn with the view's own two controls)
+# the widget keys the rollout's first options were given by hand, kept (a session's values
+# and scripts' keys stay); any other option of the method gets "rollout-<name>"
+KEPT_KEYS = {
     "fusion": "roll_fusion",
     "discard": "discard",
     "start_layer": "start_layer",
@@ -25,11 +30,16 @@ KEYS = {
 }
 
 
+def option_key(name: str) -> str:
+    """The session key of the widget of the rollout's option ``name``."""
+    return KEPT_KEYS.get(name, f"{METHOD}-{name}")
+
+
 def render(ctx: ViewContext) -> None:
     """Draw the view."""
     expl, layout, info = ctx.expl, ctx.layout, ctx.info
     sizes = dict(layers=info.layers, heads=info.heads, patches=layout.num_patches)
-    spec = methods.METHODS["rollout"]
+    spec = methods.METHODS[METHOD]
     # two options a row, the first (fusion's three buttons) the wider: nothing is cut off
     columns = [
         col
@@ -37,15 +47,15 @@ def render(ctx: ViewContext) -> None:
         for col in st.columns([1.4, 1] if first == 0 else [1, 1])
     ][: len(spec.options)]
     opts = {
-        o.name: widgets.option_widget(o, KEYS[o.name], where=col, **sizes)
+        o.name: widgets.option_widget(o, option_key(o.name), where=col, **sizes)
         for o, col in zip(spec.options, columns, strict=True)
     }
-    if opts["end_layer"] < opts["start_layer"]:
+    if {"start_layer", "end_layer"} <= set(opts) and opts["end_layer"] < opts["start_layer"]:
         st.error(t("rollout.end_before_start", start=opts["start_layer"], end=opts["end_layer"]))
         return
     row = ctx.entry.get(  # every visitor's rerun on this image and these options
-        ("rollout", tuple(sorted(opts.items()))),
-        lambda: methods.compute_row("rollout", ctx.expl.attention, ctx.layout, **opts),
+        (METHOD, tuple(sorted(opts.items()))),
+        lambda: methods.compute_row(METHOD, ctx.expl.attention, ctx.layout, **opts),
     )
     t1, t2 = st.columns(2)
     t3, t4 = st.columns(2)
@@ -85,10 +95,11 @@ def render(ctx: ViewContext) -> None:
         canvas.attention_canvas("rollout", data)
     download = (
         methods.to_grid(row, layout),
-        "rollout",
-        widgets.map_settings(ctx, ID, "rollout", opts),
+        METHOD,
+        widgets.map_settings(ctx, ID, METHOD, opts),
     )
-    judged = (download[0], "rollout", t("method.rollout"), ctx.top_classes[0] if judge else -1)
+    title = widgets.method_title(METHOD, spec.title)
+    judged = (download[0], METHOD, title, ctx.top_classes[0] if judge else -1)
     if mask is not None:
         with cols[1]:
             _mask(ctx, *mask, size)
@@ -99,7 +110,7 @@ def render(ctx: ViewContext) -> None:
         if not methods.METHODS[cm].negative(klass[2]):  # a "why not" map lowers the class by
             judged = (download[0], cm, class_methods()[cm], cls)  # design: judge the rollout
     if strip:
-        _strip(ctx, "rollout", None, opts, t("rollout.title"))
+        _strip(ctx, METHOD, None, opts, t("rollout.title"))
         if klass is not None and "end_layer" in methods.METHODS[klass[1]].defaults:
             cls, cm, copts = klass
             rel = _relevance(ctx, cls, cm, copts)
@@ -124,11 +135,12 @@ def _mask_settings(opts: dict) -> tuple[float, dict]:
     )
     if src == "last":
         return thr, {"source": "attention", "layer": -1}
-    return thr, {"source": "rollout", **opts}
+    shared = methods.METHODS[MASK].defaults  # the rollout's options the mask takes too
+    return thr, {"source": "rollout", **{k: v for k, v in opts.items() if k in shared}}
 
 
 def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
-    row = methods.compute_row("mask", ctx.expl.attention, ctx.layout, threshold=thr, **mopts)
+    row = methods.compute_row(MASK, ctx.expl.attention, ctx.layout, threshold=thr, **mopts)
     data = canvas.payload(
         ctx.expl.image,
         ctx.layout,
@@ -142,10 +154,9 @@ def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
 
 
 def class_methods() -> dict[str, str]:
-    """The registry's class-specific methods (read each run: plugins may register more)."""
-    return {
-        n: widgets.method_title(n, m.title) for n, m in methods.METHODS.items() if m.needs_gradients
-    }
+    """The registry's class-specific methods and their titles, in display order (read each
+    run: plugins may register more)."""
+    return {n: widgets.method_title(n, m.title) for n, m in methods.of_kind("class").items()}
 
 
 def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str, dict]:
