@@ -36,7 +36,7 @@ try:
     else:
         left, right = st.columns([1, 2.4], gap="medium")
         with left:
-            page.image_column(ctx, selection.note)
+            page.image_column(ctx)
         with right:
             views.render(ctx)
 finally:  # the explanation stays in the page's cache, not in this session

@@ -99,7 +99,9 @@ def test_the_upload_is_remembered_when_samples_are_visited():
     at.radio(key="source").set_value("Upload").run()
     ok(at)
     assert canvas(at, "rollout")["maps"] == uploaded  # the photo is back, not a blank page
-    assert any("coffee.png" in words(c.value) for c in at.caption)
+    # said once, beside the uploader (it was also under the picture: two of the same sentence)
+    assert sum("coffee.png" in words(c.value) for c in at.caption) == 1
+    assert any("coffee.png" in words(c.value) for c in at.sidebar.caption)
 
 
 def test_a_link_opens_the_view_layer_head_and_sample_it_names():

@@ -151,7 +151,7 @@ def context(chosen: Backend, info: ModelInfo, model_id: str, data: bytes, name: 
     return ViewContext(chosen, info, model_id, image_digest, name, decoded, entry, data)
 
 
-def image_column(ctx: ViewContext, note: str | None) -> None:
+def image_column(ctx: ViewContext) -> None:
     """The image as the model sees it, the prediction, conversion notes and downloads."""
     expl, layout, decoded = ctx.expl, ctx.layout, ctx.decoded
     h, w = layout.image_size
@@ -160,8 +160,6 @@ def image_column(ctx: ViewContext, note: str | None) -> None:
     ow, oh = decoded.original_size
     if abs(ow / oh - w / h) > 0.01:
         st.caption(t("page.crop_note", ow=ow, oh=oh, w=w, h=h))
-    if note:  # already made safe for Markdown (sidebar)
-        st.caption(note)
     if expl.predictions:
         st.markdown(f"**{t('page.prediction')}**")
         for p in expl.predictions:

@@ -40,7 +40,6 @@ class Selection:
     source: str
     data: bytes | None = None
     image_name: str | None = None
-    note: str | None = None
     labels: list[str] | None = None  # typed classes (CLIP), checked
     template: str | None = None
 
@@ -273,8 +272,7 @@ def _upload(sel: Selection) -> None:
     remembered = resources.remembered_upload()
     if remembered:
         sel.image_name, sel.data = remembered
-        sel.note = t("sidebar.last_upload", name=plain(remembered[0]))
-        st.caption(sel.note)
+        st.caption(t("sidebar.last_upload", name=plain(remembered[0])))
 
 
 def model_facts(info: ModelInfo) -> None:
