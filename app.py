@@ -10,7 +10,7 @@ runs once per (model, image); layer, head, fusion, opacity and colormap change i
 
 import streamlit as st
 
-from vitviz.runtime import tune_allocator
+from vitviz.engine.runtime import tune_allocator
 from vitviz.ui import lesson, live, page, resources, sidebar, views
 
 tune_allocator()

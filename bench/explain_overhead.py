@@ -8,8 +8,8 @@ class-specific explanation instead: one forward that keeps the attention in the 
 one backward to the attention of the top class (only the layers the method reads), its
 reduction to the class relevance the page and server keep, and the method's map.
 With ``--method trust --batch 16``: a deletion and an insertion curve of 16 steps (34 perturbed
-images, run 16 a forward, :mod:`vitviz.trust`) against one forward of 16 images, so ``ratio``
-is the cost in forward-equivalents.
+images, run 16 a forward, :mod:`vitviz.analysis.trust`) against one forward of 16 images, so
+``ratio`` is the cost in forward-equivalents.
 With ``--family clip`` the model is an open_clip CLIP (default ``clip-b32``, random weights)
 and ``forward_ms`` is open_clip's own image tower (``nn.MultiheadAttention``, fused) with the
 zero-shot head over the default labels (cached text features), against vitviz's adapter.
@@ -44,10 +44,10 @@ import timm
 import torch
 
 from vitviz import methods
-from vitviz.capture import autocast_for, capture_tensor
-from vitviz.gradients import attention_relevance
+from vitviz.engine.capture import autocast_for, capture_tensor
+from vitviz.engine.gradients import attention_relevance
+from vitviz.engine.runtime import tune_allocator
 from vitviz.models import load_model, pick_device, pick_precision
-from vitviz.runtime import tune_allocator
 
 
 def _sync(device: torch.device) -> None:
@@ -126,7 +126,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     def explain() -> None:
         if spec is None:  # trust: one deletion + insertion curve pair (K = 16) of one image
-            from vitviz.trust import curves
+            from vitviz.analysis.trust import curves
 
             layout = loaded.layout(tuple(size))
             order = np.random.default_rng(0).permutation(layout.num_patches)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-tune-allocator",
         dest="tune_allocator",
         action="store_false",
-        help="leave glibc malloc at its defaults (see vitviz.runtime)",
+        help="leave glibc malloc at its defaults (see vitviz.engine.runtime)",
     )
     args = p.parse_args(argv)
     result = measure(args)

@@ -33,7 +33,7 @@ from vitviz.backends.local import LocalBackend
 from vitviz.demo import metrics
 from vitviz.demo.scenes import generate_scene
 from vitviz.demo.train import HELDOUT_SEED_BASE
-from vitviz.runtime import tune_allocator
+from vitviz.engine.runtime import tune_allocator
 
 DOUBLE_OFFSET = 100_000  # two-object scenes use seeds HELDOUT_SEED_BASE + DOUBLE_OFFSET + i
 
@@ -108,10 +108,10 @@ CURVED = ("attention", "rollout", "chefer", "grad-rollout", "attn-grad")  # whol
 
 
 def curve_aucs(backend: LocalBackend, scenes: int, steps: int = 16) -> dict:
-    """Deletion and insertion AUCs (:mod:`vitviz.trust`) of each whole-image method on
+    """Deletion and insertion AUCs (:mod:`vitviz.analysis.trust`) of each whole-image method on
     single-object held-out scenes, for the scene's true class, with a random-order baseline
     (mean of 2 orders a scene). Lower deletion and higher insertion AUCs are better."""
-    from vitviz.trust import curves, ranking
+    from vitviz.analysis.trust import curves, ranking
 
     loaded = backend.loaded
     rng = np.random.default_rng(0)

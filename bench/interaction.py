@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import vitviz.backends.local as backend_module  # noqa: E402
-from vitviz.runtime import tune_allocator  # noqa: E402
+from vitviz.engine.runtime import tune_allocator  # noqa: E402
 
 
 def payload(at: AppTest) -> int:

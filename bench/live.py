@@ -4,7 +4,7 @@
     python bench/live.py --model vit-b16 --random-weights --json
 
 Generates a 640×480 clip from the demo scenes (the camera pans over one scene, then another),
-feeds it to :class:`vitviz.live.LiveExplainer` (what the page's WebRTC callback uses) at
+feeds it to :class:`vitviz.engine.stream.LiveExplainer` (what the page's WebRTC callback uses) at
 ``--fps`` frames per second, as a camera would, and draws the latest map on every frame as the
 page does. Prints ``model``, ``device``, ``fps_in``, ``fps_out`` (maps per second),
 ``dropped`` (frames never explained because a newer one arrived), ``latency_ms_p50`` and
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vitviz.backends.local import LocalBackend
-    from vitviz.live import LiveExplainer, LiveSettings, moving_clip
+    from vitviz.engine.stream import LiveExplainer, LiveSettings, moving_clip
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     backend = LocalBackend.from_name(

@@ -3,7 +3,7 @@
 For each geometry a fresh Python process builds a random-weight timm ViT, explains one image
 once to warm up, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), then explains
 another image (plain, or class maps of the top-5 classes) and reads the peak (``VmHWM``) less
-the RSS before. That is printed beside :func:`vitviz.cost.explanation_cost`'s estimate.
+the RSS before. That is printed beside :func:`vitviz.memory.cost.explanation_cost`'s estimate.
 
     python bench/memory_cost.py --json [--geometry vit_small_patch16_224:224 ...] [--classes 0 5]
 
@@ -36,7 +36,7 @@ libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD fixed: no dynamic raise, big blo
 import numpy as np
 from PIL import Image
 from vitviz.backends.local import LocalBackend
-from vitviz.cost import explanation_cost
+from vitviz.memory.cost import explanation_cost
 
 name, size = sys.argv[1], int(sys.argv[2])
 be = LocalBackend.from_name(name, random_weights=True, model_kwargs={"img_size": size})

@@ -44,7 +44,7 @@ from PIL import Image  # noqa: E402
 
 from vitviz.backends.local import LocalBackend  # noqa: E402
 from vitviz.demo.scenes import generate_scene  # noqa: E402
-from vitviz.server import wire  # noqa: E402
+from vitviz import wire  # noqa: E402
 
 
 def _port() -> int:

@@ -1,4 +1,4 @@
-"""The memory budget (vitviz.admission): refusal, first-come waiting, holds released with
+"""The memory budget (vitviz.memory.admission): refusal, first-come waiting, holds released with
 their objects, reclaimers, timeouts, and never more admitted than the capacity."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from vitviz.admission import MemoryBudget, machine_memory, process_rss
 from vitviz.errors import MemoryBusy, MemoryRefused
+from vitviz.memory.admission import MemoryBudget, machine_memory, process_rss
 
 MB = 2**20
 

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ASSETS, plotly_array, tiny, words
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 from vitviz.ui import canvas as vcanvas
 from vitviz.ui import downloads
 

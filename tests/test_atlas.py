@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import ASSETS
 from vitviz import methods
-from vitviz.atlas import (
+from vitviz.analysis.atlas import (
     COLUMNS,
     HeadAtlas,
     atlas_csv,
@@ -25,7 +25,7 @@ from vitviz.atlas import (
 from vitviz.backends.local import LocalBackend
 from vitviz.cli import main
 from vitviz.errors import ImageError, OptionsError
-from vitviz.images import load_image_file
+from vitviz.inputs.images import load_image_file
 from vitviz.layout import TokenLayout
 from vitviz.methods.statistics import LOCAL_RATIO, SELF_SHARE, SINK_SHARE
 from vitviz.results import ImageExplanation, ModelInfo, WeightsInfo

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import STATE_TIMEOUT_S, page_process
 from vitviz import methods
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"

@@ -23,7 +23,7 @@ from tests.test_browser import (  # noqa: F401 - server is a fixture
     server,
     settle,
 )
-from vitviz.live import moving_clip
+from vitviz.engine.stream import moving_clip
 
 try:
     import streamlit_webrtc  # noqa: F401 - the live view's WebRTC component

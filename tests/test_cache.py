@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import in_threads
-from vitviz.cache import ByteLRU, nbytes
+from vitviz.memory.cache import ByteLRU, nbytes
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from vitviz.capture import capture, forward_with_attention
+from vitviz.engine.capture import capture, forward_with_attention
 from vitviz.errors import ModelError
 
 
@@ -132,7 +132,7 @@ def test_gradients_flow_when_enabled(vit_tiny):
 
 
 def test_architecture_without_readable_attention_is_reported():
-    from vitviz.capture import prepare
+    from vitviz.engine.capture import prepare
 
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
     prepare(model)

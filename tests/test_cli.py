@@ -175,7 +175,7 @@ def test_patch_beyond_one_images_grid_fails_that_image_only(tmp_path, weights_fi
 
 def test_class_specific_methods(tmp_path, capsys):
     from vitviz.backends.local import LocalBackend
-    from vitviz.images import load_image_file
+    from vitviz.inputs.images import load_image_file
 
     scene = ASSETS / "demo-scene-2.png"
     backend = LocalBackend.from_name("demo", device="cpu")
@@ -259,7 +259,7 @@ def test_a_fifo_among_the_images_fails_that_one_at_once(tmp_path, capsys):
 # ``python -m vitviz`` with Ray's start replaced by an exit that says so (status 1, not 2);
 # malloc is tuned first, as ``main`` does before its imports (they take twice as long untuned)
 NO_RAY = (
-    "import sys; from vitviz.runtime import tune_allocator; tune_allocator(); "
+    "import sys; from vitviz.engine.runtime import tune_allocator; tune_allocator(); "
     "import vitviz.server.serve as s; "
     "s.run_server = lambda *a, **k: sys.exit('run_server: Ray would start now'); "
     "from vitviz.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -300,8 +300,8 @@ def test_legend_puts_the_scale_and_settings_under_the_same_picture(tmp_path, wei
     assert legend.shape[0] > plain.shape[0] and legend.shape[1] == plain.shape[1]
     np.testing.assert_array_equal(legend[: plain.shape[0]], plain)
     npz = np.load(tmp_path / "legend" / "chelsea.npz")
-    from vitviz import exports
-    from vitviz.render import with_legend
+    from vitviz.output import exports
+    from vitviz.output.render import with_legend
 
     rec = json.loads((tmp_path / "legend" / "chelsea.json").read_text())
     caption = exports.caption(

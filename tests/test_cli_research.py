@@ -10,10 +10,10 @@ import pytest
 
 from tests.conftest import ASSETS
 from vitviz import methods
+from vitviz.analysis.comparison import Side, carry_options, compare
 from vitviz.backends.local import LocalBackend
 from vitviz.cli import main
-from vitviz.comparison import Side, carry_options, compare
-from vitviz.images import load_image_file
+from vitviz.inputs.images import load_image_file
 from vitviz.layout import TokenLayout
 
 

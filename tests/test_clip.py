@@ -16,17 +16,17 @@ from safetensors.torch import save_file
 from tests.conftest import ASSETS
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.capture import capture, capture_tensor
 from vitviz.cli import main
+from vitviz.engine.capture import capture, capture_tensor
 from vitviz.errors import ModelError, OptionsError, WeightsError
-from vitviz.models import load_model, weights_plan
-from vitviz.prompts import (
+from vitviz.inputs.prompts import (
     DEFAULT_LABELS,
     MAX_LABEL_FILE_BYTES,
     check_labels,
     check_template,
     read_labels,
 )
+from vitviz.models import load_model, weights_plan
 
 open_clip = pytest.importorskip("open_clip")
 from vitviz.models import clip as clip_models  # noqa: E402 - needs open_clip

@@ -16,8 +16,8 @@ from PIL import Image
 from tests.conftest import ASSETS
 from tests.test_app import fresh_cache, ok  # noqa: F401 - fixture (the page test)
 from vitviz.backends.local import LocalBackend
-from vitviz.capture import forward_with_attention
 from vitviz.cli import main
+from vitviz.engine.capture import forward_with_attention
 from vitviz.errors import OptionsError
 from vitviz.models import load_model
 
@@ -252,7 +252,7 @@ def test_the_page_shows_the_captions_words_under_a_typed_labels_class_map(monkey
     """CLIP ViT-B/32 (random weights) with three typed classes: under "why this class?" the
     table of the caption's tokens equals the engine's, and a rerun reads it from the cache."""
     from tests.test_page_families import _clip_page
-    from vitviz.images import decode_image
+    from vitviz.inputs.images import decode_image
     from vitviz.ui import resources
     from vitviz.ui.i18n import t
 

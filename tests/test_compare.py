@@ -11,7 +11,7 @@ from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
 from tests.test_page_state import from_url
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""What an explanation holds, known before the work (vitviz.cost): the formula by hand, the
+"""What an explanation holds, known before the work (vitviz.memory.cost): the formula by hand, the
 shape read from real models, and the estimate against the peak measured in a fresh process.
 
 The stated margin: a measured peak lies within 25 % of the estimate plus 8 MB (the fixed
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import timm
 
-from vitviz.cost import (
+from vitviz.memory.cost import (
     ModelShape,
     answer_cost,
     explanation_cost,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny
-from vitviz.cost import token_cost
-from vitviz.embeddings import embeddings_of, flatten_patch
+from vitviz.engine.embeddings import embeddings_of, flatten_patch
+from vitviz.memory.cost import token_cost
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS
-from vitviz import exports, render
 from vitviz.cli import main
 from vitviz.layout import TokenLayout
+from vitviz.output import exports, render
 from vitviz.results import ModelInfo, WeightsInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,7 +322,7 @@ def test_wrong_inputs_are_refused(case):
 
 def test_exports_load_no_torch_or_streamlit():
     code = (
-        "import sys, vitviz.exports\n"
+        "import sys, vitviz.output.exports\n"
         "print(','.join(m for m in ('torch', 'timm', 'streamlit') if m in sys.modules))"
     )
     done = subprocess.run(

@@ -14,13 +14,12 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, png, tiny
-from vitviz import methods
+from vitviz import methods, wire
 from vitviz.backends.local import LocalBackend
 from vitviz.errors import OptionsError
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 from vitviz.methods import patch_similarity, pca_rgb
-from vitviz.render import block_picture
-from vitviz.server import wire
+from vitviz.output.render import block_picture
 from vitviz.server.service import ApiError, Engine, Settings
 from vitviz.ui import canvas as vcanvas
 

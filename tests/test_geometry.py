@@ -8,7 +8,7 @@ from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 
 
 def cfg(size, interpolation, crop_pct, **more):

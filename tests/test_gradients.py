@@ -10,8 +10,8 @@ from PIL import Image
 from tests.conftest import tiny
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
+from vitviz.engine.gradients import attention_gradients
 from vitviz.errors import ModelError, OptionsError
-from vitviz.gradients import attention_gradients
 from vitviz.layout import TokenLayout
 
 
@@ -328,7 +328,7 @@ def test_relevance_of_some_layers_says_which_maps_it_cannot_make():
 
 def test_batched_backward_reduces_each_class_as_the_full_gradients_do(vit_tiny, cat_image):
     """One pass for several images and classes equals the per-image full gradients."""
-    from vitviz.gradients import attention_relevance
+    from vitviz.engine.gradients import attention_relevance
 
     loaded = vit_tiny
     x = torch.stack([loaded.to_tensor(loaded.seen_image(cat_image.rotate(a))) for a in (0, 90)])

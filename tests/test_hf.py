@@ -16,10 +16,10 @@ from PIL import Image
 from tests.conftest import ASSETS
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.capture import capture_tensor
 from vitviz.cli import main
+from vitviz.engine.capture import capture_tensor
 from vitviz.errors import ModelError, WeightsError
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 from vitviz.models import LoadedModel, load_model, weights_plan
 from vitviz.results import WeightsInfo
 

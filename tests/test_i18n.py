@@ -156,7 +156,7 @@ def _families() -> dict[str, list[str]]:
         "live": [f"live.method_{m}" for m in ("rollout", "attention", "class")],
         "heads_table": [f"heads_table.kind_{k.replace(' ', '_')}" for k in methods.HEAD_KINDS],
         "error_code": [f"error_code.{c}" for c in raised_error_codes() | {"other"}],
-        # what the page's memory budget refused or waited for (vitviz.cost's WorkCost.what)
+        # what the page's memory budget refused or waited for (vitviz.memory.cost's WorkCost.what)
         "memory": [
             f"memory.{w}" for w in ("explanation", "class_maps", "model", "forward", "live", "work")
         ],

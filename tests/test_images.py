@@ -1,4 +1,4 @@
-"""Tests of vitviz.images: decoding, conversions to RGB and the one-line errors.
+"""Tests of vitviz.inputs.images: decoding, conversions to RGB and the one-line errors.
 
 Every input is generated in memory with Pillow, numpy or by hand (PNG chunks); nothing is read
 from the repository.
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import vitviz.images as images
+import vitviz.inputs.images as images
 from tests.conftest import STATE_TIMEOUT_S, never_waits_on, wait_until
 from vitviz.errors import ImageError, VitvizError
-from vitviz.images import DecodedImage, decode_image, load_image_file
+from vitviz.inputs.images import DecodedImage, decode_image, load_image_file
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)

@@ -37,7 +37,7 @@ def imports_of(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            for alias in node.names:  # `from vitviz.server import wire` imports a module
+            for alias in node.names:  # `from vitviz.inputs import geometry` imports a module
                 if f"{node.module}.{alias.name}" in MODULES:
                     found.add(f"{node.module}.{alias.name}")
     return found
@@ -80,7 +80,7 @@ def test_the_engine_never_imports_the_page():
 
 def test_methods_and_render_import_no_model_or_http_code():
     for name, path in MODULES.items():
-        if name.startswith(("vitviz.methods", "vitviz.render")):
+        if name.startswith(("vitviz.methods", "vitviz.output.render")):
             found = imports_of(path)
             for banned in (
                 "timm",
@@ -100,8 +100,8 @@ def test_the_client_side_loads_no_torch():
     code = (
         "import sys\n"
         "import vitviz\n"
-        "from vitviz import results, geometry\n"
-        "from vitviz.server import wire\n"
+        "from vitviz import results, wire\n"
+        "from vitviz.inputs import geometry\n"
         "from vitviz.backends import Backend\n"
         "from vitviz.backends.remote import RemoteBackend\n"
         "from vitviz.results import ModelInfo, ClassRelevance\n"

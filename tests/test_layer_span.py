@@ -168,7 +168,7 @@ def test_a_backbone_explains_the_norm_of_its_readout_feature(vit_tiny, cat_image
     """The class-free target's gradients equal those of a linear head u·f with u = f/‖f‖
     (d‖f‖ = u·df): computed through the ordinary class path of a 1-class copy."""
     from vitviz.backends.local import LocalBackend
-    from vitviz.gradients import FEATURE_NORM, FEATURE_NORM_LABEL
+    from vitviz.engine.gradients import FEATURE_NORM, FEATURE_NORM_LABEL
 
     model = copy.deepcopy(vit_tiny.model)
     model.reset_classifier(0)  # a backbone: its forward returns the readout feature

@@ -10,9 +10,9 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, words
 from vitviz.backends.local import LocalBackend
-from vitviz.classes import short_label
-from vitviz.cost import token_cost
-from vitviz.images import decode_image
+from vitviz.inputs.classes import short_label
+from vitviz.inputs.images import decode_image
+from vitviz.memory.cost import token_cost
 from vitviz.ui.lesson.steps import STEPS
 
 APP = str(ASSETS.parent / "app.py")

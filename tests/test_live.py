@@ -12,8 +12,8 @@ from PIL import Image
 from tests.conftest import STATE_TIMEOUT_S, wait_until
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
+from vitviz.engine.stream import LiveExplainer, LiveSettings, frame_to_rgb, moving_clip
 from vitviz.errors import OptionsError
-from vitviz.live import LiveExplainer, LiveSettings, frame_to_rgb, moving_clip
 
 
 @pytest.fixture(scope="module")

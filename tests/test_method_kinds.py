@@ -14,7 +14,7 @@ from tests.conftest import ASSETS
 from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 from vitviz.methods import METHODS, Option, register
 from vitviz.methods.registry import DEFAULT_ORDER, LAYER
 
@@ -67,7 +67,7 @@ def test_built_in_methods_declare_their_kind_and_order():
 
 def test_todays_lists_are_unchanged():
     from vitviz.cli.trust import compared_methods
-    from vitviz.live import live_methods
+    from vitviz.engine.stream import live_methods
     from vitviz.ui.live import live_choices
     from vitviz.ui.views.compare import method_choices
     from vitviz.ui.views.rollout import class_methods
@@ -122,7 +122,7 @@ def test_one_registration_puts_a_class_agnostic_method_everywhere(toy, demo, cap
     from vitviz.cli import build_parser, main
     from vitviz.cli.arguments import method_choices as cli_choices
     from vitviz.cli.trust import compared_methods
-    from vitviz.live import LiveExplainer, LiveSettings, live_methods, moving_clip
+    from vitviz.engine.stream import LiveExplainer, LiveSettings, live_methods, moving_clip
     from vitviz.server.service import Engine, Settings, method_listing
     from vitviz.ui.live import live_choices
     from vitviz.ui.views.compare import method_choices

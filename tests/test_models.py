@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from tests.conftest import tiny
 from vitviz import methods, models
-from vitviz.capture import capture
+from vitviz.engine.capture import capture
 from vitviz.errors import ModelError, WeightsError
 from vitviz.layout import TokenLayout
 

@@ -49,7 +49,7 @@ def test_clip_scores_the_classes_a_person_types_and_explains_each():
     from tests.test_app import shown
     from vitviz import methods
     from vitviz.backends.local import LocalBackend
-    from vitviz.images import decode_image
+    from vitviz.inputs.images import decode_image
     from vitviz.ui import resources
 
     at = _clip_page("cat\ndog\nteapot")
@@ -105,7 +105,7 @@ def test_the_weights_file_field_takes_timm_architectures_only():
 def test_one_wrapper_per_label_set_and_invisible_characters_refused():
     pytest.importorskip("open_clip")
     from vitviz.errors import OptionsError
-    from vitviz.prompts import check_labels
+    from vitviz.inputs.prompts import check_labels
     from vitviz.ui import resources
 
     with pytest.raises(OptionsError, match="U\\+200B"):
@@ -130,7 +130,7 @@ def test_a_hugging_face_vit_from_the_cache_works_on_the_page(tmp_path):
     from tests.conftest import ASSETS
     from tests.test_app import shown
     from vitviz import methods
-    from vitviz.images import decode_image
+    from vitviz.inputs.images import decode_image
     from vitviz.models import load_model
 
     names = ["cat", "dog", "teapot", "rocket", "coffee", "tree"]

@@ -9,7 +9,7 @@ from tests.conftest import ASSETS
 from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 
 
 def _engine():

@@ -267,7 +267,7 @@ def _page_caches():
 
 
 def test_the_model_cache_is_bounded_in_bytes(monkeypatch):
-    from vitviz.cache import nbytes
+    from vitviz.memory.cache import nbytes
 
     # room for one tiny model (≈ 23 MB) but not two
     at = page(monkeypatch, {"VITVIZ_MODEL_CACHE_MB": "30"}, model="__timm__", random_weights=True)

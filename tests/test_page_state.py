@@ -17,7 +17,7 @@ from tests.conftest import ASSETS, words
 from tests.test_app import APP, TIMEOUT, canvas, fresh_cache, ok, shown, start  # noqa: F401
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
-from vitviz.images import decode_image
+from vitviz.inputs.images import decode_image
 from vitviz.ui import sidebar
 
 

@@ -24,13 +24,12 @@ import torch
 from PIL import Image
 
 from tests.conftest import ASSETS, SERVER_START_S, start_serve, stop, tiny, wait_healthy
-from vitviz import methods
+from vitviz import methods, wire
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
 from vitviz.errors import OptionsError, ServerError
 from vitviz.models import load_model
 from vitviz.results import ClassRelevance
-from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
 

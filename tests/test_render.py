@@ -1,4 +1,5 @@
-"""Tests of vitviz.render: maps to images, with exact expectations where they are knowable."""
+"""Tests of vitviz.output.render: maps to images, with exact expectations where they are
+knowable."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vitviz import render
-from vitviz.render import (
+from vitviz.output import render
+from vitviz.output.render import (
     COLORMAPS,
     colorize,
     draw_patch_grid,
@@ -418,7 +419,7 @@ def test_to_png_rejects_bad_image(image):
 
 
 def test_with_legend_adds_the_exact_colour_scale_below_an_unchanged_image():
-    from vitviz.render import colorize, with_legend
+    from vitviz.output.render import colorize, with_legend
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)

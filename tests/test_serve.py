@@ -35,13 +35,12 @@ from tests.conftest import (
     wait_healthy,
     words,
 )
-from vitviz import methods
+from vitviz import methods, wire
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
 from vitviz.cli import main
 from vitviz.demo.scenes import generate_scene
 from vitviz.errors import OptionsError, ServerError
-from vitviz.server import wire
 
 pytest.importorskip("ray.serve", reason="the server needs Ray Serve (requirements-serve.txt)")
 
@@ -267,7 +266,7 @@ def test_remote_backend_equals_the_local_engine(servers, local):
 def test_the_live_view_over_a_server_gets_the_light_readout_answer(servers, local):
     """The live stream asks the server for the readout rows only; its map equals the local
     engine's raw attention of the same frame."""
-    from vitviz.live import LiveExplainer, LiveSettings, moving_clip
+    from vitviz.engine.stream import LiveExplainer, LiveSettings, moving_clip
 
     frame = next(moving_clip(frames=2))
     remote = RemoteBackend(servers["main"])

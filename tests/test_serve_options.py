@@ -9,9 +9,9 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
+from vitviz import wire
 from vitviz.backends import remote
 from vitviz.backends.remote import explain_query
-from vitviz.server import wire
 from vitviz.server.options import AppArgs, ExplainOptions, Settings, choices, refusal
 from vitviz.server.service import ApiError, explain_options
 

@@ -7,10 +7,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png
-from vitviz import methods
+from vitviz import methods, wire
 from vitviz.backends.local import LocalBackend
 from vitviz.demo.scenes import generate_scene
-from vitviz.server import wire
 from vitviz.server.service import Admission, ApiError, Engine, Job, Settings, check_token
 
 

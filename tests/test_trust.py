@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from vitviz.analysis.trust import Curve, curves, occlusion, ranking, spearman, trust
 from vitviz.errors import OptionsError
-from vitviz.trust import Curve, curves, occlusion, ranking, spearman, trust
 
 GRID, PATCH = (4, 4), (8, 8)
 
@@ -144,7 +144,7 @@ def test_the_trust_command_writes_the_curves_of_a_map(tmp_path, capsys):
 
 def test_the_page_shows_the_curves_of_the_map_it_shows():
     """Rollout view, "How far can I trust this map?": the chart's curves and the caption's
-    AUCs are :func:`vitviz.trust.trust` of the rollout shown, for the top class."""
+    AUCs are :func:`vitviz.analysis.trust.trust` of the rollout shown, for the top class."""
     import json
 
     from PIL import Image
@@ -153,7 +153,7 @@ def test_the_page_shows_the_curves_of_the_map_it_shows():
     from tests.conftest import ASSETS, plotly_array, words
     from vitviz import methods
     from vitviz.backends.local import LocalBackend
-    from vitviz.images import decode_image
+    from vitviz.inputs.images import decode_image
 
     at = AppTest.from_file(str(ASSETS.parent / "app.py"), default_timeout=120).run()
     at.toggle(key="trust_on").set_value(True).run()

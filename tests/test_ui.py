@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import in_threads, tiny
-from vitviz import anatomy, models
-from vitviz.cache import nbytes
+from vitviz import models
+from vitviz.engine import anatomy
 from vitviz.errors import WeightsError
 from vitviz.layout import TokenLayout
+from vitviz.memory.cache import nbytes
 from vitviz.results import ImageExplanation
-from vitviz.ui import downloads, figures, pipeline
+from vitviz.ui import diagram, downloads, figures
 from vitviz.ui.state import ExplanationCache, digest
 
 LAYOUT = TokenLayout(("cls", "reg", "reg"), (4, 5), (16, 16), "cls")
@@ -51,12 +52,12 @@ def test_hybrid_models_have_no_patch_filters():
 
 def test_pipeline_diagram_names_the_real_numbers(vit_tiny):
     info = vit_tiny.describe()
-    dot = pipeline.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'a "quoted" cat (80%)')
+    dot = diagram.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'a "quoted" cat (80%)')
     assert "14×14 = 196 patches" in dot and "12 blocks × 3 attention heads" in dot
     assert '\\"quoted\\"' in dot  # quotes cannot break the graphviz source
     # nor can a backslash before a quote (it would end the label early), and a line break in
     # a label stays one
-    dot = pipeline.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'x\\"];evil["')
+    dot = diagram.pipeline_dot(info, vit_tiny.layout((224, 224)), 192, 'x\\"];evil["')
     label = next(line for line in dot.splitlines() if line.startswith("n7 "))
     assert label == 'n7 [label="Prediction\\nx\\\\\\"];evil[\\""];'
 

@@ -1,4 +1,4 @@
-"""The binary message format of the HTTP API (vitviz.server.wire)."""
+"""The binary message format of the HTTP API (vitviz.wire)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from vitviz.server import wire
+from vitviz import wire
 
 
 def test_round_trip_keeps_header_shapes_and_exact_dtypes():

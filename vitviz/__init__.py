@@ -6,7 +6,7 @@ result = backend.explain([decode_image(open("cat.jpg", "rb").read(), "cat.jpg").
 heat = compute_map("rollout", result.attention, result.layout)   # [grid h, grid w]
 
 Names are imported on first use (PEP 562), so ``import vitviz`` and the torch-free parts
-(``vitviz.results``, ``vitviz.server.wire``, ``vitviz.backends.remote``) never load torch.
+(``vitviz.results``, ``vitviz.wire``, ``vitviz.backends.remote``) never load torch.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "Anatomy": "vitviz.results",
     "Backend": "vitviz.backends",
-    "Capture": "vitviz.capture",
+    "Capture": "vitviz.engine.capture",
     "ClassExplanation": "vitviz.results",
     "ClassRelevance": "vitviz.results",
     "CURATED": "vitviz.models",
-    "DecodedImage": "vitviz.images",
+    "DecodedImage": "vitviz.inputs.images",
     "ImageError": "vitviz.errors",
     "ImageExplanation": "vitviz.results",
-    "InputGeometry": "vitviz.geometry",
+    "InputGeometry": "vitviz.inputs.geometry",
     "LoadedModel": "vitviz.models",
     "LocalBackend": "vitviz.backends.local",
     "METHODS": "vitviz.methods",
@@ -38,20 +38,20 @@ _EXPORTS: dict[str, str] = {
     "VitvizError": "vitviz.errors",
     "WeightsError": "vitviz.errors",
     "attention_entropy": "vitviz.methods",
-    "attention_gradients": "vitviz.gradients",
-    "attention_relevance": "vitviz.gradients",
+    "attention_gradients": "vitviz.engine.gradients",
+    "attention_relevance": "vitviz.engine.gradients",
     "class_relevance": "vitviz.methods",
     "compute_map": "vitviz.methods",
     "compute_row": "vitviz.methods",
-    "decode_image": "vitviz.images",
-    "forward_with_attention": "vitviz.capture",
-    "load_image_file": "vitviz.images",
+    "decode_image": "vitviz.inputs.images",
+    "forward_with_attention": "vitviz.engine.capture",
+    "load_image_file": "vitviz.inputs.images",
     "load_model": "vitviz.models",
     "mean_attention_distance": "vitviz.methods",
-    "resolve_class": "vitviz.classes",
+    "resolve_class": "vitviz.inputs.classes",
     "rollout_matrix": "vitviz.methods",
     "threshold_mask": "vitviz.methods",
-    "tune_allocator": "vitviz.runtime",
+    "tune_allocator": "vitviz.engine.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -286,7 +286,7 @@ class Anatomy:
 
 @dataclass(frozen=True)
 class TokenEmbeddings:
-    """One image's vectors on their way into the encoder (:mod:`vitviz.embeddings`).
+    """One image's vectors on their way into the encoder (:mod:`vitviz.engine.embeddings`).
 
     Attributes:
         pixels: ``[C, H, W]`` float32, the normalised input.
@@ -310,7 +310,9 @@ class TokenEmbeddings:
 
 @dataclass(frozen=True)
 class TokenFeatures:
-    """One image's token features after the last block (:func:`vitviz.embeddings.features_of`).
+    """One image's token features after the last block.
+
+    Made by :func:`vitviz.engine.embeddings.features_of`.
 
     Attributes:
         tokens: ``[T, D]`` float32, what timm's ``forward_features`` returns: prefix tokens,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 from vitviz.results import (
     Anatomy,
     ClassExplanation,

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitviz.anatomy import anatomy
-from vitviz.capture import capture_seen, prepare
+from vitviz.engine.anatomy import anatomy
+from vitviz.engine.capture import capture_seen, prepare
+from vitviz.engine.gradients import attention_relevance
 from vitviz.errors import OptionsError
-from vitviz.gradients import attention_relevance
 from vitviz.models import InputGeometry, LoadedModel, load_model
 from vitviz.results import (
     Anatomy,
@@ -70,16 +70,16 @@ class LocalBackend:
         return self._anatomy
 
     def embeddings(self, image: Image.Image) -> TokenEmbeddings:
-        """One seen image's patch, position and token vectors (:mod:`vitviz.embeddings`)."""
-        from vitviz.embeddings import embeddings_of
+        """One seen image's patch, position and token vectors (:mod:`vitviz.engine.embeddings`)."""
+        from vitviz.engine.embeddings import embeddings_of
 
         (seen,) = self._seen([image], True)
         return embeddings_of(self.loaded, seen)
 
     def features(self, image: Image.Image) -> TokenFeatures:
         """One seen image's token features after the last block and the final norm (what
-        timm's ``forward_features`` returns; :func:`vitviz.embeddings.features_of`)."""
-        from vitviz.embeddings import features_of
+        timm's ``forward_features`` returns; :func:`vitviz.engine.embeddings.features_of`)."""
+        from vitviz.engine.embeddings import features_of
 
         (seen,) = self._seen([image], True)
         return features_of(self.loaded, seen)

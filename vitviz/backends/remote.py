@@ -7,7 +7,7 @@ after its Retry-After.
 
 Precision: every map the page draws from a server's answer must equal the in-process one,
 and some maps rank entries (rollout's discard ratio, DINO's masks, gradient rollout's
-discard), which float16 rounding reorders (see :mod:`vitviz.server.wire`). So the client asks
+discard), which float16 rounding reorders (see :mod:`vitviz.wire`). So the client asks
 for ``dtype=float32`` by default: attention, class relevance and gradients arrive exactly as
 the server's engine computed them, and every method and option gives the in-process map (a
 ViT-B/16 answer: 22 MB instead of 11 MB; the page held float32 attention anyway). Each answer
@@ -31,8 +31,9 @@ import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
+from vitviz import wire
 from vitviz.errors import ImageError, OptionsError, ServerError
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 from vitviz.layout import TokenLayout
 from vitviz.results import (
     Anatomy,
@@ -43,7 +44,6 @@ from vitviz.results import (
     TokenEmbeddings,
     TokenFeatures,
 )
-from vitviz.server import wire
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
 API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 from vitviz.cli import atlas, compare, explain, features, models, serve, trust
 from vitviz.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from vitviz.engine.runtime import tune_allocator
 from vitviz.errors import VitvizError
-from vitviz.runtime import tune_allocator
 
 
 class Command(NamedTuple):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitviz import methods, render
+from vitviz import methods
+from vitviz.output import render
 
 MODEL_HELP = "curated key or any timm ViT name (default: vit-b16)"
 RANDOM_WEIGHTS_HELP = "architecture tests only"
@@ -136,7 +137,7 @@ def add_class(parser: argparse.ArgumentParser, *, help: str = CLASS_HELP) -> Non
 
 def add_colormap(parser: argparse.ArgumentParser, *, checked_by_argparse: bool = True) -> None:
     """``--colormap`` (default inferno); with ``checked_by_argparse=False`` the command checks
-    the name itself (:func:`vitviz.render.colormap_lut`)."""
+    the name itself (:func:`vitviz.output.render.colormap_lut`)."""
     choices = list(render.COLORMAPS) if checked_by_argparse else None
     parser.add_argument("--colormap", default="inferno", choices=choices)
 

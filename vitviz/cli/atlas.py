@@ -1,6 +1,6 @@
 """``python -m vitviz atlas DIR --model M --out OUTDIR``: per-head statistics over a folder.
 
-Streams the folder's images through the model a batch at a time (:mod:`vitviz.atlas`) and
+Streams the folder's images through the model a batch at a time (:mod:`vitviz.analysis.atlas`) and
 writes ``atlas.json``, ``atlas.csv`` and ``atlas.html`` into ``--out``. Unreadable files are
 skipped with one line each. Exit status: 0 all images used, 1 some files skipped (the atlas is
 still written), 2 bad arguments, an unusable model or no readable image.
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the atlas, write its three files and say where they are."""
-    from vitviz.atlas import head_atlas, image_files, write_atlas
+    from vitviz.analysis.atlas import head_atlas, image_files, write_atlas
 
     out = output_folder(args.out)
     if args.batch_size < 1:

@@ -44,7 +44,7 @@ def output_folder(name: str) -> Path:
 def typed_labels(args: argparse.Namespace, name: str) -> tuple[list[str] | None, str | None]:
     """``--labels`` and ``--template``, checked before any model work: the classes a CLIP
     model scores (an :class:`OptionsError` for models with fixed classes)."""
-    from vitviz.prompts import check_template, read_labels
+    from vitviz.inputs.prompts import check_template, read_labels
 
     text, template = getattr(args, "labels", None), getattr(args, "template", None)
     if text is None and template is None:

@@ -2,8 +2,8 @@
 
 Two maps side by side, as the page's Compare view: two models on one image, two images on one
 model, or two methods; one set of method options, carried to the second model by relative
-depth (:mod:`vitviz.comparison`). Writes ``NAME-compare.png`` (both figures with their colour
-legend and settings caption), ``NAME-compare.npz`` (both maps' values) and
+depth (:mod:`vitviz.analysis.comparison`). Writes ``NAME-compare.png`` (both figures with their
+colour legend and settings caption), ``NAME-compare.npz`` (both maps' values) and
 ``NAME-compare.json`` (both sides' settings, the options each side used).
 """
 
@@ -53,12 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute both maps and write the files; print where they went."""
-    from vitviz import exports, render
-    from vitviz.classes import resolve_class
-    from vitviz.comparison import Side, compare
-    from vitviz.images import load_image_file
+    from vitviz.analysis.comparison import Side, compare
+    from vitviz.inputs.classes import resolve_class
+    from vitviz.inputs.images import load_image_file
     from vitviz.models.registry import model_family
-    from vitviz.provenance import public_info
+    from vitviz.output import exports, render
+    from vitviz.output.provenance import public_info
 
     options = chosen_method_options(args)
     out = output_folder(args.out)

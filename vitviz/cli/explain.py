@@ -6,7 +6,7 @@ source, method and options, input size, token layout) and an ``.npz`` with the f
 tensor ``attention`` ``[L, H, N, N]`` and the method's raw ``map`` ``[gh, gw]``; with
 ``--legend`` the PNG gets a colour scale and a caption of the settings, ``--svg`` adds the same
 figure as SVG and ``--values`` the map's values with every setting as ``.values.npz`` and
-``.values.csv`` (:mod:`vitviz.exports`).
+``.values.csv`` (:mod:`vitviz.output.exports`).
 Exit status: 0 all images done, 1 some images failed, 2 bad arguments or unusable model.
 """
 
@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vitviz import exports, methods, render
-from vitviz.classes import resolve_class
+from vitviz import methods
 from vitviz.cli.arguments import (
     add_alpha,
     add_batch_size,
@@ -40,6 +39,8 @@ from vitviz.cli.arguments import (
 )
 from vitviz.cli.common import EXIT_OK, EXIT_SOME_FAILED, banner, local_backend, output_folder
 from vitviz.errors import OptionsError, ServerError, VitvizError
+from vitviz.inputs.classes import resolve_class
+from vitviz.output import exports, render
 from vitviz.results import ModelInfo
 
 NAME = "explain"
@@ -152,7 +153,7 @@ def _target_class(args: argparse.Namespace, backend: Any, info: ModelInfo) -> in
             )
         return None
     if not info.classes:  # a backbone: the one class-free target, ‖readout feature‖
-        from vitviz.gradients import FEATURE_NORM
+        from vitviz.engine.gradients import FEATURE_NORM
 
         if args.target_class not in (None, "top", str(FEATURE_NORM)):
             raise OptionsError(
@@ -175,7 +176,7 @@ def _explain_all(args: argparse.Namespace, backend: Any, outputs: _Outputs) -> i
     """Decode the images and explain them a batch at a time; returns how many failed."""
     from tqdm import tqdm
 
-    from vitviz.images import load_image_file
+    from vitviz.inputs.images import load_image_file
 
     failed = 0
     bar = tqdm(args.images, desc="explaining", unit="image", file=sys.stderr)

@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and write the files; print the explained variance."""
-    from vitviz import exports, render
-    from vitviz.images import load_image_file
-    from vitviz.provenance import public_info
+    from vitviz.inputs.images import load_image_file
+    from vitviz.output import exports, render
+    from vitviz.output.provenance import public_info
 
     out = output_folder(args.out)
     backend = local_backend(args)

@@ -3,7 +3,7 @@
 Runs the model once on the image, computes the chosen map and every other whole-image map
 (raw attention, rollout, and the class-specific ones for the class), then the deletion and
 insertion curves of the chosen map with their random baseline and patch occlusion
-(:mod:`vitviz.trust`), and writes one JSON file per image.
+(:mod:`vitviz.analysis.trust`), and writes one JSON file per image.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from vitviz import methods
-from vitviz.classes import resolve_class
 from vitviz.cli.arguments import (
     add_class,
     add_method_arguments,
@@ -26,6 +25,7 @@ from vitviz.cli.arguments import (
 )
 from vitviz.cli.common import EXIT_OK, local_backend, output_folder
 from vitviz.errors import OptionsError
+from vitviz.inputs.classes import resolve_class
 
 NAME = "trust"
 HELP = "how far to trust a map: deletion/insertion curves, occlusion (JSON)"
@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and write the report; print the AUCs."""
-    from vitviz.images import load_image_file
-    from vitviz.trust import trust
+    from vitviz.analysis.trust import trust
+    from vitviz.inputs.images import load_image_file
 
     options = chosen_method_options(args)
     out = output_folder(args.out)

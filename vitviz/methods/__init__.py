@@ -25,8 +25,7 @@ from vitviz.methods.attention import (
     raw_attention,
     threshold_mask,
 )
-from vitviz.methods.features import FeaturePCA, patch_similarity, pca_rgb
-from vitviz.methods.gradient import (
+from vitviz.methods.class_specific import (
     attn_grad,
     chefer,
     chefer_row,
@@ -35,6 +34,7 @@ from vitviz.methods.gradient import (
     grad_rollout,
     relevance_parts,
 )
+from vitviz.methods.features import FeaturePCA, patch_similarity, pca_rgb
 from vitviz.methods.registry import (
     DEFAULT_METHOD,
     KINDS,

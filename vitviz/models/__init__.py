@@ -8,7 +8,7 @@
 ``loading``      :func:`load_model` → :class:`LoadedModel`
 """
 
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
 from vitviz.models.hub import (
     PROBE_MEMORY_SECONDS,

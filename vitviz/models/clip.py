@@ -39,8 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitviz.cache import ByteLRU
 from vitviz.errors import ModelError, WeightsError
+from vitviz.inputs.prompts import (
+    DEFAULT_LABELS,
+    DEFAULT_TEMPLATE,
+    check_labels,
+    check_template,
+    label_set,
+)
+from vitviz.memory.cache import ByteLRU
 from vitviz.models.device import Precision, pick_device, pick_precision
 from vitviz.models.hub import check_repo_id, hub_endpoint, hub_reachable, require_reachable
 from vitviz.models.loading import (
@@ -51,13 +58,6 @@ from vitviz.models.loading import (
 )
 from vitviz.models.registry import CURATED
 from vitviz.models.weights import read_state_dict
-from vitviz.prompts import (
-    DEFAULT_LABELS,
-    DEFAULT_TEMPLATE,
-    check_labels,
-    check_template,
-    label_set,
-)
 from vitviz.results import WeightsInfo
 
 __all__ = [
@@ -111,7 +111,7 @@ class ClipAttention(nn.Module):
     ``A = softmax(q kᵀ / √d)`` per head, ``out_proj(A v)``. Shares the module's parameters.
     """
 
-    fused_attn = False  # read by vitviz.capture.prepare; this path is always explicit
+    fused_attn = False  # read by vitviz.engine.capture.prepare; this path is always explicit
 
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
@@ -682,7 +682,7 @@ def load(
     template: str | None = None,
 ) -> LoadedModel:
     """Load an open_clip ViT as a :class:`LoadedModel` classifying ``labels`` (default
-    :data:`~vitviz.prompts.DEFAULT_LABELS`).
+    :data:`~vitviz.inputs.prompts.DEFAULT_LABELS`).
 
     Raises:
         ModelError / WeightsError / OptionsError with a message that says what to do.

@@ -6,8 +6,8 @@ block's attention explicitly (:class:`~vitviz.models.clip.ClipAttention`, with t
 mask open_clip passes: causal, plus the padding mask of towers that use one), the
 probabilities passing its ``attn_drop`` identity, and the rest of ``encode_text`` unchanged
 (token and position embeddings, ``ln_final``, the readout token, ``text_projection``). The
-probabilities are collected with :func:`vitviz.capture.forward_with_attention`'s per-call sink,
-so concurrent calls never see each other's tensors and nothing is left on the shared modules.
+probabilities are collected with :func:`vitviz.engine.capture.forward_with_attention`'s per-call
+sink, so concurrent calls never see each other's tensors and nothing is left on the shared modules.
 
 :func:`text_relevance` explains the image–text similarity logit of one label for one image,
 ``y = logit_scale · cos(image, text("a photo of a <label>.")) (+ logit_bias)``, the logit the
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vitviz.capture import forward_with_attention, prepare
+from vitviz.engine.capture import forward_with_attention, prepare
 from vitviz.errors import OptionsError
+from vitviz.inputs.prompts import check_labels, check_template
 from vitviz.models.clip import ClipBlock, ClipTower, _open_clip
 from vitviz.models.loading import LoadedModel
-from vitviz.prompts import check_labels, check_template
 
 __all__ = [
     "ClipTextEncoder",
@@ -61,7 +61,7 @@ class ClipTextBlock(ClipBlock):
 
 class ClipTextEncoder(nn.Module):
     """open_clip's ``encode_text`` with every block's attention capturable (``blocks``,
-    ``vitviz_num_heads``: what :func:`vitviz.capture.forward_with_attention` reads).
+    ``vitviz_num_heads``: what :func:`vitviz.engine.capture.forward_with_attention` reads).
 
     ``forward(tokens [B, L])`` gives the text features ``[B, E]`` (unnormalized), equal to
     ``clip.encode_text(tokens)``. With grad enabled, the token embeddings require grad, so

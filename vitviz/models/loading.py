@@ -4,7 +4,7 @@ Weights come from, in this order: a local file the user names (``.safetensors``,
 ``.pth``/``.bin`` read with ``torch.load(weights_only=True)``), the Hugging Face cache or hub
 through timm's own pretrained loading, or explicitly random weights (architecture tests only).
 Preprocessing comes from the model's own pretrained config
-(``timm.data.resolve_model_data_config``), applied by :class:`~vitviz.geometry.InputGeometry`
+(``timm.data.resolve_model_data_config``), applied by :class:`~vitviz.inputs.geometry.InputGeometry`
 so the caller gets the image exactly as the model saw it beside the normalized tensor.
 """
 
@@ -24,9 +24,9 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_co
 from torch import nn
 from torchvision import transforms as T
 
-from vitviz.cost import ModelShape
 from vitviz.errors import ModelError, WeightsError
 from vitviz.layout import TokenLayout
+from vitviz.memory.cost import ModelShape
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
 from vitviz.models.hub import _require_hub, cached_weights
 from vitviz.models.preprocess import InputGeometry, model_layout, patch_size_of
@@ -78,7 +78,7 @@ class LoadedModel:
     @property
     def num_heads(self) -> int:
         """Attention heads per block."""
-        from vitviz.capture import attention_heads
+        from vitviz.engine.capture import attention_heads
 
         return attention_heads(self.model)
 
@@ -89,7 +89,7 @@ class LoadedModel:
 
     @property
     def shape(self) -> ModelShape:
-        """What this model's memory use depends on (:mod:`vitviz.cost`), read once."""
+        """What this model's memory use depends on (:mod:`vitviz.memory.cost`), read once."""
         known = self.__dict__.get("_shape")
         if known is None:
             layout = self.layout(self.geometry.size)
@@ -146,10 +146,10 @@ class LoadedModel:
 
 
 def model_shape(model: nn.Module, layout: TokenLayout) -> ModelShape:
-    """The :class:`~vitviz.cost.ModelShape` of a capturable model: blocks, heads, token width
+    """The :class:`~vitviz.memory.cost.ModelShape` of a capturable model: blocks, heads, token width
     (``embed_dim``), the MLP's hidden width (the widest linear layer of a block), parameters
     and buffers, prefix tokens and patch size."""
-    from vitviz.capture import attention_heads
+    from vitviz.engine.capture import attention_heads
 
     dim = int(getattr(model, "embed_dim", 0) or getattr(model, "num_features", 0) or 0)
     widths = [m.out_features for m in model.blocks[0].modules() if isinstance(m, nn.Linear)]
@@ -255,7 +255,9 @@ def load_model(
     model_kwargs: dict[str, Any] | None = None,
     max_params: int | None = None,
 ) -> LoadedModel:
-    """Create a timm ViT and load its weights (:func:`vitviz.capture.prepare` readies capture).
+    """Create a timm ViT and load its weights.
+
+    :func:`vitviz.engine.capture.prepare` readies capture.
 
     Args:
         name: curated key/title (``vit-b16`` …) or any global-attention timm ViT name.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vitviz.errors import ModelError
-from vitviz.geometry import InputGeometry
+from vitviz.inputs.geometry import InputGeometry
 from vitviz.layout import PrefixKind, Readout, TokenLayout
 
 __all__ = ["InputGeometry", "model_layout", "patch_size_of"]

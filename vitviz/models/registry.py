@@ -141,7 +141,7 @@ class Family:
         supported: whether vitviz reads their attention.
         why: for refused families, what their attention is instead (shown to the user).
         hook: for supported families, the module of each block whose output is the softmax
-            probabilities (:func:`vitviz.capture.prepare` hooks it).
+            probabilities (:func:`vitviz.engine.capture.prepare` hooks it).
     """
 
     supported: bool

@@ -6,9 +6,9 @@ takes it. :class:`Settings` is how a server runs; :class:`AppArgs` adds how Serv
 replicas and is what ``build_app`` and ``python -m vitviz serve`` give. Config files and
 ``serve run … k=v`` give strings: pydantic converts them to each field's type.
 
-The values an option takes (:data:`~vitviz.server.wire.Attention`,
-:data:`~vitviz.server.wire.ArrayDtype`, :data:`~vitviz.server.wire.Gradients`) live in the
-pydantic-free :mod:`vitviz.server.wire`, which the client imports too.
+The values an option takes (:data:`~vitviz.wire.Attention`,
+:data:`~vitviz.wire.ArrayDtype`, :data:`~vitviz.wire.Gradients`) live in the
+pydantic-free :mod:`vitviz.wire`, which the client imports too.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vitviz import images
-from vitviz.server.wire import ArrayDtype, Attention, Gradients
+from vitviz.inputs import images
+from vitviz.wire import ArrayDtype, Attention, Gradients
 
 
 class ExplainOptions(BaseModel):
@@ -94,7 +94,7 @@ class Settings(BaseModel):
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
         labels: a CLIP model's classes (a list, or one comma-separated text; None: its
-            default everyday labels); checked like every typed label (:mod:`vitviz.prompts`).
+            default everyday labels); checked like every typed label (:mod:`vitviz.inputs.prompts`).
         template: a CLIP model's prompt template (None: ``a photo of a {}.``).
         max_batch_size: most images explained in one forward pass.
         batch_wait_s: how long a batch waits to fill up.

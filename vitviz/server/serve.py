@@ -12,7 +12,7 @@ Endpoints (version 2; every one but health needs the bearer token when one is se
     ``POST /v1/embeddings``, ``POST /v1/features``: a model input's vectors going into the
         encoder, and its token features coming out of it (binary).
     ``POST /v1/explain``: the image bytes as the body, options as query parameters; the
-        answer is a :mod:`vitviz.server.wire` message.
+        answer is a :mod:`vitviz.wire` message.
 """
 
 import asyncio
@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from vitviz.server import wire
+from vitviz import wire
 from vitviz.server.options import AppArgs, ExplainOptions, Settings
 from vitviz.server.service import (
     API_VERSION,

@@ -5,7 +5,7 @@ explains a list of jobs in as few batches as it can: plain jobs in one ``explain
 class-specific jobs in one ``explain_classes`` call (class lists padded to the longest,
 gradient layers merged). When a batch fails, its jobs are retried one by one, so one bad job
 never takes its batch-mates down. :meth:`Engine.encode` turns a result into the binary
-response of :mod:`vitviz.server.wire`.
+response of :mod:`vitviz.wire`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from vitviz import methods
+from vitviz import methods, wire
 from vitviz.backends.local import LocalBackend
-from vitviz.classes import resolve_class
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
-from vitviz.images import decode_image
+from vitviz.inputs.classes import resolve_class
+from vitviz.inputs.images import decode_image
 from vitviz.results import ClassExplanation, ImageExplanation
-from vitviz.server import wire
 from vitviz.server.options import ExplainOptions, Settings, refusal
 
 __all__ = ["ApiError", "Engine", "ExplainOptions", "Job", "Settings", "check_token"]
@@ -175,8 +174,8 @@ class Engine:
                 import torch
 
                 torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+            from vitviz.inputs.prompts import split_labels
             from vitviz.models import load_model
-            from vitviz.prompts import split_labels
 
             loaded = load_model(
                 settings.model,
@@ -454,7 +453,7 @@ class Engine:
         return out
 
     def encode(self, job: Job, result: ImageExplanation | ClassExplanation) -> bytes:
-        """The binary response for one job (see :mod:`vitviz.server.wire` and the README)."""
+        """The binary response for one job (see :mod:`vitviz.wire` and the README)."""
         classed = result if isinstance(result, ClassExplanation) else None
         expl = classed.explanation if classed else result
         attn, layout = expl.attention, expl.layout

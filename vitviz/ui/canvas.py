@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from vitviz import render
-from vitviz.cache import ByteLRU
 from vitviz.layout import TokenLayout
+from vitviz.memory.cache import ByteLRU
+from vitviz.output import render
 from vitviz.ui import i18n
 from vitviz.ui.components import component
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitviz.backends import Backend
-from vitviz.images import DecodedImage
+from vitviz.inputs.images import DecodedImage
 from vitviz.layout import TokenLayout
 from vitviz.results import ClassRelevance, ImageExplanation, ModelInfo
 from vitviz.ui.state import Entry

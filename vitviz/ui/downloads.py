@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from vitviz.provenance import public_info
+from vitviz.output.provenance import public_info
 from vitviz.results import ImageExplanation, ModelInfo
 
 

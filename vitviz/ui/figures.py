@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from vitviz import render
 from vitviz.layout import TokenLayout
+from vitviz.output import render
 from vitviz.ui.i18n import raw, t
 
 TOKEN_NAMES = {"cls": "CLS", "dist": "DIST", "reg": "REG"}

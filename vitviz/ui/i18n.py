@@ -182,7 +182,7 @@ def class_label(
     :func:`vitviz.ui.text.plain` for Markdown): the Chinese name in zh-Hant when there is one
     (``both``: followed by the English first name, for searching), else the English (first)
     name."""
-    from vitviz.classes import short_label
+    from vitviz.inputs.classes import short_label
 
     english = short_label(label) if short else label
     chinese = class_name(label, lang, index)
@@ -219,7 +219,7 @@ _BYTES = frozenset({"needed", "available", "total"})  # error fields that count 
 def _field(name: str, value: Any, lang: str) -> str:
     """One field of an error in the page's words: byte counts as sizes, seconds whole, the
     kind of work the memory budget refused (``what``) in words, anything else as written."""
-    from vitviz.cost import size_text
+    from vitviz.memory.cost import size_text
     from vitviz.ui.text import plain
 
     if name in _BYTES:
@@ -232,7 +232,7 @@ def _field(name: str, value: Any, lang: str) -> str:
     return plain(value)
 
 
-_NOTES = {  # the decoder's fixed notes (vitviz.images) → catalog keys
+_NOTES = {  # the decoder's fixed notes (vitviz.inputs.images) → catalog keys
     "16-bit image scaled to 8 bits": "note.sixteen_bit",
     "CMYK converted to RGB": "note.cmyk",
     "transparency composited over white": "note.transparency",

@@ -1,8 +1,8 @@
 """The page's live camera: the attention overlay follows the webcam (WebRTC, streamlit-webrtc).
 
 The browser sends its camera over WebRTC to this process; each frame goes through the session's
-:class:`vitviz.live.LiveExplainer` (the newest frame is explained, older ones are dropped) and
-comes back with the latest map drawn over it, at the camera's rate. The predictions, frames per
+:class:`vitviz.engine.stream.LiveExplainer` (the newest frame is explained, older ones are dropped)
+and comes back with the latest map drawn over it, at the camera's rate. The predictions, frames per
 second and latency beside the video are re-read twice a second (an ``st.fragment``). *Freeze*
 opens the frame of the current map in the normal views. ICE servers: none by default (loopback
 or a LAN); the operator may set ``VITVIZ_ICE_SERVERS`` to a JSON list such as
@@ -17,12 +17,12 @@ from typing import Any
 
 import streamlit as st
 
-from vitviz import render
 from vitviz.backends import Backend
-from vitviz.cost import WorkCost
+from vitviz.engine.stream import CLASS, REMOTE_METHOD, LiveExplainer, LiveSettings, live_methods
 from vitviz.errors import OptionsError, VitvizError
-from vitviz.live import CLASS, REMOTE_METHOD, LiveExplainer, LiveSettings, live_methods
+from vitviz.memory.cost import WorkCost
 from vitviz.methods import METHODS
+from vitviz.output import render
 from vitviz.results import ModelInfo
 from vitviz.ui import i18n, resources
 from vitviz.ui.i18n import error_text, t

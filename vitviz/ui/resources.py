@@ -20,12 +20,15 @@ import numpy as np
 import streamlit as st
 
 from vitviz import models
-from vitviz.admission import Reservation
 from vitviz.backends import Backend
 from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
-from vitviz.cache import ByteLRU, nbytes
-from vitviz.cost import (
+from vitviz.engine.runtime import release_memory
+from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError, WeightsFileError
+from vitviz.inputs.images import DecodedImage, decode_image
+from vitviz.memory.admission import Reservation
+from vitviz.memory.cache import ByteLRU, nbytes
+from vitviz.memory.cost import (
     REMOTE_PREFIX,
     ModelShape,
     WorkCost,
@@ -34,10 +37,7 @@ from vitviz.cost import (
     model_cost,
     size_text,
 )
-from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError, WeightsFileError
-from vitviz.images import DecodedImage, decode_image
 from vitviz.results import Anatomy, ClassRelevance, ImageExplanation, TokenFeatures
-from vitviz.runtime import release_memory
 from vitviz.ui import i18n
 from vitviz.ui.encoded import encode
 from vitviz.ui.i18n import t
@@ -142,7 +142,7 @@ def work_cost(
 ) -> WorkCost:
     """What explaining one image of ``input_hw`` pixels will hold on this page, with the
     page's methods on the result: the model's whole work in this process, or what the page
-    keeps of a server's answer (see :mod:`vitviz.cost`)."""
+    keeps of a server's answer (see :mod:`vitviz.memory.cost`)."""
     loaded = getattr(backend, "loaded", None)
     if loaded is not None:
         return explanation_cost(
@@ -299,7 +299,7 @@ def typed_classes(backend: LocalBackend, labels: list[str], template: str | None
     labels are checked where the wrapper is made (:meth:`LoadedModel.with_labels`)."""
     if not backend.loaded.typed_labels:
         return backend
-    from vitviz import prompts
+    from vitviz.inputs import prompts
 
     key = prompts.label_set(list(labels), template or prompts.DEFAULT_TEMPLATE)
     with _TYPED_LOCK:  # one wrapper per (model, label set): the live view keeps its explainer
@@ -386,9 +386,9 @@ def class_relevance(
     backward pass each, so switching among them is instant; any other class costs one forward
     and one backward pass. Sessions asking for the same class at once compute it once; the
     cache is bounded in bytes. ``negative``: "why not" the class (the relevance of ``-y_c``);
-    ``cls`` is :data:`vitviz.gradients.FEATURE_NORM` for a backbone's class-free target.
+    ``cls`` is :data:`vitviz.engine.gradients.FEATURE_NORM` for a backbone's class-free target.
     """
-    from vitviz.gradients import FEATURE_NORM
+    from vitviz.engine.gradients import FEATURE_NORM
 
     cache = page_caches().relevance
     key = (model_id, image_digest, cls, negative)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import streamlit as st
 
 from vitviz import models
-from vitviz.cost import size_text
 from vitviz.errors import VitvizError
-from vitviz.provenance import display_location
+from vitviz.memory.cost import size_text
+from vitviz.output.provenance import display_location
 from vitviz.results import ModelInfo
 from vitviz.ui import i18n, resources, session
 from vitviz.ui.i18n import t
@@ -218,8 +218,8 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
 
 def _typed_classes(sel: Selection) -> None:
     """CLIP: the classes to score, one per line, and the prompt each one is put in (both in
-    the URL; untrusted text, checked by :mod:`vitviz.prompts`)."""
-    from vitviz import prompts
+    the URL; untrusted text, checked by :mod:`vitviz.inputs.prompts`)."""
+    from vitviz.inputs import prompts
 
     text = st.text_area(
         t("sidebar.clip_labels"),
@@ -248,8 +248,8 @@ def _typed_classes(sel: Selection) -> None:
 def read_typed(text: str | None, template: str | None) -> tuple[list[str], str, str | None]:
     """Typed classes (one per line, or comma-separated) and a prompt, checked: ``(labels,
     template, None)``, or CLIP's everyday classes and prompt with what was wrong, in words."""
-    from vitviz import prompts
     from vitviz.errors import OptionsError
+    from vitviz.inputs import prompts
 
     try:
         labels = prompts.check_labels(prompts.split_labels(text or ""))

@@ -10,7 +10,7 @@ server process shares what is cached here:
   at once run it once (single flight);
 * what is derived from an explanation (statistics, mosaics), and each class's relevance.
 
-Each cache is a :class:`~vitviz.cache.ByteLRU`; the budgets come from the environment
+Each cache is a :class:`~vitviz.memory.cache.ByteLRU`; the budgets come from the environment
 (:class:`PageLimits`). ``ExplanationCache.model_calls`` counts the real explanations (tests).
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vitviz.cache import ByteLRU
 from vitviz.errors import OptionsError
+from vitviz.memory.cache import ByteLRU
 from vitviz.results import ClassRelevance, ImageExplanation
 
 MB = 2**20
@@ -45,7 +45,7 @@ class PageLimits:
         memory_bytes: the whole page process's memory budget (``VITVIZ_PAGE_MEMORY_MB``,
             default half of the machine's memory, at least 2 GiB; :func:`default_memory`):
             model loads, explanations, class maps, trust checks and live streams are admitted
-            by bytes within it (:class:`vitviz.admission.MemoryBudget`).
+            by bytes within it (:class:`vitviz.memory.admission.MemoryBudget`).
         wait_s: how long work may wait for memory before the visitor is told the page is
             busy (``VITVIZ_MEMORY_WAIT_S``, default 120).
     """
@@ -93,7 +93,7 @@ messages, thread stacks, the allocator's slack."""
 def default_memory() -> int:
     """The page's default memory budget: half of the machine's memory (or of a smaller
     cgroup limit), at least 2 GiB."""
-    from vitviz.admission import machine_memory
+    from vitviz.memory.admission import machine_memory
 
     return max(2048 * MB, machine_memory() // 2)
 
@@ -178,7 +178,7 @@ class PageCaches:
     """Everything one page process keeps for its sessions, each part bounded in bytes."""
 
     def __init__(self, limits: PageLimits | None = None, base: int | None = None) -> None:
-        from vitviz.admission import MemoryBudget, process_rss
+        from vitviz.memory.admission import MemoryBudget, process_rss
 
         self.limits = limits or PageLimits.from_env()
         memory = self.limits.memory_bytes or default_memory()

@@ -1,7 +1,7 @@
 """ "How far can I trust this map?" under the Rollout view's maps: deletion and insertion curves
 of the map shown, their random baseline, and its rank correlation with patch occlusion
-(:mod:`vitviz.trust`). Needs the model in this process (it runs the model on perturbed copies
-of the image); cached with the explanation."""
+(:mod:`vitviz.analysis.trust`). Needs the model in this process (it runs the model on perturbed
+copies of the image); cached with the explanation."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from vitviz.cost import trust_cost
+from vitviz.analysis.trust import TrustReport, trust
 from vitviz.errors import MemoryBusy, MemoryRefused
-from vitviz.trust import TrustReport, trust
+from vitviz.memory.cost import trust_cost
 from vitviz.ui import resources
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, raw, t

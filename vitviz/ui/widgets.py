@@ -142,8 +142,8 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     A new image or model starts on its top class. A backbone without a classifier has one
     class-free target, the norm of its readout feature (said in a caption).
     """
-    from vitviz.classes import probabilities, ranked
-    from vitviz.gradients import FEATURE_NORM
+    from vitviz.engine.gradients import FEATURE_NORM
+    from vitviz.inputs.classes import probabilities, ranked
 
     labels = ctx.labels
     if not labels:
@@ -173,12 +173,13 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
 def map_settings(
     ctx: Any, view: str, method: str, options: dict[str, Any], cls: int | None = None
 ) -> dict[str, Any]:
-    """Every setting of a map a view shows (:func:`vitviz.exports.make_settings`): the model
+    """Every setting of a map a view shows (:func:`vitviz.output.exports.make_settings`): the model
     as :func:`~vitviz.ui.downloads.public_info` tells it (no directory of this machine), the
     image's name, the view, the method with all its options, the class of a class-specific
     map, and the canvas's default colormap and opacity the exported figure is drawn with."""
-    from vitviz import exports, methods
-    from vitviz.provenance import public_info
+    from vitviz import methods
+    from vitviz.output import exports
+    from vitviz.output.provenance import public_info
     from vitviz.ui.canvas import DISPLAY_DEFAULTS
 
     return exports.make_settings(
@@ -207,7 +208,7 @@ def _typed(ctx: Any) -> tuple[list[str], str] | None:
 
 def _target_label(labels: list[str], cls: int) -> str:
     """A class's name, or the class-free target's for a backbone."""
-    from vitviz.gradients import FEATURE_NORM_LABEL
+    from vitviz.engine.gradients import FEATURE_NORM_LABEL
 
     return labels[cls] if 0 <= cls < len(labels) else FEATURE_NORM_LABEL
 
@@ -220,7 +221,7 @@ def map_exports(
     npz). Each file is made only when its button is clicked."""
     from functools import partial
 
-    from vitviz import exports
+    from vitviz.output import exports
 
     image, stem = ctx.expl.image, f"{ctx.stem}-{title}"
     files = (

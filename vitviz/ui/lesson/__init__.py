@@ -15,7 +15,7 @@ import streamlit as st
 from vitviz.ui import session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
-from vitviz.ui.lesson import components
+from vitviz.ui.lesson import controls
 from vitviz.ui.lesson.steps import STEPS, load
 
 STYLE = "<style>" + (Path(__file__).resolve().parent / "page.css").read_text() + "</style>"
@@ -71,7 +71,7 @@ def render(ctx: ViewContext) -> None:
         nav, switch_column = st.columns([5, 1], vertical_alignment="center")
         with nav:
             words = {"prev": t("lesson.prev"), "next": t("lesson.next")}
-            components.nav("lesson-nav", step, titles, words, _go)
+            controls.nav("lesson-nav", step, titles, words, _go)
         if not switch(switch_column):
             st.rerun()  # the whole page, not just this fragment: back to the views
         st.markdown(f"## {step + 1}. {titles[step]}")

@@ -1,4 +1,4 @@
-// Lesson navigation (vitviz/ui/lesson/components.py): Previous / step dots / Next, and the
+// Lesson navigation (vitviz/ui/lesson/controls.py): Previous / step dots / Next, and the
 // ← → keys anywhere on the page except in a text field, menu or slider. Fixed code: the step
 // titles arrive as data and are only set as text.
 const KEYS = new WeakMap();

@@ -1,4 +1,4 @@
-// Patch picker for the lesson (vitviz/ui/lesson/components.py): the model's input with its
+// Patch picker for the lesson (vitviz/ui/lesson/controls.py): the model's input with its
 // patch grid and numbers; a click chooses a patch. Fixed code; the image is a data URI drawn on
 // a canvas, numbers are drawn as text.
 export default function (component) {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vitviz import render
 from vitviz.layout import TokenLayout
+from vitviz.output import render
 
 _NEG = np.array([33, 102, 172], np.float64)  # blue: negative
 _MID = np.array([247, 247, 247], np.float64)  # white: zero

@@ -16,15 +16,15 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods
-from vitviz.classes import probabilities
-from vitviz.cost import token_cost
-from vitviz.embeddings import flatten_patch
+from vitviz.engine.embeddings import flatten_patch
 from vitviz.errors import VitvizError
+from vitviz.inputs.classes import probabilities
+from vitviz.memory.cost import token_cost
 from vitviz.results import Anatomy, TokenEmbeddings
 from vitviz.ui import encoded, figures, i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
-from vitviz.ui.lesson.components import picker as patch_picker
+from vitviz.ui.lesson.controls import picker as patch_picker
 from vitviz.ui.lesson.pictures import (
     enlarged,
     map_over,

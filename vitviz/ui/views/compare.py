@@ -4,8 +4,8 @@ on one model, or two methods on one explanation.
 Panel A is the page's model and image. Panel B is another sample (the default: it costs one
 explanation), another curated model (run in this process, loaded only when asked for), or
 another method. One set of method options drives both panels, carried to B's model by
-:func:`vitviz.comparison.carry_options`: a layer to the same relative depth, a head B lacks to
-B's fused heads, a patch to the same place on B's grid. The mode, B's model, image and
+:func:`vitviz.analysis.comparison.carry_options`: a layer to the same relative depth, a head B lacks
+to B's fused heads, a patch to the same place on B's grid. The mode, B's model, image and
 methods and every option are in the URL, so a link reopens the comparison.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods, models
-from vitviz.comparison import carry_options
+from vitviz.analysis.comparison import carry_options
+from vitviz.engine.gradients import FEATURE_NORM
 from vitviz.errors import VitvizError
-from vitviz.gradients import FEATURE_NORM
 from vitviz.methods import Method, Option
 from vitviz.results import ModelInfo
 from vitviz.ui import canvas, resources, session, widgets

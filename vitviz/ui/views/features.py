@@ -13,7 +13,7 @@ import streamlit as st
 
 from vitviz import methods
 from vitviz.errors import VitvizError
-from vitviz.render import block_picture
+from vitviz.output.render import block_picture
 from vitviz.ui import canvas, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, fill, t

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from vitviz.errors import VitvizError
-from vitviz.ui import figures, i18n, pipeline, resources
+from vitviz.ui import diagram, figures, i18n, resources
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
 
@@ -63,4 +63,4 @@ def render(ctx: ViewContext) -> None:
     if expl.predictions:
         best = expl.predictions[0]
         top = f"{class_label(best.label, best.index, short=False)} ({best.probability:.0%})"
-    st.graphviz_chart(pipeline.pipeline_dot(info, layout, facts.width, top))
+    st.graphviz_chart(diagram.pipeline_dot(info, layout, facts.width, top))

@@ -190,7 +190,7 @@ def _class_title(ctx: ViewContext, cls: int, cm: str, copts: dict) -> str:
 
 def _strip(ctx: ViewContext, method: str, grads, opts: dict, title: str) -> None:
     """The map "up to layer l" for every l from the start layer on, small, in rows."""
-    from vitviz import render
+    from vitviz.output import render
 
     which = None if grads is None else (grads.index, grads.negative)
     layers, rows = ctx.entry.get(

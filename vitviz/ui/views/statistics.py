@@ -121,8 +121,8 @@ def _table(ctx: ViewContext) -> None:
 
 def head_csv(table: dict) -> str:
     """The head table as CSV (machine-readable column names, one row per head; every field
-    quoted, no cell a formula: :func:`vitviz.exports.csv_text`)."""
-    from vitviz.exports import csv_text
+    quoted, no cell a formula: :func:`vitviz.output.exports.csv_text`)."""
+    from vitviz.output.exports import csv_text
 
     names = ["layer", "head", "mean_distance", "entropy", "to_prefix", "to_self", "kind"]
     return csv_text([names, *zip(*(table[n] for n in names), strict=True)])

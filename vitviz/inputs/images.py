@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from vitviz.engine.runtime import release_memory
 from vitviz.errors import ImageError, ImageTooLarge
-from vitviz.runtime import release_memory
 
 MAX_BYTES: int = 50 * 1024 * 1024
 """Largest accepted encoded file, in bytes (50 MiB)."""

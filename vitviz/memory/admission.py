@@ -5,7 +5,7 @@ stream and model load in one process. A limit on parameters or on cache entries 
 bound that: what an explanation holds grows with N² tokens, and explanations of different
 images run at once. :class:`MemoryBudget` is a weighted semaphore counted in bytes:
 
-* work states its peak before it starts (:mod:`vitviz.cost`); work that could never fit,
+* work states its peak before it starts (:mod:`vitviz.memory.cost`); work that could never fit,
   even with everything else gone, is refused at once (:class:`~vitviz.errors.MemoryRefused`);
 * work that fits waits its turn, first come first served, and its caller is told its place
   in the queue while it waits (``on_wait``); past ``timeout`` it gives up
@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from vitviz.cost import MB, size_text
+from vitviz.engine.runtime import release_memory
 from vitviz.errors import MemoryBusy, MemoryRefused
-from vitviz.runtime import release_memory
+from vitviz.memory.cost import MB, size_text
 
 TRIM_ABOVE = 16 * MB  # give freed heap back to the kernel after releasing more than this
 

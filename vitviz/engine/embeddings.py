@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vitviz.capture import autocast_for
+from vitviz.engine.capture import autocast_for
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.results import TokenEmbeddings, TokenFeatures

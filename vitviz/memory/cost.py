@@ -139,7 +139,7 @@ def explanation_cost(
     one layer's scores and softmax (``2·B·H·N²`` float32) and the block's activations.
 
     Class maps (``classes = K``: one forward kept for autograd, one backward per class, as
-    :func:`vitviz.gradients.attention_relevance` runs them): every layer's attention and
+    :func:`vitviz.engine.gradients.attention_relevance` runs them): every layer's attention and
     ``SAVED_TOKEN_MATRICES`` token matrices plus the MLP's two hidden matrices kept for the
     backward pass, the detached attention stack, one class's gradient buffer and the
     gradients autograd returns (``gradient_layers`` of the L layers), the product ``A⊙G``
@@ -198,7 +198,7 @@ def model_cost(params: int, *, reading_weights: bool = True) -> WorkCost:
 
 def batch_forward_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int) -> WorkCost:
     """Plain forwards of ``batch`` images at once (timm's fused attention, inference mode:
-    nothing kept), as :mod:`vitviz.trust` runs its curves: the batch's inputs, one layer's
+    nothing kept), as :mod:`vitviz.analysis.trust` runs its curves: the batch's inputs, one layer's
     scores and softmax per image and the block's activations."""
     b = int(batch)
     n = shape.tokens(input_hw)
@@ -212,7 +212,7 @@ def batch_forward_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int)
 
 
 def trust_cost(shape: ModelShape, input_hw: tuple[int, int], steps: int, batch: int) -> WorkCost:
-    """A trust check (:func:`vitviz.trust.trust`): its perturbed copies of the input (a
+    """A trust check (:func:`vitviz.analysis.trust.trust`): its perturbed copies of the input (a
     curve pair builds ``4·(steps + 1)`` of them, occlusion one per patch plus the original,
     the larger set alive at a time) and batched plain forwards over them."""
     h, w = input_hw

@@ -1,8 +1,8 @@
 """Head atlas: per-head statistics over a folder of images, streamed with bounded memory.
 
 :func:`head_atlas` reads the image files of a folder in name order, decodes each with
-:func:`vitviz.images.load_image_file` (reduced at once to the model's input), runs them through
-a :class:`~vitviz.backends.Backend` a batch at a time and folds each image's head table
+:func:`vitviz.inputs.images.load_image_file` (reduced at once to the model's input), runs them
+through a :class:`~vitviz.backends.Backend` a batch at a time and folds each image's head table
 (:func:`vitviz.methods.statistics.head_columns`: mean attention distance, entropy, attention to
 prefix tokens and to self) into running float64 means and variances (Welford). Only one batch
 of images and attention tensors is alive at a time, plus the first image's readout rows for
@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from vitviz import methods, render
+from vitviz import methods
 from vitviz.errors import ImageError, OptionsError, ServerError
-from vitviz.exports import csv_text
 from vitviz.methods.statistics import (
     LOCAL_RATIO,
     SELF_SHARE,
@@ -44,6 +43,8 @@ from vitviz.methods.statistics import (
     head_kinds,
     uniform_distance,
 )
+from vitviz.output import render
+from vitviz.output.exports import csv_text
 from vitviz.results import ModelInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -159,7 +160,7 @@ class HeadAtlas:
 
     def to_dict(self) -> dict[str, Any]:
         """What ``atlas.json`` holds (the weights location without this machine's folders)."""
-        from vitviz.provenance import public_info
+        from vitviz.output.provenance import public_info
 
         layers, heads = self.shape
         return {
@@ -258,7 +259,7 @@ def head_atlas(
     """
     from tqdm import tqdm
 
-    from vitviz.images import load_image_file
+    from vitviz.inputs.images import load_image_file
 
     batch = int(batch_size or getattr(backend, "batch_size", 8))
     if batch < 1:
@@ -373,7 +374,7 @@ def _reason(err: Exception, path: Path) -> str:
 
 def atlas_csv(atlas: HeadAtlas) -> str:
     """One row per head: ``layer, head, <stat>_mean, <stat>_std … , kind`` (every field
-    quoted, no cell a formula: :func:`vitviz.exports.csv_text`)."""
+    quoted, no cell a formula: :func:`vitviz.output.exports.csv_text`)."""
     rows = atlas.rows()
     names = list(rows[0])
     return csv_text([names, *([row[n] for n in names] for row in rows)])
@@ -516,7 +517,7 @@ def _example_png(atlas: HeadAtlas, layer: int, head: int) -> str:
 
 def atlas_html(atlas: HeadAtlas, *, examples: int = 3) -> str:
     """The one-page report: summary, distance-vs-depth figure, example maps, head table."""
-    from vitviz.provenance import public_info
+    from vitviz.output.provenance import public_info
 
     e = html.escape
     info = public_info(atlas.info)

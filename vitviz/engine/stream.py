@@ -24,9 +24,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vitviz import methods, render
+from vitviz import methods
 from vitviz.backends import Backend
 from vitviz.errors import OptionsError, VitvizError
+from vitviz.output import render
 from vitviz.results import Prediction
 
 CLASS = "class"  # the live view's class map: Chefer et al.'s for the top class

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from vitviz.capture import Capturable, forward_with_attention
+from vitviz.engine.capture import Capturable, forward_with_attention
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.methods import relevance_parts

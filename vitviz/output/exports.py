@@ -24,7 +24,7 @@ What comes out:
 * :func:`figure_png` / :func:`figure_svg` — the overlay with a colour bar from the map's lowest
   to its highest value and a caption of the settings (:func:`caption`). The SVG embeds the
   overlay as a PNG and draws the colour bar as a vector gradient whose stops are the colormap's
-  own 256 colours (:func:`vitviz.render.colormap_lut`); its text is full Unicode, while the
+  own 256 colours (:func:`vitviz.output.render.colormap_lut`); its text is full Unicode, while the
   PNG's text is ASCII only (OpenCV's fonts draw other characters as ``?``).
 
 No torch, no Streamlit: the page, the CLI and Python code call the same functions.
@@ -44,7 +44,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from vitviz import render
+from vitviz.output import render
 
 if TYPE_CHECKING:
     from vitviz.layout import TokenLayout
@@ -104,7 +104,7 @@ def make_settings(
     """Every setting of one map, in plain JSON types and a fixed order.
 
     Args:
-        info: the model (pass :func:`vitviz.provenance.public_info` of it where no
+        info: the model (pass :func:`vitviz.output.provenance.public_info` of it where no
             directory of this machine may be handed out).
         image: the image's name (a file name, not a path).
         method: the registered method's name; ``options`` all its options.
@@ -327,7 +327,7 @@ def _value_name(settings: Mapping[str, Any]) -> str:
 
 def figure(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
     """The overlay with the colour bar (map minimum → maximum) and the caption below it, as an
-    RGB uint8 array (:func:`vitviz.render.with_legend`); a banner on random weights."""
+    RGB uint8 array (:func:`vitviz.output.render.with_legend`); a banner on random weights."""
     grid, image, _ = _check(values, image)
     return render.with_legend(
         _overlay(grid, image, settings),

@@ -1,0 +1,2 @@
+"""The torch side: one forward pass captures attention, gradients, embeddings, anatomy, the live
+stream."""

@@ -1,0 +1,1 @@
+"""What goes out: maps rendered as pictures, exports with their settings, weights provenance."""
