@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vitviz.results import ModelInfo, WeightsInfo
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout (vitviz/output/ is two down)
 
 
 def display_location(weights: WeightsInfo) -> str:
