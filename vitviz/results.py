@@ -332,3 +332,311 @@ class TokenFeatures:
     def patches(self) -> np.ndarray:
         """``[N, D]`` the patch tokens' features, row by row over the grid."""
         return self.tokens[self.layout.num_prefix :]
+
+
+# ------------------------------------------------------------------ inside one encoder block
+# Made by :mod:`vitviz.engine.block` (one image through the blocks) and
+# :mod:`vitviz.engine.sizes` (parameters, the standard ViT sizes, text vs image, passes).
+
+
+@dataclass(frozen=True)
+class ResidualStream:
+    """Norms of chosen tokens' vectors along the residual stream, block by block.
+
+    timm's ViT blocks are pre-norm: ``x ← x + ls1(attn(norm1(x)))``, then
+    ``x ← x + ls2(mlp(norm2(x)))`` (``ls`` = LayerScale where the model has it, else identity;
+    drop-path is the identity in eval). The updates are what is actually added to ``x``.
+
+    Attributes:
+        tokens: the sequence positions followed (K of them).
+        kinds: each one's kind: ``cls``, ``dist``, ``reg`` or ``patch``.
+        entering: ``[L, K]`` ‖x‖ entering each block.
+        after_attention: ``[L, K]`` ‖x + attention update‖.
+        after_mlp: ``[L, K]`` ‖x + attention update + MLP update‖ (the block's output).
+        attention_update: ``[L, K]`` ‖ls1(attn(norm1(x)))‖.
+        mlp_update: ``[L, K]`` ‖ls2(mlp(norm2(x)))‖.
+        layer_scale: whether the blocks scale their updates (LayerScale ``ls1``/``ls2``).
+    """
+
+    tokens: tuple[int, ...]
+    kinds: tuple[str, ...]
+    entering: np.ndarray
+    after_attention: np.ndarray
+    after_mlp: np.ndarray
+    attention_update: np.ndarray
+    mlp_update: np.ndarray
+    layer_scale: bool = False
+
+    @property
+    def attention_ratio(self) -> np.ndarray:
+        """``[L, K]`` ‖attention update‖ / ‖x entering the block‖ (the x it is added to)."""
+        return self.attention_update / np.maximum(self.entering, 1e-30)
+
+    @property
+    def mlp_ratio(self) -> np.ndarray:
+        """``[L, K]`` ‖MLP update‖ / ‖x after the attention sub-block‖ (the x it is added to)."""
+        return self.mlp_update / np.maximum(self.after_attention, 1e-30)
+
+
+@dataclass(frozen=True)
+class NormStep:
+    """One token's normalisation by one norm module, step by step.
+
+    LayerNorm: ``μ = mean(x)``, ``σ² = mean((x − μ)²)`` (biased), ``x̂ = (x − μ)/√(σ² + ε)``,
+    ``y = γ·x̂ + β``. RMSNorm: ``x̂ = x/√(mean(x²) + ε)``, ``y = γ·x̂`` (no mean, no β).
+
+    Attributes:
+        layer: the block.
+        token: the sequence position.
+        which: the module inside the block (``norm1`` before attention, ``norm2`` before the
+            MLP).
+        kind: ``LayerNorm`` or ``RMSNorm``.
+        module: the module's class name.
+        eps: ε.
+        before: ``[D]`` the values the module reads.
+        mean: μ (None for RMSNorm, which does not subtract it).
+        variance: σ² (LayerNorm) or mean(x²) (RMSNorm).
+        std: √(variance + ε), what x is divided by.
+        normalized: ``[D]`` x̂.
+        gamma: ``[D]`` γ (None without affine weights).
+        beta: ``[D]`` β (None without, and for RMSNorm).
+        after: ``[D]`` γ·x̂ + β computed from the steps above.
+        output: ``[D]`` the module's own output (equal to ``after`` up to rounding).
+    """
+
+    layer: int
+    token: int
+    which: str
+    kind: str
+    module: str
+    eps: float
+    before: np.ndarray
+    mean: float | None
+    variance: float
+    std: float
+    normalized: np.ndarray
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    after: np.ndarray
+    output: np.ndarray
+
+
+@dataclass(frozen=True)
+class MlpStep:
+    """The MLP of one block applied to one token (it acts on every token alone).
+
+    Attributes:
+        layer: the block.
+        token: the sequence position.
+        width: D, the MLP's input (and output) width.
+        hidden: the hidden width (``fc2``'s input).
+        activation: the activation module's name (``GELU``, ``GELU(approximate='tanh')``,
+            ``QuickGELU``, ``SiLU`` …).
+        gated: whether the hidden layer is gated (SwiGLU/GLU: act(gate) · value).
+        input: ``[D]`` what the MLP reads (norm2's output for this token).
+        pre_activation: ``[hidden]`` the activation's input.
+        post_activation: ``[hidden]`` its output.
+        output: ``[D]`` the MLP's output for this token in the full sequence.
+        alone: ``[D]`` the MLP applied to this token alone.
+        independence_error: ``max |alone − output|``: ~0 since the MLP mixes no tokens.
+    """
+
+    layer: int
+    token: int
+    width: int
+    hidden: int
+    activation: str
+    gated: bool
+    input: np.ndarray
+    pre_activation: np.ndarray
+    post_activation: np.ndarray
+    output: np.ndarray
+    alone: np.ndarray
+    independence_error: float
+
+    @property
+    def ratio(self) -> float:
+        """hidden / D (4 for the standard ViTs)."""
+        return self.hidden / self.width
+
+
+@dataclass(frozen=True)
+class BlockAnatomy:
+    """The sizes inside one encoder block of a model, for an input of N tokens.
+
+    Attributes:
+        layers: L, the number of blocks.
+        width: D.
+        heads: H.
+        head_dim: d_k per head (``D/H`` for the standard ViTs, read from the module).
+        tokens: N, the sequence length of this input (patches + prefix tokens).
+        qkv_weight: ``(3·H·d_k, D)`` shape of the fused q/k/v projection (None without one).
+        q_shape: ``(H, N, d_k)`` each of q, k, v for one image.
+        scores_shape: ``(H, N, N)`` attention scores of one image in one block.
+        mlp_hidden: the MLP's hidden width.
+        activation: the MLP activation's name.
+        norm: the blocks' norm (``LayerNorm`` or ``RMSNorm``).
+        layer_scale: whether the blocks have LayerScale.
+        qk_norm: whether q and k are normalised per head before the scores.
+    """
+
+    layers: int
+    width: int
+    heads: int
+    head_dim: int
+    tokens: int
+    qkv_weight: tuple[int, int] | None
+    q_shape: tuple[int, int, int]
+    scores_shape: tuple[int, int, int]
+    mlp_hidden: int
+    activation: str
+    norm: str
+    layer_scale: bool = False
+    qk_norm: bool = False
+
+
+@dataclass(frozen=True)
+class BlockSteps:
+    """What one forward pass shows of the encoder blocks for one image."""
+
+    residual: ResidualStream
+    norm: NormStep
+    mlp: MlpStep
+    anatomy: BlockAnatomy
+
+
+@dataclass(frozen=True)
+class ParameterPart:
+    """The parameters of one part of a model.
+
+    Attributes:
+        part: ``patch_embed``, ``pos_embed``, ``cls_token``, ``reg_token``, ``dist_token``,
+            ``norm_pre``, ``attention``, ``mlp``, ``norms``, ``layer_scale``, ``block_other``,
+            ``final_norm``, ``fc_norm``, ``attn_pool``, ``head``, ``head_dist`` or ``other``.
+        count: parameters (numbers) in it.
+        layer: the block, for the per-block parts.
+        names: the parameter names it holds.
+    """
+
+    part: str
+    count: int
+    layer: int | None = None
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """A model's parameters counted by part; ``total == sum(p.numel() for p in parameters)``."""
+
+    total: int
+    parts: tuple[ParameterPart, ...]
+
+    def by_part(self) -> dict[str, int]:
+        """Counts per part, summed over the blocks, in first-seen order."""
+        out: dict[str, int] = {}
+        for p in self.parts:
+            out[p.part] = out.get(p.part, 0) + p.count
+        return out
+
+    def block(self, layer: int) -> dict[str, int]:
+        """Counts per part of one block."""
+        return {p.part: p.count for p in self.parts if p.layer == layer}
+
+
+@dataclass(frozen=True)
+class VitSize:
+    """A standard ViT's size from the formulas (Dosovitskiy et al., ICLR 2021, Table 1).
+
+    Attributes:
+        name: ``ViT-B/16`` …
+        width: D.
+        depth: L.
+        heads: H.
+        mlp: the MLP's hidden width (4·D).
+        patch: p, pixels per patch side.
+        image: the input side in pixels.
+        patches: N = (image/p)².
+        classes: classifier outputs.
+        parts: parameters per part from the formulas (``patch_embed`` 3·p²·D + D,
+            ``pos_embed`` (N+1)·D, ``cls_token`` D, ``attention`` L·(4D² + 4D), ``mlp``
+            L·(2·D·mlp + mlp + D), ``norms`` L·4D, ``final_norm`` 2D, ``head`` D·C + C).
+    """
+
+    name: str
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    patch: int
+    image: int
+    patches: int
+    classes: int
+    parts: tuple[tuple[str, int], ...]
+
+    @property
+    def tokens(self) -> int:
+        """N + 1 with the [CLS] token."""
+        return self.patches + 1
+
+    @property
+    def params(self) -> int:
+        """All parameters: the sum of the parts."""
+        return sum(n for _, n in self.parts)
+
+
+@dataclass(frozen=True)
+class TextVsImage:
+    """A ViT's sequence beside a text Transformer's (BERT-base).
+
+    Attributes:
+        tokens: N, the image's sequence length (patches + prefix tokens).
+        patches: patch tokens.
+        extra: prefix tokens ([CLS], distillation, registers).
+        grid: the 2-D patch grid (rows, columns), flattened row by row into the sequence.
+        width: D of the image model.
+        text_tokens: the text model's longest sequence.
+        text_width: the text model's D.
+        text_model: which text model.
+    """
+
+    tokens: int
+    patches: int
+    extra: int
+    grid: tuple[int, int]
+    width: int
+    text_tokens: int
+    text_width: int
+    text_model: str
+
+    def grid_positions(self) -> np.ndarray:
+        """``[rows, cols]`` the sequence index of each patch (row-major after the prefix)."""
+        rows, cols = self.grid
+        return self.extra + np.arange(rows * cols).reshape(rows, cols)
+
+    def text_positions(self) -> np.ndarray:
+        """``[text_tokens]`` the 1-D positions of text."""
+        return np.arange(self.text_tokens)
+
+
+@dataclass(frozen=True)
+class PassCount:
+    """All at once (ViT) versus one token at a time (GPT-like) over N tokens.
+
+    Counts are attention scores per head per layer.
+
+    Attributes:
+        tokens: N.
+        vit_passes: forward passes of the ViT: 1.
+        vit_entries: scores of its one pass: N².
+        autoregressive_passes: passes of a next-token model producing N tokens: N.
+        cached_entries: with a KV cache, pass i scores 1 query against i keys: Σ i = N(N+1)/2.
+        uncached_entries: without a cache, pass i recomputes the i×i scores (dense QKᵀ, the
+            masked half computed then discarded): Σ i² = N(N+1)(2N+1)/6.
+    """
+
+    tokens: int
+    vit_passes: int
+    vit_entries: int
+    autoregressive_passes: int
+    cached_entries: int
+    uncached_entries: int
