@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vitviz import wire  # noqa: E402
 from vitviz.backends.local import LocalBackend  # noqa: E402
 from vitviz.demo.scenes import generate_scene  # noqa: E402
-from vitviz import wire  # noqa: E402
 
 
 def _port() -> int:
