@@ -82,7 +82,10 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from vitviz.inputs.assets import ASSETS  # noqa: E402  (a light module: no page, no model)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage"]
 MB = 2**20

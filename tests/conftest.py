@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from vitviz.backends.local import LocalBackend
+from vitviz.inputs.assets import ASSETS
 from vitviz.models import LoadedModel, load_model
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 # How long a test waits for a state it expects (a thread's result, a server's answer, a page's
 # canvas): generous, so that a loaded machine (a busy 2-core CI runner, a CPU hog beside the
@@ -53,6 +53,23 @@ def weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def demo() -> LocalBackend:
+    """The bundled demo model in this process, on the CPU (one per test module)."""
+    return LocalBackend.from_name("demo", device="cpu")
+
+
+@pytest.fixture
+def fresh_cache():
+    """Each test starts without models or explanations cached by an earlier one (page tests:
+    ``pytestmark = pytest.mark.usefixtures("fresh_cache")``)."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
 
 
 @pytest.fixture(scope="session")

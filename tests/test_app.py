@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, plotly_array, tiny, words
@@ -30,12 +29,7 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 120
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    """Each test starts without models or explanations cached by an earlier one."""
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

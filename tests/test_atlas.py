@@ -33,11 +33,6 @@ from vitviz.results import ImageExplanation, ModelInfo, WeightsInfo
 SCENES = [ASSETS / f"demo-scene-{i}.png" for i in (1, 2, 3)]
 
 
-@pytest.fixture(scope="module")
-def demo() -> LocalBackend:
-    return LocalBackend.from_name("demo", device="cpu")
-
-
 @pytest.fixture
 def scenes(tmp_path) -> Path:
     """A folder with the three demo scenes (and a text file, which is not an image)."""

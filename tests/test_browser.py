@@ -26,10 +26,10 @@ import pytest
 
 from tests.conftest import STATE_TIMEOUT_S, page_process
 from vitviz import methods
+from vitviz.inputs.assets import ASSETS
 from vitviz.inputs.images import decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("VITVIZ_REQUIRE_BROWSER") == "1"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage"]

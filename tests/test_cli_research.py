@@ -37,11 +37,6 @@ def test_options_are_carried_by_relative_depth_head_count_and_grid_place():
     }
 
 
-@pytest.fixture(scope="module")
-def demo() -> LocalBackend:
-    return LocalBackend.from_name("demo", device="cpu")
-
-
 def test_compare_two_images_and_two_methods_equal_the_single_maps(demo):
     one = load_image_file(ASSETS / "demo-scene-1.png").image
     two = load_image_file(ASSETS / "coffee.png").image

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import ASSETS
-from tests.test_app import fresh_cache, ok  # noqa: F401 - fixture (the page test)
+from tests.test_app import ok
 from vitviz.backends.local import LocalBackend
 from vitviz.cli import main
 from vitviz.engine.capture import forward_with_attention
 from vitviz.errors import OptionsError
 from vitviz.models import load_model
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 open_clip = pytest.importorskip("open_clip")
 from tests.test_clip import (  # noqa: E402, F401 - needs open_clip; fixtures

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import ASSETS
-from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
+from tests.test_app import canvas, ok, shown, start
 from tests.test_page_state import from_url
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

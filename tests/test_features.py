@@ -184,11 +184,6 @@ def test_features_are_timms_forward_features(cat_image, name, kwargs, prefix, no
         backend.features(cat_image)  # the original, not the model's input
 
 
-@pytest.fixture(scope="module")
-def demo() -> LocalBackend:
-    return LocalBackend.from_name("demo", device="cpu")
-
-
 def test_the_demo_models_features_and_their_server_encoding(demo, cat_image):
     seen = demo.geometry(cat_image)
     got = demo.features(seen)

@@ -1,22 +1,27 @@
-"""The page in English and Traditional Chinese: the catalogs, the class names, engine errors
-worded by their code, a third language added as one file, and the page itself rendered in
-zh-Hant with no English left in the main area (AppTest)."""
+"""The page in English and Traditional Chinese: the catalogs, the class names, engine errors and
+the decoder's notes worded by their code, a third language added as one file (with its class
+names), and the page itself rendered in zh-Hant with no English left in the main area
+(AppTest)."""
 
 from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import re
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf.json_format import MessageToDict
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS
 from vitviz import errors, methods, models
+from vitviz.inputs.images import NOTES, Note, decode_image
 from vitviz.ui import canvas, i18n, resources
 from vitviz.ui.lesson.steps import STEPS
 from vitviz.ui.views import VIEWS, slug
@@ -96,22 +101,39 @@ def test_errors_are_worded_by_their_code_not_their_english():
 
 
 def test_a_language_is_one_catalog_file(tmp_path, monkeypatch):
-    """A toy third language: one file beside the others, chosen for its tag, used by t."""
+    """A toy third language: one file beside the others, chosen for its tag, used by t; its
+    class names are one table its ``[locale]`` table names. Nothing else is edited."""
+    locales, assets = tmp_path / "locales", tmp_path / "assets"
+    locales.mkdir()
+    assets.mkdir()
     for lang in i18n.languages():
-        (tmp_path / f"{lang}.toml").write_bytes((i18n.LOCALES / f"{lang}.toml").read_bytes())
+        (locales / f"{lang}.toml").write_bytes((i18n.LOCALES / f"{lang}.toml").read_bytes())
+        for name in i18n.locale_info(lang).get("class_files", ()):
+            (assets / name).parent.mkdir(parents=True, exist_ok=True)
+            (assets / name).write_bytes((ASSETS / name).read_bytes())
+    demo = models.load_model("demo", device="cpu").labels
+    rows = ["index\tenglish\tfr", "281\ttabby, tabby cat\tchat tigré"]
+    rows += [f"{i}\t{label}\t{label} en français" for i, label in enumerate(demo)]
+    (assets / "classes-fr.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     toy = (i18n.LOCALES / "en.toml").read_text(encoding="utf-8")
-    toy = toy.replace('name = "English"', 'name = "Français"', 1)
+    toy = toy.replace('name = "English"', 'name = "Français"\nclass_files = ["classes-fr.tsv"]', 1)
+    toy = toy.replace('cmyk = "CMYK converted to RGB"', 'cmyk = "CMYK converti en RVB"', 1)
     toy = toy.replace('image = "{detail}"', 'image = "Image illisible : {detail}"', 1)
     title = i18n.catalog("en")["page.title"]
     toy = toy.replace(f'title = "{title}"', 'title = "vitviz — que regarde le ViT ?"', 1)
-    (tmp_path / "fr.toml").write_text(toy, encoding="utf-8")
-    monkeypatch.setattr(i18n, "LOCALES", tmp_path)
+    (locales / "fr.toml").write_text(toy, encoding="utf-8")
+    monkeypatch.setattr(i18n, "LOCALES", locales)
+    monkeypatch.setattr(i18n, "ASSETS", assets)
     assert i18n.languages() == {"en": "English", "fr": "Français", "zh-Hant": "中文"}
     assert i18n.from_locale("fr-CA") == i18n.from_locale("fr") == "fr"
     assert i18n.from_locale("zh-TW") == "zh-Hant" and i18n.from_locale("de") == "en"
     assert i18n.t("page.title", "fr") == "vitviz — que regarde le ViT ?"
     assert i18n.error_text(errors.ImageError("x"), "fr") == "Image illisible : x"
-    assert i18n.class_name("tabby, tabby cat", "fr") is None  # it names no classes
+    assert i18n.decoder_note(Note("cmyk"), "fr") == "CMYK converti en RVB"
+    assert i18n.class_name("tabby, tabby cat", "fr") == "chat tigré"
+    assert i18n.class_label("tabby, tabby cat", 281, both=True, lang="fr") == "chat tigré · tabby"
+    assert i18n.class_name("tabby, tabby cat", "en") is None  # English names no classes
+    assert i18n.class_name("tabby, tabby cat", "zh-Hant") == "虎斑貓"  # the others still do
     # the page offers it and speaks it when a link names it
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["lang"] = "fr"
@@ -120,6 +142,112 @@ def test_a_language_is_one_catalog_file(tmp_path, monkeypatch):
     assert at.session_state["lang"] == "fr"
     assert at.segmented_control(key="lang").options == ["English", "Français", "中文"]
     assert any("que regarde le ViT" in m.value for m in at.markdown)
+    # the demo model's prediction is named in the toy language
+    bars = [MessageToDict(p.proto).get("text", "") for p in at.get("progress")]
+    assert bars and all("en français" in bar for bar in bars), bars
+
+
+def test_every_note_code_has_words_in_every_language():
+    for lang in i18n.languages():
+        missing = {c for c in NOTES if f"note.{c}" not in i18n.catalog(lang)}
+        assert missing == set(), (lang, missing)
+    # the English catalog says what the CLI prints, with the same fields
+    for code, english in NOTES.items():
+        assert i18n.catalog("en")[f"note.{code}"] == english, code
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def noted_images() -> dict[str, bytes]:
+    """Files whose decoding leaves notes: CMYK, 16-bit with a transparent value, transparent
+    RGBA, animated GIF (a note with fields), EXIF-rotated JPEG (another)."""
+    sixteen = np.tile(np.array([7, 300, 65535, 40000], dtype=np.uint16), (32, 8))
+    alpha = Image.new("RGBA", (32, 32), (255, 0, 0, 255))
+    alpha.paste((0, 0, 0, 0), (0, 0, 16, 32))
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {
+        "cmyk.jpg": encoded(Image.new("CMYK", (32, 32), (255, 0, 0, 0)), "JPEG"),
+        "deep.png": encoded(Image.fromarray(sixteen), "PNG", transparency=7),
+        "alpha.png": encoded(alpha, "PNG"),
+        "anim.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "phone.jpg": encoded(Image.new("RGB", (40, 32), (0, 0, 255)), "JPEG", exif=exif.tobytes()),
+    }
+
+
+# format names and acronyms the notes keep in every language
+NOTE_NAMES = {"CMYK", "RGB", "EXIF", "TIFF", "JPEG", "GIF", "PNG", "WebP"}
+
+
+def test_decoded_notes_read_in_chinese_with_no_english():
+    seen = set()
+    for name, data in noted_images().items():
+        notes = decode_image(data, name).notes
+        assert notes, name
+        for note in notes:
+            seen.add(note.code)
+            zh = i18n.decoder_note(note, "zh-Hant")
+            assert zh == i18n.t(f"note.{note.code}", "zh-Hant", **note.fields)
+            assert set(re.findall(r"[A-Za-z]+", zh)) <= NOTE_NAMES, (name, zh)
+            assert i18n.decoder_note(note, "en") == str(note)
+    assert {"cmyk", "sixteen_bit", "transparency", "animated", "exif_rotated"} <= seen
+
+
+def test_the_page_shows_an_uploads_notes_in_chinese():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["lang"] = "zh-Hant"
+    at.run()
+    at.radio(key="source").set_value("Upload").run()
+    for name, data in noted_images().items():
+        at.file_uploader(key="upload").set_value((name, data, "image/png")).run()
+        assert not at.exception and not at.error, name
+        want = [i18n.decoder_note(n, "zh-Hant") for n in decode_image(data, name).notes]
+        captions = [c.value for c in at.caption]
+        assert all(w in captions for w in want), (name, want, captions)
+        english = {str(n) for n in decode_image(data, name).notes}
+        assert not any(e in c for e in english for c in captions), (name, captions)
+
+
+def _code_strings(path: Path) -> list[str]:
+    """The string constants of a module's code (docstrings left out)."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
+
+
+def test_the_page_matches_no_engine_english():
+    """The page words notes and errors by their code: no sentence of the decoder's appears in
+    its code (a dict keyed by English, an ``in`` or ``startswith`` test)."""
+    english = {text.split("{")[0].strip() for text in NOTES.values()}
+    for path in UI.rglob("*.py"):
+        found = {s for s in _code_strings(path) for e in english if e and e in s}
+        assert found == set(), (path, found)
+
+
+def test_no_code_names_a_language():
+    """A language is its catalog file: no module of vitviz/ special-cases a tag (zh-Hant, its
+    column) outside the catalogs; English, the default, is named once (i18n.DEFAULT)."""
+    others = {t for t in i18n.languages() if t != i18n.DEFAULT}
+    spelled = {v for t in others for v in (t, t.lower(), t.replace("-", "_").lower())}
+    for path in (ROOT / "vitviz").rglob("*.py"):
+        found = {s for s in _code_strings(path) if s in spelled or s.startswith("zh")}
+        assert found == set(), (path, found)
 
 
 def _families() -> dict[str, list[str]]:
@@ -160,7 +288,7 @@ def _families() -> dict[str, list[str]]:
         "memory": [
             f"memory.{w}" for w in ("explanation", "class_maps", "model", "forward", "live", "work")
         ],
-        "note": list(i18n._NOTES.values()),
+        "note": [f"note.{code}" for code in NOTES],
         "interpolation": [
             f"interpolation.{n}" for n in ("bicubic", "bilinear", "nearest", "area", "lanczos")
         ],
@@ -197,13 +325,15 @@ def test_chinese_class_names_cover_imagenet_and_the_demo_model():
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    with open(ASSETS / "imagenet-zh-hant.tsv", encoding="utf-8", newline="") as f:
+    declared = i18n.locale_info("zh-Hant")  # the language's own table, named by its catalog
+    table, column = declared["class_files"][0], declared["class_column"]
+    with open(ASSETS / table, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 1000
     for k, row in enumerate(rows):
         assert int(row["index"]) == k and row["wnid"] == info.index_to_label_name(k)
         assert row["english"] == info.index_to_description(k)
-    names = [r["zh_hant"] for r in rows]
+    names = [r[column] for r in rows]
     assert len(set(names)) == 1000, "two classes would read the same"
     with_letters = {n for n in names if re.search("[A-Za-z]", n)}
     assert with_letters <= {"T恤", "OK繃", "福特T型車"}
@@ -215,8 +345,8 @@ def test_chinese_class_names_cover_imagenet_and_the_demo_model():
     # ImageNet has two "crane" (134 the bird, 517 the machine): the index tells them apart,
     # and without it neither name is guessed
     assert info.index_to_description(134) == info.index_to_description(517) == "crane"
-    assert i18n.class_name("crane", "zh-Hant", 134) == rows[134]["zh_hant"] == "鶴"
-    assert i18n.class_name("crane", "zh-Hant", 517) == rows[517]["zh_hant"] == "起重機"
+    assert i18n.class_name("crane", "zh-Hant", 134) == rows[134][column] == "鶴"
+    assert i18n.class_name("crane", "zh-Hant", 517) == rows[517][column] == "起重機"
     assert i18n.class_name("crane", "zh-Hant") is None
     # another model's label list at the same index is not ImageNet's: by label, not by index
     assert i18n.class_name("tabby, tabby cat", "zh-Hant", 0) == "虎斑貓"

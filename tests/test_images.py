@@ -20,7 +20,7 @@ from PIL import Image, ImageFile
 import vitviz.inputs.images as images
 from tests.conftest import STATE_TIMEOUT_S, never_waits_on, wait_until
 from vitviz.errors import ImageError, VitvizError
-from vitviz.inputs.images import DecodedImage, decode_image, load_image_file
+from vitviz.inputs.images import NOTES, DecodedImage, Note, decode_image, load_image_file
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -146,7 +146,7 @@ def test_16_bit_gray_png_is_scaled_not_clipped() -> None:
     # v / 257 rounded: 32896 is exactly 128 * 257; Pillow's own convert("RGB") would clip to 255.
     expected = [0, 1, 128, 255, 0, 1]
     assert [rgb_at(decoded, (x, 0)) for x in range(6)] == [(v, v, v) for v in expected]
-    assert "16-bit image scaled to 8 bits" in decoded.notes
+    assert Note("sixteen_bit") in decoded.notes
 
 
 def test_16_bit_big_endian_and_32_bit_int_tiff_are_scaled() -> None:
@@ -168,7 +168,7 @@ def test_16_bit_rgb_png_becomes_correct_8_bit() -> None:
     assert_plain_rgb(decoded)
     assert rgb_at(decoded, (0, 0)) == RED
     assert rgb_at(decoded, (1, 0)) == (128, 128, 128)
-    assert "16-bit image scaled to 8 bits" in decoded.notes
+    assert Note("sixteen_bit") in decoded.notes
 
 
 def test_float_image_in_unit_range_is_scaled_by_255() -> None:
@@ -194,7 +194,7 @@ def test_cmyk_jpeg_of_pure_cyan_is_cyan_rgb() -> None:
     decoded = decode_image(data, name="cyan.jpg")
     assert_plain_rgb(decoded)
     assert close_to(rgb_at(decoded, (8, 8)), (0, 255, 255), 10)
-    assert "CMYK converted to RGB" in decoded.notes
+    assert Note("cmyk") in decoded.notes
 
 
 def test_rgba_transparency_is_composited_over_white() -> None:
@@ -207,7 +207,7 @@ def test_rgba_transparency_is_composited_over_white() -> None:
     assert rgb_at(decoded, (0, 0)) == WHITE
     assert all(120 <= c <= 135 for c in rgb_at(decoded, (1, 0)))
     assert rgb_at(decoded, (2, 0)) == RED
-    assert "transparency composited over white" in decoded.notes
+    assert Note("transparency") in decoded.notes
 
 
 def test_opaque_rgba_has_no_transparency_note() -> None:
@@ -234,14 +234,14 @@ def test_palette_transparency_is_composited_over_white(fmt: str) -> None:
     assert_plain_rgb(decoded)
     assert rgb_at(decoded, (0, 0)) == WHITE
     assert rgb_at(decoded, (1, 0)) == BLUE
-    assert "transparency composited over white" in decoded.notes
+    assert Note("transparency") in decoded.notes
 
 
 def test_16_bit_gray_with_transparent_value_is_white() -> None:
     values = np.array([[7, 65535, 0]], dtype=np.uint16)
     decoded = decode_image(encode(Image.fromarray(values), "PNG", transparency=7), name="t.png")
     assert [rgb_at(decoded, (x, 0))[0] for x in range(3)] == [255, 255, 0]
-    assert "transparency composited over white" in decoded.notes
+    assert Note("transparency") in decoded.notes
 
 
 # --- EXIF orientation ----------------------------------------------------------------------------
@@ -263,7 +263,8 @@ def test_exif_orientation_6_is_rotated_upright() -> None:
     assert decoded.original_size == (20, 40)
     assert close_to(rgb_at(decoded, (10, 5)), RED, 40)
     assert close_to(rgb_at(decoded, (10, 34)), BLUE, 40)
-    assert any("orientation 6" in note for note in decoded.notes)
+    assert decoded.notes == (Note("exif_rotated", {"orientation": 6}),)
+    assert str(decoded.notes[0]) == "rotated upright from EXIF orientation 6"
     # The orientation must not be applied a second time by anyone reading the returned image.
     assert decoded.image.getexif().get(0x0112, 1) == 1
 
@@ -295,13 +296,81 @@ def test_animation_uses_first_frame(fmt: str, params: dict[str, object]) -> None
     decoded = decode_image(data, name=f"anim.{fmt.lower()}")
     assert_plain_rgb(decoded)
     assert close_to(rgb_at(decoded, (4, 4)), RED, 4)
-    assert any("1 of 3" in note for note in decoded.notes), decoded.notes
+    assert any(note.fields.get("frames") == 3 for note in decoded.notes), decoded.notes
+    assert any("1 of 3" in str(note) for note in decoded.notes), decoded.notes
 
 
 def test_animated_gif_note_wording() -> None:
     frames = [Image.new("RGB", (4, 4), colour) for colour in (RED, GREEN, BLUE)]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
-    assert "animated GIF: used frame 1 of 3" in decode_image(data, name="a.gif").notes
+    notes = decode_image(data, name="a.gif").notes
+    assert notes == (Note("animated", {"format": "GIF", "frames": 3}),)
+    assert [str(note) for note in notes] == ["animated GIF: used frame 1 of 3"]
+
+
+# --- notes: a code and fields, English only through str() --------------------------------------
+
+
+def test_float_notes_carry_their_codes() -> None:
+    unit = encode(Image.fromarray(np.array([[0.0, 1.0]], dtype=np.float32)), "TIFF")
+    wide = encode(Image.fromarray(np.array([[0.0, 300.0]], dtype=np.float32)), "TIFF")
+    assert decode_image(unit, name="u.tif").notes == (Note("float_scaled"),)
+    assert decode_image(wide, name="w.tif").notes == (Note("float_clipped"),)
+
+
+def test_multi_page_tiff_note_counts_its_pages() -> None:
+    pages = [Image.new("RGB", (4, 4), colour) for colour in (RED, GREEN)]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    notes = decode_image(data, name="scan.tif").notes
+    assert notes == (Note("tiff_pages", {"frames": 2}),)
+    assert str(notes[0]) == "multi-page TIFF: used page 1 of 2"
+
+
+def test_a_note_said_twice_is_kept_once() -> None:
+    # 16-bit gray with a transparent value: the 16-bit note comes from the header and from the
+    # conversion, and is kept once; notes compare and hash by code and fields
+    values = np.array([[7, 65535]], dtype=np.uint16)
+    notes = decode_image(encode(Image.fromarray(values), "PNG", transparency=7), name="t").notes
+    assert notes == (Note("sixteen_bit"), Note("transparency"))
+    assert len({Note("animated", {"format": "GIF", "frames": 3}), notes[0], notes[0]}) == 2
+
+
+def test_notes_print_todays_english() -> None:
+    """The CLI, the JSON records and logs print str(note): the same sentences as before codes."""
+    said = {
+        Note("sixteen_bit"): "16-bit image scaled to 8 bits",
+        Note("cmyk"): "CMYK converted to RGB",
+        Note("transparency"): "transparency composited over white",
+        Note("exif_unreadable"): "EXIF data unreadable: orientation ignored",
+        Note("exif_rotated", {"orientation": 3}): "rotated upright from EXIF orientation 3",
+        Note("exif_mirrored", {"orientation": 2}): "mirrored upright from EXIF orientation 2",
+        Note("exif_rotated_mirrored", {"orientation": 5}): (
+            "rotated and mirrored upright from EXIF orientation 5"
+        ),
+        Note("float_scaled"): "floating-point image scaled from 0..1 to 8 bits",
+        Note("float_clipped"): "floating-point image clipped to 0..255",
+        Note("tiff_pages", {"frames": 4}): "multi-page TIFF: used page 1 of 4",
+        Note("tiff_pages_uncounted"): "multi-page TIFF: used page 1",
+        Note("mpo_pictures", {"frames": 2}): "multi-picture JPEG: used picture 1 of 2",
+        Note("mpo_pictures_uncounted"): "multi-picture JPEG: used picture 1",
+        Note("animated", {"format": "WebP", "frames": 5}): "animated WebP: used frame 1 of 5",
+        Note("animated_uncounted", {"format": "GIF"}): "animated GIF: used frame 1",
+    }
+    assert {note.code for note in said} == set(NOTES)
+    assert {str(note): text for note, text in said.items()} == {t: t for t in said.values()}
+    assert images._frames_note("PNG", None) == Note("animated_uncounted", {"format": "PNG"})
+    assert images._frames_note("MPO", 2) == Note("mpo_pictures", {"frames": 2})
+    with pytest.raises(ValueError, match="unknown note code"):
+        Note("CMYK converted to RGB")
+
+
+def test_notes_survive_pickling() -> None:
+    """Decoded images may be cached across processes (the page's caches)."""
+    import pickle
+
+    note = Note("animated", {"format": "GIF", "frames": 3})
+    again = pickle.loads(pickle.dumps(note))
+    assert again == note and str(again) == str(note) and hash(again) == hash(note)
 
 
 # --- failures ------------------------------------------------------------------------------------

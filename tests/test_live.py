@@ -16,11 +16,6 @@ from vitviz.engine.stream import LiveExplainer, LiveSettings, frame_to_rgb, movi
 from vitviz.errors import OptionsError
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return LocalBackend.from_name("demo", device="cpu")
-
-
 def engine_map(backend, rgb: np.ndarray, method: str, **options) -> np.ndarray:
     """What the page shows for this frame as an image: reduce, explain, compute the map."""
     seen = backend.geometry(Image.fromarray(rgb))

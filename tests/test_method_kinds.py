@@ -11,19 +11,15 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ASSETS
-from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
+from tests.test_app import canvas, ok, shown, start
 from vitviz import methods
-from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
 from vitviz.methods import METHODS, Option, register
 from vitviz.methods.registry import DEFAULT_ORDER, LAYER
 
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
+
 BUILT_IN = ["attention", "rollout", "query", "mask", "chefer", "grad-rollout", "attn-grad"]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return LocalBackend.from_name("demo", device="cpu")
 
 
 @pytest.fixture

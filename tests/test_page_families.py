@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import fresh_cache, ok  # noqa: F401
+from tests.test_app import ok
 from tests.test_page_state import from_url
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,15 @@ checked against the engine."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import ASSETS
-from tests.test_app import canvas, fresh_cache, ok, shown, start  # noqa: F401
+from tests.test_app import canvas, ok, shown, start
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 def _engine():

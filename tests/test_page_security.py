@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -25,11 +24,7 @@ from vitviz.ui.servers import ServerPolicy, normalize
 SECRET = "page-secret-4711"
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 class Listener:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, words
-from tests.test_app import APP, TIMEOUT, canvas, fresh_cache, ok, shown, start  # noqa: F401
+from tests.test_app import APP, TIMEOUT, canvas, ok, shown, start
 from vitviz import methods
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
 from vitviz.ui import sidebar
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
 
 
 def from_url(**params: str) -> AppTest:

@@ -357,7 +357,7 @@ class _Outputs:
             else "self-supervised backbone: this model has no classifier",
             "input_size": list(res.image.shape[:2]),
             "original_size": [decoded.original_size[1], decoded.original_size[0]],
-            "image_notes": list(decoded.notes),
+            "image_notes": [str(note) for note in decoded.notes],
             "layout": res.layout.to_dict(),
             "head_statistics": {
                 name: np.round(np.asarray(fn(res.attention, res.layout)), 4).tolist()

@@ -1,7 +1,8 @@
 """Decoding and validation of user images (uploads and files).
 
 :func:`decode_image` turns untrusted bytes into an upright, fully loaded 8-bit RGB
-:class:`PIL.Image.Image` and a few human notes on what was converted. It refuses, with a one-line
+:class:`PIL.Image.Image` and a few notes on what was converted (:class:`Note`: a code and fields,
+worded by the page in its language, printed in English by the CLI). It refuses, with a one-line
 :class:`~vitviz.errors.ImageError`, anything that is empty, too large, not an image in a supported
 format, a decompression bomb, or truncated. The pixel-count limit is checked from the header, before
 any pixel is decoded, so a huge image fails fast and allocates nothing.
@@ -15,8 +16,9 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -52,6 +54,51 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _ORIENTATION_TAG = 0x0112
 _WHITE = (255, 255, 255)
 
+NOTES: dict[str, str] = {
+    "sixteen_bit": "16-bit image scaled to 8 bits",
+    "cmyk": "CMYK converted to RGB",
+    "transparency": "transparency composited over white",
+    "exif_unreadable": "EXIF data unreadable: orientation ignored",
+    "exif_rotated": "rotated upright from EXIF orientation {orientation}",
+    "exif_mirrored": "mirrored upright from EXIF orientation {orientation}",
+    "exif_rotated_mirrored": "rotated and mirrored upright from EXIF orientation {orientation}",
+    "float_scaled": "floating-point image scaled from 0..1 to 8 bits",
+    "float_clipped": "floating-point image clipped to 0..255",
+    "tiff_pages": "multi-page TIFF: used page 1 of {frames}",
+    "tiff_pages_uncounted": "multi-page TIFF: used page 1",
+    "mpo_pictures": "multi-picture JPEG: used picture 1 of {frames}",
+    "mpo_pictures_uncounted": "multi-picture JPEG: used picture 1",
+    "animated": "animated {format}: used frame 1 of {frames}",
+    "animated_uncounted": "animated {format}: used frame 1",
+}
+"""Every decoding note's code → its English (a :meth:`str.format` template of its fields).
+
+The page words a note by its code (catalog key ``note.<code>``); this English is what the CLI,
+the JSON records and logs print."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note on how an image was converted: a code from :data:`NOTES` and its fields.
+
+    ``str(note)`` is the English sentence (``"CMYK converted to RGB"``); a page in another
+    language words it from ``code`` and ``fields``, never from the English.
+    """
+
+    code: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in NOTES:
+            raise ValueError(f"unknown note code {self.code!r}")
+        object.__setattr__(self, "fields", dict(self.fields))
+
+    def __str__(self) -> str:
+        return NOTES[self.code].format(**self.fields)
+
+    def __hash__(self) -> int:
+        return hash((self.code, tuple(sorted(self.fields.items()))))
+
 
 @dataclass(frozen=True)
 class DecodedImage:
@@ -62,13 +109,14 @@ class DecodedImage:
         image: Mode "RGB", upright (EXIF orientation applied), fully loaded and independent of
             the source bytes.
         original_size: ``(width, height)`` after the EXIF transpose.
-        notes: Human notes on conversions, e.g. ``"CMYK converted to RGB"``.
+        notes: Notes on conversions, e.g. ``Note("cmyk")`` (``str()`` gives the English,
+            ``"CMYK converted to RGB"``).
     """
 
     name: str
     image: Image.Image
     original_size: tuple[int, int]
-    notes: tuple[str, ...]
+    notes: tuple[Note, ...]
 
 
 def decode_image(
@@ -196,12 +244,12 @@ def _decode(
     label: str,
     max_pixels: int,
     reduce: Callable[[Image.Image], Image.Image] | None = None,
-) -> tuple[Image.Image, list[str], tuple[int, int]]:
+) -> tuple[Image.Image, list[Note], tuple[int, int]]:
     """Open, check, load, convert and reduce ``data``; Pillow's exceptions pass through.
 
     Returns the image, the notes and the upright size before ``reduce``.
     """
-    notes: list[str] = []
+    notes: list[Note] = []
     with Image.open(io.BytesIO(data), formats=_FORMATS) as source:
         width, height = source.size
         if width * height > max_pixels:
@@ -219,7 +267,7 @@ def _decode(
             if frames != 1:
                 notes.append(_frames_note(source.format, frames))
             if _has_16_bit_samples(source):
-                notes.append("16-bit image scaled to 8 bits")
+                notes.append(Note("sixteen_bit"))
             source.load()
             upright = _exif_upright(source, notes)
             rgb = _to_rgb(upright, notes)
@@ -250,15 +298,16 @@ def _frame_count(image: Image.Image) -> int | None:
     return count
 
 
-def _frames_note(fmt: str | None, frames: int | None) -> str:
+def _frames_note(fmt: str | None, frames: int | None) -> Note:
     """The note saying that only the first frame, page or picture of a file was used."""
-    of = f" of {frames}" if frames is not None else ""
+    counted = {} if frames is None else {"frames": frames}
+    end = "" if frames is not None else "_uncounted"
     if fmt == "TIFF":
-        return f"multi-page TIFF: used page 1{of}"
+        return Note("tiff_pages" + end, counted)
     if fmt == "MPO":
-        return f"multi-picture JPEG: used picture 1{of}"
+        return Note("mpo_pictures" + end, counted)
     kind = {"PNG": "PNG", "WEBP": "WebP", "GIF": "GIF"}.get(fmt or "", fmt or "image")
-    return f"animated {kind}: used frame 1{of}"
+    return Note("animated" + end, {"format": kind, **counted})
 
 
 def _has_16_bit_samples(image: Image.Image) -> bool:
@@ -273,7 +322,7 @@ def _has_16_bit_samples(image: Image.Image) -> bool:
     return False
 
 
-def _exif_upright(image: Image.Image, notes: list[str]) -> Image.Image:
+def _exif_upright(image: Image.Image, notes: list[Note]) -> Image.Image:
     """Apply the EXIF orientation, noting it; unreadable EXIF data is ignored."""
     try:
         orientation = image.getexif().get(_ORIENTATION_TAG, 1)
@@ -281,19 +330,17 @@ def _exif_upright(image: Image.Image, notes: list[str]) -> Image.Image:
             return image
         upright = ImageOps.exif_transpose(image)
     except Exception:  # corrupt EXIF must not make a good image unusable
-        notes.append("EXIF data unreadable: orientation ignored")
+        notes.append(Note("exif_unreadable"))
         return image
     if upright is None:
         return image
     action = {3: "rotated", 6: "rotated", 8: "rotated", 2: "mirrored", 4: "mirrored"}
-    notes.append(
-        f"{action.get(orientation, 'rotated and mirrored')} upright "
-        f"from EXIF orientation {orientation}"
-    )
+    code = f"exif_{action.get(orientation, 'rotated_mirrored')}"
+    notes.append(Note(code, {"orientation": orientation}))
     return upright
 
 
-def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+def _to_rgb(image: Image.Image, notes: list[Note]) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, compositing transparency over white."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
@@ -301,7 +348,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     if mode == "F":
         return _float_to_rgb(image, notes)
     if mode == "CMYK":
-        notes.append("CMYK converted to RGB")
+        notes.append(Note("cmyk"))
     if mode in _ALPHA_MODES or image.has_transparency_data:
         if mode == "La":
             image = image.convert("LA")
@@ -311,9 +358,9 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     return image.convert("RGB")
 
 
-def _sixteen_bit_to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+def _sixteen_bit_to_rgb(image: Image.Image, notes: list[Note]) -> Image.Image:
     """Scale 16-bit (or 32-bit integer) gray to 8 bits: 0..65535 -> 0..255, rounded."""
-    notes.append("16-bit image scaled to 8 bits")
+    notes.append(Note("sixteen_bit"))
     values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
     gray = ((values + 128) // 257).astype(np.uint8)  # == round(v / 257); there are no ties
     rgb = Image.fromarray(gray).convert("RGB")
@@ -326,26 +373,26 @@ def _sixteen_bit_to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     return rgb
 
 
-def _float_to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+def _float_to_rgb(image: Image.Image, notes: list[Note]) -> Image.Image:
     """Map a float image to 8 bits: values in 0..1 are scaled by 255, others clipped to 0..255."""
     values = np.asarray(image, dtype=np.float64)
     finite = np.isfinite(values)
     values = np.where(finite, values, 0.0)
     if not finite.any() or values.max() <= 1.0:
         values = values * 255.0
-        notes.append("floating-point image scaled from 0..1 to 8 bits")
+        notes.append(Note("float_scaled"))
     else:
-        notes.append("floating-point image clipped to 0..255")
+        notes.append(Note("float_clipped"))
     gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
 
 
-def _over_white(rgba: Image.Image, notes: list[str]) -> Image.Image:
+def _over_white(rgba: Image.Image, notes: list[Note]) -> Image.Image:
     """Composite an RGBA image over white; note it only when some pixel is not opaque."""
     low, _ = rgba.getchannel("A").getextrema()
     if low == 255:
         return rgba.convert("RGB")
-    notes.append("transparency composited over white")
+    notes.append(Note("transparency"))
     background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 

@@ -2,13 +2,15 @@
 
 A language is one file, ``vitviz/ui/locales/<tag>.toml`` named by its BCP 47 tag (``en``,
 ``zh-Hant``): its ``[locale]`` table gives the name the language switch shows and, where the
-language names classes, the files (under ``assets/``) and column holding those names; every
-other table holds the page's strings. Adding a language is adding one such file.
+language names classes, its class-name tables (files under ``assets/``, see
+:func:`class_name`); every other table holds the page's strings. Adding a language is adding one
+such file (and, if it names classes, its tables); no code names a language.
 :func:`t` looks a key up in the session's language and fills in ``{named}`` values
 (:meth:`str.format`). The language follows the browser (``st.context.locale``, best match in
 :func:`from_locale`) until the person picks one; a picked language is kept in the URL
 (``?lang=zh-Hant``), so a shared link opens in it. Engine errors are worded by their code
-(:func:`error_text`), never by their English text.
+(:func:`error_text`) and the decoder's notes by theirs (:func:`decoder_note`), never by their
+English text.
 
 Tests check that all catalogs have the same keys and placeholders and that every key is used.
 """
@@ -20,10 +22,14 @@ import re
 import tomllib
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from vitviz.inputs.assets import ASSETS
+
+if TYPE_CHECKING:
+    from vitviz.inputs.images import Note
 
 LOCALES = Path(__file__).resolve().parent / "locales"
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT = "en"
 META = "locale"  # the table of a catalog file that describes its language
 
@@ -58,7 +64,7 @@ def languages() -> dict[str, str]:
 
 
 def locale_info(lang: str) -> dict[str, Any]:
-    """A language's ``[locale]`` table (its name, the files naming classes in it …)."""
+    """A language's ``[locale]`` table (its name, its class-name tables …)."""
     return _load(LOCALES, lang)[META]
 
 
@@ -143,7 +149,11 @@ def has(key: str) -> bool:
 def _class_tables(folder: Path, lang: str) -> tuple[dict[tuple[int, str], str], dict[str, str]]:
     """A language's class names by (index, English label) of each known label list, and by
     English label alone where that label is unique (ImageNet has two "crane": the bird and the
-    machine)."""
+    machine).
+
+    The tables are the language's own: its ``[locale]`` table lists them (``class_files``,
+    tab-separated files under ``assets/`` with ``index``, ``english`` and a column of names,
+    ``class_column``, by default the language's tag)."""
     info = _load(folder, lang)[META]
     column = info.get("class_column", lang)
     by_index: dict[tuple[int, str], str] = {}
@@ -179,16 +189,16 @@ def class_label(
     lang: str | None = None,
 ) -> str:
     """A class name as the page shows it (not escaped: pass it through
-    :func:`vitviz.ui.text.plain` for Markdown): the Chinese name in zh-Hant when there is one
+    :func:`vitviz.ui.text.plain` for Markdown): the language's name for it when it has one
     (``both``: followed by the English first name, for searching), else the English (first)
     name."""
     from vitviz.inputs.classes import short_label
 
     english = short_label(label) if short else label
-    chinese = class_name(label, lang, index)
-    if chinese is None:
+    named = class_name(label, lang, index)
+    if named is None:
         return english
-    return f"{chinese} · {short_label(label)}" if both else chinese
+    return f"{named} · {short_label(label)}" if both else named
 
 
 def error_text(err: BaseException, lang: str | None = None) -> str:
@@ -232,19 +242,15 @@ def _field(name: str, value: Any, lang: str) -> str:
     return plain(value)
 
 
-_NOTES = {  # the decoder's fixed notes (vitviz.inputs.images) → catalog keys
-    "16-bit image scaled to 8 bits": "note.sixteen_bit",
-    "CMYK converted to RGB": "note.cmyk",
-    "transparency composited over white": "note.transparency",
-    "EXIF data unreadable: orientation ignored": "note.exif_unreadable",
-    "floating-point image scaled from 0..1 to 8 bits": "note.float_scaled",
-    "floating-point image clipped to 0..255": "note.float_clipped",
-}
-
-
-def decoder_note(note: str, lang: str | None = None) -> str:
-    """A decoding note in the page's language (notes with file details stay as written)."""
+def decoder_note(note: Note, lang: str | None = None) -> str:
+    """A decoding note in the page's language: the catalog entry ``note.<code>`` filled in with
+    its fields (made safe for Markdown); a note whose code the catalog lacks (or a bare
+    string) falls back to its English, made safe too."""
     from vitviz.ui.text import plain
 
-    key = _NOTES.get(note)
-    return t(key, lang) if key else plain(note)
+    code = getattr(note, "code", None)
+    template = catalog(lang or current()).get(f"note.{code}") if code else None
+    if template is None:
+        return plain(note)
+    fields = getattr(note, "fields", {})
+    return template.format(**{name: plain(value) for name, value in fields.items()})
