@@ -48,15 +48,9 @@ from vitviz.inputs.prompts import (
     label_set,
 )
 from vitviz.memory.cache import ByteLRU
-from vitviz.models.device import Precision, pick_device, pick_precision
+from vitviz.models.checks import check_size, file_limit, no_pretrained_weights, weights_mismatch
+from vitviz.models.families import Built, Request
 from vitviz.models.hub import check_repo_id, hub_endpoint, hub_reachable, require_reachable
-from vitviz.models.loading import (
-    RANDOM_WARNING,
-    LoadedModel,
-    _check_size,
-    _summarize_load_error,
-)
-from vitviz.models.registry import CURATED
 from vitviz.models.weights import read_state_dict
 from vitviz.results import WeightsInfo
 
@@ -68,8 +62,8 @@ __all__ = [
     "ClipClassifier",
     "ClipRef",
     "ClipTower",
+    "build",
     "download_weights",
-    "load",
     "model_config",
     "parameter_count",
     "parse_ref",
@@ -512,11 +506,9 @@ def _download(
     hub downloads as ``progress(bytes_done, bytes_total)``."""
     where = _location(repo, url)
     if where is None:
-        raise WeightsError(
-            f"open_clip has no pretrained weights for clip:{r.text}: pass --weights FILE "
-            "(or --random-weights for an architecture test)"
-        )
-    require_reachable(where, f"model clip:{r.text}: its files are", hint)
+        raise no_pretrained_weights(f"open_clip has no pretrained weights for clip:{r.text}")
+    what = f"model clip:{r.text}: its files are"
+    require_reachable(where, what, hint, by_file=hint == _FILE_HINT)
     errors = []
     if repo:
         from huggingface_hub import hf_hub_download
@@ -583,13 +575,9 @@ def weights_plan(ref: str) -> str:
     return f"download on first use from {where}"
 
 
-def _state_dict(
-    r: ClipRef, weights: str | os.PathLike | None, max_params: int | None
-) -> tuple[dict[str, torch.Tensor] | None, WeightsInfo | None]:
-    limit = None if max_params is None else 4 * max_params + 2**20
-    if weights is not None:
-        sd, _ = read_state_dict(weights, max_bytes=limit)
-        return sd, WeightsInfo("file", str(weights))
+def _state_dict(r: ClipRef, max_params: int | None) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """A reference's pretrained weights (cache first, then the hub), within the size limit."""
+    limit = file_limit(max_params)
     if not r.hub_id and not r.tag:
         tags = _open_clip().list_pretrained_tags_by_model(r.arch)
         raise WeightsError(
@@ -615,10 +603,7 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], r: ClipRef, whe
     try:
         model.load_state_dict(sd, strict=True)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise WeightsError(
-            f"weights from {where} do not fit clip:{r.text}: "
-            f"{_summarize_load_error(str(e))}; check --model matches the file"
-        ) from None
+        raise weights_mismatch(where, f"clip:{r.text}", str(e)) from None
 
 
 def _tokenizer(cfg: dict[str, Any], name: str) -> Any:
@@ -669,54 +654,34 @@ def data_config(visual: nn.Module, pre: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load(
-    ref: str,
-    *,
-    key: str | None = None,
-    weights: str | os.PathLike | None = None,
-    random_weights: bool = False,
-    device: str = "auto",
-    precision: Precision = "auto",
-    max_params: int | None = None,
-    labels: list[str] | None = None,
-    template: str | None = None,
-) -> LoadedModel:
-    """Load an open_clip ViT as a :class:`LoadedModel` classifying ``labels`` (default
-    :data:`~vitviz.inputs.prompts.DEFAULT_LABELS`).
+def build(req: Request) -> Built:
+    """The open_clip ViT of ``req`` as a :class:`ClipClassifier` of the default labels
+    (:data:`~vitviz.inputs.prompts.DEFAULT_LABELS`), on ``req.device``; other labels come
+    with :meth:`~vitviz.models.LoadedModel.with_labels`.
 
     Raises:
         ModelError / WeightsError / OptionsError with a message that says what to do.
     """
-    if weights is not None and random_weights:
-        raise ModelError("choose either a weights file or random weights, not both")
+    ref = req.ref
     r = parse_ref(ref)
     cfg, pre = model_config(r)
-    name = key or f"clip:{ref}"
-    if max_params is not None:
-        _check_size(name, parameter_count(ref), max_params)
-    if random_weights:
-        sd, info = None, WeightsInfo("random", "", RANDOM_WARNING)
+    if req.weights is not None:
+        sd, info = req.weights.state_dict, req.weights.info
     else:
-        sd, info = _state_dict(r, weights, max_params)
-        if max_params is not None:
-            _check_size(str(info.location), sum(t.numel() for t in sd.values()), max_params)
+        sd, info = _state_dict(r, req.max_params)
+        check_size(str(info.location), sum(t.numel() for t in sd.values()), req.max_params)
     tokenizer = _tokenizer(cfg, ref)
     model = _build(cfg)
     if sd is not None:
         _load_weights(model, sd, r, info.location or info.source)
         del sd
-    dev = pick_device(device)
-    model = model.eval().requires_grad_(False).to(dev)
-    tower = ClipTower(model, tokenizer, ref)
-    classifier = ClipClassifier(tower, labels, template)
-    title = CURATED[key].title if key in CURATED else f"CLIP {ref}"
-    return LoadedModel(
-        name=name,
-        title=title,
+    model = model.eval().requires_grad_(False).to(req.device)
+    classifier = ClipClassifier(ClipTower(model, tokenizer, ref))
+    return Built(
+        name=req.key or f"clip:{ref}",
+        title=f"CLIP {ref}",
         model=classifier,
         data_config=data_config(model.visual, pre),
         labels=list(classifier.labels),
         weights=info,
-        device=dev,
-        precision=pick_precision(dev, precision),  # type: ignore[arg-type]
     )

@@ -24,9 +24,9 @@ from vitviz.errors import ModelError
 class ModelSpec:
     """A curated model: short key, the name shown in the UI, the timm name and notes.
 
-    ``family`` is the library that builds it: ``timm`` (``timm_name`` is a timm name), ``hf``
-    (Hugging Face transformers: ``timm_name`` is ``hf:<hub id>``) or ``clip`` (open_clip:
-    ``clip:<architecture>/<pretrained tag>``).
+    ``family`` is the library that builds it (:mod:`vitviz.models.families`): ``timm``
+    (``timm_name`` is a timm name), ``hf`` (Hugging Face transformers: ``timm_name`` is
+    ``hf:<hub id>``) or ``clip`` (open_clip: ``clip:<architecture>/<pretrained tag>``).
     """
 
     key: str
@@ -117,20 +117,6 @@ CURATED: dict[str, ModelSpec] = {
         ),
     )
 }
-
-FAMILY_PREFIXES = ("hf", "clip")  # model names "hf:<id or folder>", "clip:<arch>[/<tag>]"
-
-
-def model_family(name: str) -> tuple[str, str]:
-    """``(library, reference)`` of a model name: a curated key's family, ``hf:…`` and
-    ``clip:…`` names, or timm for anything else (the reference is then the name)."""
-    spec = CURATED.get(name)
-    if spec is not None:
-        name = spec.timm_name
-    head, sep, rest = name.partition(":")
-    if sep and head in FAMILY_PREFIXES:
-        return head, rest
-    return "timm", name
 
 
 @dataclass(frozen=True)
