@@ -1,6 +1,6 @@
-"""Refusals every model family shares, each worded once: the parameter limit, a weights file
-beside random weights, no pretrained weights, and torch's long ``load_state_dict`` errors in
-one line."""
+"""Refusals every model family shares, each worded once: attention that is not global, the
+parameter limit, a weights file beside random weights, no pretrained weights, and torch's
+long ``load_state_dict`` errors in one line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,23 @@ import re
 from vitviz.errors import ModelError, WeightsError
 
 RANDOM_WARNING = "RANDOM WEIGHTS - NOT A TRAINED MODEL: maps and predictions mean nothing"
+WINDOWED = "windowed attention: each token attends only inside its window"
+SPATIAL_REDUCTION = "spatial-reduction attention: keys are pooled, so rows do not cover the patches"
 FILE_OR_RANDOM = "choose either a weights file or random weights, not both"
+
+
+def refused_attention(name: str, kind: str, why: str, choose: str) -> ModelError:
+    """The error for a model whose attention is not global: ``kind`` (its module or model
+    type) uses ``why``; ``choose`` says what to choose instead."""
+    return ModelError(
+        f"{name} is not supported: {kind} uses {why}, so there is no global "
+        f"patch-to-patch attention to show; {choose}"
+    )
+
+
+def not_a_vit(name: str, kind: str, choose: str) -> ModelError:
+    """The error for a model that is no global-attention ViT (nor a known refusal)."""
+    return ModelError(f"{name} ({kind}) is not a global-attention ViT vitviz can read; {choose}")
 
 
 def check_size(name: str, count: int, max_params: int | None) -> None:

@@ -84,7 +84,8 @@ _CUSTOM_BLOCK = (
 )
 
 
-def _open_clip() -> Any:
+def open_clip_module() -> Any:
+    """The ``open_clip`` module; a clear :class:`ModelError` when it is not installed."""
     try:
         import open_clip
     except ImportError:
@@ -346,7 +347,7 @@ def parse_ref(ref: str) -> ClipRef:
     Raises:
         ModelError: unknown architecture (with close matches) or tag (with the known ones).
     """
-    oc = _open_clip()
+    oc = open_clip_module()
     if ref.startswith(HUB_PREFIX):
         hub_id = ref[len(HUB_PREFIX) :]
         check_repo_id(hub_id, f"clip:{ref}")
@@ -369,7 +370,7 @@ def parse_ref(ref: str) -> ClipRef:
 
 
 def _tag_cfg(r: ClipRef) -> dict[str, Any]:
-    return dict(_open_clip().get_pretrained_cfg(r.arch, r.tag) or {}) if r.tag else {}
+    return dict(open_clip_module().get_pretrained_cfg(r.arch, r.tag) or {}) if r.tag else {}
 
 
 def _hub_config(r: ClipRef) -> dict[str, Any]:
@@ -393,7 +394,7 @@ def model_config(ref: str | ClipRef) -> tuple[dict[str, Any], dict[str, Any]]:
         hub = _hub_config(r)
         cfg, pre = copy.deepcopy(hub.get("model_cfg", {})), dict(hub.get("preprocess_cfg", {}))
     else:
-        cfg, pre = _open_clip().get_model_config(r.arch), _tag_cfg(r)
+        cfg, pre = open_clip_module().get_model_config(r.arch), _tag_cfg(r)
         if pre.get("quick_gelu"):  # the weights were trained with QuickGELU: build it so
             cfg["quick_gelu"] = True
     _check_vit(cfg, r.text)
@@ -428,7 +429,7 @@ def _check_vit(cfg: dict[str, Any], name: str) -> None:
 
 def _build(cfg: dict[str, Any]) -> nn.Module:
     """The open_clip model of a config (random weights), as ``open_clip.create_model``."""
-    oc = _open_clip()
+    oc = open_clip_module()
     cfg = copy.deepcopy(cfg)
     custom = cfg.pop("custom_text", False)
     return (oc.CustomTextCLIP if custom else oc.CLIP)(**cfg)
@@ -521,7 +522,7 @@ def _download(
                 errors.append(f"{fname}: {(str(e).strip().splitlines() or [repr(e)])[0][:200]}")
     else:
         try:
-            return Path(_open_clip().pretrained.download_pretrained_from_url(url))
+            return Path(open_clip_module().pretrained.download_pretrained_from_url(url))
         except Exception as e:
             errors.append(f"{url}: {(str(e).strip().splitlines() or [repr(e)])[0][:200]}")
     raise WeightsError(f"could not download clip:{r.text}: {'; '.join(errors)}")
@@ -564,7 +565,7 @@ def weights_plan(ref: str) -> str:
     r = parse_ref(ref)
     repo, _, url = _weights_files(r)
     if not r.hub_id and not r.tag:
-        tags = ", ".join(_open_clip().list_pretrained_tags_by_model(r.arch)) or "none"
+        tags = ", ".join(open_clip_module().list_pretrained_tags_by_model(r.arch)) or "none"
         return f"no pretrained tag: pass --weights FILE or name clip:{r.arch}/TAG (tags: {tags})"
     hit = cached_weights(ref)
     if hit is not None:
@@ -579,7 +580,7 @@ def _state_dict(r: ClipRef, max_params: int | None) -> tuple[dict[str, torch.Ten
     """A reference's pretrained weights (cache first, then the hub), within the size limit."""
     limit = file_limit(max_params)
     if not r.hub_id and not r.tag:
-        tags = _open_clip().list_pretrained_tags_by_model(r.arch)
+        tags = open_clip_module().list_pretrained_tags_by_model(r.arch)
         raise WeightsError(
             f"clip:{r.text} names no pretrained weights: add a tag (clip:{r.arch}/TAG; its tags: "
             f"{', '.join(tags) or 'none'}), or pass --weights FILE (or --random-weights)"
@@ -607,7 +608,7 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], r: ClipRef, whe
 
 
 def _tokenizer(cfg: dict[str, Any], name: str) -> Any:
-    oc = _open_clip()
+    oc = open_clip_module()
     text = cfg.get("text_cfg") or {}
     context = int(text.get("context_length", 77))
     kwargs = dict(text.get("tokenizer_kwargs") or {})
@@ -636,7 +637,7 @@ def _tokenizer(cfg: dict[str, Any], name: str) -> Any:
 def data_config(visual: nn.Module, pre: dict[str, Any]) -> dict[str, Any]:
     """vitviz's (timm-style) data config of open_clip's eval transform: resize the shortest
     side to the input size and centre-crop (``crop_pct`` 1.0), or squash / longest side."""
-    oc = _open_clip()
+    oc = open_clip_module()
     base = dataclasses.asdict(oc.transform.PreprocessCfg())
     base.update({k: v for k, v in pre.items() if k in base})
     size = visual.image_size

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitviz.models.checks import SPATIAL_REDUCTION, WINDOWED
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -75,22 +77,20 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 """Supported transformers model types (``config.model_type``)."""
 
-_WINDOWED = "windowed attention: each token attends only inside its window"
-_SRA = "spatial-reduction attention: keys are pooled, so rows do not cover the patches"
 _VIDEO = "a video model (tokens over time as well as space)"
 
 REFUSED: dict[str, str] = {
-    "swin": _WINDOWED,
-    "swinv2": _WINDOWED,
-    "donut-swin": _WINDOWED,
-    "maskformer-swin": _WINDOWED,
-    "swin2sr": _WINDOWED,
+    "swin": WINDOWED,
+    "swinv2": WINDOWED,
+    "donut-swin": WINDOWED,
+    "maskformer-swin": WINDOWED,
+    "swin2sr": WINDOWED,
     "vitdet": "windowed attention in most layers",
     "hiera": "hierarchical mask-unit (windowed) attention",
-    "pvt": _SRA,
-    "pvt_v2": _SRA,
-    "segformer": _SRA + ", over shrinking resolutions",
-    "glpn": _SRA + ", over shrinking resolutions",
+    "pvt": SPATIAL_REDUCTION,
+    "pvt_v2": SPATIAL_REDUCTION,
+    "segformer": SPATIAL_REDUCTION + ", over shrinking resolutions",
+    "glpn": SPATIAL_REDUCTION + ", over shrinking resolutions",
     "mobilevit": "unfolded local patch attention inside convolution stages",
     "mobilevitv2": "separable linear attention inside convolution stages",
     "cvt": "convolutional token embeddings over shrinking resolutions",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from vitviz.errors import ModelError
+from vitviz.models.checks import not_a_vit, refused_attention
 from vitviz.models.hf_architectures import ARCHITECTURES, REFUSED, Architecture
 
 
@@ -30,14 +31,10 @@ def check_config(raw: dict[str, Any], ref: str) -> Architecture:
         return ARCHITECTURES[kind]
     supported = ", ".join(a.title for a in ARCHITECTURES.values())
     if kind in REFUSED:
-        raise ModelError(
-            f"hf:{ref} is not supported: {kind} uses {REFUSED[kind]}, so there is no global "
-            f"patch-to-patch attention to show; choose a plain ViT ({supported})"
+        raise refused_attention(
+            f"hf:{ref}", kind, REFUSED[kind], f"choose a plain ViT ({supported})"
         )
-    raise ModelError(
-        f"hf:{ref} ({kind}) is not a global-attention ViT vitviz can read; "
-        f"supported transformers models: {supported}"
-    )
+    raise not_a_vit(f"hf:{ref}", kind, f"supported transformers models: {supported}")
 
 
 def config_object(raw: dict[str, Any]) -> Any:

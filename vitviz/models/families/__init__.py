@@ -8,15 +8,15 @@ A family is one :class:`Family` object registered with :func:`register` in its o
 timm). Callers ask the family's flags (:attr:`Family.typed_labels`, :attr:`Family.weights_file`
 …) and call its functions; none branches on a family's name.
 
-The built-in families are discovered from :data:`BUILT_IN` (module names) on the first lookup,
-so this package imports no model library itself; a new family is one module that registers
-itself, plus its name in :data:`BUILT_IN` (or a :func:`register` call of its own, as the tests
-do).
+The families are discovered on the first lookup: every module of this package is imported
+then (this package itself imports no model library). A new family is one module here that
+registers itself; a program or test may also :func:`register` one of its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,13 +31,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, "int | None"], None]
 """``progress(bytes_done, bytes_total)``, called as a download arrives."""
-
-BUILT_IN = (
-    "vitviz.models.families.timm",
-    "vitviz.models.families.hf",
-    "vitviz.models.families.clip",
-)
-"""Modules that register the families vitviz ships (imported on the first lookup)."""
 
 
 @dataclass
@@ -124,8 +117,8 @@ class Family:
     registered once), its functions are the library's own module-level functions, and a test
     builds a toy family in a few lines without a subclass.
 
-    Functions (``ref`` is the reference :attr:`parse` gives):
-        parse: ``name → ref`` (the prefix removed; the default family keeps the whole name).
+    Functions (``ref`` is the reference :meth:`parse` gives: the name without ``prefix:``;
+    the default family keeps the whole name, its curated keys included):
         check: refuses a bad reference without downloading anything (``serve`` calls it
             before Ray starts).
         count: ``(ref, model_kwargs) → parameters and buffers``, before anything is built,
@@ -142,6 +135,9 @@ class Family:
         weights_file: ``--weights FILE`` can hold its weights (a state dict the family loads).
         local_folder: a name may name a folder on this machine (``hf:./folder``).
         creation_args: ``keep_aspect`` and creation arguments (``model_kwargs``) apply.
+
+    ``no_weights_file`` is why ``--weights FILE`` is refused, for families without
+    ``weights_file``. Derived flags: :attr:`typed_on_page`, :attr:`page_weights_file`.
     """
 
     name: str
@@ -156,7 +152,7 @@ class Family:
     weights_file: bool = False
     local_folder: bool = False
     creation_args: bool = False
-    no_weights_file: str = ""  # why --weights FILE is refused (families without weights_file)
+    no_weights_file: str = "this model's weights do not come from a file"
 
     def parse(self, name: str) -> str:
         """The reference of a name of this family (the name without ``prefix:``)."""
@@ -180,6 +176,7 @@ _REGISTRY: dict[str, Family] = {}
 _DEFAULT: list[Family] = []  # the family without a prefix
 _LOCK = threading.Lock()
 _DISCOVERED: list[bool] = []
+_DISCOVERING = threading.RLock()  # page sessions look up from several threads
 
 
 def register(family: Family) -> Family:
@@ -207,16 +204,24 @@ def unregister(family: Family | str) -> None:
             _DEFAULT.remove(gone)
 
 
+def built_in() -> list[str]:
+    """The modules of this package: each registers one family (imported on the first
+    lookup)."""
+    return [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.ispkg]
+
+
 def _discover() -> None:
     if _DISCOVERED:
         return
-    for module in BUILT_IN:
-        importlib.import_module(module)
-    _DISCOVERED.append(True)
+    with _DISCOVERING:
+        if not _DISCOVERED:
+            for module in built_in():
+                importlib.import_module(module)
+            _DISCOVERED.append(True)
 
 
 def registered() -> dict[str, Family]:
-    """Every registered family, by name (the built-in ones first)."""
+    """Every registered family, by name."""
     _discover()
     return dict(_REGISTRY)
 
@@ -231,7 +236,7 @@ def lookup(name: str) -> tuple[Family, str]:
     text = spec.timm_name if spec is not None else name
     head, sep, _ = text.partition(":")
     if sep:
-        for family in _REGISTRY.values():
+        for family in list(_REGISTRY.values()):
             if family.prefix == head:
                 return family, family.parse(text)
     return _DEFAULT[0], name

@@ -23,7 +23,7 @@ from vitviz.models.checks import no_pretrained_weights, weights_mismatch
 from vitviz.models.families import Built, Family, Progress, Request, register
 from vitviz.models.hub import cached_weights, download_location, require_reachable
 from vitviz.models.registry import CURATED, check_structure, family_of, resolve_name
-from vitviz.models.weights import _depth, _num_classes, read_state_dict
+from vitviz.models.weights import classes_of, depth_of, read_state_dict
 from vitviz.results import WeightsInfo
 
 DEMO_NOTE = (
@@ -159,9 +159,9 @@ def build(req: Request) -> Built:
             info = require_hub(timm_name, key)
     try:
         if sd is not None:
-            nc = kwargs.pop("num_classes", _num_classes(sd))
-            if "depth" not in kwargs and _depth(sd) is not None:
-                kwargs["depth"] = _depth(sd)  # a file may hold a shallower variant
+            nc = kwargs.pop("num_classes", classes_of(sd))
+            if "depth" not in kwargs and depth_of(sd) is not None:
+                kwargs["depth"] = depth_of(sd)  # a file may hold a shallower variant
             overlay = {**cfg_overlay, "state_dict": sd, "num_classes": nc}
             model = timm.create_model(
                 timm_name, pretrained=True, num_classes=nc, pretrained_cfg_overlay=overlay, **kwargs
