@@ -189,6 +189,8 @@ def test_an_unregistered_prefix_is_a_timm_name_again():
     assert models.model_family("toy:tiny") == ("timm", "toy:tiny")
     with pytest.raises(ModelError, match="unknown model"):
         models.load_model("toy:tiny")
+    with pytest.raises(ModelError, match="unknown model"):  # no count kept from the toy
+        models.model_parameters("toy:tiny")
 
 
 # ----------------------------------------------------------------------------- built-in flags

@@ -34,7 +34,7 @@ from vitviz.models.checks import (
     summarize_load_error,
 )
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
-from vitviz.models.families import Progress, Request, Weights, lookup
+from vitviz.models.families import Family, Progress, Request, Weights, lookup
 from vitviz.models.families.timm import DEMO_NOTE, labels_for, parameter_count
 from vitviz.models.preprocess import InputGeometry, model_layout, patch_size_of
 from vitviz.models.registry import CURATED
@@ -186,13 +186,12 @@ def model_parameters(name: str, model_kwargs: dict[str, Any] | None = None) -> i
     built, read or downloaded (timm and open_clip on the meta device, Hugging Face from its
     config). Counted once per name and arguments (a meta-device build still runs the
     model's weight initialisation in Python: ~50 ms for ViT-Ti, more for larger ones)."""
-    key = (name, json.dumps(model_kwargs or {}, sort_keys=True, default=repr))
-    return _counted(*key)
+    family, ref = lookup(name)
+    return _counted(family, ref, json.dumps(model_kwargs or {}, sort_keys=True, default=repr))
 
 
 @functools.lru_cache(maxsize=256)  # names come from visitors: bounded
-def _counted(name: str, kwargs_json: str) -> int:
-    family, ref = lookup(name)
+def _counted(family: Family, ref: str, kwargs_json: str) -> int:
     return int(family.count(ref, json.loads(kwargs_json)))
 
 
