@@ -25,6 +25,7 @@ from vitviz.results import WeightsInfo
 
 transformers = pytest.importorskip("transformers")
 from vitviz.models import hf  # noqa: E402 - needs transformers
+from vitviz.models.hf_preprocess import crop_pct  # noqa: E402
 
 DIMS = {  # 2 layers × 3 heads, 32 px input, 8 px patches: a 4×4 grid
     "image_size": 32,
@@ -647,9 +648,9 @@ def test_data_config_defaults_and_rescaling():
     assert cfg["interpolation"] == "bicubic" and cfg["mean"] == (0.5, 0.5, 0.5)
     # floor(size / crop_pct) must give the processor's resize exactly
     for crop, resize in ((224, 256), (384, 438), (518, 592), (224, 248)):
-        assert int(crop / hf._crop_pct(crop, resize)) == resize
+        assert int(crop / crop_pct(crop, resize)) == resize
     geometry = InputGeometry(
-        {"input_size": (3, 224, 224), "crop_pct": hf._crop_pct(224, 248), "crop_mode": "center"},
+        {"input_size": (3, 224, 224), "crop_pct": crop_pct(224, 248), "crop_mode": "center"},
         False,
         (16, 16),
     )

@@ -119,7 +119,9 @@ def test_cached_weights_load_without_network(tmp_path, monkeypatch, cat_image):
     a = tiny("vit_tiny_patch16_224", seed=5)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
-    monkeypatch.setattr(models.loading, "cached_weights", lambda name: path)
+    from vitviz.models.families import timm as timm_family
+
+    monkeypatch.setattr(timm_family, "cached_weights", lambda name: path)
     b = models.load_model("vit_tiny_patch16_224")
     assert b.weights.source == "cache"
     assert torch.equal(capture(a, [cat_image]).logits, capture(b, [cat_image]).logits)

@@ -49,9 +49,9 @@ def typed_labels(args: argparse.Namespace, name: str) -> tuple[list[str] | None,
     text, template = getattr(args, "labels", None), getattr(args, "template", None)
     if text is None and template is None:
         return None, None
-    from vitviz.models.registry import model_family
+    from vitviz.models.families import lookup
 
-    if model_family(name)[0] != "clip":
+    if not lookup(name)[0].typed_labels:
         raise OptionsError(
             f"--labels and --template type the classes of a CLIP model (e.g. --model clip-b32); "
             f"{name} has fixed classes"

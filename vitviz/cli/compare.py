@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from vitviz.analysis.comparison import Side, compare
     from vitviz.inputs.classes import resolve_class
     from vitviz.inputs.images import load_image_file
-    from vitviz.models.registry import model_family
+    from vitviz.models.families import lookup
     from vitviz.output import exports, render
     from vitviz.output.provenance import public_info
 
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     render.colormap_lut(args.colormap)  # an unknown colormap fails before any model work
 
     side_a = argparse.Namespace(**vars(args))
-    b_is_clip = args.model_b is not None and model_family(args.model_b)[0] == "clip"
-    if b_is_clip and model_family(args.model or "vit-b16")[0] != "clip":
+    b_typed = args.model_b is not None and lookup(args.model_b)[0].typed_labels
+    if b_typed and not lookup(args.model or "vit-b16")[0].typed_labels:
         side_a.labels = side_a.template = None  # the typed classes are side B's
     backend_a = local_backend(side_a)
     backend_b = backend_a
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         side_b = argparse.Namespace(**vars(args))
         side_b.model, side_b.weights = args.model_b, None
         side_b.random_weights = args.random_weights_b
-        if model_family(args.model_b)[0] != "clip":  # typed labels: for CLIP models only
+        if not lookup(args.model_b)[0].typed_labels:  # typed labels: for CLIP models only
             side_b.labels = side_b.template = None
         backend_b = local_backend(side_b)
     image_a = load_image_file(Path(args.image)).image

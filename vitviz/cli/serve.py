@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_before_ray(args: argparse.Namespace) -> None:
     """Model name, weights file and limits, checked in seconds before Ray starts."""
-    from vitviz.models import model_family, read_state_dict, resolve_name
+    from vitviz.models import read_state_dict
+    from vitviz.models.families import lookup
 
     for name in ("max_batch_size", "queue_limit", "max_uploads"):
         if getattr(args, name) < 1:
@@ -58,13 +59,8 @@ def check_before_ray(args: argparse.Namespace) -> None:
     for name in ("timeout", "upload_timeout", "max_upload_mb", "max_answer_mb"):
         if not getattr(args, name) > 0:
             raise OptionsError(f"--{name.replace('_', '-')} must be positive")
-    family, ref = model_family(args.model)
-    if family == "timm":
-        resolve_name(args.model)
-    elif family == "clip":  # unknown architectures and refused towers, before Ray
-        from vitviz.models.clip import model_config
-
-        model_config(ref)
+    family, ref = lookup(args.model)
+    family.check(ref)  # unknown names, refused architectures and towers, before Ray
     args.labels, args.template = typed_labels(args, args.model)  # checked, before Ray
     if args.weights:
         read_state_dict(args.weights)  # unreadable, unsafe or empty files fail here

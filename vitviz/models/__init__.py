@@ -1,8 +1,11 @@
 """Models: the registry, weights, the hub, preprocessing, devices and loading.
 
 ``registry``     curated models and the family table (supported or refused, by timm module)
+``families``     the libraries that build models (timm, hf, clip): one registration each
+``checks``       refusals every family shares (parameter limit, no pretrained weights …)
 ``weights``      reading weights files safely (safetensors, ``weights_only`` pickles)
 ``hub``          the Hugging Face cache and hub (fast, clear offline failures)
+``hf``, ``hf_*`` Hugging Face transformers ViTs; ``clip``, ``clip_text``: open_clip
 ``preprocess``   the model's input geometry and token layout
 ``device``       device and autocast precision
 ``loading``      :func:`load_model` → :class:`LoadedModel`
@@ -10,26 +13,27 @@
 
 from vitviz.inputs.geometry import InputGeometry
 from vitviz.models.device import Precision, device_name, pick_device, pick_precision
+from vitviz.models.families import model_family
 from vitviz.models.hub import (
     PROBE_MEMORY_SECONDS,
     cached_weights,
     download_location,
-    download_weights,
     hub_endpoint,
     hub_offline,
     hub_reachable,
-    weights_plan,
 )
 from vitviz.models.loading import (
     DEMO_NOTE,
     RANDOM_WARNING,
     LoadedModel,
     check_model_size,
+    download_weights,
     labels_for,
     load_model,
     model_parameters,
     model_shape,
     parameter_count,
+    weights_plan,
 )
 from vitviz.models.preprocess import model_layout, patch_size_of
 from vitviz.models.registry import (
@@ -42,7 +46,6 @@ from vitviz.models.registry import (
     check_architecture,
     check_structure,
     family_of,
-    model_family,
     resolve_name,
 )
 from vitviz.models.weights import read_state_dict

@@ -48,15 +48,9 @@ from vitviz.inputs.prompts import (
     label_set,
 )
 from vitviz.memory.cache import ByteLRU
-from vitviz.models.device import Precision, pick_device, pick_precision
+from vitviz.models.checks import check_size, file_limit, no_pretrained_weights, weights_mismatch
+from vitviz.models.families import Built, Request
 from vitviz.models.hub import check_repo_id, hub_endpoint, hub_reachable, require_reachable
-from vitviz.models.loading import (
-    RANDOM_WARNING,
-    LoadedModel,
-    _check_size,
-    _summarize_load_error,
-)
-from vitviz.models.registry import CURATED
 from vitviz.models.weights import read_state_dict
 from vitviz.results import WeightsInfo
 
@@ -68,8 +62,8 @@ __all__ = [
     "ClipClassifier",
     "ClipRef",
     "ClipTower",
+    "build",
     "download_weights",
-    "load",
     "model_config",
     "parameter_count",
     "parse_ref",
@@ -90,7 +84,8 @@ _CUSTOM_BLOCK = (
 )
 
 
-def _open_clip() -> Any:
+def open_clip_module() -> Any:
+    """The ``open_clip`` module; a clear :class:`ModelError` when it is not installed."""
     try:
         import open_clip
     except ImportError:
@@ -352,7 +347,7 @@ def parse_ref(ref: str) -> ClipRef:
     Raises:
         ModelError: unknown architecture (with close matches) or tag (with the known ones).
     """
-    oc = _open_clip()
+    oc = open_clip_module()
     if ref.startswith(HUB_PREFIX):
         hub_id = ref[len(HUB_PREFIX) :]
         check_repo_id(hub_id, f"clip:{ref}")
@@ -375,7 +370,7 @@ def parse_ref(ref: str) -> ClipRef:
 
 
 def _tag_cfg(r: ClipRef) -> dict[str, Any]:
-    return dict(_open_clip().get_pretrained_cfg(r.arch, r.tag) or {}) if r.tag else {}
+    return dict(open_clip_module().get_pretrained_cfg(r.arch, r.tag) or {}) if r.tag else {}
 
 
 def _hub_config(r: ClipRef) -> dict[str, Any]:
@@ -399,7 +394,7 @@ def model_config(ref: str | ClipRef) -> tuple[dict[str, Any], dict[str, Any]]:
         hub = _hub_config(r)
         cfg, pre = copy.deepcopy(hub.get("model_cfg", {})), dict(hub.get("preprocess_cfg", {}))
     else:
-        cfg, pre = _open_clip().get_model_config(r.arch), _tag_cfg(r)
+        cfg, pre = open_clip_module().get_model_config(r.arch), _tag_cfg(r)
         if pre.get("quick_gelu"):  # the weights were trained with QuickGELU: build it so
             cfg["quick_gelu"] = True
     _check_vit(cfg, r.text)
@@ -434,7 +429,7 @@ def _check_vit(cfg: dict[str, Any], name: str) -> None:
 
 def _build(cfg: dict[str, Any]) -> nn.Module:
     """The open_clip model of a config (random weights), as ``open_clip.create_model``."""
-    oc = _open_clip()
+    oc = open_clip_module()
     cfg = copy.deepcopy(cfg)
     custom = cfg.pop("custom_text", False)
     return (oc.CustomTextCLIP if custom else oc.CLIP)(**cfg)
@@ -512,11 +507,9 @@ def _download(
     hub downloads as ``progress(bytes_done, bytes_total)``."""
     where = _location(repo, url)
     if where is None:
-        raise WeightsError(
-            f"open_clip has no pretrained weights for clip:{r.text}: pass --weights FILE "
-            "(or --random-weights for an architecture test)"
-        )
-    require_reachable(where, f"model clip:{r.text}: its files are", hint)
+        raise no_pretrained_weights(f"open_clip has no pretrained weights for clip:{r.text}")
+    what = f"model clip:{r.text}: its files are"
+    require_reachable(where, what, hint, by_file=hint == _FILE_HINT)
     errors = []
     if repo:
         from huggingface_hub import hf_hub_download
@@ -529,7 +522,7 @@ def _download(
                 errors.append(f"{fname}: {(str(e).strip().splitlines() or [repr(e)])[0][:200]}")
     else:
         try:
-            return Path(_open_clip().pretrained.download_pretrained_from_url(url))
+            return Path(open_clip_module().pretrained.download_pretrained_from_url(url))
         except Exception as e:
             errors.append(f"{url}: {(str(e).strip().splitlines() or [repr(e)])[0][:200]}")
     raise WeightsError(f"could not download clip:{r.text}: {'; '.join(errors)}")
@@ -572,7 +565,7 @@ def weights_plan(ref: str) -> str:
     r = parse_ref(ref)
     repo, _, url = _weights_files(r)
     if not r.hub_id and not r.tag:
-        tags = ", ".join(_open_clip().list_pretrained_tags_by_model(r.arch)) or "none"
+        tags = ", ".join(open_clip_module().list_pretrained_tags_by_model(r.arch)) or "none"
         return f"no pretrained tag: pass --weights FILE or name clip:{r.arch}/TAG (tags: {tags})"
     hit = cached_weights(ref)
     if hit is not None:
@@ -583,15 +576,11 @@ def weights_plan(ref: str) -> str:
     return f"download on first use from {where}"
 
 
-def _state_dict(
-    r: ClipRef, weights: str | os.PathLike | None, max_params: int | None
-) -> tuple[dict[str, torch.Tensor] | None, WeightsInfo | None]:
-    limit = None if max_params is None else 4 * max_params + 2**20
-    if weights is not None:
-        sd, _ = read_state_dict(weights, max_bytes=limit)
-        return sd, WeightsInfo("file", str(weights))
+def _state_dict(r: ClipRef, max_params: int | None) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """A reference's pretrained weights (cache first, then the hub), within the size limit."""
+    limit = file_limit(max_params)
     if not r.hub_id and not r.tag:
-        tags = _open_clip().list_pretrained_tags_by_model(r.arch)
+        tags = open_clip_module().list_pretrained_tags_by_model(r.arch)
         raise WeightsError(
             f"clip:{r.text} names no pretrained weights: add a tag (clip:{r.arch}/TAG; its tags: "
             f"{', '.join(tags) or 'none'}), or pass --weights FILE (or --random-weights)"
@@ -615,14 +604,11 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], r: ClipRef, whe
     try:
         model.load_state_dict(sd, strict=True)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise WeightsError(
-            f"weights from {where} do not fit clip:{r.text}: "
-            f"{_summarize_load_error(str(e))}; check --model matches the file"
-        ) from None
+        raise weights_mismatch(where, f"clip:{r.text}", str(e)) from None
 
 
 def _tokenizer(cfg: dict[str, Any], name: str) -> Any:
-    oc = _open_clip()
+    oc = open_clip_module()
     text = cfg.get("text_cfg") or {}
     context = int(text.get("context_length", 77))
     kwargs = dict(text.get("tokenizer_kwargs") or {})
@@ -651,7 +637,7 @@ def _tokenizer(cfg: dict[str, Any], name: str) -> Any:
 def data_config(visual: nn.Module, pre: dict[str, Any]) -> dict[str, Any]:
     """vitviz's (timm-style) data config of open_clip's eval transform: resize the shortest
     side to the input size and centre-crop (``crop_pct`` 1.0), or squash / longest side."""
-    oc = _open_clip()
+    oc = open_clip_module()
     base = dataclasses.asdict(oc.transform.PreprocessCfg())
     base.update({k: v for k, v in pre.items() if k in base})
     size = visual.image_size
@@ -669,54 +655,34 @@ def data_config(visual: nn.Module, pre: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load(
-    ref: str,
-    *,
-    key: str | None = None,
-    weights: str | os.PathLike | None = None,
-    random_weights: bool = False,
-    device: str = "auto",
-    precision: Precision = "auto",
-    max_params: int | None = None,
-    labels: list[str] | None = None,
-    template: str | None = None,
-) -> LoadedModel:
-    """Load an open_clip ViT as a :class:`LoadedModel` classifying ``labels`` (default
-    :data:`~vitviz.inputs.prompts.DEFAULT_LABELS`).
+def build(req: Request) -> Built:
+    """The open_clip ViT of ``req`` as a :class:`ClipClassifier` of the default labels
+    (:data:`~vitviz.inputs.prompts.DEFAULT_LABELS`), on ``req.device``; other labels come
+    with :meth:`~vitviz.models.LoadedModel.with_labels`.
 
     Raises:
         ModelError / WeightsError / OptionsError with a message that says what to do.
     """
-    if weights is not None and random_weights:
-        raise ModelError("choose either a weights file or random weights, not both")
+    ref = req.ref
     r = parse_ref(ref)
     cfg, pre = model_config(r)
-    name = key or f"clip:{ref}"
-    if max_params is not None:
-        _check_size(name, parameter_count(ref), max_params)
-    if random_weights:
-        sd, info = None, WeightsInfo("random", "", RANDOM_WARNING)
+    if req.weights is not None:
+        sd, info = req.weights.state_dict, req.weights.info
     else:
-        sd, info = _state_dict(r, weights, max_params)
-        if max_params is not None:
-            _check_size(str(info.location), sum(t.numel() for t in sd.values()), max_params)
+        sd, info = _state_dict(r, req.max_params)
+        check_size(str(info.location), sum(t.numel() for t in sd.values()), req.max_params)
     tokenizer = _tokenizer(cfg, ref)
     model = _build(cfg)
     if sd is not None:
         _load_weights(model, sd, r, info.location or info.source)
         del sd
-    dev = pick_device(device)
-    model = model.eval().requires_grad_(False).to(dev)
-    tower = ClipTower(model, tokenizer, ref)
-    classifier = ClipClassifier(tower, labels, template)
-    title = CURATED[key].title if key in CURATED else f"CLIP {ref}"
-    return LoadedModel(
-        name=name,
-        title=title,
+    model = model.eval().requires_grad_(False).to(req.device)
+    classifier = ClipClassifier(ClipTower(model, tokenizer, ref))
+    return Built(
+        name=req.key or f"clip:{ref}",
+        title=f"CLIP {ref}",
         model=classifier,
         data_config=data_config(model.visual, pre),
         labels=list(classifier.labels),
         weights=info,
-        device=dev,
-        precision=pick_precision(dev, precision),  # type: ignore[arg-type]
     )

@@ -34,7 +34,7 @@ from torch import nn
 from vitviz.engine.capture import forward_with_attention, prepare
 from vitviz.errors import OptionsError
 from vitviz.inputs.prompts import check_labels, check_template
-from vitviz.models.clip import ClipBlock, ClipTower, _open_clip
+from vitviz.models.clip import ClipBlock, ClipTower, open_clip_module
 from vitviz.models.loading import LoadedModel
 
 __all__ = [
@@ -221,7 +221,7 @@ def caption_tokens(
 
 
 def _check_tokenizer(encoder: ClipTextEncoder) -> None:
-    if not isinstance(encoder.tokenizer, _open_clip().tokenizer.SimpleTokenizer):
+    if not isinstance(encoder.tokenizer, open_clip_module().tokenizer.SimpleTokenizer):
         raise OptionsError(
             f"clip:{encoder.ref} uses a Hugging Face tokenizer; the caption's token relevance "
             "reads open_clip's own CLIP tokenizer only"

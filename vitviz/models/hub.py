@@ -11,14 +11,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import timm
 
 from vitviz.errors import ModelError, WeightsError
-from vitviz.models.registry import CURATED, resolve_name
-from vitviz.results import WeightsInfo
 
 HUB_PROBE_SECONDS = 3.0
 
@@ -102,73 +99,6 @@ def download_location(timm_name: str) -> str | None:
     return f"{hub_endpoint()}/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
 
 
-def download_weights(
-    name: str, progress: Callable[[int, int | None], None] | None = None
-) -> Path | None:
-    """Download a model's hub weights into the Hugging Face cache, reporting progress.
-
-    ``progress(bytes_done, bytes_total)`` is called as the file arrives. Returns the cached
-    file, or None when the weights are not on the Hugging Face hub (timm then downloads
-    them itself from their URL, without progress). Raises WeightsError when it fails.
-    """
-    from huggingface_hub import hf_hub_download
-    from tqdm.auto import tqdm
-
-    from vitviz.models.registry import model_family
-
-    family, ref = model_family(name)
-    if family != "timm":  # open_clip and transformers models: their own files, same progress
-        from importlib import import_module
-
-        return import_module(f"vitviz.models.{family}").download_weights(ref, progress)
-    _, timm_name, _ = resolve_name(name)
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
-    if not repo:
-        return None
-
-    class Reporter(tqdm):  # huggingface_hub drives it; we forward the byte counts
-        done = 0  # counted here: a disabled tqdm (HF_HUB_DISABLE_PROGRESS_BARS) keeps no n
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self.done += int(n or 0)
-            if progress is not None:
-                progress(self.done, int(self.total) if self.total else None)
-            return super().update(n)
-
-    errors = []
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return Path(hf_hub_download(repo, fname, tqdm_class=Reporter))
-        except Exception as e:  # any failure becomes one clear message
-            errors.append(f"{fname}: {str(e).strip().splitlines()[0][:200] if str(e) else e!r}")
-    raise WeightsError(f"could not download the weights of {timm_name}: {'; '.join(errors)}")
-
-
-def weights_plan(name: str) -> str:
-    """One line saying where a model's weights would come from now (no network used)."""
-    from vitviz.models.registry import model_family
-
-    family, ref = model_family(name)
-    if family != "timm":
-        from importlib import import_module
-
-        return import_module(f"vitviz.models.{family}").weights_plan(ref)
-    key, timm_name, _ = resolve_name(name)
-    spec = CURATED.get(key)
-    if spec is not None and spec.bundled is not None:
-        if spec.bundled.is_file():
-            return f"bundled with vitviz ({spec.bundled.name}, works offline)"
-        return "bundled weights missing: python -m vitviz.demo.train"
-    hit = cached_weights(timm_name)
-    if hit is not None:
-        return f"Hugging Face cache ({hit})"
-    where = download_location(timm_name)
-    if where is None:
-        return "no pretrained weights in timm: pass --weights FILE"
-    return f"download on first use from {where}"
-
-
 def check_repo_id(repo: str, name: str) -> None:
     """A :class:`ModelError` unless ``repo`` is a valid Hugging Face repository id (the hub
     library's own rule), so a bad id never reaches the hub client as a traceback."""
@@ -185,28 +115,19 @@ def check_repo_id(repo: str, name: str) -> None:
         raise ModelError(f"{name}: give the repository as owner/name, not {repo!r}")
 
 
-def require_reachable(where: str, what: str, way_out: str) -> None:
+def require_reachable(where: str, what: str, way_out: str, *, by_file: bool = False) -> None:
     """A fast, clear :class:`WeightsError` when ``where`` does not answer now: ``what`` is not
     in the local cache, why the hub cannot be used, and the two ways out (connect, or
-    ``way_out``)."""
-    if not hub_reachable(where):
-        why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
-        raise WeightsError(
-            f"{what} not in the local cache and {why}. Connect to the internet and run again "
-            f"(it downloads once from {where}), or {way_out}"
-        )
-
-
-def _require_hub(timm_name: str, key: str) -> WeightsInfo:
-    where = download_location(timm_name)
-    if where is None:
-        raise WeightsError(
-            f"timm has no pretrained weights for {timm_name}: pass --weights FILE "
-            "(or --random-weights for an architecture test)"
-        )
-    require_reachable(
-        where,
-        f"model {key}: the weights {timm_name} are",
-        "pass --weights FILE with a local .safetensors/.pth file",
+    ``way_out``). ``by_file``: the way out is a local weights file (``--weights FILE``); the
+    error then has the code ``weights_unreachable`` and its ``reason`` (all but the way out),
+    so the page words the way out itself."""
+    if hub_reachable(where):
+        return
+    why = "offline mode is on (HF_HUB_OFFLINE)" if hub_offline() else "it cannot be reached"
+    reason = (
+        f"{what} not in the local cache and {why}. Connect to the internet and run again "
+        f"(it downloads once from {where})"
     )
-    return WeightsInfo("hub", where)
+    if by_file:
+        raise WeightsError(f"{reason}, or {way_out}", code="weights_unreachable", reason=reason)
+    raise WeightsError(f"{reason}, or {way_out}")

@@ -18,15 +18,16 @@ import timm
 from torch import nn
 
 from vitviz.errors import ModelError
+from vitviz.models.checks import SPATIAL_REDUCTION, WINDOWED, not_a_vit, refused_attention
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A curated model: short key, the name shown in the UI, the timm name and notes.
 
-    ``family`` is the library that builds it: ``timm`` (``timm_name`` is a timm name), ``hf``
-    (Hugging Face transformers: ``timm_name`` is ``hf:<hub id>``) or ``clip`` (open_clip:
-    ``clip:<architecture>/<pretrained tag>``).
+    ``family`` is the library that builds it (:mod:`vitviz.models.families`): ``timm``
+    (``timm_name`` is a timm name), ``hf`` (Hugging Face transformers: ``timm_name`` is
+    ``hf:<hub id>``) or ``clip`` (open_clip: ``clip:<architecture>/<pretrained tag>``).
     """
 
     key: str
@@ -118,20 +119,6 @@ CURATED: dict[str, ModelSpec] = {
     )
 }
 
-FAMILY_PREFIXES = ("hf", "clip")  # model names "hf:<id or folder>", "clip:<arch>[/<tag>]"
-
-
-def model_family(name: str) -> tuple[str, str]:
-    """``(library, reference)`` of a model name: a curated key's family, ``hf:…`` and
-    ``clip:…`` names, or timm for anything else (the reference is then the name)."""
-    spec = CURATED.get(name)
-    if spec is not None:
-        name = spec.timm_name
-    head, sep, rest = name.partition(":")
-    if sep and head in FAMILY_PREFIXES:
-        return head, rest
-    return "timm", name
-
 
 @dataclass(frozen=True)
 class Family:
@@ -153,9 +140,7 @@ def _refused(why: str) -> Family:
     return Family(False, why, "")
 
 
-_WINDOWED = "windowed attention: each token attends only inside its window"
 _XCA = "cross-covariance attention: its matrices relate feature channels, not patches"
-_SRA = "spatial-reduction attention: keys are pooled, so rows do not cover the patches"
 
 FAMILIES: dict[str, Family] = {
     "vision_transformer": Family(True),
@@ -163,11 +148,11 @@ FAMILIES: dict[str, Family] = {
     "vision_transformer_hybrid": Family(True),
     "eva": Family(True),
     "beit": Family(True),
-    "swin_transformer": _refused(_WINDOWED),
-    "swin_transformer_v2": _refused(_WINDOWED),
-    "swin_transformer_v2_cr": _refused(_WINDOWED),
+    "swin_transformer": _refused(WINDOWED),
+    "swin_transformer_v2": _refused(WINDOWED),
+    "swin_transformer_v2_cr": _refused(WINDOWED),
     "xcit": _refused(_XCA),
-    "pvt_v2": _refused(_SRA),
+    "pvt_v2": _refused(SPATIAL_REDUCTION),
     "twins": _refused("locally-grouped windowed attention"),
     "crossvit": _refused("two token streams of different patch sizes with cross attention"),
     "levit": _refused("convolutional stages with shrinking resolution"),
@@ -238,15 +223,11 @@ def check_architecture(arch: str) -> None:
     """Refuse families whose attention is windowed, pooled or over channels, and non-ViTs."""
     module, family = family_of(arch)
     if family is not None and not family.supported:
-        raise ModelError(
-            f"{arch} is not supported: {module} uses {family.why}, so there is no global "
-            "patch-to-patch attention to show; choose a plain ViT such as vit_base_patch16_224"
+        raise refused_attention(
+            arch, module, family.why, "choose a plain ViT such as vit_base_patch16_224"
         )
     if family is None:
-        raise ModelError(
-            f"{arch} ({module}) is not a global-attention ViT vitviz can read; "
-            "choose a ViT, DeiT, DINO/DINOv2, EVA or BEiT model"
-        )
+        raise not_a_vit(arch, module, "choose a ViT, DeiT, DINO/DINOv2, EVA or BEiT model")
 
 
 def _has(module: nn.Module, path: str) -> bool:

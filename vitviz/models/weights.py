@@ -74,12 +74,13 @@ def read_state_dict(
     return sd, meta
 
 
-def _depth(sd: dict[str, torch.Tensor]) -> int | None:
+def depth_of(sd: dict[str, torch.Tensor]) -> int | None:
     """Number of transformer blocks in a state dict (``blocks.N.…`` keys), if any."""
     found = [int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))]
     return max(found) + 1 if found else None
 
 
-def _num_classes(sd: dict[str, torch.Tensor]) -> int:
+def classes_of(sd: dict[str, torch.Tensor]) -> int:
+    """Number of classes of a state dict's head (``head.weight`` rows), 0 without one."""
     w = sd.get("head.weight")
     return int(w.shape[0]) if w is not None else 0

@@ -73,7 +73,7 @@ def page_caches() -> PageCaches:
 
 
 @st.cache_resource(show_spinner=False)
-def load_failures() -> ByteLRU[tuple[str, float]]:
+def load_failures() -> ByteLRU[tuple[tuple[str, str, dict[str, object]] | str, float]]:
     """Recent model-loading failures, so a broken choice is not retried on every rerun
     (bounded in bytes: names come from visitors and links)."""
     return ByteLRU(2**20)
@@ -200,12 +200,18 @@ def weights_warning(warning: str) -> str:
     return t("facts.random_warning") if warning == models.RANDOM_WARNING else plain(warning)
 
 
-def for_the_page(message: str) -> str:
-    """A loader's message in the page's words (it has no command-line flags)."""
-    choose = f"choose “{t('sidebar.weights_file')}” as the model"
-    return message.replace(
-        "or pass --weights FILE with a local .safetensors/.pth file", f"or {choose}"
-    ).replace("pass --weights FILE", choose)
+BY_CODE = frozenset({"weights_unreachable", "weights_none"})
+"""Loader error codes the page words by code: their way out is ``--weights FILE`` on the
+command line, the weights-file choice here. Other loader errors read as the loader said them."""
+
+
+def for_the_page(message: str, code: str = "other", fields: dict[str, object] | None = None) -> str:
+    """A loader's error (its English ``message``, ``code`` and ``fields``) in the page's
+    words: the catalog's ``error_code.<code>`` for the codes in :data:`BY_CODE`, else the
+    message."""
+    if code in BY_CODE:
+        return t(f"error_code.{code}", **(fields or {}))
+    return message
 
 
 def load_with_progress(name: str, weights: str | None, random_weights: bool) -> LocalBackend:
@@ -216,9 +222,9 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
         return loaded
     failed = load_failures().get(key)
     if failed and time.time() - failed[1] < 300:
-        if failed[0] == "file":
+        if isinstance(failed[0], str):  # "file"
             raise VitvizError(t("error.weights_file", path=weights))
-        raise VitvizError(for_the_page(failed[0]))
+        raise VitvizError(for_the_page(*failed[0]))
     try:
         # before anything is downloaded or built (the loader checks again, for files)
         models.check_model_size(name, page_caches().limits.max_params)
@@ -234,8 +240,9 @@ def load_with_progress(name: str, weights: str | None, random_weights: bool) -> 
         load_failures().put(key, ("file", time.time()))
         raise VitvizError(t("error.weights_file", path=weights)) from None
     except VitvizError as err:  # kept as the loader said it: each page words it in its language
-        load_failures().put(key, (str(err), time.time()))
-        raise VitvizError(for_the_page(str(err))) from None
+        said = (str(err), err.code, dict(err.fields))  # the words, code and fields, no frames
+        load_failures().put(key, (said, time.time()))
+        raise VitvizError(for_the_page(*said)) from None
     load_failures().discard(lambda k: k == key)
     return backend
 

@@ -10,6 +10,7 @@ import streamlit as st
 from vitviz import models
 from vitviz.errors import VitvizError
 from vitviz.memory.cost import size_text
+from vitviz.models.families import lookup
 from vitviz.output.provenance import display_location
 from vitviz.results import ModelInfo
 from vitviz.ui import i18n, resources, session
@@ -169,7 +170,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
     session.keep_in_url("model", linked, None if named else default_model)
     if sel.choice in models.CURATED:
         st.caption(resources.model_description(sel.choice))
-        if models.model_family(sel.choice)[0] == "clip":
+        if lookup(sel.choice)[0].typed_labels:
             _typed_classes(sel)
     elif sel.choice == OTHER_TIMM:
         sel.name = st.text_input(
@@ -180,7 +181,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
             persist_state=KEEP,
         ).strip()
         st.caption(t("sidebar.timm_help"))
-        if models.model_family(sel.name)[0] != "timm":  # "hf:…" could name a folder here
+        if not lookup(sel.name)[0].typed_on_page:  # "hf:…" could name a folder here
             st.error(t("sidebar.timm_only"))
             sel.name = "demo"
     elif sel.choice == OTHER_HF:
@@ -203,7 +204,7 @@ def _model(default_model: str, pol: ServerPolicy) -> Selection:
             t("sidebar.file_arch"), "vit_base_patch16_224", key="file_arch"
         ).strip()
         sel.weights = st.text_input(t("sidebar.file_path"), "") or None
-        if models.model_family(sel.name)[0] != "timm":  # a file holds timm weights only
+        if not lookup(sel.name)[0].page_weights_file:  # a file holds timm weights only
             st.error(t("sidebar.timm_only"))
             sel.name, sel.weights = "demo", None
     sel.random_weights = st.toggle(
