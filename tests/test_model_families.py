@@ -16,12 +16,14 @@ import torch
 from timm.data import resolve_model_data_config
 
 from tests.conftest import ASSETS
-from tests.test_app import fresh_cache, ok  # noqa: F401 - each test starts without page caches
+from tests.test_app import ok
 from vitviz import models
 from vitviz.errors import ModelError, OptionsError, WeightsError
 from vitviz.models import families
 from vitviz.models.families import Built, Family, Request
 from vitviz.results import WeightsInfo
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # each test starts without page caches
 
 TOY_LABELS = ["red", "green", "blue"]
 TOY_REFUSAL = "toy models make their own weights; no --weights FILE"

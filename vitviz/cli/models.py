@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the curated models and where each one's weights would come from."""
     from vitviz.models import CURATED, weights_plan
+    from vitviz.models.families import lookup
 
     for spec in CURATED.values():
         print(f"{spec.key:20s} {spec.title}")
-        library = {"hf": "transformers", "clip": "open_clip"}.get(spec.family, "timm")
-        print(f"{'':20s}   {library}: {spec.timm_name.removeprefix(spec.family + ':')}")
+        family, _ = lookup(spec.key)
+        print(f"{'':20s}   {family.library}: {family.parse(spec.timm_name)}")
         print(f"{'':20s}   {spec.description}")
         print(f"{'':20s}   weights: {weights_plan(spec.key)}")
     print("Any other global-attention timm ViT name works too (e.g. vit_large_patch16_224).")

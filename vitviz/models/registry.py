@@ -18,6 +18,7 @@ import timm
 from torch import nn
 
 from vitviz.errors import ModelError
+from vitviz.inputs.assets import ASSETS
 from vitviz.models.checks import SPATIAL_REDUCTION, WINDOWED, not_a_vit, refused_attention
 
 
@@ -40,7 +41,6 @@ class ModelSpec:
     family: str = "timm"
 
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_WEIGHTS = ASSETS / "demo" / "vitviz-demo.safetensors"
 
 CURATED: dict[str, ModelSpec] = {

@@ -14,7 +14,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -25,6 +24,7 @@ from vitviz.backends.local import LocalBackend
 from vitviz.backends.remote import RemoteBackend
 from vitviz.engine.runtime import release_memory
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError, WeightsFileError
+from vitviz.inputs.assets import ASSETS
 from vitviz.inputs.images import DecodedImage, decode_image
 from vitviz.memory.admission import Reservation
 from vitviz.memory.cache import ByteLRU, nbytes
@@ -44,7 +44,6 @@ from vitviz.ui.i18n import t
 from vitviz.ui.state import Entry, PageCaches, PageLimits
 from vitviz.ui.text import plain
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SAMPLES = {  # file → catalog key of its title
     "chelsea.png": "sample.chelsea",
     "coffee.png": "sample.coffee",

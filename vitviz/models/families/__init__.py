@@ -135,6 +135,8 @@ class Family:
         weights_file: ``--weights FILE`` can hold its weights (a state dict the family loads).
         local_folder: a name may name a folder on this machine (``hf:./folder``).
         creation_args: ``keep_aspect`` and creation arguments (``model_kwargs``) apply.
+        library: the Python library that builds it, as ``vitviz models`` names it (default:
+            the family's name).
 
     ``no_weights_file`` is why ``--weights FILE`` is refused, for families without
     ``weights_file``. Derived flags: :attr:`typed_on_page`, :attr:`page_weights_file`.
@@ -153,6 +155,11 @@ class Family:
     local_folder: bool = False
     creation_args: bool = False
     no_weights_file: str = "this model's weights do not come from a file"
+    library: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.library:  # the Python library that builds it, as `vitviz models` names it
+            object.__setattr__(self, "library", self.name)
 
     def parse(self, name: str) -> str:
         """The reference of a name of this family (the name without ``prefix:``)."""

@@ -27,6 +27,7 @@ CLIP = register(
     Family(
         name="clip",
         prefix="clip",
+        library="open_clip",
         build=build,
         count=_count,
         plan=weights_plan,

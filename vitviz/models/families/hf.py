@@ -29,6 +29,7 @@ HF = register(
     Family(
         name="hf",
         prefix="hf",
+        library="transformers",
         build=build,
         count=_count,
         plan=weights_plan,
