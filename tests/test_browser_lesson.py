@@ -115,7 +115,7 @@ def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server): 
     bottoms[4] = page.evaluate(STEP_BOTTOM_JS)[0]
     page.keyboard.press("ArrowRight")
     at_step(page, 5)
-    assert "the chosen patch is row 32" in main_text(page)
+    assert "the cyan row is the chosen patch 31, token 32" in main_text(page)
     bottoms[5] = page.evaluate(STEP_BOTTOM_JS)[0]
     page.locator(".st-key-lesson-nav button[data-go='5']").click()
     at_step(page, 6)
