@@ -1,6 +1,8 @@
 """The live camera in a real browser: Chromium's fake camera plays a clip the test writes, the
 stream goes over WebRTC (loopback, no ICE servers) through the page's frame callback, and the
 processed frames come back with the overlay; the shown prediction follows the clip's object.
+At 1280×800 with the sidebar open the whole video is above the fold, and pausing the overlay
+turns the speed line into a "paused" line (no maps, no rate), and back.
 
 Needs what ``tests/test_browser.py`` needs plus streamlit-webrtc (in requirements.txt).
 """
@@ -140,6 +142,20 @@ def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_p
             speed = page.get_by_text(re.compile(r"maps per second"))
             expect(speed).to_be_visible()
             print("live page:", speed.inner_text())  # pytest -s shows what the page measured
+            # the whole video and its overlay above the fold, the sidebar open
+            assert page.locator('[data-testid="stSidebar"]').get_attribute("data-collapsed") in (
+                None,
+                "false",
+            )
+            box = video.bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, box
+            # pausing the overlay says so where the speed was (no maps are made: no rate)
+            pause = page.locator(".st-key-live_paused input[type=checkbox]")
+            pause.check(force=True)
+            expect(page.get_by_text(re.compile("Overlay paused: no new maps"))).to_be_visible()
+            expect(speed).to_have_count(0)
+            pause.uncheck(force=True)
+            expect(page.get_by_text(re.compile(r"maps per second"))).to_be_visible()
             if os.environ.get("VITVIZ_SCREENSHOT_LIVE"):
                 page.screenshot(path=os.environ["VITVIZ_SCREENSHOT_LIVE"])
             # freeze: the frame of the current map opens in the normal views

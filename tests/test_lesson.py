@@ -13,7 +13,7 @@ from vitviz.backends.local import LocalBackend
 from vitviz.inputs.classes import short_label
 from vitviz.inputs.images import decode_image
 from vitviz.memory.cost import token_cost
-from vitviz.ui.lesson.steps import STEPS
+from vitviz.ui.lesson.steps import STEPS, crop_numbers, depth_layers
 
 APP = str(ASSETS.parent / "app.py")
 
@@ -85,7 +85,7 @@ def test_steps_1_to_5_show_this_image_and_models_numbers(lesson, engine):
     text = go(lesson, 4)
     assert "e: the embedding of patch 42" in text and "e + p: what enters" in text
     text = go(lesson, 5)
-    assert "197 rows (tokens) × 192 columns; the chosen patch is row 43" in text
+    assert "197 rows (tokens) × 192 columns; the cyan row is the chosen patch 42, token 43" in text
     assert go(lesson, 2, patch=42) and picker_data(lesson)["patch"] == 42
 
 
@@ -95,7 +95,7 @@ def test_step_6_shows_one_map_per_head_for_the_chosen_patch(lesson, engine):
     assert "Where patch 42 looks in layer 2" in text
     captions = [c for i in lesson.main.get("image") for c in i.captions if c.startswith("head")]
     assert captions == [f"head {h}" for h in range(expl.attention.shape[1])]
-    assert "197" in text and "d_k = 64" in text  # 192 / 3 heads
+    assert "197" in text and "d_k = D/H = 192/3 = **64**" in text  # 192 / 3 heads
 
 
 def test_steps_8_and_9_match_the_engine_and_the_formulas(lesson, engine):
@@ -184,3 +184,112 @@ def test_the_head_table_on_the_page_is_the_engines(engine):
     rows = list(csv.DictReader(io.StringIO(head_csv(want))))
     assert len(rows) == 18 and rows[4]["kind"] == want["kind"][4]
     assert float(rows[4]["to_self"]) == want["to_self"][4]
+
+
+# Issue 23 (a Taiwanese teacher's class): numbering, words, notices, the camera path.
+
+
+def zh_lesson(**params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(lang="zh-Hant", lesson="1", **params)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_every_count_is_0_based_and_step_5_names_the_picked_patch(lesson):
+    text = go(lesson, 2, patch=74)
+    assert "starts at **0**" in text  # said once, where the patches are numbered
+    assert "Chosen patch: 74 (row 5, column 4)" in text
+    text = go(lesson, 5)
+    assert "the cyan row is the chosen patch 74, token 75 of the sequence" in text
+    assert "First **the [CLS] token**" in text
+    assert "starts at **0**" not in text
+
+
+def test_step_7_shows_every_layer_up_to_6_else_evenly_spaced_ends_included(lesson):
+    assert depth_layers(3) == [0, 1, 2]
+    assert depth_layers(6) == [0, 1, 2, 3, 4, 5]
+    twelve = depth_layers(12)
+    assert twelve == [0, 2, 4, 7, 9, 11] and twelve[0] == 0 and twelve[-1] == 11
+    assert depth_layers(24)[-1] == 23 and len(depth_layers(24)) == 6
+    go(lesson, 7)  # the demo model: 6 layers, all of them, then rollout
+    captions = [c for i in lesson.main.get("image") for c in i.captions if c.startswith("layer")]
+    assert captions == [f"layer {n}" for n in range(6)]
+
+
+def test_zh_hant_words_bicubic_crop_multi_head_and_cls():
+    assert crop_numbers(224, 0.9) == (248, 90, 12)  # timm: floor(224 / 0.9), then the centre
+    assert crop_numbers(224, 1.0) == (224, 100, 0)
+    at = zh_lesson()
+    text = words("\n".join(m.value for m in at.markdown))
+    assert "雙立方" in text and "雙三次" not in text
+    assert "裁切比例 **1** 表示裁切保留縮放後大小的多少：224 / 224 ≈ **100%**" in text
+    at.session_state["lesson_step"] = 4
+    at.run()
+    text = words("\n".join(m.value for m in at.markdown))
+    assert "先是 **[CLS] 詞元**" in text and "前置詞元（CLS）" not in text
+    at.session_state["lesson_step"] = 5
+    at.run()
+    text = words("\n".join(m.value for m in at.markdown))
+    assert "## 6. 多頭自注意力" in text
+    assert "H = **3** 個注意力頭" in text and "d_k = D/H = 192/3 = **64**" in text
+    captions = words("\n".join(c.value for c in at.caption))
+    layer = at.slider(key="lesson_layer").value
+    assert f"在層 {layer} 看哪裡" in captions  # the caption says the slider's layer
+
+
+def test_random_weights_are_a_red_notice_above_the_steps():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(lesson="1", step="3")
+    at.run()
+    at.toggle(key="random_weights").set_value(True).run()
+    assert not at.exception
+    assert any("RANDOM WEIGHTS" in e.value for e in at.main.error), at.main.error
+    ids = [str(e.proto) for e in _in_order(at)]
+    notice = next(i for i, p in enumerate(ids) if "RANDOM WEIGHTS" in p)
+    title = next(i for i, p in enumerate(ids) if "## 3." in p)
+    assert notice < title
+    assert not any("RANDOM WEIGHTS" in c.value for c in at.caption)  # no longer a grey line
+    at.toggle(key="random_weights").set_value(False).run()
+
+
+def _in_order(at: AppTest) -> list:
+    """The main area's elements in page order."""
+    out = []
+
+    def walk(node) -> None:
+        children = getattr(node, "children", None)
+        if children:
+            for key in sorted(children):
+                walk(children[key])
+        elif getattr(node, "proto", None) is not None:
+            out.append(node)
+
+    walk(at.main)
+    return out
+
+
+def test_a_failed_model_load_is_worded_in_chinese_with_the_english_folded_away():
+    at = zh_lesson(model="vit-b16", step="9")  # no weights offline: it cannot load
+    assert at.session_state["lesson_step"] == 8
+    errors = [e.value for e in at.main.error if "無法載入" in e.value]
+    assert errors and all(not re.search(r"[A-Za-z]{4,}", e.replace("ViT-B/16", "")) for e in errors)
+    assert at.expander and "詳細資訊" in at.expander[0].label  # the loader's English, folded
+    ids = [str(e.proto) for e in _in_order(at)]
+    assert next(i for i, p in enumerate(ids) if "無法載入" in p) < next(
+        i for i, p in enumerate(ids) if "## 9." in p
+    )
+
+
+def test_a_lesson_link_from_a_camera_photo_opens_the_same_step_on_a_sample():
+    """A photo is never in a link: the link opens the lesson at its step on a sample, and
+    says so (the teacher's link, made while a camera photo was shown)."""
+    at = zh_lesson(source="Camera", step="6", patch="30")
+    assert at.session_state["lesson_step"] == 5 and at.query_params["source"] == "Camera"
+    text = words("\n".join(m.value for m in at.markdown))
+    assert "## 6. 多頭自注意力" in text
+    captions = words("\n".join(c.value for c in at.caption))
+    assert "照片不會放進連結" in captions and "範例圖片" in captions
+    assert "圖塊 30 在層" in captions  # the link's patch, on the sample
+    assert at.toggle(key="lesson").value is True

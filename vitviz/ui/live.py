@@ -3,7 +3,11 @@
 The browser sends its camera over WebRTC to this process; each frame goes through the session's
 :class:`vitviz.engine.stream.LiveExplainer` (the newest frame is explained, older ones are dropped)
 and comes back with the latest map drawn over it, at the camera's rate. The predictions, frames per
-second and latency beside the video are re-read twice a second (an ``st.fragment``). *Freeze*
+second and latency beside the video are re-read twice a second (an ``st.fragment``); while the
+overlay is paused that line says so (no maps are made, so there is no rate to show). The camera
+is asked for 640×480 (:data:`CAMERA`): a smaller stream would be stretched and blurry
+in the video's column. The video comes right under the controls, above the fold at 1280×800
+with the sidebar open; the introduction sits beside it. *Freeze*
 opens the frame of the current map in the normal views. ICE servers: none by default (loopback
 or a LAN); the operator may set ``VITVIZ_ICE_SERVERS`` to a JSON list such as
 ``[{"urls": ["stun:stun.example.org:3478"]}]``.
@@ -29,6 +33,9 @@ from vitviz.ui.i18n import error_text, t
 from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 from vitviz.ui.widgets import method_title
+
+# what the stream asks of the camera: 640×480 (ideal: a camera that cannot gives its nearest)
+CAMERA = {"width": {"ideal": 640}, "height": {"ideal": 480}}
 
 
 def ice_servers(environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -147,10 +154,7 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
     except OptionsError as err:  # the operator's setting: say so, show nothing broken
         st.error(t("error.misconfigured", detail=plain(err)))
         return
-    st.caption(t("live.intro"))
     remote = info.remote
-    if remote:
-        st.caption(t("live.remote"))
     try:
         live = _explainer(backend, model_id, _controls(info, remote))
     except VitvizError as err:
@@ -173,7 +177,7 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
             key="live",
             mode=WebRtcMode.SENDRECV,
             video_frame_callback=frame_callback,
-            media_stream_constraints={"video": True, "audio": False},
+            media_stream_constraints={"video": CAMERA, "audio": False},
             rtc_configuration={"iceServers": servers},
             async_processing=True,
             translations={
@@ -191,6 +195,9 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
         if failed:
             st.error(t(failed))
         _status(live, bool(stream.state.playing), i18n.current())
+        st.caption(t("live.intro"))
+        if remote:
+            st.caption(t("live.remote"))
 
 
 @st.fragment(run_every=0.5)
@@ -205,6 +212,9 @@ def _status(live: LiveExplainer, playing: bool, lang: str) -> None:
     for p in result.predictions:
         name = plain(i18n.class_label(p.label, p.index, lang=lang))
         st.progress(min(1.0, p.probability), text=f"{name} — {p.probability:.1%}")
+    if st.session_state.get("live_paused"):  # no maps are made: no rate to show
+        st.caption(t("live.speed_paused", dropped=stats.dropped, frames=stats.submitted))
+        return
     latencies = list(stats.latencies_ms)[-30:]
     typical = sorted(latencies)[len(latencies) // 2] if latencies else 0.0
     st.caption(

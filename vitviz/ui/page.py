@@ -60,10 +60,14 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
             # the picker then names the model in use; the reason stays on screen (a typed
             # name or file stays in its field, to be corrected)
             st.session_state["load_error"] = t("error.load", name=plain(sel.name), detail=detail)
+            st.session_state["load_failure"] = (plain(sel.name), err)  # the lesson's words
             st.session_state["model_reset"] = True
             st.rerun()
-        st.error(t("error.load", name=plain(sel.name), detail=detail))
-        st.caption(t("page.demo_instead"))
+        if _lesson_on():  # the lesson says it above its steps, in its own words and type
+            st.session_state["load_failure"] = (plain(sel.name), err)
+        else:
+            st.error(t("error.load", name=plain(sel.name), detail=detail))
+            st.caption(t("page.demo_instead"))
         try:
             chosen = resources.load_with_progress("demo", None, False)
         except VitvizError as err2:  # even the bundled model is missing
@@ -73,6 +77,12 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
         chosen = resources.typed_classes(chosen, sel.labels, sel.template)
     info = chosen.info()
     return chosen, info, model_key(info)
+
+
+def _lesson_on() -> bool:
+    from vitviz.ui import lesson
+
+    return lesson.requested()
 
 
 def load_detail(err: VitvizError) -> str:
@@ -99,16 +109,16 @@ def header(info: ModelInfo, why_default: str | None) -> None:
         title.markdown(f"#### {t('page.title')}")
         lesson.switch(switch)
     failed = st.session_state.pop("load_error", None)
+    failure = st.session_state.pop("load_failure", None)
+    if on_projector:  # the lesson says these above its steps (random weights in red)
+        lesson.keep_load_failure(failure)
+        return
     if failed:
         st.error(failed)
         st.caption(t("page.demo_instead"))
-    if info.weights.warning and on_projector:
-        st.caption("⚠️ " + resources.weights_warning(info.weights.warning))
-    elif info.weights.warning:  # random weights: say so where the maps are
+    if info.weights.warning:  # random weights: say so where the maps are
         st.warning(resources.weights_warning(info.weights.warning), icon="⚠️")
-    elif (
-        why_default and info.name == "demo" and not info.remote and not failed and not on_projector
-    ):
+    elif why_default and info.name == "demo" and not info.remote and not failed:
         st.info(t(why_default), icon="ℹ️")
 
 

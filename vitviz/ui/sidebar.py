@@ -77,7 +77,21 @@ def render(default_model: str, pol: ServerPolicy) -> Selection:
             camera = st.camera_input(t("sidebar.camera"), key="camera")
             if camera is not None:
                 sel.data, sel.image_name = camera.getvalue(), "camera.jpg"
+        _camera_in_lesson(sel)
     return sel
+
+
+def _camera_in_lesson(sel: Selection) -> None:
+    """The lesson never waits for a photo: until one is taken (and on a link, which never
+    holds one) it goes on with a sample, and it says so (``lesson_camera``)."""
+    from vitviz.ui import lesson
+
+    state = None
+    if sel.source == "Camera" and lesson.requested():
+        state = "photo" if sel.data is not None else "waiting"
+        if sel.data is None:
+            sel.source = "Samples"  # for the page only: the radio and the URL keep the camera
+    st.session_state["lesson_camera"] = state
 
 
 def language() -> str:

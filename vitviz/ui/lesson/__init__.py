@@ -1,9 +1,14 @@
 """Lesson mode: the ViT step by step on the current image and model, for a projector.
 
 ``?lesson=1`` opens it (``&step=N`` at step N, counted from 1); Previous / Next, the step
-numbers and the ← → keys move through the nine steps of :mod:`vitviz.ui.lesson.steps`. The
-chosen patch is the Patch explorer's (one ``patch`` for both, in the URL), so it carries from
-step to step. Large type for 1280×800 with the sidebar collapsed.
+numbers and the ← → keys move through the steps of :mod:`vitviz.ui.lesson.steps`. The chosen
+patch is the Patch explorer's (one ``patch`` for both, in the URL), so it carries from step to
+step. Large type for 1280×800 with the sidebar collapsed (every text at least 18 px).
+
+What a class must know before any step comes above the steps, in the lesson's own type: random
+weights as a red notice, a model that did not load (in the catalog's words, the loader's English
+detail folded away), and the camera's state (no photo yet: the lesson shows a sample; a photo is
+never in a link, so a link opens the same step on a sample).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from vitviz.ui import session
+from vitviz.errors import VitvizError
+from vitviz.ui import i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
 from vitviz.ui.lesson import controls
 from vitviz.ui.lesson.steps import STEPS, load
+from vitviz.ui.text import plain
 
 STYLE = "<style>" + (Path(__file__).resolve().parent / "page.css").read_text() + "</style>"
 
@@ -31,7 +38,9 @@ def requested() -> bool:
 
 def switch(where=st) -> bool:
     """The lesson switch (kept in the URL as ``lesson=1``)."""
-    on = where.toggle(t("page.lesson_on"), key="lesson", help=t("page.lesson_help"))
+    on = where.toggle(
+        t("page.lesson_on"), key="lesson", help=t("page.lesson_help"), persist_state=session.KEEP
+    )
     session.keep_in_url("lesson", "1" if on else "0", "0")
     if not on:  # the step belongs to the lesson's link only
         session.keep_in_url("step", "1", "1")
@@ -60,6 +69,45 @@ def _go() -> None:
         session.keep_in_url("step", str(target + 1), "1")
 
 
+def keep_load_failure(failure: tuple[str, VitvizError] | None) -> None:
+    """The page's model-load failure of this run (the model's name and the error), for the
+    lesson to say above its steps."""
+    st.session_state["lesson_load_failure"] = failure
+
+
+def failure_words(name: str, err: BaseException) -> tuple[str, str | None]:
+    """A model that did not load, in the page's language: the sentence, and the loader's own
+    (English) detail to fold away, or None when the catalog words the error by its code alone
+    (the memory budget's refusals)."""
+    words = t("lesson.load_failed", name=name)
+    code = getattr(err, "code", "other")
+    if i18n.has(f"error_code.{code}") and "{detail}" not in i18n.raw(f"error_code.{code}"):
+        return f"{words} {i18n.error_text(err)}", None
+    return words, plain(err)
+
+
+def notices(ctx: ViewContext) -> None:
+    """Above the steps: random weights (red), a failed model load (compact, the English
+    detail folded), the camera's state."""
+    warning = ctx.info.weights.warning
+    if warning:
+        st.error(resources.weights_warning(warning), icon="⚠️")
+    failure = st.session_state.get("lesson_load_failure")
+    if failure:
+        words, detail = failure_words(*failure)
+        with st.container(key="lesson-load-failure"):
+            st.error(words, icon="⚠️")
+            if detail:
+                with st.expander(t("lesson.load_details"), expanded=False):
+                    st.text(detail)
+    camera = {
+        "waiting": t("lesson.camera_waiting"),
+        "photo": t("lesson.camera_photo"),
+    }.get(st.session_state.get("lesson_camera"))
+    if camera:
+        st.caption("📷 " + camera)
+
+
 @st.fragment
 def render(ctx: ViewContext) -> None:
     """The lesson: step title and navigation on one line, then the step."""
@@ -74,6 +122,7 @@ def render(ctx: ViewContext) -> None:
             controls.nav("lesson-nav", step, titles, words, _go)
         if not switch(switch_column):
             st.rerun()  # the whole page, not just this fragment: back to the views
+        notices(ctx)
         st.markdown(f"## {step + 1}. {titles[step]}")
         with st.container(key=f"lesson-step-{step + 1}"):
             try:

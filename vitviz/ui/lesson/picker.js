@@ -1,6 +1,19 @@
 // Patch picker for the lesson (vitviz/ui/lesson/controls.py): the model's input with its
 // patch grid and numbers; a click chooses a patch. Fixed code; the image is a data URI drawn on
 // a canvas, numbers are drawn as text.
+const MIN_FONT = 18;
+
+// The patch numbers' type: as large as a cell allows (up to 24 px), never under MIN_FONT; and
+// the stride that keeps the widest number inside its cell (1: every patch is numbered).
+function labels(ctx, sx, sy, count) {
+  const px = Math.max(MIN_FONT, Math.min(24, Math.floor(Math.min(sx, sy) * 0.5)));
+  const font = px + "px sans-serif";
+  ctx.font = font;
+  const wide = ctx.measureText(String(count - 1)).width;
+  const stride = Math.max(1, Math.ceil(wide / sx), Math.ceil(px / sy));
+  return { px, font, stride };
+}
+
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
   // Streamlit's <style> lives in parentElement too: only our own element is replaced
@@ -24,6 +37,11 @@ export default function (component) {
   canvas.setAttribute("data-role", "picker");
   root.appendChild(canvas);
   const ctx = canvas.getContext("2d");
+  const label = labels(ctx, cw / gw, ch / gh, gh * gw);
+  if (data.numbers) {
+    canvas.setAttribute("data-font-px", String(label.px));
+    canvas.setAttribute("data-label-stride", String(label.stride));
+  }
   const img = new Image();
   const draw = (chosen) => {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -36,11 +54,20 @@ export default function (component) {
     for (let r = 1; r < gh; r++) { const y = Math.round(r * sy) + 0.5; ctx.moveTo(0, y); ctx.lineTo(cw, y); }
     ctx.stroke();
     if (data.numbers) {
-      ctx.font = Math.max(8, Math.floor(Math.min(sx, sy) * 0.38)) + "px sans-serif";
-      ctx.textAlign = "center"; ctx.textBaseline = "middle";
+      // every number at least MIN_FONT px (a projector's smallest readable type): a grid too
+      // fine for every number gets one every `stride` rows and columns, each on a dark tag
+      ctx.font = label.font; ctx.textAlign = "center"; ctx.textBaseline = "middle";
       for (let p = 0; p < gh * gw; p++) {
-        const x = (p % gw + 0.5) * sx, y = (Math.floor(p / gw) + 0.5) * sy;
-        ctx.fillStyle = "rgba(0,0,0,0.55)"; ctx.fillText(String(p), x + 1, y + 1);
+        const r = Math.floor(p / gw), c = p % gw;
+        if (r % label.stride || c % label.stride) continue;
+        const x = (c + 0.5) * sx, y = (r + 0.5) * sy;
+        if (label.stride > 1) {
+          const tw = ctx.measureText(String(p)).width + 6;
+          ctx.fillStyle = "rgba(0,0,0,0.6)";
+          ctx.fillRect(x - tw / 2, y - label.px / 2 - 2, tw, label.px + 4);
+        } else {
+          ctx.fillStyle = "rgba(0,0,0,0.55)"; ctx.fillText(String(p), x + 1, y + 1);
+        }
         ctx.fillStyle = "#fff"; ctx.fillText(String(p), x, y);
       }
     }

@@ -33,6 +33,7 @@ from vitviz.ui.lesson.pictures import (
     similarity_map,
     vector_strip,
 )
+from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 
 
@@ -108,6 +109,15 @@ def _picker(lesson: Lesson, key: str, display: int) -> None:
     st.caption(t("lesson.chosen", patch=lesson.patch, row=r, column=c))
 
 
+def crop_numbers(size: int, crop: float) -> tuple[int, int, int]:
+    """What a crop ratio means for a ``size``-pixel input: the size the image is first resized
+    to (``floor(size / crop)``, as timm does), the percentage of it the crop keeps, and the
+    pixels cut off on each side."""
+    crop = crop if crop > 0 else 1.0
+    resized = max(size, int(size / crop))
+    return resized, round(100 * size / resized), (resized - size) // 2
+
+
 def step_input(lesson: Lesson) -> None:
     """1. The image as the model sees it."""
     ctx = lesson.ctx
@@ -116,6 +126,8 @@ def step_input(lesson: Lesson) -> None:
     cfg = ctx.info.input_config
     mean = ", ".join(f"{v:.3f}" for v in cfg.get("mean", (0.5, 0.5, 0.5)))
     std = ", ".join(f"{v:.3f}" for v in cfg.get("std", (0.5, 0.5, 0.5)))
+    crop = float(cfg.get("crop_pct", 1.0))
+    resized, pct, edge = crop_numbers(min(h, w), crop)
     left, right = st.columns([1, 1.5], gap="large")
     with left:
         picture = encoded.cached(ctx, "input", lambda: ctx.expl.image)
@@ -129,7 +141,10 @@ def step_input(lesson: Lesson) -> None:
                 w=w,
                 h=h,
                 interpolation=i18n.interpolation(cfg.get("interpolation", "bicubic")),
-                crop=f"{float(cfg.get('crop_pct', 1.0)):.3g}",
+                crop=f"{crop:.3g}",
+                resized=resized,
+                pct=pct,
+                edge=edge,
                 mean=mean,
                 std=std,
             )
@@ -155,9 +170,9 @@ def step_patches(lesson: Lesson) -> None:
     h, w = layout.image_size
     ph, pw = layout.patch_size
     gh, gw = layout.grid
-    left, right = st.columns([1, 1.45], gap="large")
+    left, right = st.columns([1.05, 1], gap="medium")
     with left:
-        _picker(lesson, "lesson-picker-2", 400)
+        _picker(lesson, "lesson-picker-2", 500)
     with right:
         st.markdown(
             t("lesson.patches_text", h=h, w=w, p=ph, n=layout.num_patches, gh=gh, gw=gw, pw=pw)
@@ -236,7 +251,8 @@ def step_sequence(lesson: Lesson) -> None:
         lambda: figures.token_sequence(ctx.expl.image, layout, per_row=40, tile=22, gap=3),
     )
     encoded.show(st, sequence)
-    names = ", ".join(figures.token_labels(layout)) or t("pipeline.no_extra")
+    names = ", ".join(t("lesson.token_name", name=n) for n in figures.token_labels(layout))
+    names = names or t("pipeline.no_extra")
     left, right = st.columns([1.3, 1], gap="large")
     with left:
         if lesson.vectors is not None:
@@ -247,7 +263,16 @@ def step_sequence(lesson: Lesson) -> None:
             picture = vector_strip(tokens, cols=tokens.shape[1], cell=cell)
             picture[row * tall : (row + 1) * tall, :] = (0, 229, 255)  # the chosen patch's row
             st.image(picture, width=min(640, picture.shape[1]))
-            st.caption(t("lesson.matrix_caption", t=tokens.shape[0], d=tokens.shape[1], row=row))
+            st.caption(
+                t(
+                    "lesson.matrix_caption",
+                    t=tokens.shape[0],
+                    d=tokens.shape[1],
+                    row=row,
+                    patch=lesson.patch,
+                    p=layout.num_prefix,
+                )
+            )
         else:
             _no_vectors(lesson)
     with right:
@@ -278,15 +303,14 @@ def step_attention(lesson: Lesson) -> None:
     rows = lesson.ctx.query_rows(lesson.patch)
     top, side = st.columns([1.6, 1], gap="large")
     with side:
-        layer = st.slider(
-            t("lesson.layer"), 0, info.layers - 1, info.layers // 2, key="lesson_layer"
-        )
+        layer = _layer_slider(info.layers)
         d = _width(lesson)
         st.markdown(
             t(
                 "lesson.attention_text",
                 t=layout.num_tokens,
                 heads=info.heads,
+                d=d,
                 dk=d // info.heads if isinstance(d, int) else "D/H",
                 patch=lesson.patch,
             )
@@ -307,11 +331,28 @@ def step_attention(lesson: Lesson) -> None:
         lesson.honest("attention")
 
 
+def _layer_slider(layers: int) -> int:
+    """Step 6's layer (kept while the lesson is hidden; a value another model's deeper stack
+    left behind is brought back into range first, so the slider and the captions agree)."""
+    state = st.session_state
+    if not isinstance(state.get("lesson_layer"), int) or not 0 <= state["lesson_layer"] < layers:
+        state["lesson_layer"] = layers // 2
+    return int(st.slider(t("lesson.layer"), 0, layers - 1, key="lesson_layer", persist_state=KEEP))
+
+
+def depth_layers(layers: int, most: int = 6) -> list[int]:
+    """The layers step 7 shows: every one when there are at most ``most``, else ``most``
+    evenly spaced, the first and the last included (0-based)."""
+    if layers <= most:
+        return list(range(layers))
+    return sorted({round(i * (layers - 1) / (most - 1)) for i in range(most)})
+
+
 def step_depth(lesson: Lesson) -> None:
     """7. Many layers: the same patch at a few depths, then rollout through all of them."""
     ctx, info, layout = lesson.ctx, lesson.ctx.info, lesson.ctx.layout
     rows = lesson.ctx.query_rows(lesson.patch)
-    depths = sorted({round(i * (info.layers - 1) / 4) for i in range(5)})
+    depths = depth_layers(info.layers)
     fused = methods.to_grid(rows[:, info.heads], layout)  # mean over heads
     rolled = ctx.entry.get(
         ("lesson-rolled", lesson.patch),
@@ -322,11 +363,11 @@ def step_depth(lesson: Lesson) -> None:
     cols = st.columns(len(depths) + 1)
     for layer, col in zip(depths, cols, strict=False):
         col.image(
-            map_over(ctx.expl.image, fused[layer], layout, lesson.patch, 170),
+            map_over(ctx.expl.image, fused[layer], layout, lesson.patch, 160),
             caption=t("lesson.layer_n", layer=layer),
         )
     cols[-1].image(
-        map_over(ctx.expl.image, methods.to_grid(rolled, layout), layout, lesson.patch, 170),
+        map_over(ctx.expl.image, methods.to_grid(rolled, layout), layout, lesson.patch, 160),
         caption=t("lesson.rollout_caption"),
     )
     st.markdown(t("lesson.depth_text", layers=info.layers, patch=lesson.patch))
@@ -391,6 +432,7 @@ def step_cost(lesson: Lesson) -> None:
             [112, 160, 224, 320, 384, 448, 512, 640],
             value=224,
             key="lesson_size",
+            persist_state=KEEP,
         )
         c = token_cost((size, size), (ph, pw), p, info.layers, info.heads)
         st.markdown(
