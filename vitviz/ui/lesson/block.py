@@ -115,7 +115,7 @@ def stream_figure(lesson: Lesson, data: BlockSteps) -> go.Figure:
         )
     fig.update_xaxes(title_text=t("lesson.block_axis_depth"), dtick=1, range=[-0.2, layers + 0.2])
     fig.update_yaxes(title_text="‖x‖", rangemode="tozero")
-    return style(fig, 290)
+    return style(fig, 240)
 
 
 def update_figure(lesson: Lesson, data: BlockSteps) -> go.Figure:
@@ -141,8 +141,8 @@ def update_figure(lesson: Lesson, data: BlockSteps) -> go.Figure:
             )
     fig.update_layout(barmode="group", bargap=0.2)
     fig.update_xaxes(title_text=t("lesson.block_axis_layer"), dtick=1)
-    fig.update_yaxes(title_text=t("lesson.block_axis_ratio"), type="log")
-    return style(fig, 290)
+    fig.update_yaxes(title_text=t("lesson.block_axis_ratio"), type="log", dtick=1)
+    return style(fig, 240)
 
 
 def step_block(lesson: Lesson) -> None:

@@ -230,8 +230,8 @@ def passes_figure(tokens: int) -> go.Figure:
             marker={"color": "#1f77b4", "size": 18},
         )
     )
-    fig.update_xaxes(title_text=t("lesson.passes_axis_passes"), range=[0, n * 1.03])
-    fig.update_yaxes(title_text=t("lesson.passes_axis_scores"), type="log")
+    fig.update_xaxes(title_text=t("lesson.passes_axis_passes"), range=[-0.04 * n, n * 1.04])
+    fig.update_yaxes(title_text=t("lesson.passes_axis_scores"), type="log", exponentformat="power")
     return style(fig, 360)
 
 
