@@ -16,9 +16,11 @@ from PIL import Image
 from vitviz.inputs.geometry import InputGeometry
 from vitviz.results import (
     Anatomy,
+    BlockSteps,
     ClassExplanation,
     ImageExplanation,
     ModelInfo,
+    ParameterCount,
     TokenEmbeddings,
     TokenFeatures,
 )
@@ -80,6 +82,24 @@ class Backend(Protocol):
     ) -> list[ClassExplanation]:
         """Explanations with the class relevance for the given classes of each image
         (``negative``: of ``-y_c``, "why not" each class)."""
+        ...
+
+    # -- the lesson's look inside the blocks (in this process only; a server raises
+    # OptionsError: it needs the model in this process)
+    def block_steps(
+        self,
+        image: Image.Image,
+        *,
+        tokens: Sequence[int] | None = None,
+        layer: int = 0,
+        token: int | None = None,
+        norm: str = "norm1",
+    ) -> BlockSteps:
+        """One model input's residual stream, one norm and one MLP, step by step."""
+        ...
+
+    def parameter_parts(self) -> ParameterCount:
+        """The model's parameters counted by part, summing to its total."""
         ...
 
 

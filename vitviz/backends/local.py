@@ -21,9 +21,11 @@ from vitviz.errors import OptionsError
 from vitviz.models import InputGeometry, LoadedModel, load_model
 from vitviz.results import (
     Anatomy,
+    BlockSteps,
     ClassExplanation,
     ImageExplanation,
     ModelInfo,
+    ParameterCount,
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
@@ -205,3 +207,26 @@ class LocalBackend:
 
         (seen_image,) = self._seen([image], seen)
         return text_relevance(self.loaded, seen_image, label, seen=True)
+
+    def block_steps(
+        self,
+        image: Image.Image,
+        *,
+        tokens: Sequence[int] | None = None,
+        layer: int = 0,
+        token: int | None = None,
+        norm: str = "norm1",
+    ) -> BlockSteps:
+        """Inside the encoder blocks for one seen image, from one forward pass: the residual
+        stream of ``tokens``, ``norm`` and the MLP of block ``layer`` on ``token``
+        (:func:`vitviz.engine.block.block_steps`)."""
+        from vitviz.engine.block import block_steps_of
+
+        (seen,) = self._seen([image], True)
+        return block_steps_of(self.loaded, seen, tokens=tokens, layer=layer, token=token, norm=norm)
+
+    def parameter_parts(self) -> ParameterCount:
+        """The model's parameters counted by part (:func:`vitviz.engine.sizes.parameter_parts`)."""
+        from vitviz.engine.sizes import parameter_parts
+
+        return parameter_parts(self.loaded.model)

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import requests
@@ -378,6 +378,28 @@ class RemoteBackend:
     def close(self) -> None:
         """Close the connections to the server."""
         self._http.close()
+
+    def block_steps(self, image: Image.Image, **_options: Any) -> NoReturn:
+        """Not over a server: the lesson's look inside the blocks needs the model here.
+
+        Raises:
+            OptionsError: always.
+        """
+        raise OptionsError(
+            "the steps inside the encoder block read the model's modules: they need the model "
+            "in this process, not on a vitviz server"
+        )
+
+    def parameter_parts(self) -> NoReturn:
+        """Not over a server: counting parameters by part needs the model here.
+
+        Raises:
+            OptionsError: always.
+        """
+        raise OptionsError(
+            "counting the parameters by part reads the model's modules: it needs the model in "
+            "this process, not on a vitviz server"
+        )
 
     def _explanation(
         self, header: dict[str, Any], arrays: dict[str, np.ndarray], copy: bool = False

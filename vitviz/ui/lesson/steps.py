@@ -1,4 +1,4 @@
-"""The lesson's nine steps, each one idea on this image and model with its real numbers.
+"""The lesson's steps, each one idea on this image and model with its real numbers.
 
 Every number and picture comes from the cached explanation (attention, predictions, input), the
 model's anatomy, or :meth:`~vitviz.backends.local.LocalBackend.embeddings` (this image's patch,
@@ -24,6 +24,7 @@ from vitviz.results import Anatomy, TokenEmbeddings
 from vitviz.ui import encoded, figures, i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
+from vitviz.ui.lesson.block import step_block, step_mlp, step_norm
 from vitviz.ui.lesson.controls import picker as patch_picker
 from vitviz.ui.lesson.pictures import (
     enlarged,
@@ -34,6 +35,7 @@ from vitviz.ui.lesson.pictures import (
     vector_strip,
 )
 from vitviz.ui.session import KEEP
+from vitviz.ui.lesson.scale import step_passes, step_sizes, step_text
 from vitviz.ui.text import plain
 
 
@@ -460,7 +462,13 @@ STEPS: list[tuple[str, Callable[[Lesson], None]]] = [
     ("position", step_position),
     ("sequence", step_sequence),
     ("attention", step_attention),
+    ("block", step_block),  # vitviz.ui.lesson.block: inside one encoder block
+    ("norm", step_norm),
+    ("mlp", step_mlp),
     ("depth", step_depth),
     ("output", step_output),
     ("cost", step_cost),
+    ("sizes", step_sizes),  # vitviz.ui.lesson.scale: sizes, text vs image, one pass
+    ("text", step_text),
+    ("passes", step_passes),
 ]
