@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from tests.test_browser import engine, page, server, settle  # noqa: F401 - fixtures
+from vitviz.ui.lesson.steps import STEPS
 
 try:
     from playwright.sync_api import expect
@@ -132,7 +133,8 @@ def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server): 
     page.locator("h2").first.click()  # focus back on the page: the keys move the lesson again
     page.keyboard.press("ArrowLeft")
     at_step(page, 5)
-    for step in (7, 8, 9):
+    last = len(STEPS)
+    for step in (7, 8, 9, last - 1, last):
         page.locator(f".st-key-lesson-nav button[data-go='{step - 1}']").click()
         at_step(page, step)
         bottoms[step] = page.evaluate(STEP_BOTTOM_JS)[0]
@@ -140,7 +142,7 @@ def test_lesson_steps_by_buttons_and_keys_carry_the_chosen_patch(page, server): 
     expect(page.locator(".st-key-lesson-nav button[data-role=next]")).to_be_disabled()
     # a reload opens the same step with the same patch
     page.reload()
-    at_step(page, 9)
+    at_step(page, last)
     page.locator(".st-key-lesson-nav button[data-go='3']").click()
     at_step(page, 4)
     assert "patch 31" in main_text(page)

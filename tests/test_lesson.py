@@ -16,6 +16,9 @@ from vitviz.memory.cost import token_cost
 from vitviz.ui.lesson.steps import STEPS, crop_numbers, depth_layers
 
 APP = str(ASSETS.parent / "app.py")
+DEPTH, OUTPUT, COST = (
+    [n for n, _ in STEPS].index(name) + 1 for name in ("depth", "output", "cost")
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +101,13 @@ def test_step_6_shows_one_map_per_head_for_the_chosen_patch(lesson, engine):
     assert "197" in text and "d_k = D/H = 192/3 = **64**" in text  # 192 / 3 heads
 
 
-def test_steps_8_and_9_match_the_engine_and_the_formulas(lesson, engine):
+def test_the_output_and_cost_steps_match_the_engine_and_the_formulas(lesson, engine):
     _, expl, _ = engine
-    text = go(lesson, 8)
+    text = go(lesson, OUTPUT)
     for p in expl.predictions:
         assert f"{short_label(p.label)} — {p.probability:.1%}" in text
     assert "8 scores" in text.replace("**", "")
-    text = go(lesson, 9)
+    text = go(lesson, COST)
     c = token_cost((224, 224), (16, 16), 1, 6, 3)
     assert f"| 224×224 | 16×16 | 196 | 197 | {c.entries:,} |" in text
     assert f"{c.attention_bytes / 2**20:,.1f} MB" in text
@@ -145,7 +148,7 @@ def test_class_names_from_a_weights_file_are_shown_as_text(tmp_path):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"vitviz_labels": json.dumps([evil, evil, evil])})
     at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(lesson="1", step="8")
+    at.query_params.update(lesson="1", step=str(OUTPUT))
     at.run()
     at.selectbox(key="model").set_value("__file__").run()
     at.text_input(key="file_arch").set_value("vit_tiny_patch16_224")
@@ -207,13 +210,13 @@ def test_every_count_is_0_based_and_step_5_names_the_picked_patch(lesson):
     assert "starts at **0**" not in text
 
 
-def test_step_7_shows_every_layer_up_to_6_else_evenly_spaced_ends_included(lesson):
+def test_the_depth_step_shows_every_layer_up_to_6_else_evenly_spaced_ends_included(lesson):
     assert depth_layers(3) == [0, 1, 2]
     assert depth_layers(6) == [0, 1, 2, 3, 4, 5]
     twelve = depth_layers(12)
     assert twelve == [0, 2, 4, 7, 9, 11] and twelve[0] == 0 and twelve[-1] == 11
     assert depth_layers(24)[-1] == 23 and len(depth_layers(24)) == 6
-    go(lesson, 7)  # the demo model: 6 layers, all of them, then rollout
+    go(lesson, DEPTH)  # the demo model: 6 layers, all of them, then rollout
     captions = [c for i in lesson.main.get("image") for c in i.captions if c.startswith("layer")]
     assert captions == [f"layer {n}" for n in range(6)]
 

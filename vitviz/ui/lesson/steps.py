@@ -34,8 +34,8 @@ from vitviz.ui.lesson.pictures import (
     similarity_map,
     vector_strip,
 )
-from vitviz.ui.session import KEEP
 from vitviz.ui.lesson.scale import step_passes, step_sizes, step_text
+from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 
 
