@@ -231,7 +231,7 @@ def passes_figure(tokens: int) -> go.Figure:
         )
     )
     fig.update_xaxes(title_text=t("lesson.passes_axis_passes"), range=[-0.04 * n, n * 1.04])
-    fig.update_yaxes(title_text=t("lesson.passes_axis_scores"), type="log", exponentformat="power")
+    fig.update_yaxes(title_text=t("lesson.passes_axis_scores"), type="log", dtick=1, tickformat=",")
     return style(fig, 360)
 
 
