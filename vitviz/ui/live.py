@@ -68,8 +68,8 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
         state.pop("live_explainer", None)
     # one frame at a time, for as long as the stream's explainer lives: counted at the most a
     # frame can cost (a class map where the model runs here)
-    local = getattr(backend, "loaded", None) is not None
-    frame = resources.work_cost(backend, backend.geometry.size, classes=1 if local else 0)
+    full = backend.offers("live_maps")  # else the readout rows alone
+    frame = resources.work_cost(backend, backend.geometry.size, classes=1 if full else 0)
     cost = WorkCost("live", frame.peak, frame.peak, frame.parts)
     with resources.admitted(cost, alongside=resources.model_bytes(backend)) as admission:
         live = LiveExplainer(backend, settings)
@@ -148,7 +148,7 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
         st.error(t("error.misconfigured", detail=plain(err)))
         return
     st.caption(t("live.intro"))
-    remote = info.remote
+    remote = not backend.offers("live_maps")  # a server: the readout rows of each frame
     if remote:
         st.caption(t("live.remote"))
     try:
