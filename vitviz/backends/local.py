@@ -71,10 +71,6 @@ class LocalBackend:
         check_capability(capability)
         return capability not in _CLIP_ONLY or self.loaded.typed_labels
 
-    def _need(self, capability: Capability) -> None:
-        if not self.offers(capability):
-            raise OptionsError(f"{self.loaded.name} does not offer {capability.replace('_', ' ')}")
-
     @property
     def template(self) -> str | None:
         """A CLIP model's prompt template (None for fixed classes)."""
@@ -241,7 +237,6 @@ class LocalBackend:
         """
         from vitviz.models.clip_text import text_relevance
 
-        self._need("text_relevance")
         (seen_image,) = self._seen([image], seen)
         return text_relevance(self.loaded, seen_image, label, seen=True)
 
