@@ -531,3 +531,24 @@ def test_serve_takes_labels_and_checks_them_before_ray(monkeypatch, tmp_path, ca
     assert main(["serve", "--model", "clip:RN50/openai"]) == 2
     assert "ModifiedResNet" in capsys.readouterr().err
     assert len(starts) == 1  # the refused ones never started
+
+
+def test_text_relevance_over_the_api_equals_the_local_one(tiny_file, cat_image, monkeypatch):
+    """A CLIP server offers text relevance; its answer through RemoteBackend is the local one."""
+    from tests.test_service import engine_client
+    from vitviz.server.service import Engine, Settings
+
+    path, _ = tiny_file
+    engine = Engine(
+        Settings(model=f"clip:{TINY}", weights=str(path), device="cpu", labels="cat, teapot")
+    )
+    local = engine.backend
+    assert local.offers("text_relevance") and local.offers("typed_labels")
+    assert "text_relevance" in engine.info()["capabilities"]
+    client = engine_client(engine, monkeypatch)
+    assert client.offers("text_relevance") and not client.offers("typed_labels")
+    want = local.text_relevance(cat_image, "teapot")
+    assert client.text_relevance(cat_image, "teapot") == want
+    assert sum(v for _, v in want) == pytest.approx(1.0)
+    with pytest.raises(OptionsError):  # the server's refusal of a bad label, said as such
+        client.text_relevance(cat_image, "a" * 500)

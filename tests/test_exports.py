@@ -439,10 +439,9 @@ def test_a_clip_maps_settings_hold_the_typed_classes_and_prompt():
         "clip-b32", "CLIP", "clip:ViT-B-32/openai", WeightsInfo("random", ""), "cpu", "CPU",
         "fp32", 12, 12, 3, False, (32, 32), {}, label_set="abc",
     )  # fmt: skip
-    model = SimpleNamespace(template="a drawing of a {}.")
     ctx = SimpleNamespace(
         info=info, image_name="cat.png", layout=layout, labels=["cat", "a cat, sleeping", "dog"],
-        backend=SimpleNamespace(loaded=SimpleNamespace(model=model)),
+        backend=SimpleNamespace(template="a drawing of a {}."),  # Backend.template
     )  # fmt: skip
     got = widgets.map_settings(ctx, "Rollout", "chefer", {}, 1)
     assert got["typed_classes"] == ["cat", "a cat, sleeping", "dog"]

@@ -120,3 +120,99 @@ def test_the_client_side_loads_no_torch():
         [sys.executable, "-c", engine], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert "torch" in done.stdout
+
+
+# What the page and the CLI must never import, anywhere in a module (module level or inside a
+# function): they reach models only through the vitviz.backends protocol, and
+# vitviz.backends.local_backend makes an in-process backend (importing the engine itself).
+MODEL_CODE = (
+    "torch",
+    "torchvision",
+    "timm",
+    "vitviz.models",  # the package (it re-exports load_model) and every submodule but:
+    "vitviz.backends.local",
+    "vitviz.engine.capture",
+    "vitviz.engine.gradients",
+    "vitviz.engine.embeddings",
+    "vitviz.analysis.trust",
+)
+MODEL_DATA = ("vitviz.models.registry",)  # the curated models and families: data, allowed
+# (module, banned import) pairs left, each with its reason; none may be added without one
+MODEL_CODE_EXCEPTIONS = {
+    ("vitviz.ui.resources", "vitviz.models"): "the page's model loading: parameter counts "
+    "before a load (memory admission), weights downloads and notes; being reworked elsewhere",
+    ("vitviz.ui.sidebar", "vitviz.models"): "the curated list and model families only "
+    "(registry data, through the package); sidebar.py is outside this change",
+    ("vitviz.cli.common", "vitviz.models"): "local_backend(args) loads the command line's "
+    "model; cli/common.py is outside this change (vitviz.backends.local_backend would do)",
+    ("vitviz.cli.common", "vitviz.backends.local"): "the same function's LocalBackend",
+    ("vitviz.cli.models", "vitviz.models"): "`vitviz models` lists the curated models and "
+    "their weights plans (registry and hub data, no loading)",
+    ("vitviz.cli.serve", "vitviz.models"): "`vitviz serve` checks the model name and weights "
+    "file (and a CLIP model's config) before it starts the server that loads them",
+}
+
+
+def all_imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at module level or in a function (TYPE_CHECKING aside);
+    ``from vitviz import models`` counts as importing ``vitviz.models``."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:  # `from vitviz import models` imports a module
+                if f"{node.module}.{alias.name}" in MODULES:
+                    found.add(f"{node.module}.{alias.name}")
+    return found
+
+
+def banned_in(module: str) -> str | None:
+    """The entry of :data:`MODEL_CODE` that ``module`` falls under (None: allowed)."""
+    if module in MODEL_DATA:
+        return None
+    for banned in MODEL_CODE:
+        if module == banned or module.startswith(banned + "."):
+            return banned
+    return None
+
+
+def test_the_page_and_the_cli_import_no_model_code():
+    """vitviz.ui and vitviz.cli never import torch, timm, model loading or the engine's
+    capture, gradient and embedding code: they go through the Backend protocol."""
+    bad, used = [], set()
+    for name, path in MODULES.items():
+        if not name.startswith(("vitviz.ui", "vitviz.cli")):
+            continue
+        for module in all_imports_of(path):
+            banned = banned_in(module)
+            if banned is None:
+                continue
+            if (name, banned) in MODEL_CODE_EXCEPTIONS:
+                used.add((name, banned))
+            else:
+                bad.append(f"{name} imports {module}")
+    assert not bad, "model code in the page or the CLI:\n" + "\n".join(sorted(bad))
+    stale = set(MODEL_CODE_EXCEPTIONS) - used
+    assert not stale, f"exceptions no longer needed (remove them): {sorted(stale)}"
+
+
+def test_the_model_code_check_sees_what_it_bans(tmp_path):
+    """The walk finds imports inside functions and ``from vitviz import models`` (the check
+    can fail)."""
+    path = tmp_path / "page.py"
+    path.write_text(
+        "from vitviz import models\n"
+        "from vitviz.models.registry import CURATED\n"
+        "def f():\n    import torch\n    from vitviz.engine.capture import prepare\n"
+    )
+    found = {banned_in(m) for m in all_imports_of(path)} - {None}
+    assert found == {"vitviz.models", "torch", "vitviz.engine.capture"}

@@ -67,6 +67,9 @@ class GatedBackend:
         self.gate = threading.Event()
         self.entered = threading.Semaphore(0)
 
+    def offers(self, capability: str) -> bool:
+        return self.real.offers(capability)
+
     def explain(self, images, **kw):
         with self.lock:
             self.running += 1
@@ -137,6 +140,9 @@ class FlakyBackend:
 
     def __init__(self, real) -> None:
         self.real, self.calls, self.geometry = real, 0, real.geometry
+
+    def offers(self, capability: str) -> bool:
+        return self.real.offers(capability)
 
     def explain(self, images, **kw):
         self.calls += 1
@@ -232,6 +238,9 @@ def test_over_a_server_only_the_light_readout_answer_is_used(vit_tiny, cat_image
 
         def __init__(self) -> None:
             self.calls: list[str] = []
+
+        def offers(self, capability: str) -> bool:  # a server: no per-frame live maps
+            return capability != "live_maps"
 
         def readout(self, image, *, top_k=5, seen=False):
             self.calls.append("readout")

@@ -270,6 +270,38 @@ def test_the_readout_answer_keeps_working_in_both_precisions(answers, images):
             assert relative(got, ref) <= BOUND
 
 
+def test_trust_and_readout_over_the_server_equal_the_local_ones(answers, local, images):
+    """``POST /v1/trust`` over a real server gives the in-process report, number for number,
+    and the server lists what it offers (a classifier: trust, no text tower)."""
+    remote = RemoteBackend(answers["url"])
+    assert remote.offers("trust") and remote.offers("readout") and remote.offers("features")
+    assert not remote.offers("text_relevance") and not remote.offers("live_maps")
+    lo = answers["local"][0]
+    maps = {n: methods.compute_map(n, lo.attention, lo.layout) for n in ("rollout", "attention")}
+    target = lo.predictions[0].index
+    kw = {"steps": 4, "seeds": 1, "seen": True}
+    want = local.trust(images[0], target, maps, "rollout", **kw)
+    got = remote.trust(images[0], target, maps, "rollout", **kw)
+    assert got.target == want.target and got.correlations == want.correlations
+    for name in ("deletion", "insertion", "random_deletion", "random_insertion"):
+        np.testing.assert_array_equal(
+            getattr(got, name).probabilities, getattr(want, name).probabilities
+        )
+    np.testing.assert_array_equal(got.occlusion, want.occlusion)
+    with pytest.raises(OptionsError, match="not one of the maps"):  # the server's 400
+        remote._need("trust")
+        remote._json(
+            "/v1/trust",
+            wire.encode_trust_request(np.asarray(images[0]), maps),
+            {"class": target, "main": "nothing"},
+        )
+    # the local readout is the server's light answer
+    predictions, layout, rows = local.readout(images[0], top_k=3, seen=True)
+    r_predictions, r_layout, r_rows = remote.readout(images[0], top_k=3, seen=True)
+    assert layout == r_layout and [p.index for p in predictions] == [p.index for p in r_predictions]
+    np.testing.assert_allclose(rows, r_rows, rtol=1e-6, atol=1e-9)
+
+
 def test_answers_are_float32_checked_and_held_once(answers, images, monkeypatch):
     """The page's client asks for float32, checks that it got it, and keeps the attention
     in the answer's own buffer (writable, aligned, no second copy)."""

@@ -235,7 +235,8 @@ def test_health_and_model_description(servers, local):
     health = requests.get(f"{servers['main']}/v1/health", timeout=10).json()
     assert health["status"] == "ok" and health["model"] == "demo"
     info = requests.get(f"{servers['main']}/v1/model", timeout=10).json()
-    assert info["api_version"] == 3 and info["name"] == "demo"
+    assert info["api_version"] == 4 and info["name"] == "demo"
+    assert "trust" in info["capabilities"] and "text_relevance" not in info["capabilities"]
     assert info["labels"] == local.labels
     assert (info["layers"], info["heads"]) == (local.loaded.num_layers, local.loaded.num_heads)
     assert set(info["methods"]) == set(methods.METHODS)
@@ -243,7 +244,10 @@ def test_health_and_model_description(servers, local):
     assert info["limits"]["token_required"] is False
     assert "token" not in json.dumps(info["limits"]).replace("token_required", "")
     docs = requests.get(f"{servers['main']}/openapi.json", timeout=10).json()
-    assert {"/v1/health", "/v1/model", "/v1/model/anatomy", "/v1/explain"} <= set(docs["paths"])
+    paths = {"/v1/health", "/v1/model", "/v1/model/anatomy", "/v1/explain", "/v1/trust"}
+    assert paths | {"/v1/text-relevance"} <= set(docs["paths"])
+    trust_query = {p["name"] for p in docs["paths"]["/v1/trust"]["post"]["parameters"]}
+    assert trust_query == {"class", "main", "steps", "seeds", "batch"}
 
 
 def test_anatomy_matches_the_local_model(servers, local):

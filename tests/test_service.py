@@ -275,3 +275,185 @@ def test_a_backbone_explains_its_class_free_target_only():
     assert out.error is None and out.result.classes == [-1]
     with pytest.raises(ApiError, match="no classifier"):
         engine.make_job(png(scene(1)), classes=["3"])
+
+
+# -- capabilities: trust and text relevance through RemoteBackend, routed to an Engine -------
+def engine_client(engine: Engine, monkeypatch):
+    """A :class:`RemoteBackend` whose requests go to ``engine`` in this process (the routes'
+    work without Ray: what ``vitviz.server.serve`` does with each path)."""
+    import json
+
+    import requests
+
+    from vitviz.backends import remote
+    from vitviz.server.options import TextRelevanceOptions, TrustOptions
+
+    def respond(status: int, body: bytes, kind: str) -> requests.Response:
+        r = requests.Response()
+        r.status_code, r._content, r._content_consumed = status, body, True
+        r.headers["content-type"] = kind
+        r.headers["content-length"] = str(len(body))
+        return r
+
+    def route(self, method, path, *, timeout=None, params=None, data=None, **kw):
+        try:
+            if path == "/v1/model":
+                out = engine.info()
+            elif path == "/v1/trust":
+                out = engine.trust_answer(data, TrustOptions.model_validate(params))
+            elif path == "/v1/text-relevance":
+                opts = TextRelevanceOptions.model_validate(params)
+                out = engine.text_relevance_answer(data, opts)
+            else:
+                raise AssertionError(f"no route {path} here")
+        except ApiError as err:
+            r = respond(err.status, json.dumps(err.body()).encode(), "application/json")
+            raise remote._error(self.url, r) from None
+        return respond(200, json.dumps(out).encode(), "application/json")
+
+    monkeypatch.setattr(remote.RemoteBackend, "_request", route)
+    return remote.RemoteBackend("http://engine.test")
+
+
+def _trust_request(backend):
+    image = backend.geometry(scene(1))
+    expl = backend.explain([image], seen=True)[0]
+    maps = {
+        name: methods.compute_map(name, expl.attention, expl.layout)
+        for name in ("rollout", "attention")
+    }
+    return image, expl.predictions[0].index, maps
+
+
+def test_the_server_lists_its_capabilities_and_the_client_offers_them(engine, monkeypatch):
+    info = engine.info()
+    assert info["api_version"] == wire.API_VERSION == 4
+    assert "trust" in info["capabilities"] and "text_relevance" not in info["capabilities"]
+    client = engine_client(engine, monkeypatch)
+    assert client.offers("trust") and client.offers("explain") and client.offers("readout")
+    assert not client.offers("text_relevance")  # not a CLIP model
+    assert not client.offers("typed_labels") and not client.offers("live_maps")  # never served
+    assert engine.backend.offers("live_maps") and not engine.backend.offers("typed_labels")
+    with pytest.raises(ValueError, match="unknown capability"):
+        client.offers("trsut")
+    from vitviz.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="does not offer text relevance"):
+        client.text_relevance(scene(1), "cat")
+
+
+def test_trust_over_the_api_equals_the_local_one(engine, monkeypatch):
+    client = engine_client(engine, monkeypatch)
+    image, target, maps = _trust_request(engine.backend)
+    kw = {"steps": 4, "seeds": 2, "seen": True}
+    want = engine.backend.trust(image, target, maps, "rollout", **kw)
+    got = client.trust(image, target, maps, "rollout", **kw)
+    assert got.target == want.target and got.correlations == want.correlations
+    for name in ("deletion", "insertion", "random_deletion", "random_insertion"):
+        a, b = getattr(got, name), getattr(want, name)
+        np.testing.assert_array_equal(a.fractions, b.fractions)
+        np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(got.occlusion, want.occlusion)
+
+
+def test_trust_requests_the_server_refuses(engine):
+    from vitviz.server.options import TrustOptions
+
+    image, _, maps = _trust_request(engine.backend)
+    pixels = np.asarray(image)
+    body = wire.encode_trust_request(pixels, maps)
+    cases = [
+        (b"not a message", {"class": 0, "main": "rollout"}, "cannot read"),
+        (body, {"class": 999, "main": "rollout"}, "does not exist"),
+        (body, {"class": 0, "main": "dino"}, "not one of the maps"),
+        (wire.encode_trust_request(pixels, {"rollout": np.ones((3, 3))}), {"class": 0, "main": "rollout"}, "patch grid"),  # noqa: E501
+        (wire.encode_trust_request(pixels[:20], maps), {"class": 0, "main": "rollout"}, "model's input"),  # noqa: E501
+    ]  # fmt: skip
+    for data, params, words in cases:
+        with pytest.raises(ApiError) as err:
+            engine.trust_answer(data, TrustOptions.model_validate(params))
+        assert err.value.status == 400 and words in err.value.message, err.value.message
+    with pytest.raises(ApiError, match="finite"):
+        bad = {"rollout": np.full(maps["rollout"].shape, np.nan)}
+        engine.trust_answer(
+            wire.encode_trust_request(pixels, bad), TrustOptions(main="rollout", target=0)
+        )
+
+
+@pytest.fixture(scope="module")
+def trust_reply(engine) -> tuple:
+    """A trust request and the engine's JSON answer to it (computed once)."""
+    from vitviz.server.options import TrustOptions
+
+    image, target, maps = _trust_request(engine.backend)
+    body = wire.encode_trust_request(np.asarray(image), maps)
+    opts = TrustOptions(target=target, main="rollout", steps=4, seeds=1)
+    return image, target, maps, engine.trust_answer(body, opts)
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [
+        (lambda o: o["deletion"]["probabilities"].pop(), "not the 5 points"),
+        (lambda o: o["insertion"]["fractions"].append(1.0), "not the 5 points"),
+        (lambda o: o["random_deletion"]["probabilities"].__setitem__(2, float("nan")), "finite"),
+        (lambda o: o["occlusion"].pop(), "patch grid"),
+        (lambda o: o["occlusion"][0].__setitem__(0, float("inf")), "finite"),
+        (lambda o: o["correlations"].pop("attention"), "name the maps"),
+        (lambda o: o["correlations"].__setitem__("rollout", float("nan")), "finite"),
+        (lambda o: o.pop("deletion"), "malformed"),
+        (lambda o: o.__setitem__("class", 3), "class 3"),
+    ],
+)
+def test_the_client_refuses_malformed_trust_answers(engine, monkeypatch, trust_reply, how, words):
+    import copy
+
+    from vitviz.errors import ServerError
+
+    image, target, maps, reply = trust_reply
+
+    def broken(self, body, options):
+        out = copy.deepcopy(reply)
+        how(out)
+        return out
+
+    monkeypatch.setattr(Engine, "trust_answer", broken)
+    client = engine_client(engine, monkeypatch)
+    if words == "class 3" and target == 3:
+        pytest.skip("the top class is 3 already")
+    with pytest.raises(ServerError, match=words) as err:
+        client.trust(image, target, maps, "rollout", steps=4, seeds=1, seen=True)
+    assert "engine.test" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "words"),
+    [
+        ([["cat", 0.5], ["dog", float("nan")]], "share of nan"),
+        ([["cat", 0.5], ["dog", 0.2]], "sum to 0.7"),
+        ([["cat", 1.5]], "not one in"),
+        ([["cat"]], "not \\[token, share\\]"),
+        ([], "no tokens"),
+    ],
+)
+def test_the_client_refuses_malformed_text_relevance_answers(engine, monkeypatch, tokens, words):
+    from vitviz.errors import ServerError
+
+    client = engine_client(engine, monkeypatch)
+    client._capabilities = client._capabilities | {"text_relevance"}  # as a CLIP server says
+    monkeypatch.setattr(
+        Engine,
+        "text_relevance_answer",
+        lambda self, body, options: {"label": options.label, "tokens": tokens},
+    )
+    with pytest.raises(ServerError, match=words):
+        client.text_relevance(scene(1), "cat")
+
+
+def test_the_client_refuses_a_server_of_another_api_version(engine, monkeypatch):
+    from vitviz.errors import ServerError
+
+    old = {**engine.info(), "api_version": 3}
+    monkeypatch.setattr(Engine, "info", lambda self: old)
+    with pytest.raises(ServerError, match="speaks API version 3, this client version 4"):
+        engine_client(engine, monkeypatch)

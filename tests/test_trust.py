@@ -203,3 +203,28 @@ def test_one_trust_check_at_a_time_and_a_long_wait_is_said(monkeypatch):
     at.toggle(key="trust_on").set_value(False).run()
     at.toggle(key="trust_on").set_value(True).run()  # the slot is free: the check runs
     assert [c for c in at.get("plotly_chart") if "trust" in c.proto.id]
+
+
+def test_a_backend_that_does_not_offer_trust_gets_the_message_not_a_crash(monkeypatch):
+    """The page asks ``offers("trust")``: a backend without it shows the panel's "not offered"
+    message, and the trust call is never made."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ASSETS
+    from vitviz.backends.local import LocalBackend
+
+    st.cache_resource.clear()
+    offers = LocalBackend.offers
+    monkeypatch.setattr(LocalBackend, "offers", lambda self, c: c != "trust" and offers(self, c))
+
+    def never(*a, **k):
+        raise AssertionError("trust is not offered: it must not be called")
+
+    monkeypatch.setattr(LocalBackend, "trust", never)
+    at = AppTest.from_file(str(ASSETS.parent / "app.py"), default_timeout=120).run()
+    at.toggle(key="trust_on").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any("not offered" in i.value for i in at.info)
+    assert not [c for c in at.get("plotly_chart") if "trust" in c.proto.id]
+    st.cache_resource.clear()

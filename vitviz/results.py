@@ -33,6 +33,21 @@ import numpy as np
 
 from vitviz.layout import TokenLayout
 
+FEATURE_NORM = -1
+"""The "class" of a backbone without a classifier: the norm of its readout feature."""
+FEATURE_NORM_LABEL = "‖readout feature‖"
+
+
+def flatten_patch(
+    pixels: np.ndarray, patch: int, grid: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """The P²·C values of one patch of a ``[C, H, W]`` input, in the patch embedding's order
+    (channel, then row, then column: the order of the convolution's weights)."""
+    ph, pw = size
+    r, c = divmod(int(patch), grid[1])
+    return pixels[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].reshape(-1)
+
+
 FUSION_ORDER: tuple[str, ...] = ("mean", "max", "min")
 """The order of the fusion axis of :attr:`ClassRelevance.fused` and ``fused_rows``."""
 
@@ -640,3 +655,55 @@ class PassCount:
     autoregressive_passes: int
     cached_entries: int
     uncached_entries: int
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A deletion or insertion curve: the class probability after removing (or putting back)
+    ``fractions`` of the patches."""
+
+    fractions: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def auc(self) -> float:
+        """Area under the curve (trapezoids over the fraction of patches)."""
+        f, p = self.fractions, self.probabilities
+        return float(np.sum((f[1:] - f[:-1]) * (p[1:] + p[:-1]) / 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "fractions": [round(float(x), 6) for x in self.fractions],
+            "probabilities": [float(x) for x in self.probabilities],
+            "auc": self.auc,
+        }
+
+
+@dataclass
+class TrustReport:
+    """Deletion and insertion of one map, their random baseline, and occlusion."""
+
+    target: int
+    deletion: Curve
+    insertion: Curve
+    random_deletion: Curve
+    random_insertion: Curve
+    occlusion: np.ndarray  # [gh, gw] probability drop when each patch is removed
+    correlations: dict[str, float] = field(default_factory=dict)  # Spearman with occlusion
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "class": self.target,
+            "deletion": self.deletion.to_dict(),
+            "insertion": self.insertion.to_dict(),
+            "random_baseline": {
+                "deletion": self.random_deletion.to_dict(),
+                "insertion": self.random_insertion.to_dict(),
+            },
+            "occlusion": {
+                "map": np.asarray(self.occlusion, float).round(6).tolist(),
+                "spearman": {k: round(v, 6) for k, v in self.correlations.items()},
+            },
+        }

@@ -33,14 +33,19 @@ keeps 70 % of float32 attention (random ViT-B/16) and costs ~1 s of CPU per answ
 from __future__ import annotations
 
 import json
+import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from vitviz.results import ClassRelevance
+from vitviz.results import ClassRelevance, Curve, TrustReport
 
+API_VERSION = 4
+"""The HTTP API's version; a client refuses a server of another one. 3: per-layer Chefer
+relevance, "why not" (negative), /v1/features; 4: /v1/trust, /v1/text-relevance and the
+``capabilities`` of /v1/model."""
 MAGIC = b"VITVIZ1\n"
 MEDIA_TYPE = "application/x-vitviz"
 DTYPES = ("float32", "float16", "float16-scaled", "uint8")
@@ -244,3 +249,130 @@ def decode_relevance(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> l
         ]
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise WireError(f"the class answer lacks its relevance arrays ({err!r})") from None
+
+
+def encode_trust_request(image: np.ndarray, maps: Mapping[str, np.ndarray]) -> bytes:
+    """The body of ``POST /v1/trust``: the model's input ``[H, W, 3]`` uint8 as array
+    ``image`` and the maps (name → ``[gh, gw]``) in the header as exact JSON numbers."""
+    grids = {str(k): np.asarray(v, np.float64).tolist() for k, v in maps.items()}
+    return encode({"maps": grids}, {"image": np.asarray(image, np.uint8)})
+
+
+def decode_trust_request(body: bytes) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The image and the maps of a ``POST /v1/trust`` body (see :func:`encode_trust_request`).
+
+    Raises:
+        WireError: not such a message, or maps that are not finite 2-D grids.
+    """
+    header, arrays = decode(body)
+    image = arrays.get("image")
+    if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise WireError("the trust request carries no [H, W, 3] uint8 array 'image'")
+    grids = header.get("maps")
+    if not isinstance(grids, dict) or not grids:
+        raise WireError("the trust request carries no maps")
+    maps: dict[str, np.ndarray] = {}
+    for name, values in grids.items():
+        try:
+            grid = np.asarray(values, np.float64)
+        except (TypeError, ValueError):
+            raise WireError(f"the map {name!r} is not a grid of numbers") from None
+        if grid.ndim != 2 or not np.isfinite(grid).all():
+            raise WireError(f"the map {name!r} is not a 2-D grid of finite numbers")
+        maps[str(name)] = grid
+    return np.ascontiguousarray(image), maps
+
+
+def _curve_dict(curve: Curve) -> dict[str, list[float]]:
+    return {
+        "fractions": [float(x) for x in curve.fractions],
+        "probabilities": [float(x) for x in curve.probabilities],
+    }
+
+
+def trust_to_dict(report: TrustReport) -> dict[str, Any]:
+    """A trust report as JSON numbers (exact: JSON keeps every float64 digit)."""
+    return {
+        "class": int(report.target),
+        "deletion": _curve_dict(report.deletion),
+        "insertion": _curve_dict(report.insertion),
+        "random_deletion": _curve_dict(report.random_deletion),
+        "random_insertion": _curve_dict(report.random_insertion),
+        "occlusion": np.asarray(report.occlusion, np.float64).tolist(),
+        "correlations": {k: float(v) for k, v in report.correlations.items()},
+    }
+
+
+def trust_from_dict(
+    data: Mapping[str, Any], *, steps: int, grid: tuple[int, int], names: Sequence[str]
+) -> TrustReport:
+    """The inverse of :func:`trust_to_dict`, checked against what was asked: curves of
+    ``steps + 1`` finite points, occlusion of shape ``grid``, one correlation per name.
+
+    Raises:
+        WireError: an answer that is malformed or does not match the request.
+    """
+    try:
+
+        def curve(key: str) -> Curve:
+            part = data[key]
+            f = np.asarray(part["fractions"], np.float64)
+            p = np.asarray(part["probabilities"], np.float64)
+            if f.shape != (steps + 1,) or p.shape != (steps + 1,):
+                raise WireError(
+                    f"the {key} curve has {f.size} fractions and {p.size} probabilities, "
+                    f"not the {steps + 1} points of {steps} steps"
+                )
+            if not (np.isfinite(f).all() and np.isfinite(p).all()):
+                raise WireError(f"the {key} curve has values that are not finite numbers")
+            return Curve(f, p)
+
+        curves = [
+            curve(k) for k in ("deletion", "insertion", "random_deletion", "random_insertion")
+        ]
+        occlusion = np.asarray(data["occlusion"], np.float64)
+        if occlusion.shape != tuple(grid) or not np.isfinite(occlusion).all():
+            raise WireError(
+                f"the occlusion map has shape {occlusion.shape}, not the {grid[0]}×{grid[1]} "
+                "patch grid, or values that are not finite numbers"
+            )
+        raw = data["correlations"]
+        if not isinstance(raw, dict) or sorted(raw) != sorted(names):
+            raise WireError("the correlations do not name the maps that were sent")
+        correlations = {str(k): float(v) for k, v in raw.items()}
+        if not all(math.isfinite(v) for v in correlations.values()):
+            raise WireError("a correlation is not a finite number")
+        return TrustReport(int(data["class"]), *curves, occlusion, correlations)
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise WireError(f"a malformed trust answer ({type(err).__name__}: {err})") from None
+
+
+def text_relevance_from_list(pieces: Any) -> list[tuple[str, float]]:
+    """A text relevance answer's ``tokens`` (``[[token, share], …]``), checked: strings and
+    finite shares in [0, 1] that sum to 1 (or are all 0).
+
+    Raises:
+        WireError: anything else.
+    """
+    if not isinstance(pieces, list) or not pieces:
+        raise WireError("the text relevance answer lists no tokens")
+    out: list[tuple[str, float]] = []
+    for piece in pieces:
+        if (
+            not isinstance(piece, list | tuple)
+            or len(piece) != 2
+            or not isinstance(piece[0], str)
+            or not isinstance(piece[1], int | float)
+            or isinstance(piece[1], bool)
+        ):
+            raise WireError(f"a text relevance entry {piece!r} is not [token, share]")
+        share = float(piece[1])
+        if not math.isfinite(share) or not -1e-6 <= share <= 1 + 1e-6:
+            raise WireError(f"the token {piece[0]!r} has a share of {share}, not one in [0, 1]")
+        out.append((piece[0], share))
+    total = sum(v for _, v in out)
+    if not (abs(total - 1.0) < 1e-4 or total == 0.0):
+        raise WireError(f"the token shares sum to {total:.4f}, not 1")
+    return out

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from vitviz.methods.statistics import (
 from vitviz.output import render
 from vitviz.output.exports import csv_text
 from vitviz.results import ModelInfo
+
+if TYPE_CHECKING:
+    from vitviz.backends import Backend
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """File name endings the atlas reads (any case); other files in the folder are ignored."""
@@ -233,7 +236,7 @@ def _stderr(message: str) -> None:
 
 
 def head_atlas(
-    backend: Any,
+    backend: Backend,
     folder: str | os.PathLike[str],
     *,
     batch_size: int | None = None,
@@ -261,7 +264,7 @@ def head_atlas(
 
     from vitviz.inputs.images import load_image_file
 
-    batch = int(batch_size or getattr(backend, "batch_size", 8))
+    batch = int(batch_size or backend.batch_size)
     if batch < 1:
         raise OptionsError(f"--batch-size must be at least 1, got {batch}")
     if limit is not None and limit < 1:

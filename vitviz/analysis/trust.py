@@ -20,66 +20,15 @@ model whose right order is known.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from vitviz.errors import OptionsError
+from vitviz.results import Curve, TrustReport
 
-
-@dataclass(frozen=True)
-class Curve:
-    """A deletion or insertion curve: the class probability after removing (or putting back)
-    ``fractions`` of the patches."""
-
-    fractions: np.ndarray
-    probabilities: np.ndarray
-
-    @property
-    def auc(self) -> float:
-        """Area under the curve (trapezoids over the fraction of patches)."""
-        f, p = self.fractions, self.probabilities
-        return float(np.sum((f[1:] - f[:-1]) * (p[1:] + p[:-1]) / 2))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "fractions": [round(float(x), 6) for x in self.fractions],
-            "probabilities": [float(x) for x in self.probabilities],
-            "auc": self.auc,
-        }
-
-
-@dataclass
-class TrustReport:
-    """Deletion and insertion of one map, their random baseline, and occlusion."""
-
-    target: int
-    deletion: Curve
-    insertion: Curve
-    random_deletion: Curve
-    random_insertion: Curve
-    occlusion: np.ndarray  # [gh, gw] probability drop when each patch is removed
-    correlations: dict[str, float] = field(default_factory=dict)  # Spearman with occlusion
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "class": self.target,
-            "deletion": self.deletion.to_dict(),
-            "insertion": self.insertion.to_dict(),
-            "random_baseline": {
-                "deletion": self.random_deletion.to_dict(),
-                "insertion": self.random_insertion.to_dict(),
-            },
-            "occlusion": {
-                "map": np.asarray(self.occlusion, float).round(6).tolist(),
-                "spearman": {k: round(v, 6) for k, v in self.correlations.items()},
-            },
-        }
+__all__ = ["Curve", "TrustReport", "curves", "occlusion", "ranking", "spearman", "trust"]
 
 
 def ranking(values: np.ndarray) -> np.ndarray:

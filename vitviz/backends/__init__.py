@@ -4,16 +4,25 @@
 runs the engine in this process; :class:`~vitviz.backends.remote.RemoteBackend` asks a vitviz
 server over HTTP. This module imports neither torch nor HTTP code: the two implementations are
 loaded on first use (``vitviz.backends.LocalBackend`` imports torch, ``RemoteBackend`` does not).
+
+Capabilities: not every backend offers every call (a server lists what it offers in its
+``/v1/model`` description; typed labels need CLIP in this process). A caller asks
+``backend.offers(name)`` with a name of :data:`Capability` before calling; a call that is not
+offered raises :class:`~vitviz.errors.OptionsError`. :func:`local_backend` makes an in-process
+backend without the caller importing model-loading code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from PIL import Image
 
+from vitviz.backends.capabilities import CAPABILITIES, SERVED, Capability, check_capability
 from vitviz.inputs.geometry import InputGeometry
+from vitviz.layout import TokenLayout
 from vitviz.results import (
     Anatomy,
     BlockSteps,
@@ -21,21 +30,53 @@ from vitviz.results import (
     ImageExplanation,
     ModelInfo,
     ParameterCount,
+    Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TrustReport,
 )
 
 if TYPE_CHECKING:
     from vitviz.backends.local import LocalBackend
     from vitviz.backends.remote import RemoteBackend
+    from vitviz.memory.cost import ModelShape
 
-__all__ = ["Backend", "LocalBackend", "RemoteBackend"]
+__all__ = [
+    "CAPABILITIES",
+    "SERVED",
+    "Backend",
+    "Capability",
+    "LocalBackend",
+    "RemoteBackend",
+    "check_capability",
+    "local_backend",
+]
 
 
 class Backend(Protocol):
-    """What the CLI and the app need from an engine, local or remote."""
+    """What the CLI and the app need from an engine, local or remote.
+
+    Every call but :meth:`info`, :meth:`offers`, :attr:`labels`, :attr:`geometry`,
+    :attr:`template` and :meth:`memory_shape` is a capability (:data:`Capability`): ask
+    ``offers(name)`` first; a call not offered raises :class:`~vitviz.errors.OptionsError`.
+    """
 
     batch_size: int
+
+    def offers(self, capability: Capability) -> bool:
+        """Whether this backend offers ``capability`` (a name of :data:`Capability`)."""
+        ...
+
+    @property
+    def template(self) -> str | None:
+        """A CLIP model's prompt template for typed labels (None for fixed classes, or where
+        the template is not known here)."""
+        ...
+
+    def memory_shape(self) -> ModelShape | None:
+        """What the model's memory use in this process depends on (None: it runs elsewhere,
+        so only its answers are held here)."""
+        ...
 
     def info(self) -> ModelInfo:
         """Model name, weights source, device, layers, heads, classes, input config."""
@@ -101,6 +142,45 @@ class Backend(Protocol):
     def parameter_parts(self) -> ParameterCount:
         """The model's parameters counted by part, summing to its total."""
         ...
+
+    def readout(
+        self, image: Image.Image, *, top_k: int = 5, seen: bool = False
+    ) -> tuple[list[Prediction], TokenLayout, np.ndarray]:
+        """Predictions, the token layout and the readout's attention rows ``[L, H, N]`` (the
+        light answer the live view draws raw attention from)."""
+        ...
+
+    def text_relevance(
+        self, image: Image.Image, label: str, *, seen: bool = False
+    ) -> list[tuple[str, float]]:
+        """A CLIP model's caption tokens for ``label`` and their share of the relevance for the
+        image–text similarity (shares sum to 1, or are all 0)."""
+        ...
+
+    def trust(
+        self,
+        image: Image.Image,
+        target: int,
+        maps: Mapping[str, np.ndarray],
+        main: str,
+        *,
+        steps: int = 16,
+        seeds: int = 3,
+        batch: int = 16,
+        seen: bool = False,
+    ) -> TrustReport:
+        """Deletion and insertion curves of ``maps[main]`` for class ``target``, their random
+        baseline, patch occlusion and every map's Spearman correlation with it
+        (:func:`vitviz.analysis.trust.trust`; ``maps``: name → ``[gh, gw]`` map)."""
+        ...
+
+
+def local_backend(name: str, *, batch_size: int = 8, **load_kwargs: Any) -> LocalBackend:
+    """An in-process backend for the model ``name`` (see :func:`vitviz.models.load_model` for
+    ``load_kwargs``); model-loading code is imported here, not by the caller."""
+    from vitviz.backends.local import LocalBackend
+
+    return LocalBackend.from_name(name, batch_size=batch_size, **load_kwargs)
 
 
 def __getattr__(name: str) -> Any:

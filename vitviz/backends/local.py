@@ -7,17 +7,19 @@ from the attention with :mod:`vitviz.methods`, so changing a view never runs the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vitviz.backends.capabilities import Capability, check_capability
 from vitviz.engine.anatomy import anatomy
 from vitviz.engine.capture import capture_seen, prepare
 from vitviz.engine.gradients import attention_relevance
 from vitviz.errors import OptionsError
+from vitviz.layout import TokenLayout
 from vitviz.models import InputGeometry, LoadedModel, load_model
 from vitviz.results import (
     Anatomy,
@@ -29,7 +31,13 @@ from vitviz.results import (
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TrustReport,
 )
+
+if TYPE_CHECKING:
+    from vitviz.memory.cost import ModelShape
+
+_CLIP_ONLY = frozenset({"text_relevance", "typed_labels"})  # a CLIP model's text tower
 
 
 def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[Prediction]:
@@ -59,6 +67,32 @@ class LocalBackend:
     def info(self) -> ModelInfo:
         """Model description (see :meth:`LoadedModel.describe`)."""
         return self.loaded.describe()
+
+    def offers(self, capability: Capability) -> bool:
+        """Every capability, but text relevance and typed labels only for a CLIP model."""
+        check_capability(capability)
+        return capability not in _CLIP_ONLY or self.loaded.typed_labels
+
+    @property
+    def template(self) -> str | None:
+        """A CLIP model's prompt template (None for fixed classes)."""
+        value = getattr(self.loaded.model, "template", None)
+        return None if value is None else str(value)
+
+    def held_bytes(self) -> int:
+        """Bytes the model's parameters and buffers hold (what keeping this backend costs)."""
+        from vitviz.memory.cache import nbytes
+
+        return nbytes(self.loaded.model)
+
+    def memory_shape(self) -> ModelShape:
+        """What this model's memory use depends on (:attr:`LoadedModel.shape`)."""
+        return self.loaded.shape
+
+    def with_labels(self, labels: list[str], template: str | None = None) -> LocalBackend:
+        """This CLIP model scoring the typed ``labels`` (sharing the weights); an
+        :class:`OptionsError` for a model with fixed classes."""
+        return LocalBackend(self.loaded.with_labels(labels, template), batch_size=self.batch_size)
 
     @property
     def labels(self) -> list[str] | None:
@@ -230,3 +264,46 @@ class LocalBackend:
         from vitviz.engine.sizes import parameter_parts
 
         return parameter_parts(self.loaded.model)
+
+    def readout(
+        self, image: Image.Image, *, top_k: int = 5, seen: bool = False
+    ) -> tuple[list[Prediction], TokenLayout, np.ndarray]:
+        """Predictions, the layout and the readout's attention rows ``[L, H, N]`` (what a
+        server's ``attention=readout`` answer carries, computed the same way)."""
+        (expl,) = self.explain([image], top_k=top_k, seen=seen)
+        rows = np.einsum("n,lhnm->lhm", expl.layout.readout_weights(), expl.attention)
+        return expl.predictions, expl.layout, np.asarray(rows, dtype=np.float32)
+
+    def trust(
+        self,
+        image: Image.Image,
+        target: int,
+        maps: Mapping[str, np.ndarray],
+        main: str,
+        *,
+        steps: int = 16,
+        seeds: int = 3,
+        batch: int = 16,
+        seen: bool = False,
+    ) -> TrustReport:
+        """Deletion and insertion curves of ``maps[main]`` for class ``target``, the random
+        baseline, occlusion and each map's Spearman correlation with it
+        (:func:`vitviz.analysis.trust.trust` on this model)."""
+        from vitviz.analysis.trust import trust
+
+        if main not in maps:
+            raise OptionsError(f"the map {main!r} to judge is not among the maps given")
+        (seen_image,) = self._seen([image], seen)
+        layout = self.loaded.layout((seen_image.size[1], seen_image.size[0]))
+        return trust(
+            self.loaded.model,
+            self.loaded.to_tensor(seen_image),
+            int(target),
+            maps,
+            main,
+            layout.grid,
+            layout.patch_size,
+            steps=steps,
+            seeds=seeds,
+            batch=batch,
+        )

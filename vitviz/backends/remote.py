@@ -20,9 +20,10 @@ not rank entries.
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NoReturn
 
@@ -32,6 +33,7 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 
 from vitviz import wire
+from vitviz.backends.capabilities import SERVED, Capability, check_capability
 from vitviz.errors import ImageError, OptionsError, ServerError
 from vitviz.inputs.geometry import InputGeometry
 from vitviz.layout import TokenLayout
@@ -43,10 +45,13 @@ from vitviz.results import (
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TrustReport,
 )
+from vitviz.wire import API_VERSION
+
+__all__ = ["API_VERSION", "Precision", "RemoteBackend", "explain_query"]
 
 _IMAGE_CODES = {"bad_image", "image_too_large", "upload_too_large"}
-API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
 Precision = Literal["float32", "float16"]  # the dtypes this client asks for (wire.ArrayDtype)
 # how each precision's arrays travel: the attention rows or tensor, and the class arrays
 _ENCODINGS: dict[str, tuple[str, str]] = {
@@ -116,6 +121,7 @@ class RemoteBackend:
             )
         try:
             self._model = ModelInfo.from_dict({**self._info, "backend": self.url})
+            self._capabilities = frozenset(str(c) for c in self._info["capabilities"])
         except (KeyError, TypeError, ValueError):
             self._http.close()
             raise ServerError(f"{url} describes its model in a way vitviz cannot read") from None
@@ -126,6 +132,27 @@ class RemoteBackend:
     def info(self) -> ModelInfo:
         """The server's model description, with ``backend`` set to the URL."""
         return self._model
+
+    def offers(self, capability: Capability) -> bool:
+        """Whether the server lists ``capability`` in its ``/v1/model`` description (only what a
+        server can offer counts: the rest needs the model in this process)."""
+        check_capability(capability)
+        return capability in SERVED and capability in self._capabilities
+
+    def _need(self, capability: Capability) -> None:
+        if not self.offers(capability):
+            raise OptionsError(
+                f"the vitviz server at {self.url} does not offer {capability.replace('_', ' ')}"
+            )
+
+    @property
+    def template(self) -> None:
+        """The server's prompt template is not sent: None."""
+        return None
+
+    def memory_shape(self) -> None:
+        """None: the model runs on the server; only its answers are held here."""
+        return None
 
     @property
     def geometry(self) -> InputGeometry:
@@ -304,7 +331,90 @@ class RemoteBackend:
 
         return self._map(one, list(zip(images, classes, strict=True)))
 
+    def text_relevance(
+        self, image: Image.Image, label: str, *, seen: bool = False
+    ) -> list[tuple[str, float]]:
+        """A CLIP caption's tokens for ``label`` and their share of the relevance, computed by
+        the server; the answer is checked (strings, finite shares in [0, 1] summing to 1)."""
+        self._need("text_relevance")
+        model_input = self._model_input(image, seen)
+        params = {"label": label}
+        answer = self._json("/v1/text-relevance", model_input, params)
+        try:
+            if answer.get("label") != label:
+                raise wire.WireError(f"it answered for the label {answer.get('label')!r}")
+            return wire.text_relevance_from_list(answer.get("tokens"))
+        except wire.WireError as err:
+            raise ServerError(
+                f"{self.url} sent a text relevance answer vitviz cannot read: {err}"
+            ) from None
+
+    def trust(
+        self,
+        image: Image.Image,
+        target: int,
+        maps: Mapping[str, np.ndarray],
+        main: str,
+        *,
+        steps: int = 16,
+        seeds: int = 3,
+        batch: int = 16,
+        seen: bool = False,
+    ) -> TrustReport:
+        """Deletion and insertion curves of ``maps[main]``, the random baseline, occlusion and
+        the maps' correlations, computed by the server; the answer is checked against what was
+        asked (``steps + 1`` finite points per curve, occlusion on the patch grid, one
+        correlation per map)."""
+        self._need("trust")
+        if main not in maps:
+            raise OptionsError(f"the map {main!r} to judge is not among the maps given")
+        model_input = self._model_input(image, seen)
+        grids = {name: np.asarray(values, np.float64) for name, values in maps.items()}
+        shapes = {g.shape for g in grids.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise OptionsError("the maps to judge must be 2-D patch grids of one shape")
+        (grid,) = shapes
+        body = wire.encode_trust_request(np.asarray(model_input, np.uint8), grids)
+        params = {"class": int(target), "main": main, "steps": steps, "seeds": seeds}
+        params["batch"] = batch
+        answer = self._json("/v1/trust", body, params)
+        try:
+            report = wire.trust_from_dict(answer, steps=steps, grid=grid, names=list(grids))
+        except wire.WireError as err:
+            raise ServerError(f"{self.url} sent a trust answer vitviz cannot read: {err}") from None
+        if report.target != int(target):
+            raise ServerError(f"{self.url} sent the trust curves of class {report.target}")
+        return report
+
     # -- plumbing --------------------------------------------------------------------------
+    def _model_input(self, image: Image.Image, seen: bool) -> Image.Image:
+        """The model's input for ``image`` (resized and cropped here unless ``seen``)."""
+        if seen:
+            if not self.geometry.is_seen(image):
+                raise OptionsError(
+                    f"an image of {image.size[0]}×{image.size[1]} px is not a resized and "
+                    "cropped input of this model; send the original image instead"
+                )
+            return image.convert("RGB")
+        return self.geometry(image)
+
+    def _json(self, path: str, body: Image.Image | bytes, params: dict[str, Any]) -> dict[str, Any]:
+        """POST a body (an image goes as PNG) and read a JSON object answer."""
+        if isinstance(body, Image.Image):
+            buf = io.BytesIO()
+            body.save(buf, format="PNG", compress_level=1)
+            body = buf.getvalue()
+        r = self._request("POST", path, params=params, data=body)
+        try:
+            answer = r.json(parse_constant=_not_finite)
+        except ValueError:
+            answer = None
+        finally:
+            r.close()
+        if not isinstance(answer, dict):
+            raise ServerError(f"{self.url} sent an answer to {path} that is not a JSON object")
+        return answer
+
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(x) for x in items]
@@ -314,15 +424,7 @@ class RemoteBackend:
     def _explain(
         self, image: Image.Image, params: dict[str, Any], seen: bool = False
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        if seen:
-            if not self.geometry.is_seen(image):
-                raise OptionsError(
-                    f"an image of {image.size[0]}×{image.size[1]} px is not a resized and "
-                    "cropped input of this model; send the original image instead"
-                )
-            model_input = image.convert("RGB")
-        else:
-            model_input = self.geometry(image)
+        model_input = self._model_input(image, seen)
         buf = io.BytesIO()
         model_input.save(buf, format="PNG", compress_level=1)
         r = self._request("POST", "/v1/explain", params=params, data=buf.getvalue(), stream=True)
@@ -487,6 +589,11 @@ def explain_query(
     if classes:
         params["class"] = ["top" if c is None else str(c) for c in classes]
     return params
+
+
+def _not_finite(name: str) -> float:
+    """JSON's ``NaN``/``Infinity`` read as NaN, which every answer's check refuses."""
+    return math.nan
 
 
 def _retry_after(r: requests.Response) -> float:

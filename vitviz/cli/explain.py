@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,7 +41,10 @@ from vitviz.cli.common import EXIT_OK, EXIT_SOME_FAILED, banner, local_backend, 
 from vitviz.errors import OptionsError, ServerError, VitvizError
 from vitviz.inputs.classes import resolve_class
 from vitviz.output import exports, render
-from vitviz.results import ModelInfo
+from vitviz.results import FEATURE_NORM, ClassExplanation, ModelInfo
+
+if TYPE_CHECKING:
+    from vitviz.backends import Backend
 
 NAME = "explain"
 HELP = "explain images: overlay PNG, JSON and attention .npz"
@@ -117,7 +120,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise OptionsError(f"--batch-size must be at least 1, got {args.batch_size}")
 
 
-def _backend(args: argparse.Namespace) -> Any:
+def _backend(args: argparse.Namespace) -> Backend:
     """The in-process engine, or a client of ``--server``."""
     if args.server:
         from vitviz.backends.remote import RemoteBackend
@@ -143,7 +146,7 @@ def _backend(args: argparse.Namespace) -> Any:
     return local_backend(args, keep_aspect=args.keep_aspect, batch_size=args.batch_size)
 
 
-def _target_class(args: argparse.Namespace, backend: Any, info: ModelInfo) -> int | None:
+def _target_class(args: argparse.Namespace, backend: Backend, info: ModelInfo) -> int | None:
     """The class ``--class`` names for a class-specific method (None: the top prediction, or a
     backbone's readout feature norm); an :class:`OptionsError` where ``--class`` does not apply."""
     if not methods.METHODS[args.method].needs_gradients:
@@ -153,8 +156,6 @@ def _target_class(args: argparse.Namespace, backend: Any, info: ModelInfo) -> in
             )
         return None
     if not info.classes:  # a backbone: the one class-free target, ‖readout feature‖
-        from vitviz.engine.gradients import FEATURE_NORM
-
         if args.target_class not in (None, "top", str(FEATURE_NORM)):
             raise OptionsError(
                 f"{info.name} has no classifier, so --class cannot name a class: its "
@@ -172,7 +173,7 @@ def _target_class(args: argparse.Namespace, backend: Any, info: ModelInfo) -> in
     return None
 
 
-def _explain_all(args: argparse.Namespace, backend: Any, outputs: _Outputs) -> int:
+def _explain_all(args: argparse.Namespace, backend: Backend, outputs: _Outputs) -> int:
     """Decode the images and explain them a batch at a time; returns how many failed."""
     from tqdm import tqdm
 
@@ -221,7 +222,7 @@ class _Outputs:
     target: int | None = None  # class of the class-specific methods (None: top prediction)
     used: set[str] = field(default_factory=set)
 
-    def explain_batch(self, backend: Any, batch: list[tuple[Path, Any]]) -> int:
+    def explain_batch(self, backend: Backend, batch: list[tuple[Path, Any]]) -> int:
         """Explain one batch and write its files; returns how many images failed."""
         from tqdm import tqdm
 
@@ -252,19 +253,21 @@ class _Outputs:
                 tqdm.write(f"error: {path}: {err}", file=sys.stderr)
         return failed
 
-    def text_relevance(self, backend: Any, classed: Any) -> list[list] | None:
+    def text_relevance(
+        self, backend: Backend, classed: ClassExplanation | None
+    ) -> list[list] | None:
         """A typed label's caption tokens and their relevance (``[[token, share], …]``,
-        :func:`vitviz.models.clip_text.text_relevance`): CLIP in this process, a class map
-        that is not "why not"; None otherwise."""
-        compute = getattr(backend, "text_relevance", None)  # a server has no text tower here
+        :func:`vitviz.models.clip_text.text_relevance`): a CLIP backend that offers it, a class
+        map that is not "why not"; None otherwise."""
         negative = methods.METHODS[self.args.method].negative(self.options)
-        if classed is None or compute is None or not self.info.label_set or negative:
+        offered = backend.offers("text_relevance")
+        if classed is None or not offered or not self.info.label_set or negative:
             return None
         from PIL import Image
 
         image = Image.fromarray(classed.explanation.image)
         try:
-            pieces = compute(image, classed.labels[0], seen=True)
+            pieces = backend.text_relevance(image, classed.labels[0], seen=True)
         except OptionsError:  # a text tower it does not read (e.g. a Hugging Face tokenizer)
             return None
         return [[w, v] for w, v in pieces]

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = output_folder(args.out)
     backend = local_backend(args)
-    seen = backend.loaded.seen_image(load_image_file(Path(args.image)).image)
+    seen = backend.geometry(load_image_file(Path(args.image)).image)
     feats = backend.features(seen)
     layout = feats.layout
     if args.patch is not None and not 0 <= args.patch < layout.num_patches:

@@ -49,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and write the report; print the AUCs."""
-    from vitviz.analysis.trust import trust
     from vitviz.inputs.images import load_image_file
 
     options = chosen_method_options(args)
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not info.classes:
         raise OptionsError(f"trust curves need a classifier, and {info.name} has none")
     methods.check_options(options, info.layers, info.heads)
-    seen = backend.loaded.seen_image(load_image_file(Path(args.image)).image)
+    seen = backend.geometry(load_image_file(Path(args.image)).image)
     expl = backend.explain([seen], seen=True)[0]
     labels = backend.labels or []
     target = (
@@ -85,19 +84,15 @@ def run(args: argparse.Namespace) -> int:
     maps[args.method] = methods.compute_map(
         args.method, expl.attention, expl.layout, grads=grads, **options
     )
-    x = backend.loaded.to_tensor(seen)
-    layout = expl.layout
-    report = trust(
-        backend.loaded.model,
-        x,
+    report = backend.trust(
+        seen,
         target,
         maps,
         args.method,
-        layout.grid,
-        layout.patch_size,
         steps=args.steps,
         seeds=args.seeds,
         batch=args.batch_size,
+        seen=True,
     )
     data = {
         "image": Path(args.image).name,

@@ -20,15 +20,7 @@ from torch import nn
 from vitviz.engine.capture import autocast_for
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
-from vitviz.results import TokenEmbeddings, TokenFeatures
-
-
-def flatten_patch(pixels: np.ndarray, patch: int, grid: tuple[int, int], size: tuple[int, int]):
-    """The P²·C values of one patch of a ``[C, H, W]`` input, in the patch embedding's order
-    (channel, then row, then column: the order of the convolution's weights)."""
-    ph, pw = size
-    r, c = divmod(int(patch), grid[1])
-    return pixels[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].reshape(-1)
+from vitviz.results import TokenEmbeddings, TokenFeatures, flatten_patch  # noqa: F401 - re-exported
 
 
 def _patch_positions(model: nn.Module, grid: tuple[int, int], prefix: int) -> np.ndarray | None:

@@ -25,11 +25,16 @@ from vitviz.engine.capture import Capturable, forward_with_attention
 from vitviz.errors import ModelError, OptionsError
 from vitviz.layout import TokenLayout
 from vitviz.methods import relevance_parts
-from vitviz.results import ClassRelevance
+from vitviz.results import FEATURE_NORM, FEATURE_NORM_LABEL, ClassRelevance
 
-FEATURE_NORM = -1
-"""The "class" of a backbone without a classifier: the norm of its readout feature."""
-FEATURE_NORM_LABEL = "‖readout feature‖"
+__all__ = [
+    "FEATURE_NORM",
+    "FEATURE_NORM_LABEL",
+    "ClassGradients",
+    "Classifier",
+    "attention_gradients",
+    "attention_relevance",
+]
 
 
 class Classifier(Capturable, Protocol):

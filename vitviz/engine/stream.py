@@ -142,12 +142,13 @@ class LiveExplainer:
 
     @property
     def remote(self) -> bool:
-        """Whether a vitviz server runs the model (it sends the readout rows only)."""
-        return hasattr(self.backend, "readout")
+        """Whether frames get the readout rows only (a backend without per-frame live maps,
+        such as a vitviz server), not the full attention."""
+        return not self.backend.offers("live_maps")
 
     def _checked(self, settings: LiveSettings) -> LiveSettings:
         settings.check()
-        if hasattr(self.backend, "readout") and settings.method != REMOTE_METHOD:
+        if self.remote and settings.method != REMOTE_METHOD:
             raise OptionsError(
                 "over a vitviz server the live view shows raw attention (the server sends the "
                 "readout rows, not the full attention that rollout and class maps need); run "

@@ -2,9 +2,11 @@
 
 :class:`ExplainOptions` is the query of ``POST /v1/explain``: FastAPI validates it from the
 query string (and documents it at ``/docs``), and :meth:`vitviz.server.service.Engine.make_job`
-takes it. :class:`Settings` is how a server runs; :class:`AppArgs` adds how Serve places its
-replicas and is what ``build_app`` and ``python -m vitviz serve`` give. Config files and
-``serve run … k=v`` give strings: pydantic converts them to each field's type.
+takes it; :class:`TrustOptions` and :class:`TextRelevanceOptions` are those of
+``POST /v1/trust`` and ``POST /v1/text-relevance``. :class:`Settings` is how a server
+runs; :class:`AppArgs` adds how Serve places its replicas and is what ``build_app`` and
+``python -m vitviz serve`` give. Config files and ``serve run … k=v`` give strings: pydantic
+converts them to each field's type.
 
 The values an option takes (:data:`~vitviz.wire.Attention`,
 :data:`~vitviz.wire.ArrayDtype`, :data:`~vitviz.wire.Gradients`) live in the
@@ -52,6 +54,33 @@ class ExplainOptions(BaseModel):
         description="class answers: relevance (what the maps read) or full (∂y/∂A too)",
     )
     negative: bool = Field(False, description='class answers for -y_c: "why not" each class')
+
+
+class TrustOptions(BaseModel):
+    """The options of one trust request (query parameters); the body is a
+    :func:`vitviz.wire.encode_trust_request` message with the model's input and the maps.
+
+    What depends on the model (the class, the maps' grid) is checked by the engine.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
+
+    target: int = Field(alias="class", description="the class index whose probability is followed")
+    main: str = Field(description="the map whose curves are drawn: one of the body's map names")
+    steps: int = Field(16, ge=1, le=256, description="curve steps (1 to 256)")
+    seeds: int = Field(3, ge=1, le=16, description="random orders for the baseline (1 to 16)")
+    batch: int = Field(
+        16, ge=1, description="perturbed images per forward (at most the server's max_batch_size)"
+    )
+
+
+class TextRelevanceOptions(BaseModel):
+    """The options of one text relevance request (a CLIP model's caption for ``label``); the
+    body is the model's input as PNG."""
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
+
+    label: str = Field(description="the typed label whose caption's tokens are explained")
 
 
 def choices(model: type[BaseModel], name: str) -> tuple[str, ...]:

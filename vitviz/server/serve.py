@@ -5,14 +5,18 @@ into batches by ``@serve.batch`` and explained by :class:`vitviz.server.service.
 with ``python -m vitviz serve --model NAME`` (one machine) or deploy ``serve_config.yaml``
 on a Ray cluster (``serve deploy``); the API is documented at ``/docs`` and in the README.
 
-Endpoints (version 2; every one but health needs the bearer token when one is set):
+Endpoints (version 4; every one but health needs the bearer token when one is set):
     ``GET /v1/health``: liveness and the model name.
-    ``GET /v1/model``: model description, labels, methods, limits.
+    ``GET /v1/model``: model description, labels, capabilities, methods, limits.
     ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).
     ``POST /v1/embeddings``, ``POST /v1/features``: a model input's vectors going into the
         encoder, and its token features coming out of it (binary).
     ``POST /v1/explain``: the image bytes as the body, options as query parameters; the
         answer is a :mod:`vitviz.wire` message.
+    ``POST /v1/trust``: a map's deletion/insertion curves and occlusion (JSON); the body is
+        the model's input and the maps (:func:`vitviz.wire.encode_trust_request`).
+    ``POST /v1/text-relevance``: a CLIP caption's token relevance for ``label`` (JSON); the
+        body is the model's input as PNG.
 """
 
 import asyncio
@@ -33,7 +37,13 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from vitviz import wire
-from vitviz.server.options import AppArgs, ExplainOptions, Settings
+from vitviz.server.options import (
+    AppArgs,
+    ExplainOptions,
+    Settings,
+    TextRelevanceOptions,
+    TrustOptions,
+)
 from vitviz.server.service import (
     API_VERSION,
     Admission,
@@ -251,6 +261,49 @@ class VitvizServer:
         """``forward_features`` of one model input: every token's final features and the
         token layout (for the PCA picture and patch similarity)."""
         return await self._model_input_answer(request, self.engine.features_message)
+
+    async def _json_answer(self, request: Request, answer: Any) -> dict[str, Any]:
+        """Run ``answer(body)`` for an uploaded body, under the token and a queue slot."""
+        self._auth(request)
+        body = await _receive(request, self.settings, self.uploads)
+        self.admission.acquire()
+        try:
+            return await asyncio.to_thread(answer, body)
+        finally:
+            self.admission.release()
+
+    @api.post(
+        "/v1/trust",
+        summary="Deletion/insertion curves, random baseline and occlusion of a map (JSON)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "a vitviz.wire message: the model's input as the uint8 array "
+                "'image' [H, W, 3] and the header's 'maps' (name → [gh, gw] numbers)",
+                "content": {wire.MEDIA_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def trust(
+        self, request: Request, options: Annotated[TrustOptions, Query()]
+    ) -> dict[str, Any]:
+        """How far to trust a map: :meth:`vitviz.server.service.Engine.trust_answer`."""
+        return await self._json_answer(
+            request, lambda body: self.engine.trust_answer(body, options)
+        )
+
+    @api.post(
+        "/v1/text-relevance",
+        summary="A CLIP caption's token relevance for a typed label (JSON)",
+        openapi_extra=_MODEL_INPUT_ROUTE["openapi_extra"],
+    )
+    async def text_relevance(
+        self, request: Request, options: Annotated[TextRelevanceOptions, Query()]
+    ) -> dict[str, Any]:
+        """Which words of the label's caption made the image match it."""
+        return await self._json_answer(
+            request, lambda body: self.engine.text_relevance_answer(body, options)
+        )
 
     @api.post(
         "/v1/explain",

@@ -23,16 +23,34 @@ from PIL import Image
 from pydantic import ValidationError
 
 from vitviz import methods, wire
+from vitviz.backends.capabilities import SERVED
 from vitviz.backends.local import LocalBackend
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.inputs.classes import resolve_class
 from vitviz.inputs.images import decode_image
 from vitviz.results import ClassExplanation, ImageExplanation
-from vitviz.server.options import ExplainOptions, Settings, refusal
+from vitviz.server.options import (
+    ExplainOptions,
+    Settings,
+    TextRelevanceOptions,
+    TrustOptions,
+    refusal,
+)
+from vitviz.wire import API_VERSION
 
-__all__ = ["ApiError", "Engine", "ExplainOptions", "Job", "Settings", "check_token"]
+__all__ = [
+    "API_VERSION",
+    "ApiError",
+    "Engine",
+    "ExplainOptions",
+    "Job",
+    "Settings",
+    "TextRelevanceOptions",
+    "TrustOptions",
+    "check_token",
+]
 
-API_VERSION = 3  # 3: per-layer Chefer relevance, "why not" (negative), /v1/features
+MAX_TRUST_MAPS = 64  # maps one trust request may compare with occlusion
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -210,8 +228,100 @@ class Engine:
             "api_version": API_VERSION,
             **info,
             "labels": self.backend.labels,
+            "capabilities": self.capabilities(),
             "methods": method_listing(),
             "limits": self.settings.limits(),
+        }
+
+    def capabilities(self) -> list[str]:
+        """What this server offers over HTTP (the ``capabilities`` of ``/v1/model``): every
+        capability the API carries that the model has (text relevance: CLIP only)."""
+        return [c for c in SERVED if self.backend.offers(c)]
+
+    def _offered(self, capability: str) -> None:
+        if capability not in self.capabilities():
+            raise ApiError(
+                400,
+                "not_offered",
+                f"this server's model ({self.name}) does not offer {capability.replace('_', ' ')}",
+            )
+
+    def trust_answer(self, body: bytes, options: TrustOptions) -> dict[str, Any]:
+        """Deletion/insertion curves, their random baseline, occlusion and the maps' Spearman
+        correlations (:meth:`LocalBackend.trust`) as JSON; 400 for a body that is not a trust
+        request on the model's input, a class the model lacks or maps off its patch grid."""
+        self._offered("trust")
+        if len(body) > self.settings.max_upload_bytes:
+            raise too_large(len(body), self.settings.max_upload_bytes)
+        try:
+            pixels, maps = wire.decode_trust_request(body)
+        except wire.WireError as err:
+            raise ApiError(
+                400, "bad_request", f"a trust request vitviz cannot read: {err}"
+            ) from None
+        h, w = pixels.shape[:2]
+        if h * w > self.settings.max_pixels:
+            raise ApiError(413, "image_too_large", f"the image has {w}×{h} px, too many")
+        image = Image.fromarray(pixels)
+        if not self.backend.geometry.is_seen(image):
+            raise ApiError(
+                400,
+                "bad_option",
+                f"trust needs the model's input: the image is {w}×{h} px, not a resized and "
+                "cropped input of this model",
+            )
+        if not self.model.classes:
+            raise ApiError(
+                400, "bad_option", f"trust curves need a classifier, and {self.name} has none"
+            )
+        if not 0 <= options.target < self.model.classes:
+            raise ApiError(
+                400,
+                "bad_option",
+                f"class {options.target} does not exist: the model has {self.model.classes}",
+            )
+        grid = self.backend.loaded.layout((h, w)).grid
+        if len(maps) > MAX_TRUST_MAPS:
+            raise ApiError(400, "bad_option", f"at most {MAX_TRUST_MAPS} maps per trust request")
+        for name, values in maps.items():
+            if values.shape != tuple(grid):
+                raise ApiError(
+                    400,
+                    "bad_option",
+                    f"the map {name!r} has shape {values.shape}, not this input's "
+                    f"{grid[0]}×{grid[1]} patch grid",
+                )
+        if options.main not in maps:
+            raise ApiError(400, "bad_option", f"main={options.main!r} is not one of the maps sent")
+        batch = min(options.batch, self.settings.max_batch_size)
+        with self._lock:
+            report = self.backend.trust(
+                image,
+                options.target,
+                maps,
+                options.main,
+                steps=options.steps,
+                seeds=options.seeds,
+                batch=batch,
+                seen=True,
+            )
+        return {"api_version": API_VERSION, **wire.trust_to_dict(report)}
+
+    def text_relevance_answer(self, body: bytes, options: TextRelevanceOptions) -> dict[str, Any]:
+        """A CLIP caption's tokens for ``label`` and their share of the relevance for the
+        image–text similarity (:meth:`LocalBackend.text_relevance`) as JSON; 400 for another
+        model, a bad label, or a body that is not the model's input."""
+        self._offered("text_relevance")
+        image = self._model_input(body, "text relevance")
+        with self._lock:
+            try:
+                pieces = self.backend.text_relevance(image, options.label, seen=True)
+            except OptionsError as err:
+                raise ApiError(400, "bad_option", str(err)) from None
+        return {
+            "api_version": API_VERSION,
+            "label": options.label,
+            "tokens": [[str(w), float(v)] for w, v in pieces],
         }
 
     def anatomy_message(self) -> bytes:

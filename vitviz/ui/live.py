@@ -75,8 +75,8 @@ def _explainer(backend: Backend, model_id: str, settings: LiveSettings) -> LiveE
         state.pop("live_explainer", None)
     # one frame at a time, for as long as the stream's explainer lives: counted at the most a
     # frame can cost (a class map where the model runs here)
-    local = getattr(backend, "loaded", None) is not None
-    frame = resources.work_cost(backend, backend.geometry.size, classes=1 if local else 0)
+    full = backend.offers("live_maps")  # else the readout rows alone
+    frame = resources.work_cost(backend, backend.geometry.size, classes=1 if full else 0)
     cost = WorkCost("live", frame.peak, frame.peak, frame.parts)
     with resources.admitted(cost, alongside=resources.model_bytes(backend)) as admission:
         live = LiveExplainer(backend, settings)
@@ -154,7 +154,7 @@ def render_live(backend: Backend, info: ModelInfo, model_id: str) -> None:
     except OptionsError as err:  # the operator's setting: say so, show nothing broken
         st.error(t("error.misconfigured", detail=plain(err)))
         return
-    remote = info.remote
+    remote = not backend.offers("live_maps")  # a server: the readout rows of each frame
     try:
         live = _explainer(backend, model_id, _controls(info, remote))
     except VitvizError as err:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from vitviz import models
 from vitviz.backends import Backend
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
+from vitviz.models.registry import CURATED
 from vitviz.results import ModelInfo
 from vitviz.ui import downloads, encoded, resources, session
 from vitviz.ui.context import ViewContext
@@ -56,7 +56,7 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
             st.error(t("error.load", name=plain(sel.name), detail=detail))
             st.caption(t("page.server_only"))
             st.stop()
-        if sel.backend_kind != "server" and sel.choice in models.CURATED and sel.choice != "demo":
+        if sel.backend_kind != "server" and sel.choice in CURATED and sel.choice != "demo":
             # the picker then names the model in use; the reason stays on screen (a typed
             # name or file stays in its field, to be corrected)
             st.session_state["load_error"] = t("error.load", name=plain(sel.name), detail=detail)
@@ -73,7 +73,7 @@ def backend(sel: Selection, pol: ServerPolicy) -> tuple[Backend, ModelInfo, str]
         except VitvizError as err2:  # even the bundled model is missing
             st.error(plain(err2))
             st.stop()
-    if sel.labels is not None and getattr(chosen, "loaded", None) is not None:
+    if sel.labels is not None and chosen.offers("typed_labels"):
         chosen = resources.typed_classes(chosen, sel.labels, sel.template)
     info = chosen.info()
     return chosen, info, model_key(info)

@@ -14,13 +14,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
 from vitviz import models
-from vitviz.backends import Backend
-from vitviz.backends.local import LocalBackend
+from vitviz.backends import Backend, local_backend
 from vitviz.backends.remote import RemoteBackend
 from vitviz.engine.runtime import release_memory
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError, WeightsFileError
@@ -37,13 +37,21 @@ from vitviz.memory.cost import (
     model_cost,
     size_text,
 )
-from vitviz.results import Anatomy, ClassRelevance, ImageExplanation, TokenFeatures
+from vitviz.results import (
+    FEATURE_NORM,
+    Anatomy,
+    ClassRelevance,
+    ImageExplanation,
+    TokenFeatures,
+)
 from vitviz.ui import i18n
 from vitviz.ui.encoded import encode
 from vitviz.ui.i18n import t
 from vitviz.ui.state import Entry, PageCaches, PageLimits
 from vitviz.ui.text import plain
 
+if TYPE_CHECKING:
+    from vitviz.backends.local import LocalBackend
 SAMPLES = {  # file → catalog key of its title
     "chelsea.png": "sample.chelsea",
     "coffee.png": "sample.coffee",
@@ -125,8 +133,8 @@ def admitted(cost: WorkCost, alongside: int = 0) -> Iterator[Reservation]:
 
 def model_bytes(backend: Backend) -> int:
     """Bytes of the model a backend runs in this process (0 for a server's)."""
-    loaded = getattr(backend, "loaded", None)
-    return 0 if loaded is None else loaded.shape.params * 4
+    shape = backend.memory_shape()
+    return 0 if shape is None else shape.params * 4
 
 
 def held_by_run(backend: Backend, input_hw: tuple[int, int]) -> int:
@@ -142,11 +150,9 @@ def work_cost(
     """What explaining one image of ``input_hw`` pixels will hold on this page, with the
     page's methods on the result: the model's whole work in this process, or what the page
     keeps of a server's answer (see :mod:`vitviz.memory.cost`)."""
-    loaded = getattr(backend, "loaded", None)
-    if loaded is not None:
-        return explanation_cost(
-            loaded.shape, input_hw, classes=classes, negative=negative, views=True
-        )
+    shape = backend.memory_shape()
+    if shape is not None:
+        return explanation_cost(shape, input_hw, classes=classes, negative=negative, views=True)
     info = backend.info()
     shape = ModelShape(info.layers, info.heads, 0, 0, 0, REMOTE_PREFIX, tuple(info.patch_size))
     return answer_cost(shape, input_hw, classes=classes, views=True)
@@ -164,13 +170,13 @@ def get_backend(name: str, weights: str | None, random_weights: bool) -> LocalBa
     def load() -> LocalBackend:
         cost = model_cost(models.model_parameters(name), reading_weights=not random_weights)
         with MODEL_LOADS, admitted(cost) as res:
-            backend = LocalBackend.from_name(
+            backend = local_backend(
                 name,
                 weights=weights,
                 random_weights=random_weights,
                 max_params=caches.limits.max_params,
             )
-            res.keep(backend, nbytes(backend.loaded.model))
+            res.keep(backend, backend.held_bytes())
         return backend
 
     return caches.models.get_or_compute((name, weights, random_weights), load)
@@ -303,7 +309,7 @@ def typed_classes(backend: LocalBackend, labels: list[str], template: str | None
     fixed classes come back as they are. The last :data:`TYPED_PER_MODEL` wrappers of each
     model are kept (weakly keyed by the model, so they never keep an evicted model alive); the
     labels are checked where the wrapper is made (:meth:`LoadedModel.with_labels`)."""
-    if not backend.loaded.typed_labels:
+    if not backend.offers("typed_labels"):
         return backend
     from vitviz.inputs import prompts
 
@@ -315,11 +321,10 @@ def typed_classes(backend: LocalBackend, labels: list[str], template: str | None
             return known[key]
     with st.spinner(t("busy.text"), show_time=True):
         try:
-            loaded = backend.loaded.with_labels(labels, template)
+            typed = backend.with_labels(labels, template)
         except Exception as err:  # e.g. out of memory in the text tower: said, not raised
             st.error(t("sidebar.clip_bad", detail=plain(err)))
             return backend
-    typed = LocalBackend(loaded, batch_size=backend.batch_size)
     with _TYPED_LOCK:
         known[key] = typed
         while len(known) > TYPED_PER_MODEL:
@@ -394,8 +399,6 @@ def class_relevance(
     cache is bounded in bytes. ``negative``: "why not" the class (the relevance of ``-y_c``);
     ``cls`` is :data:`vitviz.engine.gradients.FEATURE_NORM` for a backbone's class-free target.
     """
-    from vitviz.engine.gradients import FEATURE_NORM
-
     cache = page_caches().relevance
     key = (model_id, image_digest, cls, negative)
     hit = cache.get(key)

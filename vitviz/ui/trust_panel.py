@@ -1,10 +1,11 @@
 """ "How far can I trust this map?" under the Rollout view's maps: deletion and insertion curves
 of the map shown, their random baseline, and its rank correlation with patch occlusion
-(:mod:`vitviz.analysis.trust`). Needs the model in this process (it runs the model on perturbed
-copies of the image); cached with the explanation."""
+(:mod:`vitviz.analysis.trust`), computed by the backend (``trust``: the model runs on perturbed
+copies of the image, in this process or on a server); cached with the explanation."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 
@@ -13,9 +14,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from vitviz.analysis.trust import TrustReport, trust
-from vitviz.errors import MemoryBusy, MemoryRefused
+from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
 from vitviz.memory.cost import trust_cost
+from vitviz.results import TrustReport
 from vitviz.ui import resources
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, raw, t
@@ -34,9 +35,9 @@ class Busy(Exception):
 
 def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustReport | None:
     """The trust report of ``grid`` (the map named ``name``) for class ``target``, or None
-    when the model runs on a server."""
-    loaded = getattr(ctx.backend, "loaded", None)
-    if loaded is None:
+    when the backend does not offer trust checks."""
+    backend = ctx.backend
+    if not backend.offers("trust"):
         return None
     values = np.ascontiguousarray(grid, np.float64)
     key = ("trust", name, target, hashlib.sha1(values.tobytes()).hexdigest())
@@ -50,26 +51,26 @@ def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustR
             CHECKS.release()
 
     def checked() -> TrustReport:
-        x = loaded.to_tensor(Image.fromarray(ctx.expl.image))
-        layout = ctx.layout
-        hw = layout.image_size
-        cost = trust_cost(loaded.shape, hw, STEPS, BATCH)
-        with resources.admitted(cost, alongside=resources.held_by_run(ctx.backend, hw)):
-            return trust_of(x, layout)
-
-    def trust_of(x, layout) -> TrustReport:
-        return trust(
-            loaded.model,
-            x,
-            target,
-            {name: values},
-            name,
-            layout.grid,
-            layout.patch_size,
-            steps=STEPS,
-            seeds=SEEDS,
-            batch=BATCH,
+        hw = ctx.layout.image_size
+        shape = backend.memory_shape()  # None: the work is a server's
+        admitted = (
+            contextlib.nullcontext()
+            if shape is None
+            else resources.admitted(
+                trust_cost(shape, hw, STEPS, BATCH), alongside=resources.held_by_run(backend, hw)
+            )
         )
+        with admitted:
+            return backend.trust(
+                Image.fromarray(ctx.expl.image),
+                target,
+                {name: values},
+                name,
+                steps=STEPS,
+                seeds=SEEDS,
+                batch=BATCH,
+                seen=True,
+            )
 
     with st.spinner(t("busy.trust"), show_time=True):
         return ctx.entry.get(key, compute)
@@ -115,8 +116,11 @@ def panel(ctx: ViewContext, grid: np.ndarray, name: str, title: str, target: int
     except (MemoryRefused, MemoryBusy) as err:  # the page's memory budget: said, page kept
         st.info(error_text(err))
         return
+    except VitvizError as err:  # e.g. a server that failed or sent a malformed answer
+        st.warning(error_text(err))
+        return
     if rep is None:
-        st.info(t("trust.remote"))
+        st.info(t("trust.remote" if ctx.info.remote else "trust.not_offered"))
         return
     st.plotly_chart(figure(rep), key="trust-chart", config={"displayModeBar": False})
     st.caption(

@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from vitviz.methods import Method, Option
+from vitviz.results import FEATURE_NORM, FEATURE_NORM_LABEL
 from vitviz.ui import i18n
 from vitviz.ui.i18n import t
 
@@ -142,7 +143,6 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     A new image or model starts on its top class. A backbone without a classifier has one
     class-free target, the norm of its readout feature (said in a caption).
     """
-    from vitviz.engine.gradients import FEATURE_NORM
     from vitviz.inputs.classes import probabilities, ranked
 
     labels = ctx.labels
@@ -199,8 +199,7 @@ def map_settings(
 
 def _typed(ctx: Any) -> tuple[list[str], str] | None:
     """The typed classes and prompt of a CLIP model (None for fixed classes)."""
-    model = getattr(getattr(ctx.backend, "loaded", None), "model", None)
-    template = getattr(model, "template", None)
+    template = ctx.backend.template
     if not ctx.info.label_set or template is None:
         return None
     return list(ctx.labels), str(template)
@@ -208,8 +207,6 @@ def _typed(ctx: Any) -> tuple[list[str], str] | None:
 
 def _target_label(labels: list[str], cls: int) -> str:
     """A class's name, or the class-free target's for a backbone."""
-    from vitviz.engine.gradients import FEATURE_NORM_LABEL
-
     return labels[cls] if 0 <= cls < len(labels) else FEATURE_NORM_LABEL
 
 

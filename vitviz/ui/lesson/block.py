@@ -76,13 +76,14 @@ def block_data(lesson: Lesson, layer: int | None = None) -> BlockSteps | None:
     layer = chosen_layer(lesson) if layer is None else layer
     token = layout.num_prefix + lesson.patch
     tokens = [*layout.readout_tokens, token]
-    get = getattr(ctx.backend, "block_steps", None)
+    backend = ctx.backend
     try:
-        if get is None or ctx.info.remote:
-            return _unavailable(t("lesson.no_vectors_server"))
+        if not backend.offers("block_steps"):
+            why = "lesson.no_vectors_server" if ctx.info.remote else "lesson.no_vectors_offered"
+            return _unavailable(t(why))
         return ctx.entry.get(
             ("lesson-block", lesson.patch, layer),
-            lambda: get(ctx.decoded.image, tokens=tokens, layer=layer, token=token),
+            lambda: backend.block_steps(ctx.decoded.image, tokens=tokens, layer=layer, token=token),
         )
     except VitvizError as err:
         return _unavailable(error_text(err))

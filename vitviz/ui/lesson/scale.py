@@ -77,12 +77,12 @@ def parameter_rows(count: ParameterCount, layers: int) -> list[tuple[str, int, i
 def parameters(lesson: Lesson) -> ParameterCount | None:
     """This model's parameters by part (cached), or None with the reason shown."""
     ctx = lesson.ctx
-    get = getattr(ctx.backend, "parameter_parts", None)
     try:
-        if get is None or ctx.info.remote:
-            detail = t("lesson.no_vectors_server")
+        if not ctx.backend.offers("parameter_parts"):
+            why = "lesson.no_vectors_server" if ctx.info.remote else "lesson.no_vectors_offered"
+            detail = t(why)
         else:
-            return ctx.entry.get("lesson-parameters", get)
+            return ctx.entry.get("lesson-parameters", ctx.backend.parameter_parts)
     except VitvizError as err:
         detail = error_text(err)
     st.info(t("lesson.no_vectors", detail=detail))

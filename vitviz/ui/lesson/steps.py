@@ -16,11 +16,10 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods
-from vitviz.engine.embeddings import flatten_patch
 from vitviz.errors import VitvizError
 from vitviz.inputs.classes import probabilities
 from vitviz.memory.cost import token_cost
-from vitviz.results import Anatomy, TokenEmbeddings
+from vitviz.results import Anatomy, TokenEmbeddings, flatten_patch
 from vitviz.ui import encoded, figures, i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
@@ -70,12 +69,11 @@ def load(ctx: ViewContext) -> Lesson:
     except VitvizError:
         anatomy = None
     vectors, problem = None, None
-    get = getattr(ctx.backend, "embeddings", None)
-    if get is None:
-        problem = t("lesson.no_vectors_server")
+    if not ctx.backend.offers("embeddings"):
+        problem = t("lesson.no_vectors_server" if ctx.info.remote else "lesson.no_vectors_offered")
     else:
         try:
-            vectors = ctx.entry.get("embeddings", lambda: get(ctx.decoded.image))
+            vectors = ctx.entry.get("embeddings", lambda: ctx.backend.embeddings(ctx.decoded.image))
         except VitvizError as err:
             problem = error_text(err)
     return Lesson(ctx, patch, anatomy, vectors, problem)

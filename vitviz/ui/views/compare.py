@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from vitviz import methods, models
+from vitviz import methods
 from vitviz.analysis.comparison import carry_options
-from vitviz.engine.gradients import FEATURE_NORM
 from vitviz.errors import VitvizError
 from vitviz.methods import Method, Option
-from vitviz.results import ModelInfo
+from vitviz.models.registry import CURATED
+from vitviz.results import FEATURE_NORM, ModelInfo
 from vitviz.ui import canvas, resources, session, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, t
@@ -122,8 +122,8 @@ def _other_model(ctx: ViewContext) -> Panel | None:
     if ctx.info.remote:
         st.info(t("compare.remote"))
         return None
-    keys = list(models.CURATED)
-    current = next((k for k in keys if models.CURATED[k].timm_name == ctx.info.timm_name), None)
+    keys = list(CURATED)
+    current = next((k for k in keys if CURATED[k].timm_name == ctx.info.timm_name), None)
     default = "dino-s16" if current != "dino-s16" else "vit-b16"
     session.choice("cmp_model", keys, default)
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
@@ -145,7 +145,7 @@ def _other_model(ctx: ViewContext) -> Panel | None:
 
     try:
         backend = resources.load_with_progress(key, None, bool(random))
-        if backend.loaded.typed_labels:  # CLIP: the classes typed in the sidebar, if any
+        if backend.offers("typed_labels"):  # CLIP: the classes typed in the sidebar, if any
             labels, template, _ = read_typed(  # the problem, if any, is said in the sidebar
                 st.session_state.get("clip_labels"), st.session_state.get("clip_template")
             )

@@ -238,13 +238,13 @@ def _text_relevance(ctx: ViewContext, label: str) -> None:
     from vitviz.errors import VitvizError
 
     st.markdown(t("text_relevance.title", label=plain(label)))
-    compute = getattr(ctx.backend, "text_relevance", None)
-    if ctx.info.remote or compute is None:  # the text tower is needed in this process
-        st.caption(t("text_relevance.remote"))
+    if not ctx.backend.offers("text_relevance"):
+        st.caption(t("text_relevance.remote" if ctx.info.remote else "text_relevance.not_offered"))
         return
     try:
         pieces = ctx.entry.get(
-            ("text-relevance", label), lambda: compute(ctx.decoded.image, label, seen=True)
+            ("text-relevance", label),
+            lambda: ctx.backend.text_relevance(ctx.decoded.image, label, seen=True),
         )
     except VitvizError as err:  # e.g. a text tower it cannot read: say so, keep the map
         st.caption(t("text_relevance.unavailable", detail=plain(err)))
