@@ -139,13 +139,15 @@ MODEL_CODE = (
 MODEL_DATA = ("vitviz.models.registry",)  # the curated models and families: data, allowed
 # (module, banned import) pairs left, each with its reason; none may be added without one
 MODEL_CODE_EXCEPTIONS = {
-    ("vitviz.ui.resources", "vitviz.models"): "the page's model loading: parameter counts "
-    "before a load (memory admission), weights downloads and notes; being reworked elsewhere",
-    ("vitviz.ui.sidebar", "vitviz.models"): "the curated list and model families only "
-    "(registry data, through the package); sidebar.py is outside this change",
-    ("vitviz.cli.common", "vitviz.models"): "local_backend(args) loads the command line's "
-    "model; cli/common.py is outside this change (vitviz.backends.local_backend would do)",
-    ("vitviz.cli.common", "vitviz.backends.local"): "the same function's LocalBackend",
+    ("vitviz.ui.resources", "vitviz.models"): "the page's model cache: a model's parameter "
+    "count before its load (memory admission), the weights download with its progress bar, "
+    "the default model's weights check; the backend itself comes from local_backend",
+    ("vitviz.ui.sidebar", "vitviz.models"): "the curated list and a typed name's family flags "
+    "(typed labels, weights file, local folder): the family registry imports the families",
+    ("vitviz.cli.common", "vitviz.models"): "--labels/--template are checked against the "
+    "name's family (typed labels) before any model work",
+    ("vitviz.cli.compare", "vitviz.models"): "model B's typed labels are checked against its "
+    "family (typed labels) before any model work",
     ("vitviz.cli.models", "vitviz.models"): "`vitviz models` lists the curated models and "
     "their weights plans (registry and hub data, no loading)",
     ("vitviz.cli.serve", "vitviz.models"): "`vitviz serve` checks the model name and weights "

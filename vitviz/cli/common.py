@@ -63,14 +63,13 @@ def typed_labels(args: argparse.Namespace, name: str) -> tuple[list[str] | None,
 def local_backend(args: argparse.Namespace, **extra: Any) -> LocalBackend:
     """Load the model the command line names (default ViT-B/16); ``extra`` goes to the loader
     (``batch_size``, ``keep_aspect``). A CLIP model scores ``--labels`` with ``--template``."""
-    from vitviz.backends.local import LocalBackend
-    from vitviz.models import load_model
+    from vitviz.backends import local_backend as in_process
 
     name = args.model or "vit-b16"
     labels, template = typed_labels(args, name)
-    batch_size = extra.pop("batch_size", 8)
-    loaded = load_model(
+    backend = in_process(
         name,
+        batch_size=extra.pop("batch_size", 8),
         weights=getattr(args, "weights", None),
         random_weights=getattr(args, "random_weights", False),
         device=args.device,
@@ -78,5 +77,5 @@ def local_backend(args: argparse.Namespace, **extra: Any) -> LocalBackend:
         **extra,
     )
     if labels is not None or template is not None:
-        loaded = loaded.with_labels(labels, template)
-    return LocalBackend(loaded, batch_size=batch_size)
+        backend = backend.with_labels(labels, template)  # type: ignore[arg-type]
+    return backend

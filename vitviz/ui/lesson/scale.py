@@ -53,13 +53,6 @@ def _width(lesson: Lesson) -> int | None:
     return lesson.anatomy.width if lesson.anatomy is not None else None
 
 
-def _step_number(name: str) -> int:
-    """The 1-based number of the step ``name`` in the lesson."""
-    from vitviz.ui.lesson.steps import STEPS
-
-    return [n for n, _ in STEPS].index(name) + 1
-
-
 def parameter_rows(count: ParameterCount, layers: int) -> list[tuple[str, int, int | None]]:
     """``(part, count, per block or None)`` in the model's order, summed over the blocks."""
     per_block: dict[str, int] = {}
@@ -128,7 +121,7 @@ def step_sizes(lesson: Lesson) -> None:
                 entries=f"{cost.entries:,}",
                 d=d if d is not None else "D",
                 block=block,
-                cost_step=_step_number("cost"),
+                cost_step=lesson.number("cost"),
                 cost_title=t("lesson.cost_title"),
             )
         )

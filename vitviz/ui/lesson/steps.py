@@ -55,6 +55,11 @@ class Lesson:
             return "random"
         return "demo" if self.ctx.info.name == "demo" else "trained"
 
+    @staticmethod
+    def number(name: str) -> int:
+        """The 1-based number of the step ``name`` (steps refer to each other by number)."""
+        return [n for n, _ in STEPS].index(name) + 1
+
     def honest(self, key: str) -> None:
         """A caption on what a trained ImageNet ViT would show, when this model is not one."""
         if self.kind != "trained":
