@@ -1,10 +1,11 @@
 """Command line: ``python -m vitviz explain|models|serve``.
 
 One module per command (:mod:`vitviz.cli.explain`, ``trust``, ``atlas``, ``compare``,
-``features``, ``models``, ``serve``), each with ``NAME``, ``HELP``, ``add_arguments(parser)``
-and ``run(args) -> int``; :data:`COMMANDS` lists them and :func:`main` builds the parser from
-it. Arguments several commands take are declared once, in :mod:`vitviz.cli.arguments`. A new
-command is one module and one entry in ``_MODULES``.
+``features``, ``models``, ``serve``), each with ``NAME``, ``HELP``, ``ORDER``,
+``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` is every module of this
+package that declares ``NAME`` (:func:`vitviz.discovery.modules_declaring`) and :func:`main`
+builds the parser from it. Arguments several commands take are declared once, in
+:mod:`vitviz.cli.arguments`. A new command is one new module here.
 Exit status: 0 done, 1 some inputs failed, 2 bad arguments or unusable model, 130 interrupted.
 """
 
@@ -13,11 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import NamedTuple
 
-from vitviz.cli import atlas, compare, explain, features, models, serve, trust
 from vitviz.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from vitviz.discovery import modules_declaring
 from vitviz.engine.runtime import tune_allocator
 from vitviz.errors import VitvizError
 
@@ -30,10 +30,13 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
-# in the order ``--help`` lists them
-_MODULES: tuple[ModuleType, ...] = (models, explain, trust, atlas, compare, features, serve)
+def commands() -> dict[str, Command]:
+    """Every command module of this package, in the order ``--help`` lists them."""
+    found = modules_declaring(__name__, "NAME")
+    return {m.NAME: Command(m.HELP, m.add_arguments, m.run) for m in found}
 
-COMMANDS: dict[str, Command] = {m.NAME: Command(m.HELP, m.add_arguments, m.run) for m in _MODULES}
+
+COMMANDS: dict[str, Command] = commands()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from vitviz.errors import OptionsError
 
 NAME = "atlas"
 HELP = "per-head statistics over a folder of images: JSON, CSV and HTML report"
+ORDER = 40  # its place in --help
 EXIT_SOME_SKIPPED = 1
 
 

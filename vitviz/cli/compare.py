@@ -31,6 +31,7 @@ from vitviz.errors import OptionsError
 
 NAME = "compare"
 HELP = "two maps side by side: two models, two images or two methods"
+ORDER = 50  # its place in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 NAME = "explain"
 HELP = "explain images: overlay PNG, JSON and attention .npz"
+ORDER = 20  # its place in --help
 
 
 def _class_methods() -> str:

@@ -24,6 +24,7 @@ from vitviz.errors import OptionsError
 
 NAME = "features"
 HELP = "last-layer patch features: PCA picture and patch similarity"
+ORDER = 60  # its place in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from vitviz.cli.common import EXIT_OK
 
 NAME = "models"
 HELP = "list the curated models and where their weights come from"
+ORDER = 10  # its place in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from vitviz.errors import OptionsError, ServerError, VitvizError
 
 NAME = "serve"
 HELP = "serve a model over HTTP (Ray Serve; see README)"
+ORDER = 70  # its place in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

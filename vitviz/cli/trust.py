@@ -29,6 +29,7 @@ from vitviz.inputs.classes import resolve_class
 
 NAME = "trust"
 HELP = "how far to trust a map: deletion/insertion curves, occlusion (JSON)"
+ORDER = 30  # its place in --help
 
 
 def compared_methods() -> list[str]:

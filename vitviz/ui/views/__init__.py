@@ -1,8 +1,10 @@
 """The page's views: one module each with ``ID`` (its stable name, in links) and ``render(ctx)``;
 its button label is the catalog's ``view.<module>``.
 
-Adding a view is one module plus one line in :data:`VIEWS`. Each view runs as an
-``st.fragment``: its own controls rerun it alone, not the sidebar, decoding or model lookup.
+Adding a view is one module here (with ``ID`` and ``ORDER``, its place among the buttons) and
+its words in the catalogs: :data:`VIEWS` is every module of this package declaring ``ID``.
+Each view runs as an ``st.fragment``: its own controls rerun it alone, not the sidebar,
+decoding or model lookup.
 """
 
 from __future__ import annotations
@@ -11,15 +13,13 @@ from types import ModuleType
 
 import streamlit as st
 
+from vitviz.discovery import modules_declaring
 from vitviz.ui import i18n, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
-from vitviz.ui.views import compare, features, heads, patches, pipeline, rollout, statistics
 
-VIEWS: dict[str, ModuleType] = {
-    m.ID: m for m in (pipeline, heads, rollout, patches, statistics, features, compare)
-}
-DEFAULT = rollout.ID
+VIEWS: dict[str, ModuleType] = {m.ID: m for m in modules_declaring(__name__, "ID")}
+DEFAULT = "Rollout"
 
 
 def slug(view: str) -> str:

@@ -31,6 +31,7 @@ from vitviz.ui.sidebar import read_typed
 from vitviz.ui.text import plain
 
 ID = "Compare"
+ORDER = 70  # its place among the view buttons
 MODES = ("models", "images", "methods")
 PREFIX = "cmp"  # option widgets are keyed cmp-<method>-<option>; in the URL as cmp.<option>
 

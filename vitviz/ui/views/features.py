@@ -21,6 +21,7 @@ from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 
 ID = "Features"
+ORDER = 60  # its place among the view buttons
 
 
 def _percent(share: float) -> str:

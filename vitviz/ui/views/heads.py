@@ -13,6 +13,7 @@ from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import fill, t
 
 ID = "Heads"
+ORDER = 20  # its place among the view buttons
 
 
 def render(ctx: ViewContext) -> None:

@@ -11,6 +11,7 @@ from vitviz.ui.i18n import fill, t
 from vitviz.ui.session import KEEP
 
 ID = "Patch explorer"
+ORDER = 40  # its place among the view buttons
 
 
 def render(ctx: ViewContext) -> None:

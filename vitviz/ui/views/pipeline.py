@@ -10,6 +10,7 @@ from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import class_label, error_text, t
 
 ID = "How ViT sees this image"
+ORDER = 10  # its place among the view buttons
 
 
 def render(ctx: ViewContext) -> None:

@@ -18,6 +18,7 @@ from vitviz.ui.session import KEEP
 from vitviz.ui.text import plain
 
 ID = "Rollout"
+ORDER = 30  # its place among the view buttons
 METHOD = "rollout"  # the view's map
 MASK = "mask"  # its mask (drawn with the view's own two controls)
 # the widget keys the rollout's first options were given by hand, kept (a session's values

@@ -14,6 +14,7 @@ from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
 
 ID = "Head statistics"
+ORDER = 50  # its place among the view buttons
 
 
 def _clicked(event: object) -> int | None:
