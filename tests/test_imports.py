@@ -23,7 +23,8 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def imports_of(path: Path) -> set[str]:
-    """vitviz modules (and third-party top-level names) a file imports, outside TYPE_CHECKING."""
+    """Every module a file imports, at module level or in a function, outside TYPE_CHECKING;
+    ``from vitviz import models`` counts as importing ``vitviz.models``."""
     tree = ast.parse(path.read_text())
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -155,28 +156,6 @@ MODEL_CODE_EXCEPTIONS = {
 }
 
 
-def all_imports_of(path: Path) -> set[str]:
-    """Every module a file imports, at module level or in a function (TYPE_CHECKING aside);
-    ``from vitviz import models`` counts as importing ``vitviz.models``."""
-    tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip |= {id(n) for n in ast.walk(node)}
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            for alias in node.names:  # `from vitviz import models` imports a module
-                if f"{node.module}.{alias.name}" in MODULES:
-                    found.add(f"{node.module}.{alias.name}")
-    return found
-
-
 def banned_in(module: str) -> str | None:
     """The entry of :data:`MODEL_CODE` that ``module`` falls under (None: allowed)."""
     if module in MODEL_DATA:
@@ -194,7 +173,7 @@ def test_the_page_and_the_cli_import_no_model_code():
     for name, path in MODULES.items():
         if not name.startswith(("vitviz.ui", "vitviz.cli")):
             continue
-        for module in all_imports_of(path):
+        for module in imports_of(path):
             banned = banned_in(module)
             if banned is None:
                 continue
@@ -216,5 +195,5 @@ def test_the_model_code_check_sees_what_it_bans(tmp_path):
         "from vitviz.models.registry import CURATED\n"
         "def f():\n    import torch\n    from vitviz.engine.capture import prepare\n"
     )
-    found = {banned_in(m) for m in all_imports_of(path)} - {None}
+    found = {banned_in(m) for m in imports_of(path)} - {None}
     assert found == {"vitviz.models", "torch", "vitviz.engine.capture"}

@@ -29,17 +29,25 @@ def engine():
     return backend, backend.explain([seen], seen=True)[0], backend.embeddings(seen)
 
 
-@pytest.fixture(scope="module")
-def lesson():
-    at = AppTest.from_file(APP, default_timeout=120)
+def lesson_page() -> AppTest:
+    """The page in lesson mode (the demo model, the default sample), run once."""
+    at = AppTest.from_file(APP, default_timeout=180)
     at.query_params["lesson"] = "1"
     at.run()
     assert not at.exception
     return at
 
 
-def go(at: AppTest, step: int, **state) -> str:
-    """Open a step (1-based) and return its words (markdown, captions, progress texts)."""
+@pytest.fixture(scope="module")
+def lesson():
+    return lesson_page()
+
+
+def go(at: AppTest, step: int | str, **state) -> str:
+    """Open a step (1-based, or by name) and return its words (markdown, captions, progress
+    texts)."""
+    if isinstance(step, str):
+        step = [n for n, _ in STEPS].index(step) + 1
     for key, value in state.items():
         at.session_state[key] = value
     at.session_state["lesson_step"] = step - 1

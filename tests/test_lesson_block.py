@@ -11,8 +11,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ASSETS, plotly_array, words
+from tests.conftest import ASSETS, plotly_array
 from tests.test_i18n import _names_without_translation, english_left
+from tests.test_lesson import go as open_step
+from tests.test_lesson import lesson_page
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
 from vitviz.memory.cost import token_cost
@@ -58,23 +60,12 @@ def stream(engine):
 
 @pytest.fixture(scope="module")
 def lesson():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["lesson"] = "1"
-    at.run()
-    assert not at.exception
-    return at
+    return lesson_page()
 
 
 def go(at: AppTest, name: str, **state) -> str:
-    """Open step ``name`` and return its words (markdown and captions)."""
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.session_state["lesson_step"] = number(name) - 1
-    at.run()
-    assert not at.exception and not at.error
-    texts = [m.value for m in at.markdown if not m.value.startswith("<style")]
-    texts += [c.value for c in at.caption]
-    return words("\n".join(texts)).replace("**", "")
+    """Open step ``name`` and return its words, bold marks removed."""
+    return open_step(at, name, **state).replace("**", "")
 
 
 def figures(at: AppTest) -> list[dict]:
