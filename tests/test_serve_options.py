@@ -53,6 +53,24 @@ def test_wrong_types_get_422_and_wrong_choices_400(query, status, message):
     assert status == 400 or "attention" not in got
 
 
+def test_a_new_option_is_one_declared_field():
+    """An option added to the explain endpoint is one field: parsed from the query by its
+    alias, its choices and its refusal come from the declaration (no list elsewhere)."""
+    from typing import Literal
+
+    from pydantic import Field
+
+    class WithToy(ExplainOptions):
+        toy_mode: Literal["plain", "fancy"] = Field("plain", alias="toy")
+
+    assert WithToy.model_validate({"toy": "fancy"}).toy_mode == "fancy"
+    assert WithToy.model_validate({}).toy_mode == "plain"
+    assert choices(WithToy, "toy_mode") == ("plain", "fancy")
+    with pytest.raises(ValidationError) as err:
+        WithToy.model_validate({"toy": "weird"})
+    assert refusal(err.value.errors(), WithToy) == (400, "toy must be plain or fancy")
+
+
 def test_fastapi_locations_are_read_like_pydantics():
     errors = [{"type": "int_parsing", "loc": ("query", "top_k"), "msg": "bad"}]
     assert refusal(errors) == (422, "invalid options: top_k: bad")

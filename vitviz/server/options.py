@@ -88,13 +88,17 @@ def choices(model: type[BaseModel], name: str) -> tuple[str, ...]:
     return tuple(get_args(model.model_fields[name].annotation))
 
 
-def refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
+def refusal(
+    errors: Sequence[Mapping[str, Any]], model: type[BaseModel] | None = None
+) -> tuple[int, str]:
     """The HTTP status and message for options that failed validation.
 
     ``errors``: pydantic's (or FastAPI's, whose locations start with ``query``). A value of
     the wrong type gets 422 and every such problem; otherwise the first value that is not
-    among its field's choices gets 400 and the choices.
+    among its field's choices gets 400 and the choices, read from ``model``'s declaration
+    (default :class:`ExplainOptions`).
     """
+    model = model or ExplainOptions
     wrong_type, not_a_choice = [], []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ())]
@@ -107,8 +111,8 @@ def refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
         problems = "; ".join(f"{where}: {e['msg']}" for where, e in wrong_type)
         return 422, f"invalid options: {problems}"
     where, _ = not_a_choice[0]
-    name = next((n for n, f in ExplainOptions.model_fields.items() if where in (n, f.alias)), where)
-    values = choices(ExplainOptions, name)
+    name = next((n for n, f in model.model_fields.items() if where in (n, f.alias)), where)
+    values = choices(model, name)
     either = ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
     return 400, f"{where} must be {either}"
 
