@@ -707,3 +707,131 @@ class TrustReport:
                 "spearman": {k: round(v, 6) for k, v in self.correlations.items()},
             },
         }
+
+
+# ----------------------------------------------------------------------------- inside the heads
+# Head ablation, the logit lens and token norms (issue 24): what a researcher reads of one image.
+
+ABLATIONS: tuple[str, ...] = ("zero", "mean")
+"""How :class:`HeadAblation` removes a head: its output set to 0, or to its mean over tokens."""
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """Each head's effect on one class when it is removed (Michel et al., NeurIPS 2019).
+
+    Every Δ is *ablated − clean*: a head the class needs has a negative Δ.
+
+    Attributes:
+        target: the class c.
+        kind: the ablation, one of :data:`ABLATIONS`.
+        clean_logit: ``y_c`` of the unablated image.
+        clean_probability: ``softmax(y)_c`` of the unablated image.
+        logit: ``[L, H]`` Δ of ``y_c`` with head (l, h) removed.
+        probability: ``[L, H]`` Δ of ``softmax(y)_c`` with head (l, h) removed.
+        layer_logit: ``[L]`` Δ of ``y_c`` with all heads of layer l removed.
+        layer_probability: ``[L]`` Δ of ``softmax(y)_c`` with all heads of layer l removed.
+        batch: ablated copies of the image per forward.
+        forwards: batched forwards run (the clean one included).
+    """
+
+    target: int
+    kind: str
+    clean_logit: float
+    clean_probability: float
+    logit: np.ndarray
+    probability: np.ndarray
+    layer_logit: np.ndarray
+    layer_probability: np.ndarray
+    batch: int
+    forwards: int
+
+    def ranked(self) -> list[tuple[int, int, float]]:
+        """``(layer, head, Δlogit)`` from the most harmful removal (lowest Δ) to the least."""
+        flat = np.argsort(self.logit, axis=None, kind="stable")
+        heads = self.logit.shape[1]
+        return [(int(i) // heads, int(i) % heads, float(self.logit.flat[i])) for i in flat]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "class": self.target,
+            "kind": self.kind,
+            "clean": {"logit": self.clean_logit, "probability": self.clean_probability},
+            "delta_logit": np.asarray(self.logit, float).tolist(),
+            "delta_probability": np.asarray(self.probability, float).tolist(),
+            "layer_delta_logit": np.asarray(self.layer_logit, float).tolist(),
+            "layer_delta_probability": np.asarray(self.layer_probability, float).tolist(),
+            "batch": self.batch,
+            "forwards": self.forwards,
+        }
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """The model's own final norm and head read after every block (the logit lens).
+
+    Attributes:
+        logits: ``[L, C]`` the head's logits of the readout after block l; the last row is the
+            model's output.
+        top: ``[L, k]`` class indices of the k highest logits per layer.
+        top_probability: ``[L, k]`` their softmax probabilities.
+        final: the model's predicted class (argmax of the last row).
+        final_probability: ``[L]`` that class's probability per layer.
+        final_rank: ``[L]`` its rank per layer (1 = the highest logit).
+    """
+
+    logits: np.ndarray
+    top: np.ndarray
+    top_probability: np.ndarray
+    final: int
+    final_probability: np.ndarray
+    final_rank: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (without the full logits)."""
+        return {
+            "final": self.final,
+            "top": np.asarray(self.top, int).tolist(),
+            "top_probability": np.asarray(self.top_probability, float).tolist(),
+            "final_probability": np.asarray(self.final_probability, float).tolist(),
+            "final_rank": np.asarray(self.final_rank, int).tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class TokenNorms:
+    """Every token's residual-stream norm after every block, and its high-norm outliers
+    (Darcet et al., "Vision Transformers Need Registers", ICLR 2024).
+
+    Attributes:
+        norms: ``[L, N]`` ``‖x_l[n]‖₂`` of each token after block l (before the final norm).
+        k: the outlier rule's factor: a patch is an outlier at layer l when its norm exceeds
+            ``k × median`` of the patch tokens' norms at l.
+        outliers: ``[L, patches]`` whether each patch token is an outlier.
+        share: ``[L]`` the share of patch tokens that are outliers.
+        attention_share: the share of the readout's last-layer attention (mean over heads) that
+            goes to the last layer's outlier patches (None: no attention given).
+        registers: ``[L, R]`` the register tokens' norms (``R = 0`` without registers).
+        num_prefix: prefix tokens P (patch tokens start at P).
+    """
+
+    norms: np.ndarray
+    k: float
+    outliers: np.ndarray
+    share: np.ndarray
+    attention_share: float | None
+    registers: np.ndarray
+    num_prefix: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "k": self.k,
+            "norms": np.asarray(self.norms, float).round(6).tolist(),
+            "outliers": [np.flatnonzero(row).tolist() for row in self.outliers],
+            "share": np.asarray(self.share, float).tolist(),
+            "attention_share": self.attention_share,
+            "registers": np.asarray(self.registers, float).round(6).tolist(),
+            "num_prefix": self.num_prefix,
+        }

@@ -14,7 +14,7 @@ backend without the caller importing model-loading code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,12 +27,15 @@ from vitviz.results import (
     Anatomy,
     BlockSteps,
     ClassExplanation,
+    HeadAblation,
     ImageExplanation,
+    LogitLens,
     ModelInfo,
     ParameterCount,
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TokenNorms,
     TrustReport,
 )
 
@@ -172,6 +175,29 @@ class Backend(Protocol):
         """Deletion and insertion curves of ``maps[main]`` for class ``target``, their random
         baseline, patch occlusion and every map's Spearman correlation with it
         (:func:`vitviz.analysis.trust.trust`; ``maps``: name → ``[gh, gw]`` map)."""
+        ...
+
+    # -- inside the heads (issue 24; in this process only for now: no server endpoint)
+    def ablate_heads(
+        self,
+        image: Image.Image,
+        target: int,
+        *,
+        kind: str = "zero",
+        batch: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> HeadAblation:
+        """Each head's and each layer's effect on class ``target`` when removed (``zero`` or
+        ``mean`` ablation; :func:`vitviz.engine.ablation.ablate_heads`)."""
+        ...
+
+    def logit_lens(self, image: Image.Image, *, top_k: int = 5) -> LogitLens:
+        """The model's final norm and head read after every block (the logit lens)."""
+        ...
+
+    def token_norms(self, image: Image.Image, *, k: float = 3.0) -> TokenNorms:
+        """Every token's residual-stream norm per layer and the high-norm outliers
+        (:func:`vitviz.analysis.norms.token_norms`)."""
         ...
 
 

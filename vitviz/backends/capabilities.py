@@ -22,6 +22,9 @@ Capability = Literal[
     "live_maps",  # every live-view map per video frame (full attention each frame, here)
     "block_steps",  # block_steps: the lesson's look inside the encoder blocks (modules read)
     "parameter_parts",  # parameter_parts: the model's parameters counted by part
+    "head_ablation",  # ablate_heads: each head's effect on a class when removed
+    "logit_lens",  # logit_lens: the final norm and head read after every block
+    "token_norms",  # token_norms: residual-stream norms and their high-norm outliers
 ]
 """The name of each call a backend may offer (:meth:`Backend.offers`)."""
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)

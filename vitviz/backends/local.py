@@ -7,7 +7,7 @@ from the attention with :mod:`vitviz.methods`, so changing a view never runs the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,12 +25,15 @@ from vitviz.results import (
     Anatomy,
     BlockSteps,
     ClassExplanation,
+    HeadAblation,
     ImageExplanation,
+    LogitLens,
     ModelInfo,
     ParameterCount,
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TokenNorms,
     TrustReport,
 )
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from vitviz.memory.cost import ModelShape
 
 _CLIP_ONLY = frozenset({"text_relevance", "typed_labels"})  # a CLIP model's text tower
+_READS_HEAD = frozenset({"head_ablation", "logit_lens"})  # a timm classifier's own head
 
 
 def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[Prediction]:
@@ -71,6 +75,8 @@ class LocalBackend:
     def offers(self, capability: Capability) -> bool:
         """Every capability, but text relevance and typed labels only for a CLIP model."""
         check_capability(capability)
+        if capability in _READS_HEAD:
+            return self._reads_head(capability)
         return capability not in _CLIP_ONLY or self.loaded.typed_labels
 
     @property
@@ -307,3 +313,61 @@ class LocalBackend:
             seeds=seeds,
             batch=batch,
         )
+
+    # -- inside the heads (issue 24)
+    def _reads_head(self, capability: str) -> bool:
+        """Head ablation needs class logits and per-head ``attn.proj`` inputs; the logit lens
+        a timm head (``norm`` + ``forward_head``) with classes."""
+        from vitviz.engine.lens import has_lens
+
+        model = self.loaded.model
+        if capability == "logit_lens":
+            return has_lens(model)
+        from vitviz.engine.ablation import ablatable
+
+        return self.loaded.has_classifier and ablatable(model)
+
+    def ablate_heads(
+        self,
+        image: Image.Image,
+        target: int,
+        *,
+        kind: str = "zero",
+        batch: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> HeadAblation:
+        """Each head's and each layer's effect on class ``target`` of one seen image when
+        removed, ``batch`` ablated copies per forward (:func:`vitviz.engine.ablation.ablate_heads`;
+        what it holds: :func:`vitviz.engine.ablation.ablation_cost`)."""
+        from vitviz.engine.ablation import ablate_heads_of
+
+        if not self.offers("head_ablation"):
+            raise OptionsError(
+                "this model's heads cannot be ablated (no classifier, or no "
+                "per-head attention output)"
+            )
+        (seen,) = self._seen([image], True)
+        return ablate_heads_of(
+            self.loaded, seen, int(target), kind=kind, batch=batch, progress=progress
+        )
+
+    def logit_lens(self, image: Image.Image, *, top_k: int = 5) -> LogitLens:
+        """The model's final norm and head read after every block, for one seen image
+        (:func:`vitviz.engine.lens.logit_lens`; an approximation before the last layer)."""
+        from vitviz.engine.lens import logit_lens_of
+
+        if not self.offers("logit_lens"):
+            raise OptionsError("the logit lens needs a timm classifier (norm and forward_head)")
+        (seen,) = self._seen([image], True)
+        return logit_lens_of(self.loaded, seen, top_k=top_k)
+
+    def token_norms(self, image: Image.Image, *, k: float = 3.0) -> TokenNorms:
+        """Every token's residual-stream norm per layer of one seen image, its high-norm
+        outliers and their share of the readout's last-layer attention, captured in the same
+        forward (:func:`vitviz.analysis.norms.token_norms`)."""
+        from vitviz.analysis.norms import token_norms
+        from vitviz.engine.lens import stream_norms_of
+
+        (seen,) = self._seen([image], True)
+        norms, attention, layout = stream_norms_of(self.loaded, seen)
+        return token_norms(norms, layout, k=k, attention=attention)

@@ -503,6 +503,36 @@ class RemoteBackend:
             "this process, not on a vitviz server"
         )
 
+    # -- inside the heads (issue 24): no server endpoints yet
+    def _not_served(self, what: str) -> NoReturn:
+        raise OptionsError(
+            f"{what} has no vitviz server endpoint yet: it needs the model in this process"
+        )
+
+    def ablate_heads(self, image: Image.Image, target: int, **_options: Any) -> NoReturn:
+        """Not over a server yet (``offers("head_ablation")`` is False).
+
+        Raises:
+            OptionsError: always.
+        """
+        self._not_served("head ablation")
+
+    def logit_lens(self, image: Image.Image, **_options: Any) -> NoReturn:
+        """Not over a server yet (``offers("logit_lens")`` is False).
+
+        Raises:
+            OptionsError: always.
+        """
+        self._not_served("the logit lens")
+
+    def token_norms(self, image: Image.Image, **_options: Any) -> NoReturn:
+        """Not over a server yet (``offers("token_norms")`` is False).
+
+        Raises:
+            OptionsError: always.
+        """
+        self._not_served("token norms")
+
     def _explanation(
         self, header: dict[str, Any], arrays: dict[str, np.ndarray], copy: bool = False
     ) -> ImageExplanation:

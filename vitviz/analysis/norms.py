@@ -1,0 +1,99 @@
+"""High-norm outlier tokens in the residual stream (Darcet, Oquab, Mairal & Bojanowski, "Vision
+Transformers Need Registers", ICLR 2024). Pure numpy: the norms come from
+:func:`vitviz.engine.lens.stream_norms_of`.
+
+Darcet et al. find that large ViTs (DINOv2, OpenCLIP, DeiT-III) repurpose a few patch tokens,
+mostly in redundant background, as scratch space for global information: those tokens' output
+norms form a separate mode far above the rest (their Fig. 3; for DINOv2 ViT-g they call a token
+high-norm above 150, about 2% of the tokens, roughly ten times a typical patch's norm), and the
+class token attends to them strongly. Registers — extra prefix tokens — take that role and the
+outliers vanish.
+
+**The rule.** An absolute cutoff such as 150 fits one model only, so a relative one is used:
+at layer l, a patch token is an *outlier* when ``‖x_l[n]‖₂ > k · median_patches ‖x_l‖₂``. The
+median (not the mean) is what a few outliers cannot move. Default ``k = 3`` (:data:`DEFAULT_K`):
+the outliers sit at about 10× the typical norm, the normal tokens within a small factor of the
+median, and ``3 ≈ √10`` is the geometric midpoint between the two modes, as far (in ratio)
+from each; a lower k (2) starts to flag the upper tail of normal tokens in models without
+outliers, a higher one (5) misses weaker outliers of smaller models.
+
+**vit-xray's computation, re-derived** (not a dependency): the outlier view takes, at a layer,
+the L2 norm of each patch token's output, ``‖x_l[n]‖₂ = sqrt(Σ_d x_l[n, d]²)`` for the patch
+positions ``n ≥ P``, and calls a token an outlier when that norm stands above a threshold set
+relative to the distribution of the layer's patch norms. :func:`token_norms` computes the same
+norm on the same tensors (the block's output, before the final norm) with the threshold
+``k × median`` (tests/test_token_norms.py checks the equality against that formula written out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitviz.errors import OptionsError
+from vitviz.layout import TokenLayout
+from vitviz.results import TokenNorms
+
+__all__ = ["DEFAULT_K", "TokenNorms", "outliers", "token_norms"]
+
+DEFAULT_K = 3.0
+"""The outlier factor: a token above ``k ×`` the median patch norm of its layer (see above)."""
+
+
+def outliers(norms: np.ndarray, k: float = DEFAULT_K) -> np.ndarray:
+    """Whether each value of ``norms`` (``[..., M]``, one row per layer) exceeds ``k ×`` the
+    median of its row (a boolean array of the same shape).
+
+    Raises:
+        OptionsError: k not positive and finite, or an empty row.
+    """
+    values = np.asarray(norms, np.float64)
+    if not np.isfinite(k) or k <= 0:
+        raise OptionsError(f"k must be a positive number, got {k}")
+    if values.ndim < 1 or values.shape[-1] == 0:
+        raise OptionsError("there are no tokens to look for outliers among")
+    return values > k * np.median(values, axis=-1, keepdims=True)
+
+
+def token_norms(
+    norms: np.ndarray,
+    layout: TokenLayout,
+    *,
+    k: float = DEFAULT_K,
+    attention: np.ndarray | None = None,
+) -> TokenNorms:
+    """Outliers, their share per layer and of the readout's attention, and register norms.
+
+    Args:
+        norms: ``[L, N]`` every token's residual-stream norm after each block.
+        layout: the token layout of the input.
+        k: the outlier factor (see :func:`outliers`).
+        attention: the last layer's attention ``[H, N, N]`` (or all layers ``[L, H, N, N]``,
+            the last one read), captured in the same forward; the readout's row (mean over
+            heads) gives the outliers' share of the readout's attention.
+
+    Raises:
+        OptionsError: shapes that do not match the layout, or a bad k.
+    """
+    values = np.asarray(norms, np.float64)
+    n, p = layout.num_tokens, layout.num_prefix
+    if values.ndim != 2 or values.shape[1] != n:
+        raise OptionsError(f"norms must be [layers, {n} tokens], got {values.shape}")
+    mask = outliers(values[:, p:], k)
+    share = None
+    if attention is not None:
+        att = np.asarray(attention, np.float64)
+        att = att[-1] if att.ndim == 4 else att
+        if att.ndim != 3 or att.shape[1:] != (n, n):
+            raise OptionsError(f"attention must be [heads, {n}, {n}], got {att.shape}")
+        row = layout.readout_weights() @ att.mean(axis=0)  # [N], sums to 1
+        share = float(row[p:][mask[-1]].sum())
+    registers = layout.token_indices("reg")
+    return TokenNorms(
+        norms=values.astype(np.float32),
+        k=float(k),
+        outliers=mask,
+        share=mask.mean(axis=1),
+        attention_share=share,
+        registers=values[:, registers].astype(np.float32),
+        num_prefix=p,
+    )
