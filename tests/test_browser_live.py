@@ -125,7 +125,9 @@ def test_the_overlay_follows_the_camera_and_the_prediction_changes(server, tmp_p
             # (the fake camera's frames are bright there), the centre keeps its colours
             frame = video.owner_frame()
             stats = frame.wait_for_function(OVERLAID_JS, arg=video, polling=100).json_value()
-            assert stats and stats[0] == 640 and stats[1] == 480, stats
+            # the camera's 640×480, or a 4:3 step down: WebRTC lowers the resolution it sends
+            # when encoding falls behind (CPU adaptation; seen at 480×360 on a loaded machine)
+            assert stats and stats[0] * 3 == stats[1] * 4 and 320 <= stats[0] <= 640, stats
             assert stats[2] < 130 and stats[3] > 150, stats  # edges dimmed ×0.45, centre not
             # the prediction follows the clip: checkerboard, then horizontal stripes
             status = page.locator("[data-testid='stProgress']").first

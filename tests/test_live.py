@@ -291,3 +291,11 @@ def test_ice_servers_come_from_the_operator_only():
     for bad in ("{", '{"urls": "x"}', '[{"urls": 5}]', '[{"url": "x"}]', '[{"urls": []}]'):
         with pytest.raises(OptionsError, match="VITVIZ_ICE_SERVERS"):
             ice_servers({"VITVIZ_ICE_SERVERS": bad})
+
+
+def test_the_page_asks_the_camera_for_at_least_640_by_480():
+    """A 320×240 stream stretched over the video column is blurry on a projector."""
+    from vitviz.ui.live import CAMERA
+
+    assert CAMERA["width"]["ideal"] >= 640 and CAMERA["height"]["ideal"] >= 480
+    assert "min" not in CAMERA["width"]  # a camera that cannot still works
