@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.test_app import chart, ok, start
+from tests.test_page_state import from_url
 from vitviz.ui import figures
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")  # tests/conftest.py
@@ -73,3 +74,92 @@ def test_the_pages_distance_chart_has_a_legend_of_heads():
     assert all("colorbar" not in d.get("marker", {}) for d in fig["data"])
     names = [d["name"] for d in fig["data"] if d.get("showlegend") is not False]
     assert names == ["head 0", "head 1", "head 2"]  # the demo model's three heads
+
+
+# ------------------------------------------------------------------ the Rollout view in the URL
+
+
+def _rollout_state(at) -> dict:
+    """Every Rollout control's value (None: not shown)."""
+    kinds = {
+        "discard": "slider",
+        "roll_fusion": "segmented_control",
+        "start_layer": "slider",
+        "end_layer": "slider",
+        "mask_on": "toggle",
+        "mask_threshold": "slider",
+        "mask_source": "radio",
+        "why_class": "toggle",
+        "class_method": "segmented_control",
+        "target_class": "selectbox",
+        "attn-grad-negative": "toggle",
+        "strip_on": "toggle",
+        "trust_on": "toggle",
+    }
+    out = {}
+    for key, kind in kinds.items():
+        found = [w for w in getattr(at, kind) if w.key == key]
+        out[key] = found[0].value if found else None
+    return out
+
+
+def test_a_copied_link_reopens_the_rollout_views_every_setting():
+    at = start()
+    ok(at)
+    defaults = {k: at.query_params.get(k) for k in ("discard", "roll_fusion", "why_class")}
+    assert defaults == {"discard": None, "roll_fusion": None, "why_class": None}  # short links
+    at.slider(key="discard").set_value(0.3).run()
+    at.segmented_control(key="roll_fusion").set_value("max").run()
+    at.slider(key="start_layer").set_value(1).run()
+    at.slider(key="end_layer").set_value(4).run()
+    at.toggle(key="mask_on").set_value(True).run()
+    at.slider(key="mask_threshold").set_value(0.8).run()
+    at.radio(key="mask_source").set_value("rollout").run()
+    at.toggle(key="why_class").set_value(True).run()
+    at.segmented_control(key="class_method").set_value("attn-grad").run()
+    at.toggle(key="attn-grad-negative").set_value(True).run()
+    top = at.selectbox(key="target_class").value
+    other = next(o for o in at.selectbox(key="target_class").options if o != str(top))
+    cls = int(next(i for i in range(8) if at.selectbox(key="target_class").format_func(i) == other))
+    at.selectbox(key="target_class").set_value(cls).run()
+    at.toggle(key="strip_on").set_value(True).run()
+    at.toggle(key="trust_on").set_value(True).run()
+    ok(at)
+    want = _rollout_state(at)
+    assert want["discard"] == 0.3 and want["trust_on"] and want["target_class"] == cls
+    params = {k: at.query_params[k] for k in at.query_params}
+    for key in ("discard", "roll_fusion", "start_layer", "end_layer", "mask_on", "why_class"):
+        assert key in params, (key, params)
+    assert params["discard"] == "0.3" and params["roll_fusion"] == "max"
+    again = from_url(**params)
+    ok(again)
+    assert _rollout_state(again) == want
+    assert again.query_params.get("discard") == "0.3"  # and the link stays in the URL
+
+
+def test_a_malformed_link_opens_the_rollout_view_at_its_defaults():
+    at = from_url(
+        discard="2",
+        roll_fusion="evil",
+        fusion="evil",
+        start_layer="-3",
+        end_layer="99",
+        mask_on="yes",
+        mask_threshold="nan",
+        mask_source="<script>",
+        why_class="1",
+        class_method="evil",
+        target_class="1e9",
+        trust_on="2",
+        strip_on="",
+    )
+    ok(at)
+    state = _rollout_state(at)
+    assert state["discard"] == 0.0 and state["roll_fusion"] == "mean"
+    assert (state["start_layer"], state["end_layer"]) == (0, 5)  # the demo's six layers
+    assert state["mask_on"] is False and state["trust_on"] is False and state["strip_on"] is False
+    assert state["why_class"] is True  # the one valid value
+    assert state["class_method"] == "chefer" and state["attn-grad-negative"] is None
+    assert not at.error
+    for key in ("discard", "roll_fusion", "start_layer", "end_layer", "class_method"):
+        assert key not in at.query_params, key  # the bad values are dropped from the link

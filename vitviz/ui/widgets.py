@@ -61,8 +61,37 @@ def option_widget(
     patches: int,
     where: Any = st,
     disabled: bool = False,
+    url: bool = False,
 ) -> Any:
-    """Draw one option's widget in ``where`` and return its value (stored under ``key``)."""
+    """Draw one option's widget in ``where`` and return its value (stored under ``key``).
+
+    ``url``: the value lives in the URL under ``key`` (left out at its default): a link's
+    valid value opens the widget on a session's first run; anything else is ignored.
+    """
+    from vitviz.ui import session
+
+    if url:
+        text = st.query_params.get(key)
+        session.seed(key, session.option_from_url(option, text, layers, heads, patches))
+    value = _option_widget(
+        option, key, layers=layers, heads=heads, patches=patches, where=where, disabled=disabled
+    )
+    if url:
+        default = session.option_default(option, layers)
+        session.keep_in_url(key, session.url_text(value), session.url_text(default))
+    return value
+
+
+def _option_widget(
+    option: Option,
+    key: str,
+    *,
+    layers: int,
+    heads: int,
+    patches: int,
+    where: Any,
+    disabled: bool,
+) -> Any:
     fresh = key not in st.session_state  # a widget's default only when the state has none
     common = {"key": key, "help": option_help(option), "disabled": disabled}
     common["persist_state"] = "session"
@@ -118,9 +147,11 @@ def method_options(
     heads: int,
     patches: int,
     where: Any = st,
+    url: bool = False,
 ) -> dict[str, Any]:
     """Values for all of a method's options: ``shared`` ones as given (the view's own
-    controls), a widget keyed ``prefix-name`` for each other one."""
+    controls), a widget keyed ``prefix-name`` for each other one (in the URL by that key
+    when ``url``)."""
     values = {}
     others = [o for o in method.options if o.name not in shared]
     # two a row: a segmented control's buttons (fusion: mean/max/min) never get cut off
@@ -133,15 +164,17 @@ def method_options(
             heads=heads,
             patches=patches,
             where=column,
+            url=url,
         )
     return {o.name: shared.get(o.name, values.get(o.name)) for o in method.options}
 
 
-def class_picker(ctx: Any, key: str = "target_class") -> int:
+def class_picker(ctx: Any, key: str = "target_class", url: bool = False) -> int:
     """Pick the class to explain: the top-5 first, then every label (type to search).
 
-    A new image or model starts on its top class. A backbone without a classifier has one
-    class-free target, the norm of its readout feature (said in a caption).
+    A new image or model starts on its top class (or, with ``url``, on a session's first
+    run, the link's class when it is one of the model's). A backbone without a classifier
+    has one class-free target, the norm of its readout feature (said in a caption).
     """
     from vitviz.inputs.classes import probabilities, ranked
 
@@ -156,9 +189,12 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     if st.session_state.get("class_context") != context or st.session_state.get(key) not in range(
         len(labels)
     ):
+        linked = (
+            st.query_params.get(key) if url and "class_context" not in st.session_state else None
+        )
         st.session_state["class_context"] = context
-        st.session_state[key] = top[0]
-    return st.selectbox(
+        st.session_state[key] = int(linked) if linked in map(str, range(len(labels))) else top[0]
+    chosen = st.selectbox(
         t("widgets.class_picker"),
         ranked(labels, top),
         format_func=_names(
@@ -168,6 +204,11 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
         key=key,
         persist_state="session",
     )
+    if url:
+        from vitviz.ui import session
+
+        session.keep_in_url(key, str(chosen), str(top[0]))
+    return chosen
 
 
 def map_settings(
@@ -245,12 +286,19 @@ def map_exports(
         )
 
 
-def why_toggle(ctx: Any, label: str, key: str, where: Any = st) -> bool:
-    """The "why this class?" switch (for a backbone: why this feature, class-free)."""
+def why_toggle(ctx: Any, label: str, key: str, where: Any = st, url: bool = False) -> bool:
+    """The "why this class?" switch (for a backbone: why this feature, class-free); in the
+    URL under ``key`` when on and ``url``."""
+    from vitviz.ui import session
+
+    if url:
+        session.flag(key)
     on = where.toggle(
         label,
         key=key,
         help=t("widgets.why_help" if ctx.labels else "widgets.why_help_backbone"),
         persist_state="session",
     )
+    if url:
+        session.keep_flag(key, bool(on))
     return bool(on)

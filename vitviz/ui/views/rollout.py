@@ -31,6 +31,10 @@ KEPT_KEYS = {
 }
 
 
+TOGGLES = ("mask_on", "trust_on", "strip_on")  # with why_class: in the URL when on
+SOURCES = ("last", "rollout")  # what the mask is made from
+
+
 def option_key(name: str) -> str:
     """The session key of the widget of the rollout's option ``name``."""
     return KEPT_KEYS.get(name, f"{METHOD}-{name}")
@@ -48,7 +52,7 @@ def render(ctx: ViewContext) -> None:
         for col in st.columns([1.4, 1] if first == 0 else [1, 1])
     ][: len(spec.options)]
     opts = {
-        o.name: widgets.option_widget(o, option_key(o.name), where=col, **sizes)
+        o.name: widgets.option_widget(o, option_key(o.name), where=col, url=True, **sizes)
         for o, col in zip(spec.options, columns, strict=True)
     }
     if {"start_layer", "end_layer"} <= set(opts) and opts["end_layer"] < opts["start_layer"]:
@@ -60,23 +64,28 @@ def render(ctx: ViewContext) -> None:
     )
     t1, t2 = st.columns(2)
     t3, t4 = st.columns(2)
+    for key in TOGGLES:  # each switch is in the URL when on (a link's 1/0 opens it)
+        session.flag(key)
     show_mask = t1.toggle(
         t("rollout.mask"),
         key="mask_on",
         help=t("rollout.mask_help"),
         persist_state=KEEP,
     )
-    why = widgets.why_toggle(ctx, t("rollout.why"), "why_class", t2)
-    judge = t3.toggle(
+    why = widgets.why_toggle(ctx, t("rollout.why"), "why_class", t2, url=True)
+    judge_on = t3.toggle(
         t("rollout.trust"),
         key="trust_on",
         help=t("rollout.trust_help"),
         disabled=not expl.predictions,
         persist_state=KEEP,
-    ) and bool(expl.predictions)
+    )
+    judge = judge_on and bool(expl.predictions)
     strip = t4.toggle(
         t("rollout.strip"), key="strip_on", help=t("rollout.strip_help"), persist_state=KEEP
     )
+    for key, on in (("mask_on", show_mask), ("trust_on", judge_on), ("strip_on", strip)):
+        session.keep_flag(key, bool(on))
     # each map's settings span the view's width above the maps, so no label is squeezed
     mask = _mask_settings(opts) if show_mask else None
     klass = _class_settings(ctx, opts, sizes) if why else None
@@ -123,17 +132,28 @@ def render(ctx: ViewContext) -> None:
 
 def _mask_settings(opts: dict) -> tuple[float, dict]:
     c1, c2 = st.columns(2)
+    session.number("mask_threshold", 0.1, 1.0)
+    fresh = "mask_threshold" not in st.session_state
     thr = c1.slider(
-        t("option.threshold.title"), 0.1, 1.0, 0.6, 0.05, key="mask_threshold", persist_state=KEEP
+        t("option.threshold.title"),
+        0.1,
+        1.0,
+        0.6 if fresh else None,
+        0.05,
+        key="mask_threshold",
+        persist_state=KEEP,
     )
+    session.keep_in_url("mask_threshold", session.url_text(float(thr)), "0.6")
+    session.choice("mask_source", list(SOURCES), "last")
     src = c2.radio(
         t("option.source.title"),
-        ["last", "rollout"],
-        format_func={s: t(f"rollout.source_{s}") for s in ("last", "rollout")}.get,
+        list(SOURCES),
+        format_func={s: t(f"rollout.source_{s}") for s in SOURCES}.get,
         horizontal=True,
         key="mask_source",
         persist_state=KEEP,
     )
+    session.keep_in_url("mask_source", src, "last")
     if src == "last":
         return thr, {"source": "attention", "layer": -1}
     shared = methods.METHODS[MASK].defaults  # the rollout's options the mask takes too
@@ -164,7 +184,7 @@ def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str
     titles = class_methods()
     session.choice("class_method", list(titles), "chefer")
     # the picker and the methods each get the full width: no method's name is cut off
-    cls = widgets.class_picker(ctx)
+    cls = widgets.class_picker(ctx, url=True)
     cm = st.segmented_control(
         t("rollout.method"),
         list(titles),
@@ -175,7 +195,7 @@ def _class_settings(ctx: ViewContext, opts: dict, sizes: dict) -> tuple[int, str
     )
     session.keep_in_url("class_method", cm, "chefer")
     # options the rollout controls above already set are shared; others get widgets
-    return cls, cm, widgets.method_options(methods.METHODS[cm], cm, opts, **sizes)
+    return cls, cm, widgets.method_options(methods.METHODS[cm], cm, opts, url=True, **sizes)
 
 
 def _relevance(ctx: ViewContext, cls: int, cm: str, copts: dict):
