@@ -5,9 +5,10 @@ reproduce are in the URL: plain values through ``bind="query-params"`` (image so
 name, random weights), choices by their stable id through :func:`choice` and
 :func:`keep_in_url` (view, model, class method), switches through :func:`flag` and
 :func:`keep_flag`, method options through :func:`option_from_url` (every value a link gives
-is checked: one out of range or unknown is ignored and the default shown). What the canvas changes in the browser
-(layer, head, fusion) and the query patch are not widgets; they are kept here and written to
-the URL when the canvas reports them, so a reload or a shared link opens the same map.
+is checked: one out of range or unknown is ignored and the default shown). What the canvas
+changes in the browser (layer, head, fusion) and the query patch are not widgets; they are
+kept here and written to the URL when the canvas reports them, so a reload or a shared link
+opens the same map.
 """
 
 from __future__ import annotations
