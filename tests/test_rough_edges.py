@@ -5,12 +5,17 @@ reran the page, the CLIP caption's start layer and a colour bar for head numbers
 from __future__ import annotations
 
 import ast
+import io
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from streamlit.testing.v1.element_tree import Block
 
-from tests.test_app import chart, ok, start
+from tests.test_app import chart, ok, shown, start
+from tests.test_exports import deferred  # noqa: F401 - a fixture
 from tests.test_page_state import from_url
 from vitviz.ui import figures
 
@@ -163,3 +168,106 @@ def test_a_malformed_link_opens_the_rollout_view_at_its_defaults():
     assert not at.error
     for key in ("discard", "roll_fusion", "start_layer", "end_layer", "class_method"):
         assert key not in at.query_params, key  # the bad values are dropped from the link
+
+
+# ------------------------------------------------------ exports: every map shown, print-sized
+
+
+def _ink_height(png: bytes) -> tuple[int, int]:
+    """The figure's width and the tallest run of rows holding caption text (dark grey ink)
+    below its colour bar."""
+    fig = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    width = fig.shape[1]
+    band = max(48, round(width * 0.16))
+    below = width + band // 6 + max(6, band // 5) + 2  # square input: the image is W tall
+    rows = fig[below:].astype(int)
+    grey = (rows.max(-1) - rows.min(-1) < 30) & (rows.max(-1) < 110)
+    inked = grey.any(axis=1)
+    best = run = 0
+    for on in inked:
+        run = run + 1 if on else 0
+        best = max(best, run)
+    return width, best
+
+
+def test_both_maps_beside_each_other_are_exported_at_the_chosen_width(
+    deferred,  # noqa: F811
+):
+    at = start()
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    cls = at.selectbox(key="target_class").value
+    keys = {
+        b.proto.id.split("-dl-", 1)[1] for b in at.get("download_button") if "-dl-" in b.proto.id
+    }
+    for kind in ("png", "svg", "csv", "npz"):
+        assert f"{kind}-rollout" in keys and f"{kind}-chefer-class{cls}" in keys, keys
+    stem = "demo-scene-1-demo"
+    rollout, klass = f"{stem}-rollout", f"{stem}-chefer-class{cls}"
+    names = {f"{m}{end}" for m in (rollout, klass) for end in (".png", ".svg", "-values.csv")}
+    assert names <= set(deferred)
+    values = {
+        m: np.load(io.BytesIO(deferred[f"{m}-values.npz"]()))["values"] for m in (rollout, klass)
+    }
+    np.testing.assert_array_equal(values[rollout], shown(at, "rollout"))
+    np.testing.assert_array_equal(values[klass], shown(at, "class-map"))
+    assert at.segmented_control(key="export_width").value == 1024  # the stated default
+    for width in (512, 1024, 2048):
+        deferred.clear()
+        at.segmented_control(key="export_width").set_value(width).run()
+        for m in (rollout, klass):
+            got, ink = _ink_height(deferred[f"{m}.png"]())
+            assert got == width
+            assert ink >= 0.015 * width, (width, ink)  # the caption is legible in print
+        ET.fromstring(deferred[f"{klass}.svg"]().encode("utf-8"))  # the SVG is still there
+
+
+def test_the_figure_keeps_the_images_width_unless_asked():
+    from vitviz.output import exports
+
+    image = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    values = np.random.default_rng(1).random((14, 14))
+    settings = {"method": "rollout", "options": {}, "model": "demo", "image": "x.png"}
+    assert exports.figure(values, image, settings).shape[1] == 224  # the CLI's figures
+    png = exports.figure_png(values, image, settings, 2048)
+    assert _ink_height(png)[0] == 2048
+    with pytest.raises(ValueError, match="width"):
+        exports.figure(values, image, settings, 0)
+
+
+# ------------------------------------------------------------ the trust plot: a heading, uncovered
+
+
+def _in_order(node):
+    if isinstance(node, Block):
+        for child in node.children.values():
+            yield from _in_order(child)
+    else:
+        yield node
+
+
+def test_the_trust_plot_has_a_heading_and_no_popover_above_it():
+    at = start()
+    at.toggle(key="trust_on").set_value(True).run()
+    ok(at)
+    order = list(_in_order(at.main))
+    heading = next(
+        i
+        for i, e in enumerate(order)
+        if getattr(e, "value", None) == "How far can I trust this map?"
+    )
+    plot = next(
+        i for i, e in enumerate(order) if e.type == "plotly_chart" and "trust" in e.proto.id
+    )
+    assert heading < plot
+    # the exports above it open in place (an expander pushes the plot down), not as an
+    # overlay: no popover on the Rollout view
+    blocks = []
+    stack = [at.main]
+    while stack:
+        b = stack.pop()
+        if isinstance(b, Block):
+            blocks.append(b)
+            stack.extend(b.children.values())
+    assert not [b for b in blocks if b.type == "popover"]
+    assert [b for b in blocks if b.type == "expander"]

@@ -7,6 +7,7 @@ page code of their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
@@ -15,6 +16,7 @@ from vitviz.methods import Method, Option
 from vitviz.results import FEATURE_NORM, FEATURE_NORM_LABEL
 from vitviz.ui import i18n
 from vitviz.ui.i18n import t
+from vitviz.ui.text import plain
 
 
 def _names(values: Any, name: Any) -> Any:
@@ -252,38 +254,79 @@ def _target_label(labels: list[str], cls: int) -> str:
 
 
 def map_exports(
-    ctx: Any, values: Any, title: str, settings: dict[str, Any], where: Any = st
+    ctx: Any,
+    values: Any,
+    title: str,
+    settings: dict[str, Any],
+    where: Any = st,
+    *,
+    heading: str | None = None,
+    others: Sequence[tuple[Any, str, dict[str, Any], str]] = (),
+    inline: bool = False,
 ) -> None:
-    """The shown map's exports in one small "Export" popover: the figure with its colour
-    legend and a caption of the settings (PNG, SVG) and the values with every setting (CSV,
-    npz). Each file is made only when its button is clicked."""
+    """The shown maps' exports in one small "Export" popover: for each map the figure with
+    its colour legend and a caption of the settings (PNG at a chosen width, SVG) and the
+    values with every setting (CSV, npz). Each file is made only when its button is clicked,
+    and a download never reruns the page.
+
+    ``others``: further maps shown beside the first, each ``(values, title, settings,
+    heading)``; with any, each map's buttons come under its ``heading``. ``inline``: an
+    expander instead of the popover (open, it pushes what follows down, covering nothing).
+    """
     from functools import partial
 
     from vitviz.output import exports
 
-    image, stem = ctx.expl.image, f"{ctx.stem}-{title}"
-    files = (
-        ("png", t("exports.figure_png"), f"{stem}.png", "image/png", exports.figure_png),
-        ("svg", t("exports.figure_svg"), f"{stem}.svg", "image/svg+xml", exports.figure_svg),
-        ("csv", t("exports.values_csv"), f"{stem}-values.csv", "text/csv", exports.values_csv),
-        (
-            "npz",
-            t("exports.values_npz"),
-            f"{stem}-values.npz",
-            "application/octet-stream",
-            exports.values_npz,
-        ),
+    if inline:
+        box = where.expander(t("exports.button"), key=f"export-{title}", icon=":material/download:")
+        box.caption(t("exports.help"))
+    else:
+        box = where.popover(t("exports.button"), help=t("exports.help"), key=f"export-{title}")
+    widths = list(exports.FIGURE_WIDTHS)
+    if st.session_state.get("export_width") not in widths:
+        st.session_state["export_width"] = exports.FIGURE_WIDTH
+    width = box.segmented_control(
+        t("exports.width"),
+        widths,
+        format_func=_names(widths, lambda w: t("exports.width_px", width=w)),
+        key="export_width",
+        required=True,
+        help=t("exports.width_help", default=exports.FIGURE_WIDTH),
+        persist_state="session",
     )
-    box = where.popover(t("exports.button"), help=t("exports.help"), key=f"export-{title}")
-    for kind, label, name, mime, make in files:
-        box.download_button(
-            label,
-            data=partial(make, values, image, settings),
-            file_name=name,
-            mime=mime,
-            on_click="ignore",
-            key=f"dl-{kind}-{title}",
+    width = width if width in widths else exports.FIGURE_WIDTH
+    maps = [(values, title, settings, heading), *others]
+    for grid, name, how, head in maps:
+        if len(maps) > 1:
+            box.markdown(f"**{plain(head or name)}**")
+        stem = f"{ctx.stem}-{name}"
+        files = (
+            (
+                "png",
+                t("exports.figure_png"),
+                f"{stem}.png",
+                "image/png",
+                partial(exports.figure_png, width=width),
+            ),
+            ("svg", t("exports.figure_svg"), f"{stem}.svg", "image/svg+xml", exports.figure_svg),
+            ("csv", t("exports.values_csv"), f"{stem}-values.csv", "text/csv", exports.values_csv),
+            (
+                "npz",
+                t("exports.values_npz"),
+                f"{stem}-values.npz",
+                "application/octet-stream",
+                exports.values_npz,
+            ),
         )
+        for kind, label, file_name, mime, make in files:
+            box.download_button(
+                label,
+                data=partial(make, grid, ctx.expl.image, how),
+                file_name=file_name,
+                mime=mime,
+                on_click="ignore",
+                key=f"dl-{kind}-{name}",
+            )
 
 
 def why_toggle(ctx: Any, label: str, key: str, where: Any = st, url: bool = False) -> bool:

@@ -103,31 +103,33 @@ def render(ctx: ViewContext) -> None:
             max_size=size,
         )
         canvas.attention_canvas("rollout", data)
-    download = (
-        methods.to_grid(row, layout),
-        METHOD,
-        widgets.map_settings(ctx, ID, METHOD, opts),
-    )
+    grid = methods.to_grid(row, layout)
     title = widgets.method_title(METHOD, spec.title)
-    judged = (download[0], METHOD, title, ctx.top_classes[0] if judge else -1)
+    # every map shown is exported (each its values and figure), the rollout first
+    exported = [(grid, METHOD, widgets.map_settings(ctx, ID, METHOD, opts), plain(title))]
+    judged = (grid, METHOD, title, ctx.top_classes[0] if judge else -1)
     if mask is not None:
         with cols[1]:
-            _mask(ctx, *mask, size)
+            exported.append(_mask(ctx, *mask, size))
     if klass is not None:
         with cols[-1]:
-            download = _class_map(ctx, *klass, size)
+            values, name, settings = _class_map(ctx, *klass, size)
         cls, cm = klass[0], klass[1]  # the class map is the one judged when it is shown
+        exported.append((values, name, settings, _class_title(ctx, *klass)))
         if not methods.METHODS[cm].negative(klass[2]):  # a "why not" map lowers the class by
-            judged = (download[0], cm, class_methods()[cm], cls)  # design: judge the rollout
+            judged = (values, cm, class_methods()[cm], cls)  # design: judge the rollout
+    first, *others = exported
+    # an expander, not a popover: open, it pushes what follows down instead of covering it
+    # (the trust plot below)
+    widgets.map_exports(ctx, *first[:3], heading=first[3], others=others, inline=True)
+    if judge:
+        trust_panel.panel(ctx, *judged)
     if strip:
         _strip(ctx, METHOD, None, opts, t("rollout.title"))
         if klass is not None and "end_layer" in methods.METHODS[klass[1]].defaults:
             cls, cm, copts = klass
             rel = _relevance(ctx, cls, cm, copts)
             _strip(ctx, cm, rel, copts, _class_title(ctx, cls, cm, copts))
-    widgets.map_exports(ctx, *download)
-    if judge:
-        trust_panel.panel(ctx, *judged)
 
 
 def _mask_settings(opts: dict) -> tuple[float, dict]:
@@ -160,18 +162,22 @@ def _mask_settings(opts: dict) -> tuple[float, dict]:
     return thr, {"source": "rollout", **{k: v for k, v in opts.items() if k in shared}}
 
 
-def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> None:
+def _mask(ctx: ViewContext, thr: float, mopts: dict, size: int) -> tuple:
+    """Draw the mask; its values, name, settings and title (for the exports)."""
     row = methods.compute_row(MASK, ctx.expl.attention, ctx.layout, threshold=thr, **mopts)
+    title = t(f"rollout.mask_title_{mopts['source']}", share=f"{thr:.0%}")
     data = canvas.payload(
         ctx.expl.image,
         ctx.layout,
         row,
-        title=t(f"rollout.mask_title_{mopts['source']}", share=f"{thr:.0%}"),
+        title=title,
         value_name=t("canvas.in_mask"),
         filename=f"{ctx.stem}-mask",
         max_size=size,
     )
     canvas.attention_canvas("mask", data)
+    settings = widgets.map_settings(ctx, ID, MASK, {"threshold": thr, **mopts})
+    return methods.to_grid(row, ctx.layout), MASK, settings, title
 
 
 def class_methods() -> dict[str, str]:
