@@ -268,10 +268,13 @@ def _text_relevance(ctx: ViewContext, label: str) -> None:
     if not ctx.backend.offers("text_relevance"):
         st.caption(t("text_relevance.remote" if ctx.info.remote else "text_relevance.not_offered"))
         return
+    first = text_start_layer(_text_depth(ctx))
     try:
         pieces = ctx.entry.get(
-            ("text-relevance", label),
-            lambda: ctx.backend.text_relevance(ctx.decoded.image, label, seen=True),
+            ("text-relevance", label, first),
+            lambda: ctx.backend.text_relevance(
+                ctx.decoded.image, label, seen=True, start_layer=first
+            ),
         )
     except VitvizError as err:  # e.g. a text tower it cannot read: say so, keep the map
         st.caption(t("text_relevance.unavailable", detail=plain(err)))
@@ -288,3 +291,54 @@ def _text_relevance(ctx: ViewContext, label: str) -> None:
         },
     )
     st.caption(t("text_relevance.caption"))
+
+
+TEXT_START = "text_start_layer"  # its widget's key and URL key
+
+
+def _text_depth(ctx: ViewContext) -> int | None:
+    """How many layers the CLIP text tower has, when the model is in this process (None: on
+    a server, which does not say)."""
+    from vitviz.errors import VitvizError
+
+    loaded = getattr(ctx.backend, "loaded", None)
+    if loaded is None:
+        return None
+    from vitviz.models.clip_text import text_encoder
+
+    try:
+        return len(text_encoder(loaded).blocks)
+    except VitvizError:
+        return None
+
+
+def text_start_layer(depth: int | None) -> int:
+    """The first text layer of the caption's relevance: a slider over the tower's layers
+    (a choice of every layer or the last alone where the depth is unknown), in the URL when
+    not the default (0: every layer; Chefer et al.'s CLIP notebook uses the last alone)."""
+    from vitviz.models.clip_text import DEFAULT_START_LAYER
+
+    values = list(range(depth)) if depth else [DEFAULT_START_LAYER, -1]
+    linked = st.query_params.get(TEXT_START)
+    session.seed(TEXT_START, int(linked) if linked in map(str, values) else None)
+    if st.session_state.get(TEXT_START) not in values:  # another model: back to the default
+        st.session_state[TEXT_START] = DEFAULT_START_LAYER
+    label, help_ = t("text_relevance.start_layer"), t("text_relevance.start_layer_help")
+    if depth:
+        first = st.slider(label, 0, depth - 1, key=TEXT_START, help=help_, persist_state=KEEP)
+    else:
+        first = st.segmented_control(
+            label,
+            values,
+            format_func={
+                0: t("text_relevance.every_layer"),
+                -1: t("text_relevance.last_layer"),
+            }.get,
+            key=TEXT_START,
+            required=True,
+            help=help_,
+            persist_state=KEEP,
+        )
+    first = int(first) if first in values else DEFAULT_START_LAYER
+    session.keep_in_url(TEXT_START, str(first), str(DEFAULT_START_LAYER))
+    return first
