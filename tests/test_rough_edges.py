@@ -271,3 +271,58 @@ def test_the_trust_plot_has_a_heading_and_no_popover_above_it():
             stack.extend(b.children.values())
     assert not [b for b in blocks if b.type == "popover"]
     assert [b for b in blocks if b.type == "expander"]
+
+
+# ------------------------------------------------------------- in the browser (system Chromium)
+
+
+def test_in_the_browser_the_shared_scale_is_drawn_and_the_trust_plot_is_uncovered(
+    browser_page,
+):
+    from tests.test_browser import canvas, settle
+
+    page, server = browser_page
+    page.goto(f"{server}/?view=Compare&cmp_shared_scale=1")
+    a, b = canvas(page, "cmp-a"), canvas(page, "cmp-b")
+    settle(page)
+    low = min(float(a.get_attribute("data-min")), float(b.get_attribute("data-min")))
+    high = max(float(a.get_attribute("data-max")), float(b.get_attribute("data-max")))
+    for c in (a, b):  # both legends (and colours) span the joint range
+        assert float(c.get_attribute("data-min")) == pytest.approx(low)
+        assert float(c.get_attribute("data-max")) == pytest.approx(high)
+    # the trust plot under its heading; the exports open in place above it
+    page.goto(f"{server}/?trust_on=1")
+    heading = page.get_by_text("How far can I trust this map?")
+    plot = page.locator(".st-key-trust-chart")
+    heading.wait_for()
+    plot.wait_for()
+    settle(page)
+    assert heading.bounding_box()["y"] < plot.bounding_box()["y"]
+    page.get_by_text("Export", exact=True).first.click()
+    button = page.get_by_text("Figure with legend (PNG)").first
+    button.wait_for()
+    settle(page)
+    box, chart = button.bounding_box(), plot.bounding_box()
+    assert box["y"] + box["height"] <= chart["y"]  # nothing of the open exports over the plot
+
+
+@pytest.fixture
+def browser_page():
+    from tests.test_browser import ARGS, CHROMIUM, _missing, new_page
+
+    why = _missing()
+    if why:
+        pytest.skip(f"browser test skipped: {why}")
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import page_process
+
+    with page_process() as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = new_page(browser)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page, url
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
+        browser.close()
