@@ -376,23 +376,25 @@ def test_the_start_layer_travels_to_a_server(tiny_file, cat_image, monkeypatch):
 
 
 def test_the_page_offers_the_text_start_layer_and_keeps_it_in_the_url():
-    """The slider starts at the stated default (0, every text layer); the last layer gives the
-    engine's start_layer=-1 table, and the choice is in the URL."""
+    """The choice starts at the stated default (0, every text layer, the engine's); the last
+    layer alone gives the engine's start_layer=-1 table, and the choice is in the URL."""
     from tests.test_page_families import _clip_page
     from vitviz.inputs.images import decode_image
     from vitviz.ui import resources
     from vitviz.ui.i18n import t
+    from vitviz.ui.views import rollout
 
+    assert rollout.TEXT_STARTS[0] == clip_text.DEFAULT_START_LAYER == 0
     typed = ["cat", "dog", "teapot"]
     at = _clip_page("\n".join(typed))
     at.toggle(key="why_class").set_value(True).run()
     ok(at)
-    slider = at.slider(key="text_start_layer")
-    assert slider.value == 0 and "Default 0" in slider.help
+    choice = at.segmented_control(key="text_start_layer")
+    assert choice.value == 0 and "Default: every layer" in choice.help
     assert "text_start_layer" not in at.query_params
-    slider.set_value(slider.max).run()  # the last of ViT-B/32's 12 text layers
+    choice.set_value(-1).run()  # the last text layer alone, as Chefer et al.'s notebook
     ok(at)
-    assert at.query_params["text_start_layer"] == "11"
+    assert at.query_params["text_start_layer"] == "-1"
     label = typed[at.selectbox(key="target_class").value]
     base = resources.page_caches().models.get(("clip-b32", None, True))
     engine = LocalBackend(base.loaded.with_labels(typed, None))

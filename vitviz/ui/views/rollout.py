@@ -268,7 +268,7 @@ def _text_relevance(ctx: ViewContext, label: str) -> None:
     if not ctx.backend.offers("text_relevance"):
         st.caption(t("text_relevance.remote" if ctx.info.remote else "text_relevance.not_offered"))
         return
-    first = text_start_layer(_text_depth(ctx))
+    first = text_start_layer()
     try:
         pieces = ctx.entry.get(
             ("text-relevance", label, first),
@@ -294,51 +294,30 @@ def _text_relevance(ctx: ViewContext, label: str) -> None:
 
 
 TEXT_START = "text_start_layer"  # its widget's key and URL key
+# the engine's default (vitviz.models.clip_text.DEFAULT_START_LAYER, which the page may not
+# import: model code), and the choices every text tower has. The page cannot learn the
+# tower's depth through the Backend protocol, so a layer in between is for the API and CLI
+TEXT_STARTS = (0, -1)  # every text layer (the default) / the last alone (Chefer's notebook)
 
 
-def _text_depth(ctx: ViewContext) -> int | None:
-    """How many layers the CLIP text tower has, when the model is in this process (None: on
-    a server, which does not say)."""
-    from vitviz.errors import VitvizError
-
-    loaded = getattr(ctx.backend, "loaded", None)
-    if loaded is None:
-        return None
-    from vitviz.models.clip_text import text_encoder
-
-    try:
-        return len(text_encoder(loaded).blocks)
-    except VitvizError:
-        return None
-
-
-def text_start_layer(depth: int | None) -> int:
-    """The first text layer of the caption's relevance: a slider over the tower's layers
-    (a choice of every layer or the last alone where the depth is unknown), in the URL when
-    not the default (0: every layer; Chefer et al.'s CLIP notebook uses the last alone)."""
-    from vitviz.models.clip_text import DEFAULT_START_LAYER
-
-    values = list(range(depth)) if depth else [DEFAULT_START_LAYER, -1]
+def text_start_layer() -> int:
+    """The first text layer of the caption's relevance: every layer (0, the default, as the
+    image maps) or the last alone (-1, Chefer et al.'s CLIP notebook); in the URL when not
+    the default."""
+    values = list(TEXT_STARTS)
     linked = st.query_params.get(TEXT_START)
     session.seed(TEXT_START, int(linked) if linked in map(str, values) else None)
-    if st.session_state.get(TEXT_START) not in values:  # another model: back to the default
-        st.session_state[TEXT_START] = DEFAULT_START_LAYER
-    label, help_ = t("text_relevance.start_layer"), t("text_relevance.start_layer_help")
-    if depth:
-        first = st.slider(label, 0, depth - 1, key=TEXT_START, help=help_, persist_state=KEEP)
-    else:
-        first = st.segmented_control(
-            label,
-            values,
-            format_func={
-                0: t("text_relevance.every_layer"),
-                -1: t("text_relevance.last_layer"),
-            }.get,
-            key=TEXT_START,
-            required=True,
-            help=help_,
-            persist_state=KEEP,
-        )
-    first = int(first) if first in values else DEFAULT_START_LAYER
-    session.keep_in_url(TEXT_START, str(first), str(DEFAULT_START_LAYER))
+    if st.session_state.get(TEXT_START) not in values:
+        st.session_state[TEXT_START] = values[0]
+    first = st.segmented_control(
+        t("text_relevance.start_layer"),
+        values,
+        format_func={0: t("text_relevance.every_layer"), -1: t("text_relevance.last_layer")}.get,
+        key=TEXT_START,
+        required=True,
+        help=t("text_relevance.start_layer_help"),
+        persist_state=KEEP,
+    )
+    first = int(first) if first in values else values[0]
+    session.keep_in_url(TEXT_START, str(first), str(values[0]))
     return first
