@@ -7,7 +7,8 @@ another method. One set of method options drives both panels, carried to B's mod
 :func:`vitviz.analysis.comparison.carry_options`: a layer to the same relative depth, a head B lacks
 to B's fused heads, a patch to the same place on B's grid. The mode, B's model, image and
 methods, every option and the shared colour scale are in the URL, so a link reopens the
-comparison. Each panel's title names what differs; what both share is said once above them.
+comparison. Each panel's title names what differs; with two methods, the model and image both
+share are said once above them.
 """
 
 from __future__ import annotations
@@ -105,13 +106,9 @@ def render(ctx: ViewContext) -> None:
         )
     session.keep_in_url("cmp_method", first, methods.DEFAULT_METHOD)
     opts = _options(ctx, methods.METHODS[first], methods.METHODS[second])
-    # what both panels share is said once, above them; each title names what differs
-    same = {
-        "models": (_image_title(ctx.image_name), titles[first]),
-        "images": (_model_title(ctx.info), titles[first]),
-        "methods": (_model_title(ctx.info), _image_title(ctx.image_name)),
-    }[mode]
-    st.caption(t("compare.shared", what=" · ".join(same)))
+    if mode == "methods":  # the titles name each method; the model and image said once
+        same = (_model_title(ctx.info), _image_title(ctx.image_name))
+        st.caption(t("compare.shared", what=" · ".join(same)))
     maps = []
     for panel, method in ((a, first), (b, second)):
         sizes = (
@@ -274,7 +271,11 @@ def _compute(panel: Panel, method: str, opts: dict[str, Any]) -> tuple[np.ndarra
     depth = ""
     if "layer" in opts and opts["layer"] is not None:
         depth = t("compare.layer_of", layer=int(opts["layer"]), layers=ctx.info.layers)
-    title = " · ".join(p for p in (panel.name, depth, target) if p)
+    # the panel's name is what differs (a model, an image, a method); a method not already
+    # named is added, so each canvas (and its saved PNG) says what it shows
+    method_title = widgets.method_title(method, spec.title)
+    shown = (panel.name, "" if panel.name == method_title else method_title, depth, target)
+    title = " · ".join(p for p in shown if p)
     return np.asarray(row), title
 
 
