@@ -106,7 +106,7 @@ def render(ctx: ViewContext) -> None:
     grid = methods.to_grid(row, layout)
     title = widgets.method_title(METHOD, spec.title)
     # every map shown is exported (each its values and figure), the rollout first
-    exported = [(grid, METHOD, widgets.map_settings(ctx, ID, METHOD, opts), plain(title))]
+    exported = [(grid, METHOD, widgets.map_settings(ctx, ID, METHOD, opts), title)]
     judged = (grid, METHOD, title, ctx.top_classes[0] if judge else -1)
     if mask is not None:
         with cols[1]:
