@@ -290,3 +290,118 @@ def test_the_page_shows_the_captions_words_under_a_typed_labels_class_map(monkey
     at.run()  # a rerun: the explanation entry has it
     ok(at)
     assert shown() == (words, values)
+
+
+def _last_layer_by_hand(loaded, image: Image.Image, caption: str) -> tuple[np.ndarray, list[int]]:
+    """The EOT row with only the last text layer's relevance: ``R = I + mean_h((∂y/∂A ⊙ A)⁺)``
+    of that layer (Chefer et al.'s CLIP notebook, ``start_layer_text=-1``), in numpy."""
+    clip = loaded.model.tower.clip
+    encoder = text_encoder(loaded)
+    x = loaded.to_tensor(loaded.seen_image(image))[None]
+    with torch.no_grad():
+        picture = F.normalize(clip.encode_image(x), dim=-1)[0]
+    tokenizer = open_clip.get_tokenizer(TINY)
+    tokens = tokenizer([caption])
+    attn: list[torch.Tensor] = []
+    hooks = [
+        blk.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attn.append(out))
+        for blk in encoder.blocks
+    ]
+    try:
+        with torch.enable_grad():
+            text = F.normalize(encoder(tokens), dim=-1)[0]
+            logit = clip.logit_scale.exp() * picture @ text
+            (grad,) = torch.autograd.grad(logit, attn[-1:])  # the last layer's only
+    finally:
+        for h in hooks:
+            h.remove()
+    a, g = attn[-1][0].detach().numpy(), grad[0].numpy()
+    r = np.eye(tokens.shape[1]) + np.clip(a * g, 0, None).mean(axis=0)
+    ids = tokens[0].tolist()
+    return r[ids.index(tokenizer.eot_token_id)], ids
+
+
+def test_the_start_layer_last_is_the_last_layers_relevance_alone(tiny, cat_image):  # noqa: F811
+    layers = TEXT["layers"]
+    row, ids = _last_layer_by_hand(tiny, cat_image, "a photo of a teapot.")
+    eot = ids.index(max(ids))
+    want = row[1:eot] / row[1:eot].sum()
+    for last in (-1, layers - 1):
+        got = text_relevance(tiny, cat_image, "teapot", start_layer=last)
+        assert [w for w, _ in got] == ["a", "photo", "of", "a", "teapot", "."]
+        np.testing.assert_allclose([v for _, v in got], want, rtol=1e-5, atol=1e-9)
+    # the stated default, 0, is every layer (the hand computation of the test above)
+    assert clip_text.DEFAULT_START_LAYER == 0
+    every = text_relevance(tiny, cat_image, "teapot")
+    assert every == text_relevance(tiny, cat_image, "teapot", start_layer=0)
+    full, _, _ = _by_hand(tiny, cat_image, "a photo of a teapot.")
+    np.testing.assert_allclose([v for _, v in every], full[1:eot] / full[1:eot].sum(), rtol=1e-5)
+    assert not np.allclose([v for _, v in every], want, rtol=1e-3)  # the two differ
+    backend = LocalBackend(tiny)
+    assert backend.text_relevance(cat_image, "teapot", start_layer=-1) == got
+    for bad in (layers, -layers - 1, 1.5, True):
+        with pytest.raises(OptionsError, match="start_layer"):
+            text_relevance(tiny, cat_image, "teapot", start_layer=bad)
+
+
+def test_the_start_layer_travels_to_a_server(tiny_file, cat_image, monkeypatch):  # noqa: F811
+    from tests.test_service import engine_client
+    from vitviz.server.options import TextRelevanceOptions
+    from vitviz.server.service import Engine, Settings
+
+    path, _ = tiny_file
+    engine = Engine(
+        Settings(model=f"clip:{TINY}", weights=str(path), device="cpu", labels="cat, teapot")
+    )
+    assert TextRelevanceOptions(label="cat").start_layer == 0  # the stated default
+    client = engine_client(engine, monkeypatch)
+    for first in (0, -1, 1):
+        want = engine.backend.text_relevance(cat_image, "teapot", start_layer=first)
+        assert client.text_relevance(cat_image, "teapot", start_layer=first) == want
+    assert client.text_relevance(cat_image, "teapot", start_layer=-1) != client.text_relevance(
+        cat_image, "teapot"
+    )
+    with pytest.raises(OptionsError, match="start_layer"):  # the server's 400, said as such
+        client.text_relevance(cat_image, "teapot", start_layer=99)
+    # a server that ignores the option (older than it) is caught, not believed
+    monkeypatch.setattr(
+        Engine,
+        "text_relevance_answer",
+        lambda self, body, options: {"label": options.label, "tokens": [["a", 1.0]]},
+    )
+    from vitviz.errors import ServerError
+
+    with pytest.raises(ServerError, match="text layer"):
+        client.text_relevance(cat_image, "teapot", start_layer=-1)
+
+
+def test_the_page_offers_the_text_start_layer_and_keeps_it_in_the_url():
+    """The choice starts at the stated default (0, every text layer, the engine's); the last
+    layer alone gives the engine's start_layer=-1 table, and the choice is in the URL."""
+    from tests.test_page_families import _clip_page
+    from vitviz.inputs.images import decode_image
+    from vitviz.ui import resources
+    from vitviz.ui.i18n import t
+    from vitviz.ui.views import rollout
+
+    assert rollout.TEXT_STARTS[0] == clip_text.DEFAULT_START_LAYER == 0
+    typed = ["cat", "dog", "teapot"]
+    at = _clip_page("\n".join(typed))
+    at.toggle(key="why_class").set_value(True).run()
+    ok(at)
+    choice = at.segmented_control(key="text_start_layer")
+    assert choice.value == 0 and "Default: every layer" in choice.help
+    assert "text_start_layer" not in at.query_params
+    choice.set_value(-1).run()  # the last text layer alone, as Chefer et al.'s notebook
+    ok(at)
+    assert at.query_params["text_start_layer"] == "-1"
+    label = typed[at.selectbox(key="target_class").value]
+    base = resources.page_caches().models.get(("clip-b32", None, True))
+    engine = LocalBackend(base.loaded.with_labels(typed, None))
+    name = at.session_state["sample"] if "sample" in at.session_state else "chelsea.png"  # noqa: SIM401
+    image = decode_image((ASSETS / name).read_bytes(), name, reduce=engine.geometry).image
+    want = engine.text_relevance(image, label, seen=True, start_layer=-1)
+    (table,) = at.dataframe
+    np.testing.assert_allclose(
+        list(table.value[t("text_relevance.share", "en")]), [v for _, v in want], rtol=1e-5
+    )

@@ -126,3 +126,46 @@ def test_a_link_reopens_the_comparison_and_ignores_bad_values():
     linked = from_url(view="Compare", cmp_mode="models", cmp_random="1")
     ok(linked)  # a link's random weights load the second model at once
     assert linked.toggle(key="cmp_random").value is True
+
+
+def test_two_methods_titles_name_each_method_once_and_the_shared_things_once():
+    at = start()
+    at.segmented_control(key="view").set_value("Compare").run()
+    at.segmented_control(key="cmp_mode").set_value("methods").run()
+    at.selectbox(key="cmp_method").set_value("rollout").run()
+    at.selectbox(key="cmp_method_b").set_value("rollout").run()
+    ok(at)
+    for key in ("cmp-a", "cmp-b"):
+        title = canvas(at, key)["title"]
+        assert title.count("Attention rollout") == 1, title  # was "rollout · rollout"
+        assert "demo" not in title.lower()  # the shared model is said once, above
+    shared = [c.value for c in at.caption if c.value.startswith("Both panels:")]
+    assert len(shared) == 1 and "demo" in shared[0].lower(), shared
+    # two images: each panel names its image and the method (each canvas stands alone)
+    at.segmented_control(key="cmp_mode").set_value("images").run()
+    ok(at)
+    titles = [canvas(at, k)["title"] for k in ("cmp-a", "cmp-b")]
+    assert all(x.count("Attention rollout") == 1 for x in titles), titles
+    assert titles[0] != titles[1]
+
+
+def test_a_shared_colour_scale_is_the_joint_min_and_max_and_in_the_url():
+    at = start()
+    at.segmented_control(key="view").set_value("Compare").run()
+    ok(at)
+    assert at.toggle(key="cmp_shared_scale").value is False  # the stated default: each its own
+    assert canvas(at, "cmp-a")["scale"] is None and canvas(at, "cmp-b")["scale"] is None
+    at.toggle(key="cmp_shared_scale").set_value(True).run()
+    ok(at)
+    left, right = shown(at, "cmp-a"), shown(at, "cmp-b")
+    joint = [float(min(left.min(), right.min())), float(max(left.max(), right.max()))]
+    assert canvas(at, "cmp-a")["scale"] == pytest.approx(joint)
+    assert canvas(at, "cmp-b")["scale"] == pytest.approx(joint)
+    assert left.max() != right.max()  # two different maps: the scale is not either one's own
+    assert at.query_params["cmp_shared_scale"] == "1"
+    again = from_url(view="Compare", cmp_shared_scale="1")
+    ok(again)
+    assert again.toggle(key="cmp_shared_scale").value is True
+    assert (
+        from_url(view="Compare", cmp_shared_scale="x").toggle(key="cmp_shared_scale").value is False
+    )

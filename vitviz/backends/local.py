@@ -235,18 +235,19 @@ class LocalBackend:
         return [e for e in out if e is not None]
 
     def text_relevance(
-        self, image: Image.Image, label: str, *, seen: bool = False
+        self, image: Image.Image, label: str, *, seen: bool = False, start_layer: int = 0
     ) -> list[tuple[str, float]]:
         """A CLIP model's caption tokens for ``label`` and their share of the relevance for
-        the image–text similarity (:func:`vitviz.models.clip_text.text_relevance`).
+        the image–text similarity (:func:`vitviz.models.clip_text.text_relevance`), text
+        layers from ``start_layer`` on (0: every layer; -1: the last alone).
 
         Raises:
-            OptionsError: not a CLIP model, or a bad label.
+            OptionsError: not a CLIP model, a bad label or start layer.
         """
         from vitviz.models.clip_text import text_relevance
 
         (seen_image,) = self._seen([image], seen)
-        return text_relevance(self.loaded, seen_image, label, seen=True)
+        return text_relevance(self.loaded, seen_image, label, seen=True, start_layer=start_layer)
 
     def block_steps(
         self,

@@ -332,17 +332,25 @@ class RemoteBackend:
         return self._map(one, list(zip(images, classes, strict=True)))
 
     def text_relevance(
-        self, image: Image.Image, label: str, *, seen: bool = False
+        self, image: Image.Image, label: str, *, seen: bool = False, start_layer: int = 0
     ) -> list[tuple[str, float]]:
-        """A CLIP caption's tokens for ``label`` and their share of the relevance, computed by
-        the server; the answer is checked (strings, finite shares in [0, 1] summing to 1)."""
+        """A CLIP caption's tokens for ``label`` and their share of the relevance (text layers
+        from ``start_layer`` on), computed by the server; the answer is checked (the label and
+        start layer asked for, strings, finite shares in [0, 1] summing to 1)."""
         self._need("text_relevance")
         model_input = self._model_input(image, seen)
-        params = {"label": label}
+        params: dict[str, Any] = {"label": label}
+        if start_layer != 0:  # the default stays out: a server before the option answers too
+            params["start_layer"] = int(start_layer)
         answer = self._json("/v1/text-relevance", model_input, params)
         try:
             if answer.get("label") != label:
                 raise wire.WireError(f"it answered for the label {answer.get('label')!r}")
+            if answer.get("start_layer", 0) != start_layer:
+                raise wire.WireError(
+                    f"it answered from text layer {answer.get('start_layer', 0)!r}, "
+                    f"not {start_layer}"
+                )
             return wire.text_relevance_from_list(answer.get("tokens"))
         except wire.WireError as err:
             raise ServerError(

@@ -12,10 +12,11 @@ sink, so concurrent calls never see each other's tensors and nothing is left on 
 :func:`text_relevance` explains the image–text similarity logit of one label for one image,
 ``y = logit_scale · cos(image, text("a photo of a <label>.")) (+ logit_bias)``, the logit the
 image maps explain, with Chefer et al. (ICCV 2021)'s rule on the text side: ``R = I``; for each
-text layer ``R ← R + mean_h((∂y/∂A ⊙ A)⁺) R``; a token's relevance is the readout (EOT) token's
-row of ``R``. The start-of-text token, the EOT token itself and the padding after it are
-dropped (as in Chefer et al.'s CLIP notebook), and the caption's own tokens are normalized to
-sum to 1. Both towers run in fp32.
+text layer from ``start_layer`` on (default 0, every layer; their CLIP notebook's default is the
+last layer alone, ``-1``) ``R ← R + mean_h((∂y/∂A ⊙ A)⁺) R``; a token's relevance is the
+readout (EOT) token's row of ``R``. The start-of-text token, the EOT token itself and the
+padding after it are dropped (as in Chefer et al.'s CLIP notebook), and the caption's own tokens
+are normalized to sum to 1. Both towers run in fp32.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ from vitviz.models.clip import ClipBlock, ClipTower, open_clip_module
 from vitviz.models.loading import LoadedModel
 
 __all__ = [
+    "DEFAULT_START_LAYER",
     "ClipTextEncoder",
     "caption_tokens",
+    "check_start_layer",
     "chefer_text_row",
     "text_encoder",
     "text_relevance",
 ]
 
 _POOLS = ("argmax", "eos", "first", "last")
+DEFAULT_START_LAYER = 0  # every text layer (Chefer et al.'s CLIP notebook: -1, the last only)
 _ENCODERS: weakref.WeakKeyDictionary[ClipTower, ClipTextEncoder] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -179,19 +183,41 @@ def text_encoder(model: LoadedModel | nn.Module) -> ClipTextEncoder:
 
 
 def chefer_text_row(
-    attention: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], readout: int
+    attention: Sequence[torch.Tensor],
+    gradients: Sequence[torch.Tensor],
+    readout: int,
+    start_layer: int = 0,
 ) -> torch.Tensor:
     """Chefer et al.'s relevance of every token to the readout token of one caption:
-    ``R = I``, ``R ← R + mean_h((∇A ⊙ A)⁺) R`` per layer, then ``R[readout]`` (``[L]``).
+    ``R = I``, ``R ← R + mean_h((∇A ⊙ A)⁺) R`` per layer from ``start_layer`` on (negative:
+    counted from the end, -1 the last layer alone), then ``R[readout]`` (``[L]``).
 
     ``attention[l]`` and ``gradients[l]`` are ``[H, L, L]``.
     """
+    first = check_start_layer(start_layer, len(attention))
     n = attention[0].shape[-1]
     r = torch.eye(n, dtype=torch.float64, device=attention[0].device)
-    for a, g in zip(attention, gradients, strict=True):
+    for a, g in zip(attention[first:], gradients[first:], strict=True):
         cam = (g.double() * a.double()).clamp(min=0).mean(dim=0)
         r = r + cam @ r
     return r[readout]
+
+
+def check_start_layer(start_layer: int, layers: int) -> int:
+    """``start_layer`` as an index from 0 into ``layers`` text layers (negative: counted from
+    the end).
+
+    Raises:
+        OptionsError: not a whole number in ``[-layers, layers)``.
+    """
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int | np.integer):
+        raise OptionsError(f"start_layer must be a whole number, got {start_layer!r}")
+    if not -layers <= start_layer < layers:
+        raise OptionsError(
+            f"start_layer {start_layer} is not a layer of this text tower: it has {layers} "
+            f"layers, 0 to {layers - 1} (or -{layers} to -1 from the end)"
+        )
+    return int(start_layer) % layers
 
 
 def caption_tokens(
@@ -235,19 +261,23 @@ def text_relevance(
     *,
     template: str | None = None,
     seen: bool = False,
+    start_layer: int = DEFAULT_START_LAYER,
 ) -> list[tuple[str, float]]:
     """The caption's tokens and their share of the relevance for the image–text similarity of
     ``label`` (any typed label) with ``image``, in caption order; the shares sum to 1 (all 0
     when no token has positive relevance).
 
     ``template``: the prompt (None: the model's own); ``seen``: the image is already resized
-    and cropped for the model.
+    and cropped for the model; ``start_layer``: the first text layer whose relevance is
+    accumulated (default 0: every layer, as the image maps do; -1: the last layer alone, the
+    default of Chefer et al.'s CLIP notebook, ``start_layer_text=-1``).
 
     Raises:
         OptionsError: not a CLIP model, a bad label or template, or an unreadable text tower.
     """
     encoder = text_encoder(loaded)  # first: a clear error for other models
     _check_tokenizer(encoder)
+    check_start_layer(start_layer, len(encoder.blocks))
     (label,) = check_labels([label])
     template = check_template(template if template is not None else loaded.model.template)
     caption = template.replace("{}", label)
@@ -267,7 +297,9 @@ def text_relevance(
         if head.logit_bias is not None:
             logit = logit + head.logit_bias
         grads = torch.autograd.grad(logit.sum(), attention)
-    row = chefer_text_row([a[0].detach() for a in attention], [g[0] for g in grads], readout)
+    row = chefer_text_row(
+        [a[0].detach() for a in attention], [g[0] for g in grads], readout, start_layer
+    )
     row = row.cpu().numpy()
     eot = ids.index(tok.eot_token_id) if tok.eot_token_id in ids else readout
     words = [(p, ids[p]) for p in range(1, eot) if p != readout]  # no SOT, EOT or padding

@@ -22,10 +22,11 @@ What comes out:
   through :func:`csv_text`: every field quoted, text that a spreadsheet would run as a formula
   neutralised (:func:`csv_cell`).
 * :func:`figure_png` / :func:`figure_svg` — the overlay with a colour bar from the map's lowest
-  to its highest value and a caption of the settings (:func:`caption`). The SVG embeds the
-  overlay as a PNG and draws the colour bar as a vector gradient whose stops are the colormap's
-  own 256 colours (:func:`vitviz.output.render.colormap_lut`); its text is full Unicode, while the
-  PNG's text is ASCII only (OpenCV's fonts draw other characters as ``?``).
+  to its highest value and a caption of the settings (:func:`caption`); the PNG at any width
+  (the page offers :data:`FIGURE_WIDTHS`, 1024 px by default), its text scaled with it. The
+  SVG embeds the overlay as a PNG and draws the colour bar as a vector gradient whose stops are
+  the colormap's own 256 colours (:func:`vitviz.output.render.colormap_lut`); its text is full
+  Unicode, while the PNG's text is ASCII only (OpenCV's fonts draw other characters as ``?``).
 
 No torch, no Streamlit: the page, the CLI and Python code call the same functions.
 """
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from vitviz.results import ModelInfo
 
 __all__ = [
+    "FIGURE_WIDTH",
+    "FIGURE_WIDTHS",
     "caption",
     "csv_cell",
     "csv_text",
@@ -325,10 +328,33 @@ def _value_name(settings: Mapping[str, Any]) -> str:
     return _one_line(str(settings.get("value_name") or settings.get("method") or "value"))
 
 
-def figure(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
+FIGURE_WIDTHS = (512, 1024, 2048)  # the page's choices of a figure's width, in pixels
+FIGURE_WIDTH = 1024  # the page's default: print-sized, its caption text ~2 % of the width
+
+
+def _widened(image: np.ndarray, width: int | None) -> np.ndarray:
+    """``image`` scaled (bicubic) to ``width`` pixels wide, its aspect kept (None: as is)."""
+    if width is None or width == image.shape[1]:
+        return image
+    if isinstance(width, bool) or not isinstance(width, int) or not 16 <= width <= 8192:
+        raise ValueError(f"width must be a whole number of pixels from 16 to 8192, got {width!r}")
+    import cv2
+
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def figure(
+    values: Any, image: np.ndarray, settings: Mapping[str, Any], width: int | None = None
+) -> np.ndarray:
     """The overlay with the colour bar (map minimum → maximum) and the caption below it, as an
-    RGB uint8 array (:func:`vitviz.output.render.with_legend`); a banner on random weights."""
+    RGB uint8 array (:func:`vitviz.output.render.with_legend`); a banner on random weights.
+
+    ``width``: the figure's width in pixels (the image scaled up or down, each patch still a
+    flat block; the legend's text scales with it, ~2 % of the width); None: the image's own.
+    """
     grid, image, _ = _check(values, image)
+    image = _widened(image, width)
     return render.with_legend(
         _overlay(grid, image, settings),
         float(grid.min()),
@@ -339,9 +365,12 @@ def figure(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> np.nd
     )
 
 
-def figure_png(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> bytes:
-    """:func:`figure` as PNG bytes (ASCII text: other characters are drawn as ``?``)."""
-    return render.to_png(figure(values, image, settings))
+def figure_png(
+    values: Any, image: np.ndarray, settings: Mapping[str, Any], width: int | None = None
+) -> bytes:
+    """:func:`figure` as PNG bytes, ``width`` pixels wide (None: the image's width; ASCII
+    text: other characters are drawn as ``?``)."""
+    return render.to_png(figure(values, image, settings, width))
 
 
 def _text_width(text: str, size: float) -> float:

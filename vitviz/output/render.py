@@ -485,12 +485,13 @@ def with_legend(
     bar_w = max(8, width - 2 * margin)
     bar_h = max(6, band // 5)
     font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, band / 160), (30, 30, 30)
+    thick = max(1, round(scale))  # strokes grow with the text on a large figure
 
     def ascii_(s: str) -> str:
         return s.encode("ascii", "replace").decode("ascii")
 
     def fits(s: str) -> bool:
-        return cv2.getTextSize(ascii_(s), font, scale, 1)[0][0] <= bar_w
+        return cv2.getTextSize(ascii_(s), font, scale, thick)[0][0] <= bar_w
 
     lines = wrap_text(" ".join(caption.split()), fits) if caption else []
     step = max(12, band // 4)  # a caption too wide for one line takes more, one step each
@@ -502,9 +503,9 @@ def with_legend(
 
     def text(s: str, x: int, y: int, right: bool = False) -> None:
         s = ascii_(s)
-        (tw, _), _ = cv2.getTextSize(s, font, scale, 1)
+        (tw, _), _ = cv2.getTextSize(s, font, scale, thick)
         x = max(0, min(width - tw, x - tw if right else x))
-        cv2.putText(out, s, (x, y), font, scale, ink, 1, cv2.LINE_AA)
+        cv2.putText(out, s, (x, y), font, scale, ink, thick, cv2.LINE_AA)
 
     label_y = top + bar_h + max(10, band // 4)
     text(f"{value_name} {low:.4g}", margin, label_y)

@@ -81,6 +81,12 @@ class TextRelevanceOptions(BaseModel):
     model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
 
     label: str = Field(description="the typed label whose caption's tokens are explained")
+    start_layer: int = Field(
+        0,
+        description="the first text layer whose relevance is accumulated (default 0: every "
+        "layer; negative counts from the end, -1 the last layer alone as in Chefer et al.'s "
+        "CLIP notebook)",
+    )
 
 
 def choices(model: type[BaseModel], name: str) -> tuple[str, ...]:

@@ -309,18 +309,22 @@ class Engine:
 
     def text_relevance_answer(self, body: bytes, options: TextRelevanceOptions) -> dict[str, Any]:
         """A CLIP caption's tokens for ``label`` and their share of the relevance for the
-        image–text similarity (:meth:`LocalBackend.text_relevance`) as JSON; 400 for another
-        model, a bad label, or a body that is not the model's input."""
+        image–text similarity (:meth:`LocalBackend.text_relevance`, text layers from
+        ``start_layer`` on) as JSON; 400 for another model, a bad label or start layer, or a
+        body that is not the model's input."""
         self._offered("text_relevance")
         image = self._model_input(body, "text relevance")
         with self._lock:
             try:
-                pieces = self.backend.text_relevance(image, options.label, seen=True)
+                pieces = self.backend.text_relevance(
+                    image, options.label, seen=True, start_layer=options.start_layer
+                )
             except OptionsError as err:
                 raise ApiError(400, "bad_option", str(err)) from None
         return {
             "api_version": API_VERSION,
             "label": options.label,
+            "start_layer": options.start_layer,
             "tokens": [[str(w), float(v)] for w, v in pieces],
         }
 

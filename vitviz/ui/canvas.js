@@ -258,9 +258,10 @@ class Canvas {
     return [Math.round(w), Math.round(w * d.size[0] / d.size[1])];
   }
 
-  paintHeat(values, canvas, gw, gh) {
+  paintHeat(values, canvas, gw, gh, fixed) {
     let lo = Infinity, hi = -Infinity;
-    for (const v of values) { if (isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
+    if (fixed) { lo = fixed[0]; hi = fixed[1]; }  // a scale shared with other canvases
+    else for (const v of values) { if (isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
     const lut = this.luts[this.display.colormap] || Object.values(this.luts)[0];
     canvas.width = gw; canvas.height = gh;
     const ctx = canvas.getContext("2d");
@@ -276,13 +277,13 @@ class Canvas {
     return [lo, hi];
   }
 
-  compose(target, cssW, cssH, values, grid, selected) {
+  compose(target, cssW, cssH, values, grid, selected, fixed) {
     const dpr = window.devicePixelRatio || 1;
     target.width = Math.round(cssW * dpr); target.height = Math.round(cssH * dpr);
     target.style.width = cssW + "px"; target.style.height = cssH + "px";
     const ctx = target.getContext("2d");
     const [gh, gw] = this.data.grid;
-    const range = this.paintHeat(values, this.heat, gw, gh);
+    const range = this.paintHeat(values, this.heat, gw, gh, fixed);
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(this.image, 0, 0, target.width, target.height);
     ctx.globalAlpha = this.display.alpha;
@@ -313,7 +314,7 @@ class Canvas {
     this.main.style.width = Math.max(w, 220) + "px";  // the legend and display bar wrap to it
     const values = this.values(this.sel);
     const selected = this.pending >= 0 ? this.pending : d.selected;
-    const [lo, hi] = this.compose(this.map, w, h, values, !!this.display.grid, selected);
+    const [lo, hi] = this.compose(this.map, w, h, values, !!this.display.grid, selected, d.scale);
     this.drawLegend(lo, hi);
     this.drawPrefix();
     this.title.textContent = this.caption();

@@ -86,6 +86,7 @@ def payload(
     filename: str = "vitviz-map",
     max_size: int = 400,
     reset: bool = False,
+    scale: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The canvas's data.
 
@@ -103,6 +104,8 @@ def payload(
         link: canvases with the same link share their layer/head/fusion in the browser.
         report: send the selection back (state ``selection``) when the person pauses.
         reset: apply ``layer``/``head``/``fusion`` even if the browser shows others.
+        scale: the colour scale's ``(low, high)`` (e.g. one shared by two panels); None:
+            each map's own minimum and maximum.
     """
     rows = np.asarray(rows, np.float32)
     if rows.ndim == 1:
@@ -142,6 +145,7 @@ def payload(
         "filename": filename,
         "max_size": int(max_size),
         "reset": bool(reset),
+        "scale": None if scale is None else [float(scale[0]), float(scale[1])],
         "luts": _luts(),
         "display": dict(DISPLAY_DEFAULTS),
         "text": {w: i18n.fill(f"canvas.{w}") for w in WORDS},

@@ -73,9 +73,19 @@ def _head_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return ll.ravel(), hh.ravel(), np.column_stack([ll.ravel(), hh.ravel(), values.ravel()])
 
 
+def head_colours(heads: int) -> list[str]:
+    """One categorical colour per head (heads are names, not amounts: no colour scale);
+    Plotly's 10 colours, Dark24's past 10 heads, repeated past 24."""
+    from plotly.colors import qualitative
+
+    palette = qualitative.Plotly if heads <= 10 else qualitative.Dark24
+    return [palette[h % len(palette)] for h in range(heads)]
+
+
 def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> go.Figure:
     """Mean attention distance of every head against layer depth (ViT paper, Fig. 7 right)."""
     ll, hh, custom = _head_points(distance)
+    palette = head_colours(distance.shape[1])
     fig = go.Figure(
         go.Scatter(
             x=ll,
@@ -83,16 +93,27 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
             mode="markers",
             marker=dict(
                 size=10,
-                color=hh,
-                colorscale="Turbo",
-                colorbar=dict(title=t("figures.head")),
+                color=[palette[h] for h in hh],  # a category each: no colour bar, no order
                 line=dict(width=0.5, color="white"),
             ),
             customdata=custom,
             hovertemplate=raw("figures.distance_hover") + "<extra></extra>",
             name="heads",
+            showlegend=False,
         )
     )
+    for head, colour in enumerate(palette):  # the legend: one entry per head, nothing drawn
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker=dict(size=10, color=colour),
+                name=t("widgets.head_n", head=head),
+                legendgroup="heads",
+                hoverinfo="skip",
+            )
+        )
     if selected is not None:
         fig.add_trace(
             go.Scatter(
@@ -102,6 +123,7 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
                 marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=3)),
                 hoverinfo="skip",
                 name="selected",
+                showlegend=False,
             )
         )
     fig.update_layout(
@@ -109,7 +131,8 @@ def distance_figure(distance: np.ndarray, selected: tuple[int, int] | None) -> g
         yaxis_title=t("figures.distance_px"),
         height=360,
         margin=dict(l=10, r=10, t=10, b=10),
-        showlegend=False,
+        showlegend=True,
+        legend=dict(title=dict(text=t("figures.head")), itemclick=False, itemdoubleclick=False),
         dragmode=False,
         clickmode="event+select",
     )

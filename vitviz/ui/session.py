@@ -3,9 +3,12 @@
 Widgets keep their value while hidden (``persist_state="session"``) and the ones a link should
 reproduce are in the URL: plain values through ``bind="query-params"`` (image source, timm
 name, random weights), choices by their stable id through :func:`choice` and
-:func:`keep_in_url` (view, model, class method). What the canvas changes in the browser
-(layer, head, fusion) and the query patch are not widgets; they are kept here and written to
-the URL when the canvas reports them, so a reload or a shared link opens the same map.
+:func:`keep_in_url` (view, model, class method), switches through :func:`flag` and
+:func:`keep_flag`, method options through :func:`option_from_url` (every value a link gives
+is checked: one out of range or unknown is ignored and the default shown). What the canvas
+changes in the browser (layer, head, fusion) and the query patch are not widgets; they are
+kept here and written to the URL when the canvas reports them, so a reload or a shared link
+opens the same map.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from vitviz.methods import FUSIONS
+from vitviz.methods import FUSIONS, Option
 
 KEEP = "session"  # widgets: keep the value while the widget is hidden
 URL = "query-params"  # widgets: the value is in the URL
@@ -56,6 +59,77 @@ def choice(key: str, choices: Sequence[str], default: str, url: bool = True) -> 
 def keep_in_url(key: str, value: str, default: str | None) -> None:
     """Put a choice in the URL (left out when it is ``default``, to keep links short)."""
     _set_url(key, None if value == default else value)
+
+
+def url_text(value: Any) -> str | None:
+    """A widget's value as URL text (None: left out): flags 1/0, numbers shortest."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def option_default(option: Option, layers: int) -> Any:
+    """An option's default as its widget shows it (a layer counted from the end: from 0)."""
+    if option.kind == "layer" and isinstance(option.default, int):
+        return option.default % layers
+    if option.kind == "number":
+        return float(option.default)
+    return option.default
+
+
+def option_from_url(option: Option, text: str | None, layers: int, heads: int, patches: int):
+    """An option's value from a link's text, or None when the text is not a valid value (a
+    link is untrusted: anything out of range or unknown is ignored)."""
+    if text is None:
+        return None
+    try:
+        if option.kind in ("layer", "patch"):
+            value = int(text)
+            top = layers if option.kind == "layer" else patches
+            return value if 0 <= value < top else None
+        if option.kind == "head":
+            value = int(text)
+            return value if 0 <= value < heads else None
+        if option.kind == "number":
+            number = float(text)
+            low = float(option.low) if option.low is not None else 0.0
+            high = float(option.high) if option.high is not None else 1.0
+            return number if low <= number <= high else None  # NaN fails both
+        if option.kind == "flag":
+            return {"1": True, "0": False}.get(text)
+        return text if text in option.choices else None
+    except ValueError:
+        return None
+
+
+def seed(key: str, value: Any) -> None:
+    """On a session's first run, a widget's value from a link (``value`` None: none given)."""
+    if key not in st.session_state and value is not None:
+        st.session_state[key] = value
+
+
+def flag(key: str) -> None:
+    """Before a toggle is drawn: on a session's first run, its value from the URL (1/0)."""
+    seed(key, {"1": True, "0": False}.get(st.query_params.get(key, "")))
+
+
+def keep_flag(key: str, value: bool) -> None:
+    """Put a toggle in the URL when it is on (off, the default, is left out)."""
+    _set_url(key, "1" if value else None)
+
+
+def number(key: str, low: float, high: float) -> None:
+    """Before a slider is drawn: on a session's first run, its value from the URL when it is
+    a number in ``[low, high]``."""
+    try:
+        value = float(st.query_params.get(key, "nan"))
+    except ValueError:
+        return
+    seed(key, value if low <= value <= high else None)
 
 
 def selection(layers: int, heads: int) -> tuple[int, int, str]:

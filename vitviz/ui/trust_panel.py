@@ -107,7 +107,8 @@ def figure(rep: TrustReport) -> go.Figure:
 
 
 def panel(ctx: ViewContext, grid: np.ndarray, name: str, title: str, target: int) -> None:
-    """The curves of the map shown, with a caption that reads them."""
+    """The curves of the map shown under a heading, with a caption that reads them."""
+    st.subheader(t("trust.heading"), anchor=False)
     try:
         rep = report(ctx, grid, name, target)
     except Busy:

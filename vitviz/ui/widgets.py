@@ -7,6 +7,7 @@ page code of their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
@@ -15,6 +16,7 @@ from vitviz.methods import Method, Option
 from vitviz.results import FEATURE_NORM, FEATURE_NORM_LABEL
 from vitviz.ui import i18n
 from vitviz.ui.i18n import t
+from vitviz.ui.text import plain
 
 
 def _names(values: Any, name: Any) -> Any:
@@ -61,8 +63,37 @@ def option_widget(
     patches: int,
     where: Any = st,
     disabled: bool = False,
+    url: bool = False,
 ) -> Any:
-    """Draw one option's widget in ``where`` and return its value (stored under ``key``)."""
+    """Draw one option's widget in ``where`` and return its value (stored under ``key``).
+
+    ``url``: the value lives in the URL under ``key`` (left out at its default): a link's
+    valid value opens the widget on a session's first run; anything else is ignored.
+    """
+    from vitviz.ui import session
+
+    if url:
+        text = st.query_params.get(key)
+        session.seed(key, session.option_from_url(option, text, layers, heads, patches))
+    value = _option_widget(
+        option, key, layers=layers, heads=heads, patches=patches, where=where, disabled=disabled
+    )
+    if url:
+        default = session.option_default(option, layers)
+        session.keep_in_url(key, session.url_text(value), session.url_text(default))
+    return value
+
+
+def _option_widget(
+    option: Option,
+    key: str,
+    *,
+    layers: int,
+    heads: int,
+    patches: int,
+    where: Any,
+    disabled: bool,
+) -> Any:
     fresh = key not in st.session_state  # a widget's default only when the state has none
     common = {"key": key, "help": option_help(option), "disabled": disabled}
     common["persist_state"] = "session"
@@ -118,9 +149,11 @@ def method_options(
     heads: int,
     patches: int,
     where: Any = st,
+    url: bool = False,
 ) -> dict[str, Any]:
     """Values for all of a method's options: ``shared`` ones as given (the view's own
-    controls), a widget keyed ``prefix-name`` for each other one."""
+    controls), a widget keyed ``prefix-name`` for each other one (in the URL by that key
+    when ``url``)."""
     values = {}
     others = [o for o in method.options if o.name not in shared]
     # two a row: a segmented control's buttons (fusion: mean/max/min) never get cut off
@@ -133,15 +166,17 @@ def method_options(
             heads=heads,
             patches=patches,
             where=column,
+            url=url,
         )
     return {o.name: shared.get(o.name, values.get(o.name)) for o in method.options}
 
 
-def class_picker(ctx: Any, key: str = "target_class") -> int:
+def class_picker(ctx: Any, key: str = "target_class", url: bool = False) -> int:
     """Pick the class to explain: the top-5 first, then every label (type to search).
 
-    A new image or model starts on its top class. A backbone without a classifier has one
-    class-free target, the norm of its readout feature (said in a caption).
+    A new image or model starts on its top class (or, with ``url``, on a session's first
+    run, the link's class when it is one of the model's). A backbone without a classifier
+    has one class-free target, the norm of its readout feature (said in a caption).
     """
     from vitviz.inputs.classes import probabilities, ranked
 
@@ -156,9 +191,12 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
     if st.session_state.get("class_context") != context or st.session_state.get(key) not in range(
         len(labels)
     ):
+        linked = (
+            st.query_params.get(key) if url and "class_context" not in st.session_state else None
+        )
         st.session_state["class_context"] = context
-        st.session_state[key] = top[0]
-    return st.selectbox(
+        st.session_state[key] = int(linked) if linked in map(str, range(len(labels))) else top[0]
+    chosen = st.selectbox(
         t("widgets.class_picker"),
         ranked(labels, top),
         format_func=_names(
@@ -168,6 +206,11 @@ def class_picker(ctx: Any, key: str = "target_class") -> int:
         key=key,
         persist_state="session",
     )
+    if url:
+        from vitviz.ui import session
+
+        session.keep_in_url(key, str(chosen), str(top[0]))
+    return chosen
 
 
 def map_settings(
@@ -211,46 +254,94 @@ def _target_label(labels: list[str], cls: int) -> str:
 
 
 def map_exports(
-    ctx: Any, values: Any, title: str, settings: dict[str, Any], where: Any = st
+    ctx: Any,
+    values: Any,
+    title: str,
+    settings: dict[str, Any],
+    where: Any = st,
+    *,
+    heading: str | None = None,
+    others: Sequence[tuple[Any, str, dict[str, Any], str]] = (),
+    inline: bool = False,
 ) -> None:
-    """The shown map's exports in one small "Export" popover: the figure with its colour
-    legend and a caption of the settings (PNG, SVG) and the values with every setting (CSV,
-    npz). Each file is made only when its button is clicked."""
+    """The shown maps' exports in one small "Export" popover: for each map the figure with
+    its colour legend and a caption of the settings (PNG at a chosen width, SVG) and the
+    values with every setting (CSV, npz). Each file is made only when its button is clicked,
+    and a download never reruns the page.
+
+    ``others``: further maps shown beside the first, each ``(values, title, settings,
+    heading)``; with any, each map's buttons come under its ``heading``. ``inline``: an
+    expander instead of the popover (open, it pushes what follows down, covering nothing).
+    """
     from functools import partial
 
     from vitviz.output import exports
 
-    image, stem = ctx.expl.image, f"{ctx.stem}-{title}"
-    files = (
-        ("png", t("exports.figure_png"), f"{stem}.png", "image/png", exports.figure_png),
-        ("svg", t("exports.figure_svg"), f"{stem}.svg", "image/svg+xml", exports.figure_svg),
-        ("csv", t("exports.values_csv"), f"{stem}-values.csv", "text/csv", exports.values_csv),
-        (
-            "npz",
-            t("exports.values_npz"),
-            f"{stem}-values.npz",
-            "application/octet-stream",
-            exports.values_npz,
-        ),
+    if inline:
+        box = where.expander(t("exports.button"), key=f"export-{title}", icon=":material/download:")
+        box.caption(t("exports.help"))
+    else:
+        box = where.popover(t("exports.button"), help=t("exports.help"), key=f"export-{title}")
+    widths = list(exports.FIGURE_WIDTHS)
+    if st.session_state.get("export_width") not in widths:
+        st.session_state["export_width"] = exports.FIGURE_WIDTH
+    width = box.segmented_control(
+        t("exports.width"),
+        widths,
+        format_func=_names(widths, lambda w: t("exports.width_px", width=w)),
+        key="export_width",
+        required=True,
+        help=t("exports.width_help", default=exports.FIGURE_WIDTH),
+        persist_state="session",
     )
-    box = where.popover(t("exports.button"), help=t("exports.help"), key=f"export-{title}")
-    for kind, label, name, mime, make in files:
-        box.download_button(
-            label,
-            data=partial(make, values, image, settings),
-            file_name=name,
-            mime=mime,
-            on_click="ignore",
-            key=f"dl-{kind}-{title}",
+    width = width if width in widths else exports.FIGURE_WIDTH
+    maps = [(values, title, settings, heading), *others]
+    for grid, name, how, head in maps:
+        if len(maps) > 1:
+            box.markdown(f"**{plain(head or name)}**")
+        stem = f"{ctx.stem}-{name}"
+        files = (
+            (
+                "png",
+                t("exports.figure_png"),
+                f"{stem}.png",
+                "image/png",
+                partial(exports.figure_png, width=width),
+            ),
+            ("svg", t("exports.figure_svg"), f"{stem}.svg", "image/svg+xml", exports.figure_svg),
+            ("csv", t("exports.values_csv"), f"{stem}-values.csv", "text/csv", exports.values_csv),
+            (
+                "npz",
+                t("exports.values_npz"),
+                f"{stem}-values.npz",
+                "application/octet-stream",
+                exports.values_npz,
+            ),
         )
+        for kind, label, file_name, mime, make in files:
+            box.download_button(
+                label,
+                data=partial(make, grid, ctx.expl.image, how),
+                file_name=file_name,
+                mime=mime,
+                on_click="ignore",
+                key=f"dl-{kind}-{name}",
+            )
 
 
-def why_toggle(ctx: Any, label: str, key: str, where: Any = st) -> bool:
-    """The "why this class?" switch (for a backbone: why this feature, class-free)."""
+def why_toggle(ctx: Any, label: str, key: str, where: Any = st, url: bool = False) -> bool:
+    """The "why this class?" switch (for a backbone: why this feature, class-free); in the
+    URL under ``key`` when on and ``url``."""
+    from vitviz.ui import session
+
+    if url:
+        session.flag(key)
     on = where.toggle(
         label,
         key=key,
         help=t("widgets.why_help" if ctx.labels else "widgets.why_help_backbone"),
         persist_state="session",
     )
+    if url:
+        session.keep_flag(key, bool(on))
     return bool(on)

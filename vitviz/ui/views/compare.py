@@ -6,7 +6,9 @@ explanation), another curated model (run in this process, loaded only when asked
 another method. One set of method options drives both panels, carried to B's model by
 :func:`vitviz.analysis.comparison.carry_options`: a layer to the same relative depth, a head B lacks
 to B's fused heads, a patch to the same place on B's grid. The mode, B's model, image and
-methods and every option are in the URL, so a link reopens the comparison.
+methods, every option and the shared colour scale are in the URL, so a link reopens the
+comparison. Each panel's title names what differs; with two methods, the model and image both
+share are said once above them.
 """
 
 from __future__ import annotations
@@ -61,7 +63,16 @@ def render(ctx: ViewContext) -> None:
         persist_state=KEEP,
     )
     session.keep_in_url("cmp_mode", mode, "images")
-    a = Panel(ctx, plain(ctx.info.name) if mode == "models" else _image_title(ctx.image_name))
+    a = Panel(ctx, _model_title(ctx.info) if mode == "models" else _image_title(ctx.image_name))
+    # one colour scale for both panels (off by default: each its own); in the URL when on
+    session.flag("cmp_shared_scale")
+    shared_scale = st.toggle(
+        t("compare.shared_scale"),
+        key="cmp_shared_scale",
+        help=t("compare.shared_scale_help"),
+        persist_state=KEEP,
+    )
+    session.keep_flag("cmp_shared_scale", bool(shared_scale))
     b = {"models": _other_model, "images": _other_image, "methods": lambda c: Panel(c, "")}[mode](
         ctx
     )
@@ -88,21 +99,32 @@ def render(ctx: ViewContext) -> None:
             persist_state=KEEP,
         )
         session.keep_in_url("cmp_method_b", second, _second_default(ctx))
-        a.name, b.name = titles[first], titles[second]
+        a.name, b.name = titles[first], titles[second]  # what differs: each panel's method
     else:
         first = second = st.selectbox(
             t("compare.method"), names, format_func=titles.get, key="cmp_method", persist_state=KEEP
         )
     session.keep_in_url("cmp_method", first, methods.DEFAULT_METHOD)
     opts = _options(ctx, methods.METHODS[first], methods.METHODS[second])
+    if mode == "methods":  # the titles name each method; the model and image said once
+        same = (_model_title(ctx.info), _image_title(ctx.image_name))
+        st.caption(t("compare.shared", what=" · ".join(same)))
+    maps = []
+    for panel, method in ((a, first), (b, second)):
+        sizes = (
+            (ctx.info.layers, ctx.info.heads, ctx.layout),
+            (panel.info.layers, panel.info.heads, panel.ctx.layout),
+        )  # carry_options takes the method's own options from opts
+        maps.append(_compute(panel, method, carry_options(method, opts, *sizes)))
+    patches = [m[0][p.ctx.layout.num_prefix :] for p, m in zip((a, b), maps, strict=True) if m]
+    scale = joint_scale(patches) if shared_scale else None  # the values the canvas colours
     left, right = st.columns(2)
-    for panel, method, where, key in ((a, first, left, "cmp-a"), (b, second, right, "cmp-b")):
+    for panel, method, where, key, done in zip(
+        (a, b), (first, second), (left, right), ("cmp-a", "cmp-b"), maps, strict=True
+    ):
         with where:
-            sizes = (
-                (ctx.info.layers, ctx.info.heads, ctx.layout),
-                (panel.info.layers, panel.info.heads, panel.ctx.layout),
-            )  # carry_options takes the method's own options from opts
-            _draw(panel, method, carry_options(method, opts, *sizes), key)
+            if done is not None:
+                _draw(panel, method, *done, key, scale)
     if mode == "models" and ctx.info.layers != b.info.layers:
         st.caption(t("compare.depth_note", a=ctx.info.layers, b=b.info.layers))
 
@@ -163,7 +185,7 @@ def _other_model(ctx: ViewContext) -> Panel | None:
     other = ViewContext(
         backend, info, mid, ctx.image_digest, ctx.image_name, decoded, entry, ctx.source
     )
-    return Panel(other, plain(info.name))
+    return Panel(other, _model_title(info))
 
 
 def _other_image(ctx: ViewContext) -> Panel | None:
@@ -195,38 +217,14 @@ def _other_image(ctx: ViewContext) -> Panel | None:
     return Panel(other, _image_title(name))
 
 
+def _model_title(info: ModelInfo) -> str:
+    """A curated model's title in the page's language; another by its (escaped) name."""
+    return resources.model_title(info.name) if info.name in CURATED else plain(info.name)
+
+
 def _image_title(name: str) -> str:
     """A sample's title in the page's language; another image by its (escaped) name."""
     return t(resources.SAMPLES[name]) if name in resources.SAMPLES else plain(name)
-
-
-def _url_value(option: Option, text: str, layers: int, heads: int, patches: int) -> Any:
-    """An option's value from its URL text, or None when the text is not a valid value."""
-    try:
-        if option.kind in ("layer", "patch"):
-            value = int(text)
-            top = layers if option.kind == "layer" else patches
-            return value if 0 <= value < top else None
-        if option.kind == "head":
-            value = int(text)
-            return value if 0 <= value < heads else None
-        if option.kind == "number":
-            value = float(text)
-            low, high = option.low or 0.0, option.high if option.high is not None else 1.0
-            return value if low <= value <= high else None
-        if option.kind == "flag":
-            return {"1": True, "0": False}.get(text)
-        return text if text in option.choices else None
-    except ValueError:
-        return None
-
-
-def _url_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
 
 
 def _options(ctx: ViewContext, first: Method, second: Method) -> dict[str, Any]:
@@ -237,22 +235,28 @@ def _options(ctx: ViewContext, first: Method, second: Method) -> dict[str, Any]:
         key = f"{PREFIX}-{name}"
         text = st.query_params.get(f"{PREFIX}.{name}")
         if key not in st.session_state and text is not None:
-            value = _url_value(option, text, **sizes)
+            value = session.option_from_url(option, text, **sizes)
             if value is not None:
                 st.session_state[key] = value
     merged = Method("compare", "", "", lambda *a, **k: None, tuple(spec.values()))
     values = widgets.method_options(merged, PREFIX, {}, **sizes)
     for name, option in spec.items():
-        default = option.default
-        if option.kind == "layer" and isinstance(default, int):
-            default = default % sizes["layers"]
-        shown = _url_text(values[name])
-        session.keep_in_url(f"{PREFIX}.{name}", shown, _url_text(default))
+        default = session.option_default(option, sizes["layers"])
+        shown = session.url_text(values[name])
+        session.keep_in_url(f"{PREFIX}.{name}", shown, session.url_text(default))
     return values
 
 
-def _draw(panel: Panel, method: str, opts: dict[str, Any], key: str) -> None:
-    """One panel's map, with what it shows in its title."""
+def joint_scale(maps: list[np.ndarray]) -> tuple[float, float] | None:
+    """One colour scale for the maps shown: the lowest and highest value of them all."""
+    if not maps:
+        return None
+    return float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
+
+
+def _compute(panel: Panel, method: str, opts: dict[str, Any]) -> tuple[np.ndarray, str] | None:
+    """One panel's map ``[gh, gw]`` and what it shows besides its name (layer, class); None
+    (and the error said) when the method fails."""
     ctx, spec = panel.ctx, methods.METHODS[method]
     grads, target = None, ""
     if spec.needs_gradients:
@@ -263,18 +267,36 @@ def _draw(panel: Panel, method: str, opts: dict[str, Any], key: str) -> None:
         row = methods.compute_row(method, ctx.attn, ctx.layout, grads=grads, **opts)
     except VitvizError as err:
         st.error(error_text(err))
-        return
+        return None
     depth = ""
     if "layer" in opts and opts["layer"] is not None:
         depth = t("compare.layer_of", layer=int(opts["layer"]), layers=ctx.info.layers)
-    parts = [p for p in (panel.name, widgets.method_title(method, spec.title), depth, target) if p]
+    # the panel's name is what differs (a model, an image, a method); a method not already
+    # named is added, so each canvas (and its saved PNG) says what it shows
+    method_title = widgets.method_title(method, spec.title)
+    shown = (panel.name, "" if panel.name == method_title else method_title, depth, target)
+    title = " · ".join(p for p in shown if p)
+    return np.asarray(row), title
+
+
+def _draw(
+    panel: Panel,
+    method: str,
+    row: np.ndarray,
+    title: str,
+    key: str,
+    scale: tuple[float, float] | None,
+) -> None:
+    """One panel's map, titled with what differs from the other panel."""
+    ctx, spec = panel.ctx, methods.METHODS[method]
     data = canvas.payload(
         ctx.expl.image,
         ctx.layout,
-        np.asarray(row),
-        title=" · ".join(parts),
+        row,
+        title=title,
         value_name=t("canvas.relevance") if spec.needs_gradients else None,
         filename=f"{ctx.stem}-{method}",
         max_size=300,
+        scale=scale,
     )
     canvas.attention_canvas(key, data)
