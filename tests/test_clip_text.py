@@ -75,8 +75,12 @@ def test_captured_text_attention_equals_masked_softmax_of_each_blocks_own_q_and_
     assert encoder.readout(tokens).tolist() == tokens.argmax(-1).tolist()  # the EOT tokens
 
 
-def _by_hand(loaded, image: Image.Image, caption: str) -> tuple[np.ndarray, list[int], float]:
-    """Chefer's text relevance row of the EOT token, from autograd's ∂y/∂A and numpy."""
+def _by_hand(
+    loaded, image: Image.Image, caption: str, start_layer: int = 0
+) -> tuple[np.ndarray, list[int], float]:
+    """Chefer's text relevance row of the EOT token, from autograd's ∂y/∂A and numpy, over the
+    text layers from ``start_layer`` on (-1: the last alone, ``R = I + mean_h((∂y/∂A ⊙ A)⁺)``
+    of that layer, as Chefer et al.'s CLIP notebook's ``start_layer_text=-1``)."""
     clip = loaded.model.tower.clip
     encoder = text_encoder(loaded)
     x = loaded.to_tensor(loaded.seen_image(image))[None]
@@ -98,7 +102,7 @@ def _by_hand(loaded, image: Image.Image, caption: str) -> tuple[np.ndarray, list
         for h in hooks:
             h.remove()
     r = np.eye(tokens.shape[1])  # R = I; R += mean_h((∂y/∂A ⊙ A)⁺) R, layer by layer
-    for a, g in zip(attn, grads, strict=True):
+    for a, g in zip(attn[start_layer:], grads[start_layer:], strict=True):
         r = r + np.clip(a[0].detach().numpy() * g[0].numpy(), 0, None).mean(axis=0) @ r
     ids = tokens[0].tolist()
     return r[ids.index(tokenizer.eot_token_id)], ids, float(logit.detach())
@@ -292,38 +296,9 @@ def test_the_page_shows_the_captions_words_under_a_typed_labels_class_map(monkey
     assert shown() == (words, values)
 
 
-def _last_layer_by_hand(loaded, image: Image.Image, caption: str) -> tuple[np.ndarray, list[int]]:
-    """The EOT row with only the last text layer's relevance: ``R = I + mean_h((∂y/∂A ⊙ A)⁺)``
-    of that layer (Chefer et al.'s CLIP notebook, ``start_layer_text=-1``), in numpy."""
-    clip = loaded.model.tower.clip
-    encoder = text_encoder(loaded)
-    x = loaded.to_tensor(loaded.seen_image(image))[None]
-    with torch.no_grad():
-        picture = F.normalize(clip.encode_image(x), dim=-1)[0]
-    tokenizer = open_clip.get_tokenizer(TINY)
-    tokens = tokenizer([caption])
-    attn: list[torch.Tensor] = []
-    hooks = [
-        blk.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attn.append(out))
-        for blk in encoder.blocks
-    ]
-    try:
-        with torch.enable_grad():
-            text = F.normalize(encoder(tokens), dim=-1)[0]
-            logit = clip.logit_scale.exp() * picture @ text
-            (grad,) = torch.autograd.grad(logit, attn[-1:])  # the last layer's only
-    finally:
-        for h in hooks:
-            h.remove()
-    a, g = attn[-1][0].detach().numpy(), grad[0].numpy()
-    r = np.eye(tokens.shape[1]) + np.clip(a * g, 0, None).mean(axis=0)
-    ids = tokens[0].tolist()
-    return r[ids.index(tokenizer.eot_token_id)], ids
-
-
 def test_the_start_layer_last_is_the_last_layers_relevance_alone(tiny, cat_image):  # noqa: F811
     layers = TEXT["layers"]
-    row, ids = _last_layer_by_hand(tiny, cat_image, "a photo of a teapot.")
+    row, ids, _ = _by_hand(tiny, cat_image, "a photo of a teapot.", start_layer=-1)
     eot = ids.index(max(ids))
     want = row[1:eot] / row[1:eot].sum()
     for last in (-1, layers - 1):
