@@ -33,14 +33,17 @@ from PIL import Image
 from torch import nn
 
 from vitviz.errors import ModelError, OptionsError
+from vitviz.memory.cost import FLOAT, ModelShape, WorkCost, batch_forward_cost, explanation_cost
 from vitviz.results import LogitLens
 
 __all__ = [
     "has_lens",
+    "lens_cost",
     "lens_from_logits",
     "lens_logits",
     "logit_lens",
     "logit_lens_of",
+    "norms_cost",
     "recording_blocks",
     "residual_stream",
     "stream_norms_of",
@@ -176,3 +179,28 @@ def stream_norms_of(loaded: Any, seen: Image.Image) -> tuple[np.ndarray, np.ndar
         raise ModelError(f"recorded {len(outs)} block outputs of {len(loaded.model.blocks)}")
     norms = torch.stack([o[0].double() for o in outs]).norm(dim=-1)
     return norms.cpu().numpy(), attention[0, -1].float().cpu().numpy(), layout
+
+
+def lens_cost(shape: ModelShape, input_hw: tuple[int, int], classes: int) -> WorkCost:
+    """What :func:`logit_lens` holds, before it runs: one plain forward, the recorded residual
+    stream ``[L, N, D]`` (the hooks' copies and their stack), the final norm of it, and the
+    ``[L, C]`` logits with their softmax (kept, with the top classes)."""
+    forward = batch_forward_cost(shape, input_hw, 1)
+    stream = shape.layers * shape.tokens(input_hw) * shape.dim * FLOAT
+    logits = shape.layers * max(int(classes), 1) * FLOAT
+    kept = 3 * logits  # float32 logits, float64 probabilities while the top is read
+    parts = {**forward.parts, "stream": 3 * stream, "logits": kept}
+    return WorkCost("logit lens", sum(parts.values()), logits, parts)
+
+
+def norms_cost(shape: ModelShape, input_hw: tuple[int, int]) -> WorkCost:
+    """What :func:`stream_norms_of` and :func:`vitviz.analysis.norms.token_norms` hold, before
+    they run: one explanation's forward (the attention of every layer is captured; the last
+    layer's is kept), the recorded stream ``[L, N, D]`` with its float64 copy, and the norms
+    ``[L, N]`` (float64) with their outlier flags (kept)."""
+    n = shape.tokens(input_hw)
+    forward = explanation_cost(shape, input_hw)
+    stream = shape.layers * n * shape.dim * FLOAT
+    kept = shape.layers * n * (2 * FLOAT + 1) + shape.heads * n * n * FLOAT
+    parts = {**forward.parts, "stream": 3 * stream, "norms": kept}
+    return WorkCost("token norms", sum(parts.values()), kept, parts)
