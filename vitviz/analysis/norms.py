@@ -3,19 +3,23 @@ Transformers Need Registers", ICLR 2024). Pure numpy: the norms come from
 :func:`vitviz.engine.lens.stream_norms_of`.
 
 Darcet et al. find that large ViTs (DINOv2, OpenCLIP, DeiT-III) repurpose a few patch tokens,
-mostly in redundant background, as scratch space for global information: those tokens' output
-norms form a separate mode far above the rest (their Fig. 3; for DINOv2 ViT-g they call a token
-high-norm above 150, about 2% of the tokens, roughly ten times a typical patch's norm), and the
-class token attends to them strongly. Registers — extra prefix tokens — take that role and the
-outliers vanish.
+mostly in redundant background, as scratch space for global information. The distribution of
+the output norms is bimodal; for DINOv2 ViT-g they call a token high-norm (an outlier) when its
+norm is above 150, and such tokens appear from about layer 15 of 40, after about a third of
+training, and only in the large models (ViT-L, -H, -g). They hold little local information
+(position and pixels are predicted worse from them) but global information (a linear probe
+classifies the image better from them), and the class token attends to them strongly.
+Registers — extra prefix tokens — take that role and the outliers vanish. (Checked against
+summaries of the paper; the share of outlier tokens, "about 2 %", is from memory of the paper
+and was not re-checked.)
 
 **The rule.** An absolute cutoff such as 150 fits one model only, so a relative one is used:
 at layer l, a patch token is an *outlier* when ``‖x_l[n]‖₂ > k · median_patches ‖x_l‖₂``. The
 median (not the mean) is what a few outliers cannot move. Default ``k = 3`` (:data:`DEFAULT_K`):
-the outliers sit at about 10× the typical norm, the normal tokens within a small factor of the
-median, and ``3 ≈ √10`` is the geometric midpoint between the two modes, as far (in ratio)
-from each; a lower k (2) starts to flag the upper tail of normal tokens in models without
-outliers, a higher one (5) misses weaker outliers of smaller models.
+the two modes are far apart (the outliers several times the typical norm, the normal tokens
+within a small factor of the median), and a factor of 3 sits between them; a lower k (2)
+starts to flag the upper tail of normal tokens in models without outliers, a higher one (5)
+misses weaker outliers of smaller models. The page and the CLI let the researcher change k.
 
 **vit-xray's computation, re-derived** (not a dependency): the outlier view takes, at a layer,
 the L2 norm of each patch token's output, ``‖x_l[n]‖₂ = sqrt(Σ_d x_l[n, d]²)`` for the patch
