@@ -21,12 +21,12 @@ within a small factor of the median), and a factor of 3 sits between them; a low
 starts to flag the upper tail of normal tokens in models without outliers, a higher one (5)
 misses weaker outliers of smaller models. The page and the CLI let the researcher change k.
 
-**vit-xray's computation, re-derived** (not a dependency): the outlier view takes, at a layer,
-the L2 norm of each patch token's output, ``‖x_l[n]‖₂ = sqrt(Σ_d x_l[n, d]²)`` for the patch
-positions ``n ≥ P``, and calls a token an outlier when that norm stands above a threshold set
-relative to the distribution of the layer's patch norms. :func:`token_norms` computes the same
-norm on the same tensors (the block's output, before the final norm) with the threshold
-``k × median`` (tests/test_token_norms.py checks the equality against that formula written out).
+**Against vit-xray** (PyPI 0.1.0, a test-only requirement): it reads the same norm, the L2 norm
+of each patch token at a block's output before the final norm, and its ``outlier_frac`` is the
+same rule with the same factor (``> 3 × median``); it also fits two Gaussians to the norms for
+an "artifact score", which vitviz does not. ``tests/test_vit_xray.py`` runs vit-xray's own
+``analyze`` and :func:`token_norms` on one model and input (four registers, one planted
+high-norm patch): norms, outlier shares and the [CLS] attention to the outliers agree.
 """
 
 from __future__ import annotations
