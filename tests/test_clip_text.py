@@ -254,6 +254,33 @@ def test_cli_writes_the_explained_labels_token_relevance(tiny_file, tmp_path, ca
     assert "text_relevance" not in rollout  # no class map, no caption
 
 
+def test_cli_text_start_layer(tiny_file, tmp_path, capsys):  # noqa: F811
+    path, original = tiny_file
+    image = ASSETS / "chelsea.png"
+    model = ["--model", f"clip:{TINY}", "--weights", str(path), "--labels", ",".join(LABELS)]
+    common = ["--method", "chefer", "--class", "teapot", *model]
+    reference = original.with_labels(LABELS)
+    seen = Image.open(image).convert("RGB")
+    got = {}
+    for first in (0, -1):
+        out = tmp_path / f"from{first}"
+        rc = main(
+            ["explain", str(image), *common, "--out", str(out), "--text-start-layer", str(first)]
+        )
+        assert rc == 0, capsys.readouterr().err
+        got[first] = json.loads((out / "chelsea.json").read_text())["text_relevance"]
+        want = text_relevance(reference, seen, "teapot", start_layer=first)
+        np.testing.assert_allclose(
+            [v for _, v in got[first]], [v for _, v in want], rtol=1e-5, atol=1e-9
+        )
+    assert not np.allclose([v for _, v in got[0]], [v for _, v in got[-1]])
+    rc = main(
+        ["explain", str(image), *common, "--out", str(tmp_path / "bad"), "--text-start-layer", "99"]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "--text-start-layer" in err and "Traceback" not in err
+
+
 def test_the_page_shows_the_captions_words_under_a_typed_labels_class_map(monkeypatch):
     """CLIP ViT-B/32 (random weights) with three typed classes: under "why this class?" the
     table of the caption's tokens equals the engine's, and a rerun reads it from the cache."""

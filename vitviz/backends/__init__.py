@@ -154,10 +154,11 @@ class Backend(Protocol):
         ...
 
     def text_relevance(
-        self, image: Image.Image, label: str, *, seen: bool = False
+        self, image: Image.Image, label: str, *, seen: bool = False, start_layer: int = 0
     ) -> list[tuple[str, float]]:
         """A CLIP model's caption tokens for ``label`` and their share of the relevance for the
-        image–text similarity (shares sum to 1, or are all 0)."""
+        image–text similarity (shares sum to 1, or are all 0), text layers from
+        ``start_layer`` on (0: every layer; -1: the last alone)."""
         ...
 
     def trust(

@@ -86,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the map's values with every setting (NAME.values.npz, NAME.values.csv)",
     )
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument(
+        "--text-start-layer",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CLIP models: the caption's token relevance from text layer N on (default 0: every "
+        "text layer, as the image maps; -1: the last alone, as Chefer et al.'s CLIP notebook)",
+    )
     add_server_client(parser)
 
 
@@ -268,8 +276,12 @@ class _Outputs:
 
         image = Image.fromarray(classed.explanation.image)
         try:
-            pieces = backend.text_relevance(image, classed.labels[0], seen=True)
-        except OptionsError:  # a text tower it does not read (e.g. a Hugging Face tokenizer)
+            pieces = backend.text_relevance(
+                image, classed.labels[0], seen=True, start_layer=self.args.text_start_layer
+            )
+        except OptionsError as err:  # a bad start layer, or a text tower it does not read
+            if self.args.text_start_layer != 0:  # asked for: say why there is none
+                raise OptionsError(f"--text-start-layer: {err}") from err
             return None
         return [[w, v] for w, v in pieces]
 
