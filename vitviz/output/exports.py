@@ -468,7 +468,3 @@ def svg_text(text: Any) -> str:
     not allow) as spaces, ``< > &`` escaped."""
     return escape(_one_line(str(text)))
 
-
-def settings_metadata(settings: Mapping[str, Any]) -> str:
-    """The settings as JSON (ASCII) inside an SVG ``<metadata id="vitviz-settings">``."""
-    return f'<metadata id="vitviz-settings">{escape(_settings_json(settings, True))}</metadata>'
