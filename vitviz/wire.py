@@ -401,7 +401,10 @@ def _array(data: Mapping[str, Any], key: str, shape: tuple[int, ...], dtype: Any
     value = data[key]
     if value is None or isinstance(value, str | bytes | dict):
         raise WireError(f"{key} is not an array of numbers")
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except ValueError:  # ragged rows, or something that is not a number
+        raise WireError(f"{key} is not numbers of shape {shape}") from None
     if arr.shape != shape:
         raise WireError(f"{key} has shape {arr.shape}, not {shape}")
     if not np.isfinite(arr).all():
