@@ -173,7 +173,7 @@ def test_work_over_the_limit_is_refused_naming_its_size_and_the_batch_that_fits(
     with pytest.raises(OptionsError, match="kind must be zero or mean"):
         client.ablate_heads(image, 1, kind="half")
     with pytest.raises(OptionsError, match="not a resized and cropped input"):
-        client.token_norms(scene(3))  # the original image, not the model's input
+        client.token_norms(scene(3).resize((300, 200)))  # an original image, not the input
 
 
 def test_a_body_that_is_not_the_models_input_is_refused(server):
