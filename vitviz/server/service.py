@@ -395,8 +395,8 @@ class Engine:
                 result = self.backend.ablate_heads(
                     image, options.target, kind=options.kind, batch=batch
                 )
-            except OptionsError as err:
-                raise ApiError(400, "bad_option", str(err)) from None
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
         return self._json(result.to_dict())
 
     def _within(self, cost: WorkCost) -> bool:
@@ -418,8 +418,8 @@ class Engine:
         with self._lock:
             try:
                 lens = self.backend.logit_lens(image, top_k=options.top_k)
-            except OptionsError as err:
-                raise ApiError(400, "bad_option", str(err)) from None
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
         return self._json(wire.lens_to_dict(lens))
 
     def norms_answer(self, body: bytes, options: NormsOptions) -> bytes:
@@ -439,8 +439,8 @@ class Engine:
         with self._lock:
             try:
                 norms = self.backend.token_norms(image, k=options.k)
-            except OptionsError as err:
-                raise ApiError(400, "bad_option", str(err)) from None
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
         return self._json(wire.norms_to_dict(norms, layout))
 
     def anatomy_message(self) -> bytes:
@@ -750,6 +750,11 @@ def too_large(size: int, limit: int) -> ApiError:
         f"the request body is {size / 2**20:.1f} MiB, over this server's limit of "
         f"{limit / 2**20:.1f} MiB; send a smaller or more compressed image",
     )
+
+
+def _refused(err: VitvizError) -> ApiError:
+    """400 for an engine's refusal: ``bad_option`` for options, ``bad_request`` otherwise."""
+    return ApiError(400, "bad_option" if isinstance(err, OptionsError) else "bad_request", str(err))
 
 
 def _as_api_error(err: Exception) -> ApiError:
