@@ -195,19 +195,3 @@ def test_the_demo_backend(demo):
     assert r.logit.shape == (demo.loaded.num_layers, demo.loaded.num_heads)
     assert r.clean_logit == pytest.approx(float(expl.logits[1]), abs=1e-4)
     assert np.isfinite(r.layer_probability).all()
-
-
-def test_not_over_a_server_yet():
-    from vitviz.backends.capabilities import SERVED
-    from vitviz.backends.remote import RemoteBackend
-
-    client = RemoteBackend.__new__(RemoteBackend)  # no server needed: the calls refuse at once
-    for name in ("head_ablation", "logit_lens", "token_norms"):
-        assert name not in SERVED
-    for call in (
-        lambda: client.ablate_heads(None, 0),
-        lambda: client.logit_lens(None),
-        lambda: client.token_norms(None),
-    ):
-        with pytest.raises(OptionsError, match="server"):
-            call()

@@ -235,7 +235,7 @@ def test_health_and_model_description(servers, local):
     health = requests.get(f"{servers['main']}/v1/health", timeout=10).json()
     assert health["status"] == "ok" and health["model"] == "demo"
     info = requests.get(f"{servers['main']}/v1/model", timeout=10).json()
-    assert info["api_version"] == 4 and info["name"] == "demo"
+    assert info["api_version"] == 5 and info["name"] == "demo"
     assert "trust" in info["capabilities"] and "text_relevance" not in info["capabilities"]
     assert info["labels"] == local.labels
     assert (info["layers"], info["heads"]) == (local.loaded.num_layers, local.loaded.num_heads)

@@ -327,7 +327,7 @@ def _trust_request(backend):
 
 def test_the_server_lists_its_capabilities_and_the_client_offers_them(engine, monkeypatch):
     info = engine.info()
-    assert info["api_version"] == wire.API_VERSION == 4
+    assert info["api_version"] == wire.API_VERSION == 5
     assert "trust" in info["capabilities"] and "text_relevance" not in info["capabilities"]
     client = engine_client(engine, monkeypatch)
     assert client.offers("trust") and client.offers("explain") and client.offers("readout")
@@ -455,5 +455,5 @@ def test_the_client_refuses_a_server_of_another_api_version(engine, monkeypatch)
 
     old = {**engine.info(), "api_version": 3}
     monkeypatch.setattr(Engine, "info", lambda self: old)
-    with pytest.raises(ServerError, match="speaks API version 3, this client version 4"):
+    with pytest.raises(ServerError, match="speaks API version 3, this client version 5"):
         engine_client(engine, monkeypatch)

@@ -40,12 +40,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vitviz.results import ClassRelevance, Curve, TrustReport
+from vitviz.results import (
+    ABLATIONS,
+    ClassRelevance,
+    Curve,
+    HeadAblation,
+    LogitLens,
+    TokenNorms,
+    TrustReport,
+)
 
-API_VERSION = 4
-"""The HTTP API's version; a client refuses a server of another one. 3: per-layer Chefer
-relevance, "why not" (negative), /v1/features; 4: /v1/trust, /v1/text-relevance and the
-``capabilities`` of /v1/model."""
+API_VERSION = 5
+"""The HTTP API's version. 3: per-layer Chefer relevance, "why not" (negative),
+/v1/features; 4: /v1/trust, /v1/text-relevance and the ``capabilities`` of /v1/model;
+5: /v1/ablation, /v1/lens and /v1/norms (nothing else changed, so a version 5 client still
+uses a version 4 server for what it has: :data:`OLDEST_API_VERSION`)."""
+OLDEST_API_VERSION = 4
+"""The oldest server version a client of :data:`API_VERSION` talks to (older ones lack the
+``capabilities`` a client needs to know what it may ask)."""
 MAGIC = b"VITVIZ1\n"
 MEDIA_TYPE = "application/x-vitviz"
 DTYPES = ("float32", "float16", "float16-scaled", "uint8")
@@ -376,3 +388,235 @@ def text_relevance_from_list(pieces: Any) -> list[tuple[str, float]]:
     if not (abs(total - 1.0) < 1e-4 or total == 0.0):
         raise WireError(f"the token shares sum to {total:.4f}, not 1")
     return out
+
+
+# ----------------------------------------------------------------------------- inside the heads
+# /v1/ablation, /v1/lens and /v1/norms answer JSON (exact: JSON keeps every float64 digit, and
+# a float32 written as a float64 comes back as the same float32). Each reader checks an answer
+# against the model and the request, so a wrong answer is an error, never a wrong picture.
+
+
+def _array(data: Mapping[str, Any], key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``data[key]`` as a finite array of ``shape`` (a :class:`WireError` saying what is off)."""
+    value = data[key]
+    if value is None or isinstance(value, str | bytes | dict):
+        raise WireError(f"{key} is not an array of numbers")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except ValueError:  # ragged rows, or something that is not a number
+        raise WireError(f"{key} is not numbers of shape {shape}") from None
+    if arr.shape != shape:
+        raise WireError(f"{key} has shape {arr.shape}, not {shape}")
+    if not np.isfinite(arr).all():
+        raise WireError(f"{key} has values that are not finite numbers")
+    return arr.astype(dtype)
+
+
+def _int(data: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    """``data[key]``: an integer in ``[lo, hi]`` (JSON true/false and 3.0 are not)."""
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise WireError(f"{key} is {value!r}, not an integer in [{lo}, {hi}]")
+    return value
+
+
+def _ints(
+    data: Mapping[str, Any], key: str, shape: tuple[int, ...], lo: int, hi: int
+) -> np.ndarray:
+    """``data[key]``: integers in ``[lo, hi]`` of ``shape``."""
+    arr = np.asarray(data[key], dtype=object)
+    if arr.shape != shape:
+        raise WireError(f"{key} has shape {arr.shape}, not {shape}")
+    for v in arr.flat:
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise WireError(f"{key} holds {v!r}, not an integer in [{lo}, {hi}]")
+    return arr.astype(np.int64)
+
+
+def _in_unit(arr: np.ndarray, key: str, lo: float = 0.0) -> None:
+    """Probabilities (or their changes, ``lo = -1``) within ``[lo, 1]``, to rounding."""
+    if arr.size and (arr.min() < lo - 1e-9 or arr.max() > 1 + 1e-9):
+        raise WireError(f"{key} has values outside [{lo:g}, 1]")
+
+
+def _checked(what: str, read: Any) -> Any:
+    try:
+        return read()
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as err:
+        raise WireError(f"a malformed {what} answer ({type(err).__name__}: {err})") from None
+
+
+def ablation_from_dict(
+    data: Mapping[str, Any], *, layers: int, heads: int, target: int, kind: str, batch: int
+) -> HeadAblation:
+    """The inverse of :meth:`HeadAblation.to_dict`, checked against the model (``layers``,
+    ``heads``) and the request: its class and kind, finite Δs of shape ``[L, H]`` and ``[L]``
+    (probability Δs in [-1, 1]), a clean probability in [0, 1], a batch of 1 to ``batch`` and
+    the forwards that batch takes.
+
+    Raises:
+        WireError: anything else.
+    """
+
+    def read() -> HeadAblation:
+        if data["class"] != target or isinstance(data["class"], bool):
+            raise WireError(f"it answered for class {data['class']!r}, not {target}")
+        if data["kind"] != kind or kind not in ABLATIONS:
+            raise WireError(f"it answered a {data['kind']!r} ablation, not {kind!r}")
+        clean = data["clean"]
+        logit = _array(clean, "logit", (), np.float64)
+        probability = _array(clean, "probability", (), np.float64)
+        _in_unit(probability, "the clean probability")
+        dy = _array(data, "delta_logit", (layers, heads), np.float64)
+        dp = _array(data, "delta_probability", (layers, heads), np.float64)
+        ly = _array(data, "layer_delta_logit", (layers,), np.float64)
+        lp = _array(data, "layer_delta_probability", (layers,), np.float64)
+        for arr, key in ((dp, "delta_probability"), (lp, "layer_delta_probability")):
+            _in_unit(arr, key, -1.0)
+        used = _int(data, "batch", 1, batch)
+        forwards = _int(data, "forwards", 1, layers * heads + layers + 1)
+        if forwards != math.ceil((layers * heads + layers + 1) / used):
+            raise WireError(f"{forwards} forwards is not what a batch of {used} takes")
+        return HeadAblation(
+            target=target,
+            kind=kind,
+            clean_logit=float(logit),
+            clean_probability=float(probability),
+            logit=dy,
+            probability=dp,
+            layer_logit=ly,
+            layer_probability=lp,
+            batch=used,
+            forwards=forwards,
+        )
+
+    return _checked("head ablation", read)
+
+
+def lens_to_dict(lens: LogitLens) -> dict[str, Any]:
+    """A logit lens as JSON numbers: :meth:`LogitLens.to_dict` plus the full ``[L, C]`` logits
+    (float32 values, exact), which a caller needs to follow any class through the layers."""
+    return {**lens.to_dict(), "logits": np.asarray(lens.logits, np.float32).tolist()}
+
+
+def lens_from_dict(data: Mapping[str, Any], *, layers: int, classes: int, top_k: int) -> LogitLens:
+    """The inverse of :func:`lens_to_dict`, checked against the model (``layers``, ``classes``)
+    and ``top_k``: finite logits ``[L, C]``; top classes ``[L, min(k, C)]``, distinct indices
+    of each layer's highest logits, highest first; probabilities the logits' softmax (to 1e-6);
+    the final class the last layer's highest logit; its ranks those the logits give.
+
+    Raises:
+        WireError: anything else.
+    """
+
+    def read() -> LogitLens:
+        k = min(int(top_k), classes)
+        z = _array(data, "logits", (layers, classes), np.float32)
+        top = _ints(data, "top", (layers, k), 0, classes - 1)
+        if any(len(set(row.tolist())) != k for row in top):
+            raise WireError("a layer's top classes repeat a class")
+        ranked = np.take_along_axis(z, top, axis=1)
+        if not np.array_equal(ranked[:, 0], z.max(axis=1)) or (np.diff(ranked, axis=1) > 0).any():
+            raise WireError("a layer's top classes are not its highest logits, highest first")
+        zz = z.astype(np.float64)
+        p = np.exp(zz - zz.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        top_probability = _array(data, "top_probability", (layers, k), np.float64)
+        if np.abs(top_probability - np.take_along_axis(p, top, axis=1)).max(initial=0) > 1e-6:
+            raise WireError("top_probability is not the softmax of the logits")
+        final = _int(data, "final", 0, classes - 1)
+        if z[-1, final] != z[-1].max():
+            raise WireError(f"the final class {final} is not the last layer's highest logit")
+        final_probability = _array(data, "final_probability", (layers,), np.float64)
+        if np.abs(final_probability - p[:, final]).max(initial=0) > 1e-6:
+            raise WireError("final_probability is not the softmax of the logits")
+        rank = _ints(data, "final_rank", (layers,), 1, classes)
+        if not np.array_equal(rank, 1 + (z > z[:, final : final + 1]).sum(axis=1)):
+            raise WireError("final_rank is not the final class's rank among the logits")
+        return LogitLens(z, top, top_probability, final, final_probability, rank)
+
+    return _checked("logit lens", read)
+
+
+def norms_to_dict(norms: TokenNorms, layout: Any) -> dict[str, Any]:
+    """Token norms as JSON numbers (float32 values, exact; outliers as each layer's patch
+    indices) with the token layout they were read with."""
+    return {
+        "k": float(norms.k),
+        "layout": layout.to_dict(),
+        "norms": np.asarray(norms.norms, np.float32).tolist(),
+        "outliers": [np.flatnonzero(row).tolist() for row in norms.outliers],
+        "attention_share": None if norms.attention_share is None else float(norms.attention_share),
+        "registers": np.asarray(norms.registers, np.float32).tolist(),
+        "num_prefix": int(norms.num_prefix),
+    }
+
+
+def norms_from_dict(
+    data: Mapping[str, Any],
+    *,
+    layers: int,
+    grid: tuple[int, int],
+    patch_size: tuple[int, int],
+    k: float,
+) -> tuple[TokenNorms, Any]:
+    """The inverse of :func:`norms_to_dict` and the token layout, checked against the model
+    (``layers``, ``patch_size``), the input's patch ``grid`` and ``k``: non-negative finite norms
+    ``[L, N]`` for the layout's N tokens, outliers that are distinct patch indices (fewer than
+    half the patches: each is above k > 1 times the median), the registers' norms equal to the
+    norms' register columns, an attention share in [0, 1].
+
+    Raises:
+        WireError: anything else.
+    """
+    from vitviz.layout import TokenLayout
+
+    def read() -> tuple[TokenNorms, TokenLayout]:
+        layout = TokenLayout.from_dict(data["layout"])
+        if tuple(layout.grid) != tuple(grid) or tuple(layout.patch_size) != tuple(patch_size):
+            raise WireError(
+                f"its layout has a {layout.grid} grid of {layout.patch_size} px patches, not "
+                f"this input's {tuple(grid)} of {tuple(patch_size)} px"
+            )
+        n, p = layout.num_tokens, layout.num_prefix
+        if _int(data, "num_prefix", 0, n) != p:
+            raise WireError(f"num_prefix {data['num_prefix']} is not the layout's {p}")
+        if not isinstance(data["k"], int | float) or float(data["k"]) != float(k):
+            raise WireError(f"it answered for k = {data['k']!r}, not {k}")
+        values = _array(data, "norms", (layers, n), np.float32)
+        if values.size and values.min() < 0:
+            raise WireError("a norm is negative")
+        patches = n - p
+        raw = data["outliers"]
+        if not isinstance(raw, list) or len(raw) != layers:
+            raise WireError(f"outliers is not a list of {layers} layers")
+        mask = np.zeros((layers, patches), dtype=bool)
+        for layer, row in enumerate(raw):
+            if not isinstance(row, list):
+                raise WireError(f"the outliers of layer {layer} are not a list")
+            idx = _ints({"row": row}, "row", (len(row),), 0, patches - 1)
+            if len(set(idx.tolist())) != len(idx) or 2 * len(idx) > patches:
+                raise WireError(f"the outliers of layer {layer} repeat or are too many")
+            mask[layer, idx] = True
+        reg = layout.token_indices("reg")
+        registers = _array(data, "registers", (layers, len(reg)), np.float32)
+        if not np.array_equal(registers, values[:, reg]):
+            raise WireError("the registers' norms are not the norms of the register tokens")
+        share = data["attention_share"]
+        if share is not None:
+            share = float(_array(data, "attention_share", (), np.float64))
+            _in_unit(np.asarray(share), "attention_share")
+        result = TokenNorms(
+            norms=values,
+            k=float(k),
+            outliers=mask,
+            share=mask.mean(axis=1),
+            attention_share=share,
+            registers=registers,
+            num_prefix=p,
+        )
+        return result, layout
+
+    return _checked("token norms", read)

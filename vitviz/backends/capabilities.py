@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["CAPABILITIES", "SERVED", "Capability", "check_capability"]
+__all__ = ["CAPABILITIES", "SERVED", "SERVED_SINCE", "Capability", "check_capability"]
 
 Capability = Literal[
     "explain",  # explain: predictions and the full attention
@@ -37,9 +37,15 @@ SERVED: tuple[Capability, ...] = (
     "readout",
     "text_relevance",
     "trust",
+    "head_ablation",
+    "logit_lens",
+    "token_norms",
 )
 """The capabilities a vitviz server can offer over HTTP (typed labels, per-frame live maps and
 the lesson's look inside the blocks need the model in this process)."""
+SERVED_SINCE: dict[Capability, int] = {"head_ablation": 5, "logit_lens": 5, "token_norms": 5}
+"""The API version that brought each served capability (those absent: version 4 or before);
+a client never offers one that its server's version cannot carry."""
 
 
 def check_capability(name: str) -> None:

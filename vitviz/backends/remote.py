@@ -23,7 +23,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NoReturn
 
@@ -33,21 +33,24 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 
 from vitviz import wire
-from vitviz.backends.capabilities import SERVED, Capability, check_capability
+from vitviz.backends.capabilities import SERVED, SERVED_SINCE, Capability, check_capability
 from vitviz.errors import ImageError, OptionsError, ServerError
 from vitviz.inputs.geometry import InputGeometry
 from vitviz.layout import TokenLayout
 from vitviz.results import (
     Anatomy,
     ClassExplanation,
+    HeadAblation,
     ImageExplanation,
+    LogitLens,
     ModelInfo,
     Prediction,
     TokenEmbeddings,
     TokenFeatures,
+    TokenNorms,
     TrustReport,
 )
-from vitviz.wire import API_VERSION
+from vitviz.wire import API_VERSION, OLDEST_API_VERSION
 
 __all__ = ["API_VERSION", "Precision", "RemoteBackend", "explain_query"]
 
@@ -113,12 +116,19 @@ class RemoteBackend:
             raise ServerError(
                 f"{url} answered, but not as a vitviz server: check the URL and port"
             ) from None
-        if self._info.get("api_version") != API_VERSION:
+        version = self._info.get("api_version")
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or not OLDEST_API_VERSION <= version <= API_VERSION
+        ):
             self._http.close()
             raise ServerError(
-                f"the server at {url} speaks API version {self._info.get('api_version')}, "
-                f"this client version {API_VERSION}; use matching vitviz versions"
+                f"the server at {url} speaks API version {version}, this client version "
+                f"{API_VERSION} (and servers back to version {OLDEST_API_VERSION}); use matching "
+                "vitviz versions"
             )
+        self.api_version: int = version
         try:
             self._model = ModelInfo.from_dict({**self._info, "backend": self.url})
             self._capabilities = frozenset(str(c) for c in self._info["capabilities"])
@@ -135,15 +145,24 @@ class RemoteBackend:
 
     def offers(self, capability: Capability) -> bool:
         """Whether the server lists ``capability`` in its ``/v1/model`` description (only what a
-        server can offer counts: the rest needs the model in this process)."""
+        server can offer counts: the rest needs the model in this process) and its API version
+        carries it (:data:`~vitviz.backends.capabilities.SERVED_SINCE`)."""
         check_capability(capability)
+        if self.api_version < SERVED_SINCE.get(capability, 0):
+            return False
         return capability in SERVED and capability in self._capabilities
 
     def _need(self, capability: Capability) -> None:
-        if not self.offers(capability):
+        if self.offers(capability):
+            return
+        what = capability.replace("_", " ")
+        since = SERVED_SINCE.get(capability, 0)
+        if capability in SERVED and self.api_version < since:
             raise OptionsError(
-                f"the vitviz server at {self.url} does not offer {capability.replace('_', ' ')}"
+                f"the vitviz server at {self.url} speaks API version {self.api_version}, which "
+                f"has no {what} (it came with version {since}): update vitviz on the server"
             )
+        raise OptionsError(f"the vitviz server at {self.url} does not offer {what}")
 
     @property
     def template(self) -> None:
@@ -511,35 +530,80 @@ class RemoteBackend:
             "this process, not on a vitviz server"
         )
 
-    # -- inside the heads (issue 24): no server endpoints yet
-    def _not_served(self, what: str) -> NoReturn:
-        raise OptionsError(
-            f"{what} has no vitviz server endpoint yet: it needs the model in this process"
-        )
+    # -- inside the heads (issue 24): /v1/ablation, /v1/lens, /v1/norms (API version 5)
+    def ablate_heads(
+        self,
+        image: Image.Image,
+        target: int,
+        *,
+        kind: str = "zero",
+        batch: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> HeadAblation:
+        """Each head's and each layer's effect on class ``target`` of one seen image when
+        removed, computed by the server in one request (``batch``: ablated copies per forward,
+        at most the server's ``max_batch_size``); ``progress(0, total)`` is called before it
+        and ``progress(total, total)`` after. The answer is checked against the model and the
+        request (:func:`vitviz.wire.ablation_from_dict`)."""
+        self._need("head_ablation")
+        model_input = self._model_input(image, True)
+        layers, heads = self._model.layers, self._model.heads
+        total = layers * heads + layers
+        if progress is not None:
+            progress(0, total)
+        params = {"class": int(target), "kind": kind, "batch": int(batch)}
+        answer = self._json("/v1/ablation", model_input, params)
+        try:
+            result = wire.ablation_from_dict(
+                answer, layers=layers, heads=heads, target=int(target), kind=kind, batch=int(batch)
+            )
+        except wire.WireError as err:
+            raise ServerError(
+                f"{self.url} sent a head ablation answer vitviz cannot read: {err}"
+            ) from None
+        if progress is not None:
+            progress(total, total)
+        return result
 
-    def ablate_heads(self, image: Image.Image, target: int, **_options: Any) -> NoReturn:
-        """Not over a server yet (``offers("head_ablation")`` is False).
+    def logit_lens(self, image: Image.Image, *, top_k: int = 5) -> LogitLens:
+        """The model's final norm and head read after every block, for one seen image, computed
+        by the server (the full ``[L, C]`` logits come too); the answer is checked against the
+        model (:func:`vitviz.wire.lens_from_dict`)."""
+        self._need("logit_lens")
+        model_input = self._model_input(image, True)
+        answer = self._json("/v1/lens", model_input, {"top_k": int(top_k)})
+        try:
+            return wire.lens_from_dict(
+                answer, layers=self._model.layers, classes=self._model.classes, top_k=int(top_k)
+            )
+        except wire.WireError as err:
+            raise ServerError(
+                f"{self.url} sent a logit lens answer vitviz cannot read: {err}"
+            ) from None
 
-        Raises:
-            OptionsError: always.
-        """
-        self._not_served("head ablation")
-
-    def logit_lens(self, image: Image.Image, **_options: Any) -> NoReturn:
-        """Not over a server yet (``offers("logit_lens")`` is False).
-
-        Raises:
-            OptionsError: always.
-        """
-        self._not_served("the logit lens")
-
-    def token_norms(self, image: Image.Image, **_options: Any) -> NoReturn:
-        """Not over a server yet (``offers("token_norms")`` is False).
-
-        Raises:
-            OptionsError: always.
-        """
-        self._not_served("token norms")
+    def token_norms(self, image: Image.Image, *, k: float = 3.0) -> TokenNorms:
+        """Every token's residual-stream norm per layer of one seen image, its high-norm
+        outliers and their share of the readout's last-layer attention, computed by the server
+        (``k`` above 1); the answer is checked against the model and the input's patch grid
+        (:func:`vitviz.wire.norms_from_dict`)."""
+        self._need("token_norms")
+        model_input = self._model_input(image, True)
+        w, h = model_input.size
+        ph, pw = self._model.patch_size
+        answer = self._json("/v1/norms", model_input, {"k": float(k)})
+        try:
+            norms, _layout = wire.norms_from_dict(
+                answer,
+                layers=self._model.layers,
+                grid=(h // ph, w // pw),
+                patch_size=(ph, pw),
+                k=float(k),
+            )
+        except wire.WireError as err:
+            raise ServerError(
+                f"{self.url} sent a token norms answer vitviz cannot read: {err}"
+            ) from None
+        return norms
 
     def _explanation(
         self, header: dict[str, Any], arrays: dict[str, np.ndarray], copy: bool = False

@@ -3,7 +3,9 @@
 :class:`ExplainOptions` is the query of ``POST /v1/explain``: FastAPI validates it from the
 query string (and documents it at ``/docs``), and :meth:`vitviz.server.service.Engine.make_job`
 takes it; :class:`TrustOptions` and :class:`TextRelevanceOptions` are those of
-``POST /v1/trust`` and ``POST /v1/text-relevance``. :class:`Settings` is how a server
+``POST /v1/trust`` and ``POST /v1/text-relevance``, :class:`AblationOptions`,
+:class:`LensOptions` and :class:`NormsOptions` those of ``POST /v1/ablation``, ``/v1/lens``
+and ``/v1/norms``. :class:`Settings` is how a server
 runs; :class:`AppArgs` adds how Serve places its replicas and is what ``build_app`` and
 ``python -m vitviz serve`` give. Config files and ``serve run … k=v`` give strings: pydantic
 converts them to each field's type.
@@ -17,12 +19,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from vitviz.inputs import images
 from vitviz.wire import ArrayDtype, Attention, Gradients
+
+MAX_ABLATION_BATCH = 256  # ablated copies per forward a request may ask for (then the server's cap)
+MAX_LENS_TOP_K = 100  # top classes per layer a logit lens request may ask for
+MAX_NORMS_K = 1000.0  # the largest outlier factor a token norms request may ask for
+DEFAULT_MAX_WORK_BYTES = 4 * 2**30
+"""What one research request (ablation, lens, norms) may hold by default: 4 GiB. By
+:func:`vitviz.engine.ablation.ablation_cost`, ViT-B/16 at 224 px ablates 16 copies per forward
+in 0.2 GB; ViT-L/14 at 518 px needs 4.9 GB for 16, so it is refused there and told the largest
+batch that fits."""
+WORK_ENV = "VITVIZ_MAX_WORK_MB"
+
+
+def default_work_bytes() -> int:
+    """``$VITVIZ_MAX_WORK_MB`` in bytes when set (a ``ValueError`` naming it when it is not a
+    positive number), else :data:`DEFAULT_MAX_WORK_BYTES`."""
+    raw = os.environ.get(WORK_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_WORK_BYTES
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{WORK_ENV} must be a positive number of MiB, got {raw!r}")
+    return int(value * 2**20)
 
 
 class ExplainOptions(BaseModel):
@@ -89,6 +116,61 @@ class TextRelevanceOptions(BaseModel):
     )
 
 
+class AblationOptions(BaseModel):
+    """The options of one head ablation request (query parameters); the body is the model's
+    input as PNG. The class is checked against the model by the engine."""
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
+
+    target: int = Field(alias="class", description="the class whose logit and probability change")
+    kind: Literal["zero", "mean"] = Field(
+        "zero", description="zero (a head's output set to 0) or mean (to its mean over tokens)"
+    )
+    batch: int = Field(
+        16,
+        ge=1,
+        le=MAX_ABLATION_BATCH,
+        description=f"ablated copies per forward (1 to {MAX_ABLATION_BATCH}; at most the "
+        "server's max_batch_size are run)",
+    )
+
+
+class LensOptions(BaseModel):
+    """The options of one logit lens request; the body is the model's input as PNG."""
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
+
+    top_k: int = Field(
+        5, ge=1, le=MAX_LENS_TOP_K, description=f"top classes per layer (1 to {MAX_LENS_TOP_K})"
+    )
+
+
+class NormsOptions(BaseModel):
+    """The options of one token norms request; the body is the model's input as PNG."""
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True, frozen=True)
+
+    k: float = Field(
+        3.0,
+        gt=1.0,
+        le=MAX_NORMS_K,
+        allow_inf_nan=False,
+        description="outlier factor: a patch above k × its layer's median patch norm "
+        f"(above 1, at most {MAX_NORMS_K:g})",
+    )
+
+
+OPTION_MODELS: tuple[type[BaseModel], ...] = (
+    ExplainOptions,
+    TrustOptions,
+    TextRelevanceOptions,
+    AblationOptions,
+    LensOptions,
+    NormsOptions,
+)
+"""Every endpoint's options (where :func:`refusal` finds a field's choices)."""
+
+
 def choices(model: type[BaseModel], name: str) -> tuple[str, ...]:
     """The values a field of ``model`` declared as a ``Literal`` takes."""
     return tuple(get_args(model.model_fields[name].annotation))
@@ -100,11 +182,11 @@ def refusal(
     """The HTTP status and message for options that failed validation.
 
     ``errors``: pydantic's (or FastAPI's, whose locations start with ``query``). A value of
-    the wrong type gets 422 and every such problem; otherwise the first value that is not
-    among its field's choices gets 400 and the choices, read from ``model``'s declaration
-    (default :class:`ExplainOptions`).
+    the wrong type or out of its bounds gets 422 and every such problem; otherwise the first
+    value that is not among its field's choices gets 400 and the choices, read from
+    ``model``'s declaration (default: the first of :data:`OPTION_MODELS` with a field of that
+    name whose choices are declared).
     """
-    model = model or ExplainOptions
     wrong_type, not_a_choice = [], []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ())]
@@ -117,8 +199,13 @@ def refusal(
         problems = "; ".join(f"{where}: {e['msg']}" for where, e in wrong_type)
         return 422, f"invalid options: {problems}"
     where, _ = not_a_choice[0]
-    name = next((n for n, f in model.model_fields.items() if where in (n, f.alias)), where)
-    values = choices(model, name)
+    values: tuple[str, ...] = ()
+    for candidate in (model,) if model else OPTION_MODELS:
+        for n, f in candidate.model_fields.items():
+            if where in (n, f.alias) and not values and get_origin(f.annotation) is Literal:
+                values = choices(candidate, n)
+    if not values:
+        return 422, f"invalid options: {where}: {not_a_choice[0][1]['msg']}"
     either = ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
     return 400, f"{where} must be {either}"
 
@@ -148,6 +235,10 @@ class Settings(BaseModel):
         max_answer_bytes: largest answer; a request whose answer would be larger (many
             classes with full gradients, say) is refused with 400 before any work.
         max_pixels: largest decoded image (width × height).
+        max_work_bytes: most bytes one head ablation, logit lens or token norms request may
+            hold while it runs (:mod:`vitviz.memory.cost`), checked before the work; more is
+            refused with 400 ``work_too_large`` naming the size. Default: ``$VITVIZ_MAX_WORK_MB``
+            (MiB) when set, else :data:`DEFAULT_MAX_WORK_BYTES`.
         token: bearer token every API request but health must carry (None: each replica
             reads ``$VITVIZ_TOKEN``; empty: open).
         require_token: a replica without a token refuses to start (so a node whose
@@ -174,6 +265,7 @@ class Settings(BaseModel):
     max_uploads: int = 128
     max_answer_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_work_bytes: int = Field(default_factory=default_work_bytes, gt=0)
     token: str | None = Field(None, repr=False)
     require_token: bool = False
     threads: int = 0
@@ -198,6 +290,7 @@ class Settings(BaseModel):
             "upload_timeout_s": self.upload_timeout_s,
             "max_answer_bytes": self.max_answer_bytes,
             "max_pixels": min(self.max_pixels, images.MAX_PIXELS),
+            "max_work_bytes": self.max_work_bytes,
             "token_required": bool(self.token),
         }
 

@@ -5,7 +5,7 @@ into batches by ``@serve.batch`` and explained by :class:`vitviz.server.service.
 with ``python -m vitviz serve --model NAME`` (one machine) or deploy ``serve_config.yaml``
 on a Ray cluster (``serve deploy``); the API is documented at ``/docs`` and in the README.
 
-Endpoints (version 4; every one but health needs the bearer token when one is set):
+Endpoints (version 5; every one but health needs the bearer token when one is set):
     ``GET /v1/health``: liveness and the model name.
     ``GET /v1/model``: model description, labels, capabilities, methods, limits.
     ``GET /v1/model/anatomy``: patch-embedding filters and position similarity (binary).
@@ -17,6 +17,8 @@ Endpoints (version 4; every one but health needs the bearer token when one is se
         the model's input and the maps (:func:`vitviz.wire.encode_trust_request`).
     ``POST /v1/text-relevance``: a CLIP caption's token relevance for ``label`` (JSON); the
         body is the model's input as PNG.
+    ``POST /v1/ablation``, ``POST /v1/lens``, ``POST /v1/norms``: head ablation, the logit
+        lens and token norms of one model input (JSON; the body is the model's input as PNG).
 """
 
 import asyncio
@@ -38,8 +40,11 @@ from ray.serve.config import BackpressureConfig
 
 from vitviz import wire
 from vitviz.server.options import (
+    AblationOptions,
     AppArgs,
     ExplainOptions,
+    LensOptions,
+    NormsOptions,
     Settings,
     TextRelevanceOptions,
     TrustOptions,
@@ -303,6 +308,52 @@ class VitvizServer:
         """Which words of the label's caption made the image match it."""
         return await self._json_answer(
             request, lambda body: self.engine.text_relevance_answer(body, options)
+        )
+
+    async def _json_bytes_answer(self, request: Request, answer: Any) -> Response:
+        """Run ``answer(body)`` (JSON bytes) for an uploaded body, under the token and a slot."""
+        self._auth(request)
+        body = await _receive(request, self.settings, self.uploads)
+        self.admission.acquire()
+        try:
+            data = await asyncio.to_thread(answer, body)
+        finally:
+            self.admission.release()
+        return Response(data, media_type="application/json")
+
+    @api.post(
+        "/v1/ablation",
+        summary="Each head's and layer's effect on a class when removed (JSON)",
+        openapi_extra=_MODEL_INPUT_ROUTE["openapi_extra"],
+    )
+    async def ablation(
+        self, request: Request, options: Annotated[AblationOptions, Query()]
+    ) -> Response:
+        """Head ablation: :meth:`vitviz.server.service.Engine.ablation_answer`."""
+        return await self._json_bytes_answer(
+            request, lambda body: self.engine.ablation_answer(body, options)
+        )
+
+    @api.post(
+        "/v1/lens",
+        summary="The logit lens: the final norm and head read after every block (JSON)",
+        openapi_extra=_MODEL_INPUT_ROUTE["openapi_extra"],
+    )
+    async def lens(self, request: Request, options: Annotated[LensOptions, Query()]) -> Response:
+        """The logit lens: :meth:`vitviz.server.service.Engine.lens_answer`."""
+        return await self._json_bytes_answer(
+            request, lambda body: self.engine.lens_answer(body, options)
+        )
+
+    @api.post(
+        "/v1/norms",
+        summary="Residual-stream token norms and their high-norm outliers (JSON)",
+        openapi_extra=_MODEL_INPUT_ROUTE["openapi_extra"],
+    )
+    async def norms(self, request: Request, options: Annotated[NormsOptions, Query()]) -> Response:
+        """Token norms: :meth:`vitviz.server.service.Engine.norms_answer`."""
+        return await self._json_bytes_answer(
+            request, lambda body: self.engine.norms_answer(body, options)
         )
 
     @api.post(

@@ -11,6 +11,7 @@ response of :mod:`vitviz.wire`.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,9 +29,13 @@ from vitviz.backends.local import LocalBackend
 from vitviz.errors import ImageTooLarge, OptionsError, VitvizError
 from vitviz.inputs.classes import resolve_class
 from vitviz.inputs.images import decode_image
+from vitviz.memory.cost import WorkCost, size_text
 from vitviz.results import ClassExplanation, ImageExplanation
 from vitviz.server.options import (
+    AblationOptions,
     ExplainOptions,
+    LensOptions,
+    NormsOptions,
     Settings,
     TextRelevanceOptions,
     TrustOptions,
@@ -40,10 +45,13 @@ from vitviz.wire import API_VERSION
 
 __all__ = [
     "API_VERSION",
+    "AblationOptions",
     "ApiError",
     "Engine",
     "ExplainOptions",
     "Job",
+    "LensOptions",
+    "NormsOptions",
     "Settings",
     "TextRelevanceOptions",
     "TrustOptions",
@@ -51,6 +59,7 @@ __all__ = [
 ]
 
 MAX_TRUST_MAPS = 64  # maps one trust request may compare with occlusion
+JSON_NUMBER_BYTES = 25  # the most characters JSON gives one float ("-1.2345678901234567e-05,")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -327,6 +336,112 @@ class Engine:
             "start_layer": options.start_layer,
             "tokens": [[str(w), float(v)] for w, v in pieces],
         }
+
+    # -- inside the heads (issue 24): head ablation, the logit lens, token norms -------------
+    def _fits(self, cost: WorkCost, answer: int, way_out: str) -> None:
+        """400 before any work when ``cost`` passes ``max_work_bytes`` or ``answer`` bytes pass
+        ``max_answer_bytes``; the message names the sizes and ``way_out``."""
+        limit = self.settings.max_work_bytes
+        if cost.peak > limit:
+            raise ApiError(
+                400,
+                "work_too_large",
+                f"this {cost.what} would hold {cost.describe()}, over this server's limit of "
+                f"{size_text(limit)} per request; {way_out}",
+            )
+        if answer > self.settings.max_answer_bytes:
+            raise ApiError(
+                400,
+                "answer_too_large",
+                f"this {cost.what}'s answer would be {size_text(answer)}, over this server's "
+                f"limit of {size_text(self.settings.max_answer_bytes)}",
+            )
+
+    @staticmethod
+    def _json(answer: dict[str, Any]) -> bytes:
+        """An answer as JSON bytes (every float's digits kept; a NaN is the server's bug)."""
+        body = {"api_version": API_VERSION, **answer}
+        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+
+    def ablation_answer(self, body: bytes, options: AblationOptions) -> bytes:
+        """Each head's and each layer's effect on a class when removed
+        (:meth:`LocalBackend.ablate_heads`) as JSON (:meth:`HeadAblation.to_dict`); at most
+        ``max_batch_size`` copies per forward; 400 for a class the model lacks, a body that is
+        not the model's input, or work over ``max_work_bytes`` (before any work)."""
+        from vitviz.engine.ablation import ablation_cost
+
+        self._offered("head_ablation")
+        image = self._model_input(body, "head ablation")
+        classes = self.model.classes
+        if not 0 <= options.target < classes:
+            raise ApiError(
+                400,
+                "bad_option",
+                f"class {options.target} does not exist: the model has {classes} classes "
+                f"(0 to {classes - 1})",
+            )
+        batch = min(options.batch, self.settings.max_batch_size)
+        shape, hw = self.backend.memory_shape(), (image.size[1], image.size[0])
+        fitting = [b for b in range(batch, 0, -1) if self._within(ablation_cost(shape, hw, b))]
+        way_out = (
+            f"ask for batch={fitting[0]} or fewer ablated copies per forward"
+            if fitting
+            else "this model cannot be ablated on this server, even one copy per forward"
+        )
+        heads = self.model.layers * (self.model.heads + 2)
+        self._fits(ablation_cost(shape, hw, batch), 4 * JSON_NUMBER_BYTES * heads, way_out)
+        with self._lock:
+            try:
+                result = self.backend.ablate_heads(
+                    image, options.target, kind=options.kind, batch=batch
+                )
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
+        return self._json(result.to_dict())
+
+    def _within(self, cost: WorkCost) -> bool:
+        return cost.peak <= self.settings.max_work_bytes
+
+    def lens_answer(self, body: bytes, options: LensOptions) -> bytes:
+        """The logit lens (:meth:`LocalBackend.logit_lens`) as JSON
+        (:func:`vitviz.wire.lens_to_dict`: the full ``[L, C]`` logits included); 400 for a
+        body that is not the model's input or work over the limits (before any work)."""
+        from vitviz.engine.lens import lens_cost
+
+        self._offered("logit_lens")
+        image = self._model_input(body, "the logit lens")
+        layers, classes = self.model.layers, self.model.classes
+        cost = lens_cost(self.backend.memory_shape(), (image.size[1], image.size[0]), classes)
+        k = min(options.top_k, classes)
+        answer = JSON_NUMBER_BYTES * layers * (classes + 2 * k + 2) + 4096
+        self._fits(cost, answer, "this model's logit lens needs a server with a higher limit")
+        with self._lock:
+            try:
+                lens = self.backend.logit_lens(image, top_k=options.top_k)
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
+        return self._json(wire.lens_to_dict(lens))
+
+    def norms_answer(self, body: bytes, options: NormsOptions) -> bytes:
+        """Every token's residual-stream norm per layer, its outliers above ``k ×`` the median
+        and their share of the readout's attention (:meth:`LocalBackend.token_norms`) as JSON
+        (:func:`vitviz.wire.norms_to_dict`); 400 for a body that is not the model's input or
+        work over the limits (before any work)."""
+        from vitviz.engine.lens import norms_cost
+
+        self._offered("token_norms")
+        image = self._model_input(body, "token norms")
+        hw = (image.size[1], image.size[0])
+        layout = self.backend.loaded.layout(hw)
+        cost = norms_cost(self.backend.memory_shape(), hw)
+        answer = JSON_NUMBER_BYTES * self.model.layers * 3 * layout.num_tokens + 4096
+        self._fits(cost, answer, "use a server with a higher limit or a smaller input")
+        with self._lock:
+            try:
+                norms = self.backend.token_norms(image, k=options.k)
+            except VitvizError as err:  # options, or a model whose modules it cannot read
+                raise _refused(err) from None
+        return self._json(wire.norms_to_dict(norms, layout))
 
     def anatomy_message(self) -> bytes:
         """Patch-embedding filters and position similarity as a binary message."""
@@ -635,6 +750,11 @@ def too_large(size: int, limit: int) -> ApiError:
         f"the request body is {size / 2**20:.1f} MiB, over this server's limit of "
         f"{limit / 2**20:.1f} MiB; send a smaller or more compressed image",
     )
+
+
+def _refused(err: VitvizError) -> ApiError:
+    """400 for an engine's refusal: ``bad_option`` for options, ``bad_request`` otherwise."""
+    return ApiError(400, "bad_option" if isinstance(err, OptionsError) else "bad_request", str(err))
 
 
 def _as_api_error(err: Exception) -> ApiError:
