@@ -443,3 +443,29 @@ def test_a_server_whose_model_lacks_one_does_not_offer_it(monkeypatch):
     with pytest.raises(ApiError, match="does not offer logit lens"):
         engine.lens_answer(png(image), LensOptions())
     assert client.token_norms(image).registers.shape == (1, 4)
+
+
+def test_the_three_commands_over_the_server_write_the_local_numbers(server, demo, tmp_path):
+    """``vitviz ablate|lens|norms --server URL``: the files hold what this process computes."""
+    from vitviz.cli import main
+    from vitviz.inputs.assets import ASSETS
+    from vitviz.inputs.images import load_image_file
+
+    path = ASSETS / "demo-scene-1.png"
+    seen = demo.geometry(load_image_file(path).image)
+    remote = ["--server", server, "--out", str(tmp_path)]
+    assert main(["ablate", str(path), *remote, "--class", "2", "--batch", "4"]) == 0
+    assert main(["lens", str(path), *remote, "--top", "3"]) == 0
+    assert main(["norms", str(path), *remote, "--k", "1.3"]) == 0
+    want = demo.ablate_heads(seen, 2, batch=4)
+    with np.load(tmp_path / "demo-scene-1.ablation.npz") as npz:
+        assert relative(npz["logit"], want.logit) < 1e-4
+        assert relative(npz["layer_probability"], want.layer_probability) < 1e-4
+    lens = demo.logit_lens(seen, top_k=3)
+    with np.load(tmp_path / "demo-scene-1.lens.npz") as npz:
+        np.testing.assert_array_equal(npz["top"], lens.top)
+        np.testing.assert_allclose(npz["top_probability"], lens.top_probability, atol=1e-5)
+    norms = demo.token_norms(seen, k=1.3)
+    with np.load(tmp_path / "demo-scene-1.norms.npz") as npz:
+        assert relative(npz["norms"], norms.norms) < 1e-4
+        np.testing.assert_array_equal(npz["outliers"], norms.outliers)
