@@ -1,7 +1,7 @@
-"""Command line: ``python -m vitviz explain|models|serve``.
+"""Command line: ``python -m vitviz explain|compare|features|ablate|lens|norms|…``.
 
 One module per command (:mod:`vitviz.cli.explain`, ``trust``, ``atlas``, ``compare``,
-``features``, ``models``, ``serve``), each with ``NAME``, ``HELP``, ``ORDER``,
+``features``, ``ablate``, ``lens``, ``norms``, ``models``, ``serve``), each with ``NAME``, ``HELP``, ``ORDER``,
 ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` is every module of this
 package that declares ``NAME`` (:func:`vitviz.discovery.modules_declaring`) and :func:`main`
 builds the parser from it. Arguments several commands take are declared once, in
