@@ -15,6 +15,7 @@ from vitviz.ui import depth, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import raw, t
 from vitviz.ui.session import KEEP
+from vitviz.ui.text import plain
 
 ID = "Logit lens"
 ORDER = 54  # its place among the view buttons: after Head statistics (50), before Features (60)
@@ -53,7 +54,7 @@ def render(ctx: ViewContext) -> None:
     st.caption(
         t(
             "lens.caption",
-            label=names[0],
+            label=plain(names[0]),
             layer=layers - 1,
             settled=settled if settled is not None else layers - 1,
         )
