@@ -156,3 +156,31 @@ def add_server_client(parser: argparse.ArgumentParser) -> None:
         "--server", help="explain on a vitviz server (URL) instead of in this process"
     )
     parser.add_argument("--token", help="the server's bearer token (default: $VITVIZ_TOKEN)")
+
+
+# ------------------------------------------------------------------------------ research views
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    """``--json``: print the result as JSON on stdout instead of a table."""
+    parser.add_argument(
+        "--json", action="store_true", help="print the result and the files written as JSON"
+    )
+
+
+def add_layer(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--layer``: one layer (from 0) a command's picture shows (not a map method's option)."""
+    parser.add_argument("--layer", type=int, help=help)
+
+
+def add_research_model(parser: argparse.ArgumentParser) -> None:
+    """The model of ``ablate``, ``lens`` and ``norms``: in this process (``--model``,
+    ``--weights``/``--random-weights``, ``--device``, ``--precision``) or on ``--server``,
+    the ``--out`` folder and ``--json``."""
+    add_model(parser, help="curated key or any timm ViT name (default: vit-b16, or the server's)")
+    add_weights(parser)
+    add_out(parser)
+    add_device(parser)
+    add_precision(parser)
+    add_server_client(parser)
+    add_json(parser)
