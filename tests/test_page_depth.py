@@ -5,6 +5,7 @@ options from a link; a backend without the capability; a refusal over the memory
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import ASSETS, plotly_array, words
 from tests.test_app import canvas, chart, ok
+from tests.test_exports import deferred  # noqa: F401 - a fixture
 from tests.test_page_state import from_url
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
@@ -227,3 +229,41 @@ def test_work_over_the_budget_is_refused_in_words(monkeypatch, view, work, lang)
     assert re.search(".+".join(pieces), said), said
     assert i18n.t("memory.work", lang) in said
     assert calls == []  # refused before any work
+
+
+# ------------------------------------------------------------------------------- downloads
+
+
+def test_the_downloads_hold_the_numbers_shown(demo, seen, deferred):  # noqa: F811
+    import pandas as pd
+
+    from vitviz.output.research import read_settings
+
+    _, image = seen
+    stem = "demo-scene-1-demo"
+    at = from_url(view="Logit lens", lens_top="3")
+    ok(at)
+    ref = demo.logit_lens(image, top_k=3)
+    table = pd.read_csv(io.StringIO(deferred[f"{stem}-lens.csv"]()), comment="#")
+    tops = table[table["rank"] <= 3].sort_values(["layer", "rank"])
+    np.testing.assert_array_equal(tops["class"].to_numpy(), np.asarray(ref.top).ravel())
+    np.testing.assert_allclose(
+        tops["probability"].to_numpy().reshape(ref.top.shape), ref.top_probability, rtol=1e-5
+    )
+    npz = np.load(io.BytesIO(deferred[f"{stem}-lens.npz"]()))
+    np.testing.assert_allclose(npz["logits"], ref.logits, rtol=1e-6)
+    assert read_settings(npz)["options"] == {"top": 3}
+    assert read_settings(npz)["image"] == SAMPLE and read_settings(npz)["view"] == "Logit lens"
+    assert deferred[f"{stem}-lens.svg"]().lstrip().startswith("<")
+    at = from_url(view="Token norms", norms_k="1.5", norms_layer="4")
+    ok(at)
+    ref = demo.token_norms(image, k=1.5)
+    table = pd.read_csv(io.StringIO(deferred[f"{stem}-norms.csv"]()), comment="#")
+    np.testing.assert_allclose(
+        table["norm"].to_numpy().reshape(ref.norms.shape), ref.norms, rtol=1e-5
+    )
+    patches = table[table["kind"] == "patch"]["outlier"].to_numpy().astype(bool)
+    np.testing.assert_array_equal(patches.reshape(ref.outliers.shape), ref.outliers)
+    npz = np.load(io.BytesIO(deferred[f"{stem}-norms.npz"]()))
+    assert read_settings(npz)["options"] == {"k": 1.5, "layer": 4}
+    assert "svg" in deferred[f"{stem}-norms.svg"]()[:400]

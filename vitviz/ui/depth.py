@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +31,7 @@ T = TypeVar("T")
 __all__ = [
     "Busy",
     "attempt",
+    "download_row",
     "lens",
     "lens_columns",
     "lens_work",
@@ -39,6 +40,7 @@ __all__ = [
     "norms_work",
     "outlier_rows",
     "seed_int",
+    "settings",
     "settled_from",
     "softmax",
 ]
@@ -158,6 +160,46 @@ def seed_int(key: str, low: int, high: int) -> None:
     except ValueError:
         value = None
     session.seed(key, value if value is not None and low <= value <= high else None)
+
+
+def settings(ctx: ViewContext, view: str, analysis: str, options: Mapping[str, Any]) -> dict:
+    """What the downloaded files say about how they were made (as the command line's, see
+    :func:`vitviz.cli._research.settings`): the model as
+    :func:`~vitviz.output.provenance.public_info` tells it (no directory of this machine), the
+    image's name, the view, the analysis with its options and the token layout."""
+    from vitviz.output.provenance import public_info
+
+    info = public_info(ctx.info)
+    return {
+        "model": info.name,
+        "timm_name": info.timm_name,
+        "weights": info.weights.source,
+        "weights_location": info.weights.location,
+        "precision": info.precision,
+        "image": ctx.image_name,
+        "view": view,
+        "analysis": analysis,
+        "options": dict(options),
+        "prefix_tokens": list(ctx.layout.prefix),
+        "grid": list(ctx.layout.grid),
+    }
+
+
+def download_row(
+    stem: str, kind: str, files: Sequence[tuple[str, str, Callable[[], Any], str]]
+) -> None:
+    """One download button per ``(label, extension, data, MIME type)``, side by side, named
+    ``STEM-KIND.EXT`` as the page's other files; the data is made when the button is
+    clicked, and a click does not rerun the page."""
+    for column, (label, ext, data, mime) in zip(st.columns(len(files)), files, strict=True):
+        column.download_button(
+            label,
+            data=data,
+            file_name=f"{stem}-{kind}.{ext}",
+            mime=mime,
+            on_click="ignore",
+            key=f"dl-{kind}-{ext}",
+        )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

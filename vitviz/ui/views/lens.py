@@ -61,6 +61,40 @@ def render(ctx: ViewContext) -> None:
     )
     st.plotly_chart(final_figure(result), key="lens-final", config={"displayModeBar": False})
     st.caption(t("lens.approximation"))
+    _downloads(ctx, result, top_k)
+
+
+def _downloads(ctx: ViewContext, result: LogitLens, top_k: int) -> None:
+    """The lens as CSV, npz and SVG (:mod:`vitviz.output.research`), with its settings."""
+    from vitviz.output import research
+
+    settings = depth.settings(ctx, ID, "logit lens", {"top": top_k})
+    labels = ctx.labels
+    title = f"{t('view.lens')} · {ctx.image_name}"
+    depth.download_row(
+        ctx.stem,
+        "lens",
+        [
+            (
+                t("lens.download_csv"),
+                "csv",
+                lambda: research.lens_csv(result, labels, settings),
+                "text/csv",
+            ),
+            (
+                t("lens.download_npz"),
+                "npz",
+                lambda: research.research_npz(result, settings),
+                "application/octet-stream",
+            ),
+            (
+                t("lens.download_svg"),
+                "svg",
+                lambda: research.lens_svg(result, labels, title=title),
+                "image/svg+xml",
+            ),
+        ],
+    )
 
 
 def heatmap(
@@ -101,14 +135,20 @@ def heatmap(
         height=max(240, 28 * layers + 120),
         margin=dict(l=10, r=10, t=10, b=10),
         xaxis=dict(
-            title=t("lens.classes"), tickmode="array", tickvals=list(range(len(names))),
-            ticktext=ticks, tickangle=-35,
+            title=t("lens.classes"),
+            tickmode="array",
+            tickvals=list(range(len(names))),
+            ticktext=ticks,
+            tickangle=-35,
         ),
         yaxis=dict(
-            title=t("lens.layer"), tickmode="array", tickvals=list(range(layers)),
-            ticktext=rows, autorange="reversed",
+            title=t("lens.layer"),
+            tickmode="array",
+            tickvals=list(range(layers)),
+            ticktext=rows,
+            autorange="reversed",
         ),
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -144,9 +184,12 @@ def final_figure(result: LogitLens) -> go.Figure:
         xaxis=dict(title=t("lens.layer"), dtick=1),
         yaxis=dict(title=t("lens.probability"), range=[0, 1]),
         yaxis2=dict(
-            title=t("lens.rank"), overlaying="y", side="right", autorange="reversed",
+            title=t("lens.rank"),
+            overlaying="y",
+            side="right",
+            autorange="reversed",
             rangemode="tozero",
         ),
         legend=dict(orientation="h", y=-0.3),
-    )  # fmt: skip
+    )
     return fig

@@ -109,6 +109,41 @@ def render(ctx: ViewContext) -> None:
         st.caption(t("norms.registers_caption"))
     else:
         st.caption(t("norms.no_registers"))
+    _downloads(ctx, result, k, layer)
+
+
+def _downloads(ctx: ViewContext, result: TokenNorms, k: float, layer: int) -> None:
+    """The norms as CSV and npz, the chosen layer's map as SVG (:mod:`vitviz.output.research`),
+    with their settings."""
+    from vitviz.output import research
+
+    settings = depth.settings(ctx, ID, "token norms", {"k": k, "layer": layer})
+    grid = tuple(ctx.layout.grid)
+    title = f"{t('view.norms')} · {ctx.image_name}"
+    depth.download_row(
+        ctx.stem,
+        "norms",
+        [
+            (
+                t("norms.download_csv"),
+                "csv",
+                lambda: research.norms_csv(result, settings),
+                "text/csv",
+            ),
+            (
+                t("norms.download_npz"),
+                "npz",
+                lambda: research.research_npz(result, settings),
+                "application/octet-stream",
+            ),
+            (
+                t("norms.download_svg", layer=layer),
+                "svg",
+                lambda: research.norms_svg(result, layer, grid, title=title),
+                "image/svg+xml",
+            ),
+        ],
+    )
 
 
 def share_figure(result: TokenNorms) -> go.Figure:
