@@ -146,14 +146,14 @@ def test_the_norms_options_survive_a_copied_link():
     ok(at)
     assert at.slider(key="norms_k").value == 2.5
     assert canvas(at, "norms-canvas")["layer"] == 2 == canvas(at, "norms-outliers")["layer"]
-    assert at.query_params.get("norms_k") == "2.5"
+    assert at.query_params.get("norms_k") == "2.5" and at.query_params.get("norms_layer") == "2"
     at.slider(key="norms_k").set_value(4.0).run()
     assert at.query_params.get("norms_k") == "4"
     bad = from_url(view="Token norms", norms_k="nan", norms_layer="99")
     ok(bad)
     assert bad.slider(key="norms_k").value == 3.0
     assert canvas(bad, "norms-canvas")["layer"] == 5  # the demo's last layer
-    assert "norms_k" not in bad.query_params
+    assert "norms_k" not in bad.query_params and "norms_layer" not in bad.query_params
 
 
 def test_a_model_with_registers_shows_their_norms():

@@ -63,6 +63,7 @@ def render(ctx: ViewContext) -> None:
     depth.seed_int("norms_layer", 0, layers - 1)
     layer = st.session_state.get("norms_layer", layers - 1)
     layer = layer if isinstance(layer, int) and 0 <= layer < layers else layers - 1
+    session.keep_in_url("norms_layer", str(layer), str(layers - 1))  # a bad link's is dropped
     common = dict(layer=layer, link="norms", report=True, max_size=300)
     left, right = st.columns(2)
     with left:
