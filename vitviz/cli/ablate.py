@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 NAME = "ablate"
 HELP = "does a head matter? each head's and layer's effect on a class when removed"
-ORDER = 40  # its place in --help
+ORDER = 62  # its place in --help
 
 KINDS = ("zero", "mean")
 DEFAULT_BATCH = 16

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 NAME = "lens"
 HELP = "the logit lens: the final head read after every layer (an approximation before the last)"
-ORDER = 41  # its place in --help
+ORDER = 64  # its place in --help
 
 DEFAULT_TOP = 5
 MAX_TOP = 50

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 NAME = "norms"
 HELP = "token norms: high-norm outlier tokens per layer, and the registers"
-ORDER = 42  # its place in --help
+ORDER = 66  # its place in --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -467,4 +467,3 @@ def svg_text(text: Any) -> str:
     """``text`` safe inside an SVG element: on one line, control characters (which XML does
     not allow) as spaces, ``< > &`` escaped."""
     return escape(_one_line(str(text)))
-
