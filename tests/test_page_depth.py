@@ -267,3 +267,45 @@ def test_the_downloads_hold_the_numbers_shown(demo, seen, deferred):  # noqa: F8
     npz = np.load(io.BytesIO(deferred[f"{stem}-norms.npz"]()))
     assert read_settings(npz)["options"] == {"k": 1.5, "layer": 4}
     assert "svg" in deferred[f"{stem}-norms.svg"]()[:400]
+
+
+# --------------------------------------------------------------------- cached, one at a time
+
+
+def test_a_rerun_or_a_return_to_an_option_does_not_run_the_model_again(monkeypatch):
+    calls: list[str] = []
+    for method in ("logit_lens", "token_norms"):
+        real = getattr(LocalBackend, method)
+
+        def counting(self, *args, _real=real, _name=method, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(LocalBackend, method, counting)
+    at = from_url(view="Logit lens")
+    ok(at)
+    at.run()
+    at.slider(key="lens_top").set_value(3).run()
+    at.slider(key="lens_top").set_value(5).run()
+    ok(at)
+    assert calls == ["logit_lens", "logit_lens"]  # top 5, top 3; top 5 again from the cache
+    at.segmented_control(key="view").set_value("Token norms").run()
+    at.slider(key="norms_k").set_value(2.0).run()
+    at.slider(key="norms_k").set_value(3.0).run()
+    ok(at)
+    assert calls[2:] == ["token_norms", "token_norms"]
+
+
+def test_a_visitor_waiting_too_long_for_the_slot_is_told_to_try_again(monkeypatch):
+    monkeypatch.setattr(depth, "WAIT_S", 0.05)
+    assert depth.JOBS.acquire(timeout=60)  # another visitor's job holds the slot
+    try:
+        at = from_url(view="Token norms")
+    finally:
+        depth.JOBS.release()
+    ok(at)
+    assert i18n.t("norms.wait") in [i.value for i in at.info]
+    # the refusal was not cached: the next run computes the norms
+    at.run()
+    ok(at)
+    assert canvas(at, "norms-canvas")["layers"] == 6
