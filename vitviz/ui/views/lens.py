@@ -183,12 +183,12 @@ def final_figure(result: LogitLens) -> go.Figure:
         margin=dict(l=10, r=10, t=10, b=10),
         xaxis=dict(title=t("lens.layer"), dtick=1),
         yaxis=dict(title=t("lens.probability"), range=[0, 1]),
-        yaxis2=dict(
+        yaxis2=dict(  # rank 1 at the top, whole numbers
             title=t("lens.rank"),
             overlaying="y",
             side="right",
-            autorange="reversed",
-            rangemode="tozero",
+            tickformat="d",
+            range=[float(np.max(result.final_rank)) + 0.5, 0.5],
         ),
         legend=dict(orientation="h", y=-0.3),
     )
