@@ -1,11 +1,12 @@
 """Command line: ``python -m vitviz explain|compare|features|ablate|lens|norms|…``.
 
 One module per command (:mod:`vitviz.cli.explain`, ``trust``, ``atlas``, ``compare``,
-``features``, ``ablate``, ``lens``, ``norms``, ``models``, ``serve``), each with ``NAME``, ``HELP``, ``ORDER``,
-``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` is every module of this
-package that declares ``NAME`` (:func:`vitviz.discovery.modules_declaring`) and :func:`main`
-builds the parser from it. Arguments several commands take are declared once, in
-:mod:`vitviz.cli.arguments`. A new command is one new module here.
+``features``, ``ablate``, ``lens``, ``norms``, ``models``, ``serve``), each with ``NAME``,
+``HELP``, ``ORDER``, ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` is
+every module of this package that declares ``NAME``
+(:func:`vitviz.discovery.modules_declaring`) and :func:`main` builds the parser from it.
+Arguments several commands take are declared once, in :mod:`vitviz.cli.arguments`. A new
+command is one new module here.
 Exit status: 0 done, 1 some inputs failed, 2 bad arguments or unusable model, 130 interrupted.
 """
 
