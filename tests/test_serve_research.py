@@ -259,11 +259,10 @@ def test_a_model_with_registers_through_the_server_core_equals_the_local_one(
 
 
 def test_work_is_checked_before_it_runs_for_each_call(demo, monkeypatch):
-    from vitviz.engine.ablation import ablation_cost
-    from vitviz.engine.lens import lens_cost, norms_cost
+    from vitviz.memory.cost import ablation_cost, lens_cost, norms_cost
 
     shape, hw = demo.memory_shape(), (224, 224)
-    limit = 10 * 2**20  # below all three at these options (8.6 MB is one ablated copy)
+    limit = 8 * 2**20  # below all three at these options (8.5 MB the lens, 8.6 MB one copy)
     engine = Engine(Settings(model="demo", max_work_bytes=limit), demo)
     client = engine_client(engine, monkeypatch)
 
@@ -274,7 +273,7 @@ def test_work_is_checked_before_it_runs_for_each_call(demo, monkeypatch):
         monkeypatch.setattr(demo, name, never)
     image = demo.geometry(scene(4))
     cases = [
-        (lambda: client.ablate_heads(image, 0, batch=2), ablation_cost(shape, hw, 2), "batch=1"),
+        (lambda: client.ablate_heads(image, 0, batch=2), ablation_cost(shape, hw, 2), "limit"),
         (lambda: client.logit_lens(image), lens_cost(shape, hw, 8), "higher limit"),
         (lambda: client.token_norms(image), norms_cost(shape, hw), "higher limit"),
     ]
@@ -283,7 +282,7 @@ def test_work_is_checked_before_it_runs_for_each_call(demo, monkeypatch):
         with pytest.raises(ServerError) as err:
             call()
         assert f"would hold {size_text(cost.peak)}" in str(err.value), str(err.value)
-        assert "10 MB per request" in str(err.value) and way_out in str(err.value)
+        assert "8 MB per request" in str(err.value) and way_out in str(err.value)
 
 
 def test_the_work_limit_comes_from_the_environment_or_a_default(monkeypatch):

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _cost(shape: ModelShape, hw: tuple[int, int], batch: int) -> WorkCost:
     """What the ablation holds (imported here: the engine loads torch, a server run needs
     none)."""
-    from vitviz.engine.ablation import ablation_cost
+    from vitviz.memory.cost import ablation_cost
 
     return ablation_cost(shape, hw, batch)
 

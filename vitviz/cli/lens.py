@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cost(shape: ModelShape, hw: tuple[int, int], classes: int) -> WorkCost:
     """What the lens holds (imported here: the engine loads torch, a server run needs none)."""
-    from vitviz.engine.lens import lens_cost
+    from vitviz.memory.cost import lens_cost
 
     return lens_cost(shape, hw, classes)
 

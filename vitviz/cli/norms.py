@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cost(shape: ModelShape, hw: tuple[int, int]) -> WorkCost:
     """What the norms hold (imported here: the engine loads torch, a server run needs none)."""
-    from vitviz.engine.lens import norms_cost
+    from vitviz.memory.cost import norms_cost
 
     return norms_cost(shape, hw)
 

@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 
 from vitviz.errors import ModelError, OptionsError
-from vitviz.memory.cost import FLOAT, ModelShape, WorkCost, batch_forward_cost
+from vitviz.memory.cost import ablation_cost  # re-exported: what an ablation holds
 from vitviz.results import ABLATIONS, HeadAblation
 
 __all__ = [
@@ -226,14 +226,3 @@ def ablate_heads_of(loaded: Any, seen: Image.Image, target: int, **options: Any)
     (a :class:`vitviz.models.LoadedModel`); ``options`` as :func:`ablate_heads` takes them."""
     x = loaded.to_tensor(seen.convert("RGB"))[None]
     return ablate_heads(loaded.model, x, target, **options)
-
-
-def ablation_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int) -> WorkCost:
-    """What :func:`ablate_heads` holds, before it runs: one batch's plain forward (inference
-    mode, no attention kept; the unfused attention's scores of one layer included), the masks
-    (``(L·H + L + 1)·L·H`` float32 values) and the result (``2·(L·H + L)`` float64, kept)."""
-    forward = batch_forward_cost(shape, input_hw, batch)
-    heads = shape.layers * shape.heads
-    kept = 2 * (heads + shape.layers) * 2 * FLOAT
-    parts = {**forward.parts, "masks": (heads + shape.layers + 1) * heads * FLOAT, "result": kept}
-    return WorkCost("head ablation", sum(parts.values()), kept, parts)

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from vitviz.errors import ModelError, OptionsError
-from vitviz.memory.cost import FLOAT, ModelShape, WorkCost, explanation_cost
+from vitviz.memory.cost import lens_cost, norms_cost  # re-exported: what the lens holds
 from vitviz.results import LogitLens
 
 __all__ = [
@@ -179,42 +179,3 @@ def stream_norms_of(loaded: Any, seen: Image.Image) -> tuple[np.ndarray, np.ndar
         raise ModelError(f"recorded {len(outs)} block outputs of {len(loaded.model.blocks)}")
     norms = torch.stack([o[0].double() for o in outs]).norm(dim=-1)
     return norms.cpu().numpy(), attention[0, -1].float().cpu().numpy(), layout
-
-
-def lens_cost(shape: ModelShape, input_hw: tuple[int, int], classes: int) -> WorkCost:
-    """What :func:`logit_lens` holds, before it runs: the input, the recorded residual stream
-    ``[L, N, D]`` (the hooks keep each block's output itself, no copy, through the forward),
-    beside it the larger of one plain forward's transients (one layer's scores and softmax,
-    the block's activations) and, after the forward, the stream's stack and then its final
-    norm (each one more ``[L, N, D]``, the recorded list freed before the norm), and the
-    ``[L, C]`` logits with their softmax (kept, with the top classes).
-
-    tests/test_lens_cost.py holds it within tests/test_cost.py's margin of the measured peak
-    (adding the stream three times over a whole forward, as first written, was 2.3× the
-    measured peak of a 12-layer, 260-token model)."""
-    plain = explanation_cost(shape, input_hw)
-    stream = shape.layers * shape.tokens(input_hw) * shape.dim * FLOAT
-    transient = plain.parts["scores"] + plain.parts["activations"]
-    logits = shape.layers * max(int(classes), 1) * FLOAT
-    kept = 3 * logits  # float32 logits, float64 probabilities while the top is read
-    parts = {
-        "overhead": plain.parts["overhead"],
-        "input": plain.parts["input"],
-        "stream": stream,
-        "forward or stack": max(transient, stream),
-        "logits": kept,
-    }
-    return WorkCost("logit lens", sum(parts.values()), logits, parts)
-
-
-def norms_cost(shape: ModelShape, input_hw: tuple[int, int]) -> WorkCost:
-    """What :func:`stream_norms_of` and :func:`vitviz.analysis.norms.token_norms` hold, before
-    they run: one explanation's forward (the attention of every layer is captured; the last
-    layer's is kept), the recorded stream ``[L, N, D]`` with its float64 copy, and the norms
-    ``[L, N]`` (float64) with their outlier flags (kept)."""
-    n = shape.tokens(input_hw)
-    forward = explanation_cost(shape, input_hw)
-    stream = shape.layers * n * shape.dim * FLOAT
-    kept = shape.layers * n * (2 * FLOAT + 1) + shape.heads * n * n * FLOAT
-    parts = {**forward.parts, "stream": 3 * stream, "norms": kept}
-    return WorkCost("token norms", sum(parts.values()), kept, parts)

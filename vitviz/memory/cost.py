@@ -248,3 +248,57 @@ def answer_cost(
         parts["views"] = 4 * shape.layers * n * n * FLOAT
     parts["overhead"] = CALL_OVERHEAD
     return WorkCost("class maps" if classes else "explanation", sum(parts.values()), kept, parts)
+
+
+# ------------------------------------------------- the researcher's tools (issue 24), torch-free
+
+
+def ablation_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int) -> WorkCost:
+    """What :func:`vitviz.engine.ablation.ablate_heads` holds, before it runs: one batch's plain
+    forward (inference mode, no attention kept; the unfused attention's scores of one layer
+    included), the masks (``(L·H + L + 1)·L·H`` float32 values) and the result (``2·(L·H + L)``
+    float64, kept)."""
+    forward = batch_forward_cost(shape, input_hw, batch)
+    heads = shape.layers * shape.heads
+    kept = 2 * (heads + shape.layers) * 2 * FLOAT
+    parts = {**forward.parts, "masks": (heads + shape.layers + 1) * heads * FLOAT, "result": kept}
+    return WorkCost("head ablation", sum(parts.values()), kept, parts)
+
+
+def lens_cost(shape: ModelShape, input_hw: tuple[int, int], classes: int) -> WorkCost:
+    """What :func:`vitviz.engine.lens.logit_lens` holds, before it runs: the input, the recorded
+    residual stream ``[L, N, D]`` (the hooks keep each block's output itself, no copy, through
+    the forward), beside it the larger of one plain forward's transients (one layer's scores and
+    softmax, the block's activations) and, after the forward, the stream's stack and then its
+    final norm (each one more ``[L, N, D]``, the recorded list freed before the norm), and the
+    ``[L, C]`` logits with their softmax (kept, with the top classes).
+
+    tests/test_lens_cost.py holds it within tests/test_cost.py's margin of the measured peak
+    (adding the stream three times over a whole forward, as first written, was 2.3× the measured
+    peak of a 12-layer, 260-token model)."""
+    plain = explanation_cost(shape, input_hw)
+    stream = shape.layers * shape.tokens(input_hw) * shape.dim * FLOAT
+    transient = plain.parts["scores"] + plain.parts["activations"]
+    logits = shape.layers * max(int(classes), 1) * FLOAT
+    kept = 3 * logits  # float32 logits, float64 probabilities while the top is read
+    parts = {
+        "overhead": plain.parts["overhead"],
+        "input": plain.parts["input"],
+        "stream": stream,
+        "forward or stack": max(transient, stream),
+        "logits": kept,
+    }
+    return WorkCost("logit lens", sum(parts.values()), logits, parts)
+
+
+def norms_cost(shape: ModelShape, input_hw: tuple[int, int]) -> WorkCost:
+    """What :func:`vitviz.engine.lens.stream_norms_of` and :func:`vitviz.analysis.norms.token_norms`
+    hold, before they run: one explanation's forward (the attention of every layer is captured;
+    the last layer's is kept), the recorded stream ``[L, N, D]`` with its float64 copy, and the
+    norms ``[L, N]`` (float64) with their outlier flags (kept)."""
+    n = shape.tokens(input_hw)
+    forward = explanation_cost(shape, input_hw)
+    stream = shape.layers * n * shape.dim * FLOAT
+    kept = shape.layers * n * (2 * FLOAT + 1) + shape.heads * n * n * FLOAT
+    parts = {**forward.parts, "stream": 3 * stream, "norms": kept}
+    return WorkCost("token norms", sum(parts.values()), kept, parts)

@@ -368,7 +368,7 @@ class Engine:
         (:meth:`LocalBackend.ablate_heads`) as JSON (:meth:`HeadAblation.to_dict`); at most
         ``max_batch_size`` copies per forward; 400 for a class the model lacks, a body that is
         not the model's input, or work over ``max_work_bytes`` (before any work)."""
-        from vitviz.engine.ablation import ablation_cost
+        from vitviz.memory.cost import ablation_cost
 
         self._offered("head_ablation")
         image = self._model_input(body, "head ablation")
@@ -406,7 +406,7 @@ class Engine:
         """The logit lens (:meth:`LocalBackend.logit_lens`) as JSON
         (:func:`vitviz.wire.lens_to_dict`: the full ``[L, C]`` logits included); 400 for a
         body that is not the model's input or work over the limits (before any work)."""
-        from vitviz.engine.lens import lens_cost
+        from vitviz.memory.cost import lens_cost
 
         self._offered("logit_lens")
         image = self._model_input(body, "the logit lens")
@@ -427,7 +427,7 @@ class Engine:
         and their share of the readout's attention (:meth:`LocalBackend.token_norms`) as JSON
         (:func:`vitviz.wire.norms_to_dict`); 400 for a body that is not the model's input or
         work over the limits (before any work)."""
-        from vitviz.engine.lens import norms_cost
+        from vitviz.memory.cost import norms_cost
 
         self._offered("token_norms")
         image = self._model_input(body, "token norms")

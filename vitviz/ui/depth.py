@@ -20,7 +20,7 @@ import streamlit as st
 from PIL import Image
 
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
-from vitviz.memory.cost import ModelShape, WorkCost
+from vitviz.memory.cost import ModelShape, WorkCost, lens_cost, norms_cost
 from vitviz.results import LogitLens, TokenNorms
 from vitviz.ui import resources
 from vitviz.ui.context import ViewContext
@@ -59,17 +59,13 @@ class Busy(Exception):
 
 
 def lens_work(shape: ModelShape, input_hw: tuple[int, int], classes: int) -> WorkCost:
-    """What the logit lens holds (:func:`vitviz.engine.lens.lens_cost`). Imported only here,
-    for a model in this process (whose torch is loaded already); a server's work is its own."""
-    from vitviz.engine.lens import lens_cost
-
+    """What the logit lens holds in this process (:func:`vitviz.memory.cost.lens_cost`); a
+    server's work is its own."""
     return lens_cost(shape, input_hw, classes)
 
 
 def norms_work(shape: ModelShape, input_hw: tuple[int, int]) -> WorkCost:
-    """What the token norms hold (:func:`vitviz.engine.lens.norms_cost`; see :func:`lens_work`)."""
-    from vitviz.engine.lens import norms_cost
-
+    """What the token norms hold in this process (:func:`vitviz.memory.cost.norms_cost`)."""
     return norms_cost(shape, input_hw)
 
 
