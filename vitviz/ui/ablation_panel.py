@@ -29,6 +29,7 @@ from vitviz.results import ABLATIONS, HeadAblation
 from vitviz.ui import i18n, resources, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, fill, t
+from vitviz.ui.text import plain
 
 BATCH = 16  # ablated copies of the image per forward
 MEASURES = ("logit", "probability")
@@ -309,7 +310,7 @@ def show(
     st.caption(
         t(
             "ablation.caption",
-            label=ctx.class_title(result.target),
+            label=plain(ctx.class_title(result.target)),
             kind=t(KIND_WORDS[result.kind]),
             logit=f"{result.clean_logit:.3f}",
             probability=f"{result.clean_probability:.1%}",
