@@ -447,3 +447,28 @@ def figure_svg(values: Any, image: np.ndarray, settings: Mapping[str, Any]) -> s
         "</svg>",
     ]
     return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------ shared by other exports
+
+
+def settings_lines(settings: Mapping[str, Any]) -> list[str]:
+    """The settings as ``key: JSON`` comment lines, as :func:`values_csv` writes them (keys
+    reduced to ``[A-Za-z0-9_.-]``, each value JSON on one line); pass them to
+    :func:`csv_text` as ``comments``."""
+    lines = []
+    for key, value in _plain(settings).items():
+        name = re.sub(r"[^\w.-]", "_", str(key), flags=re.ASCII) or "_"
+        lines.append(f"{name}: {_settings_json(value)}")
+    return lines
+
+
+def svg_text(text: Any) -> str:
+    """``text`` safe inside an SVG element: on one line, control characters (which XML does
+    not allow) as spaces, ``< > &`` escaped."""
+    return escape(_one_line(str(text)))
+
+
+def settings_metadata(settings: Mapping[str, Any]) -> str:
+    """The settings as JSON (ASCII) inside an SVG ``<metadata id="vitviz-settings">``."""
+    return f'<metadata id="vitviz-settings">{escape(_settings_json(settings, True))}</metadata>'
