@@ -6,14 +6,20 @@ notes for a backend without ablation, a busy page and work over the memory budge
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import threading
+import xml.etree.ElementTree as ET
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, plotly_array, words
 from tests.test_app import chart, ok, start
+from tests.test_exports import deferred  # noqa: F401 - a fixture
 from tests.test_page_state import from_url
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
@@ -189,6 +195,43 @@ def test_a_link_with_values_the_page_does_not_have_gets_the_defaults(reference):
     assert at.selectbox(key="abl_class").value == reference["top"]
     assert at.radio(key="abl_kind").value == "zero"
     assert at.segmented_control(key="abl_measure").value == "logit"
+
+
+def test_the_downloads_hold_the_result_shown(reference, deferred):  # noqa: F811
+    at = on_view()
+    at.button(key="abl_run").click().run()
+    at.segmented_control(key="abl_measure").set_value("probability").run()
+    ok(at)
+    top = reference["top"]
+    ref = reference[top, "zero"]
+    stem = f"demo-scene-1-demo-ablation-zero-class{top}"
+    labels = {b.proto.label for b in at.get("download_button")}
+    assert {"Head ablation (CSV)", "Head ablation (npz)", "Head ablation figure (SVG)"} <= labels
+    assert {f"{stem}.csv", f"{stem}.npz", f"{stem}-probability.svg"} <= set(deferred)
+    text = deferred[f"{stem}.csv"]()
+    df = pd.read_csv(io.StringIO(text), comment="#")
+    heads = df[df["head"] != "all"]
+    layer, head = heads["layer"].to_numpy(int), heads["head"].to_numpy(int)
+    np.testing.assert_allclose(heads["delta_logit"], ref.logit[layer, head], rtol=1e-8)
+    np.testing.assert_allclose(heads["delta_probability"], ref.probability[layer, head], rtol=1e-8)
+    whole = df[df["head"] == "all"]
+    np.testing.assert_allclose(whole["delta_logit"], ref.layer_logit, rtol=1e-8)
+    said = {
+        row[1].partition(": ")[0]: json.loads(row[1].partition(": ")[2])
+        for row in csv.reader(io.StringIO(text))
+        if row and row[0] == "#" and ": " in row[1]
+    }
+    assert said["class_index"] == top and said["kind"] == "zero"
+    assert said["view"] == "Head statistics" and said["image"] == SAMPLE
+    assert said["options"] == {"kind": "zero", "batch": panel.BATCH}
+    with np.load(io.BytesIO(deferred[f"{stem}.npz"]())) as npz:
+        np.testing.assert_array_equal(npz["logit"], ref.logit)
+        np.testing.assert_array_equal(npz["layer_probability"], ref.layer_probability)
+        assert json.loads(str(npz["settings"]))["class_index"] == top
+    svg = ET.fromstring(deferred[f"{stem}-probability.svg"]())
+    cells = [e for e in svg.iter() if e.get("class") == "head-cell"]
+    assert len(cells) == ref.logit.size  # one cell per head, of the measure shown
+    assert "Δ probability" in "".join(svg.itertext())
 
 
 # ------------------------------------------------------------------------- opening a head

@@ -42,6 +42,8 @@ MEASURE_WORDS = {"logit": "ablation.measure_logit", "probability": "ablation.mea
 # process, whoever asks; one that waits longer than WAIT_S is not started (the visitor is told)
 RUNS = threading.BoundedSemaphore(1)
 WAIT_S = 120.0
+NEGATIVE, POSITIVE = "#2166ac", "#b2182b"  # RdBu's ends, as the exports colour a Δ
+VIEW = "Head statistics"  # the view the panel is in (its exports' settings say so)
 CACHE_BYTES = 4 * 2**20  # a ViT-B/16 result holds ~5 KB: hundreds of (image, class, kind)
 
 
@@ -229,7 +231,8 @@ def _limit(values: np.ndarray) -> float:
 
 def heads_figure(values: np.ndarray, which: str) -> go.Figure:
     """Δ of every head as clickable squares, layers down and heads across, in diverging
-    colours centred on 0 (red: the class lost, blue: it gained). Scatter squares, not a
+    colours centred on 0 (blue: the class lost, red: it gained, as
+    :func:`vitviz.output.research.ablation_svg` draws them). Scatter squares, not a
     heatmap: Streamlit reports no selection for heatmap traces."""
     layers, heads = values.shape
     ll, hh = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
@@ -244,7 +247,7 @@ def heads_figure(values: np.ndarray, which: str) -> go.Figure:
                 symbol="square",
                 size=max(10, min(28, 320 // max(layers, heads))),
                 color=values.ravel(),
-                colorscale="RdBu",
+                colorscale="RdBu_r",  # low blue, 0 white, high red
                 cmin=-edge,
                 cmax=edge,
                 cmid=0.0,
@@ -272,14 +275,14 @@ def heads_figure(values: np.ndarray, which: str) -> go.Figure:
 
 def layers_figure(values: np.ndarray, which: str) -> go.Figure:
     """Δ when every head of a layer is removed at once, one bar per layer (rows as in
-    :func:`heads_figure`), red for a loss and blue for a gain."""
+    :func:`heads_figure`), blue for a loss and red for a gain."""
     layers = len(values)
     fig = go.Figure(
         go.Bar(
             x=values,
             y=np.arange(layers),
             orientation="h",
-            marker=dict(color=["#b2182b" if v < 0 else "#2166ac" for v in values]),
+            marker=dict(color=[NEGATIVE if v < 0 else POSITIVE for v in values]),
             hovertemplate=fill("ablation.layer_hover", measure=t(MEASURE_WORDS[which]))
             + "<extra></extra>",
             name="layers",
@@ -334,6 +337,7 @@ def show(
             key="ablation-layers",
             config={"displayModeBar": False},
         )
+    downloads(ctx, result, which)
     table = head_rows(result, which)
     st.dataframe(
         {
@@ -353,6 +357,61 @@ def show(
             t("ablation.delta_probability"): st.column_config.NumberColumn(format="%.5f"),
         },
     )
+
+
+def settings(ctx: ViewContext, result: HeadAblation) -> dict[str, Any]:
+    """Every setting of one ablation, for its exports: the model (no directory of this
+    machine), the image, the view, the class, the kind and the batch."""
+    from vitviz.output import exports
+    from vitviz.output.provenance import public_info
+
+    labels = ctx.labels
+    label = labels[result.target] if 0 <= result.target < len(labels) else str(result.target)
+    out = exports.make_settings(
+        public_info(ctx.info),
+        image=ctx.image_name,
+        method="head-ablation",
+        options={"kind": result.kind, "batch": result.batch},
+        layout=ctx.layout,
+        view=VIEW,
+        target=(result.target, label),
+    )
+    for drawn in ("colormap", "alpha", "smooth"):  # a map's drawing: not this result's
+        out.pop(drawn, None)
+    return out
+
+
+def downloads(ctx: ViewContext, result: HeadAblation, which: str) -> None:
+    """CSV, npz and SVG of the result (:mod:`vitviz.output.research`), each made when clicked."""
+    from vitviz.output import research
+
+    given = settings(ctx, result)
+    stem = f"{ctx.stem}-ablation-{result.kind}-class{result.target}"
+    title = f"Head ablation ({result.kind}), class {given['class_index']}: {given['class_label']}"
+    files = (
+        ("csv", "text/csv", lambda: research.ablation_csv(result, given)),
+        ("npz", "application/octet-stream", lambda: research.research_npz(result, given)),
+        (
+            "svg",
+            "image/svg+xml",
+            lambda: research.ablation_svg(result, metric=which, title=title),
+        ),
+    )
+    words = {
+        "csv": "ablation.download_csv",
+        "npz": "ablation.download_npz",
+        "svg": "ablation.download_svg",
+    }
+    for column, (ext, mime, make) in zip(st.columns(len(files)), files, strict=True):
+        name = f"{stem}-{which}.svg" if ext == "svg" else f"{stem}.{ext}"
+        column.download_button(
+            t(words[ext]),
+            data=make,
+            file_name=name,
+            mime=mime,
+            on_click="ignore",
+            key=f"dl-abl-{ext}",
+        )
 
 
 def panel(
