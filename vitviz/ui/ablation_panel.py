@@ -93,14 +93,10 @@ def measure(ctx: ViewContext, target: int, kind: str) -> HeadAblation:
     script = threading.current_thread()
 
     def compute() -> HeadAblation:
-        if not RUNS.acquire(blocking=False):
-            note = st.empty()
-            note.info(t("ablation.waiting"), icon="⏳")
-            got = RUNS.acquire(timeout=WAIT_S)
-            note.empty()
-            if not got:
-                raise Busy
+        if not RUNS.acquire(timeout=WAIT_S):
+            raise Busy
         try:
+            note.empty()
             return admitted_run()
         finally:
             RUNS.release()
@@ -129,7 +125,16 @@ def measure(ctx: ViewContext, target: int, kind: str) -> HeadAblation:
         finally:
             bar.empty()
 
-    return results().get_or_compute(result_key(ctx, target, kind), compute)
+    # whoever waits (for the slot, or for another visitor measuring the same thing) is told
+    note = st.empty()
+    if RUNS.acquire(blocking=False):
+        RUNS.release()
+    else:
+        note.info(t("ablation.waiting"), icon="⏳")
+    try:
+        return results().get_or_compute(result_key(ctx, target, kind), compute)
+    finally:
+        note.empty()
 
 
 # ----------------------------------------------------------------------------------- controls
