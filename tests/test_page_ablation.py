@@ -19,6 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ASSETS, plotly_array, words
 from tests.test_app import chart, ok, start
+from tests.test_browser import page as browser_page  # noqa: F401 - a fixture
+from tests.test_browser import server  # noqa: F401 - a fixture (the page in a process)
 from tests.test_exports import deferred  # noqa: F401 - a fixture
 from tests.test_page_state import from_url
 from vitviz.backends.local import LocalBackend
@@ -206,7 +208,7 @@ def test_the_downloads_hold_the_result_shown(reference, deferred):  # noqa: F811
     ref = reference[top, "zero"]
     stem = f"demo-scene-1-demo-ablation-zero-class{top}"
     labels = {b.proto.label for b in at.get("download_button")}
-    assert {"Head ablation (CSV)", "Head ablation (npz)", "Head ablation figure (SVG)"} <= labels
+    assert {"Ablation (CSV)", "Ablation (npz)", "Ablation (SVG)"} <= labels
     assert {f"{stem}.csv", f"{stem}.npz", f"{stem}-probability.svg"} <= set(deferred)
     text = deferred[f"{stem}.csv"]()
     df = pd.read_csv(io.StringIO(text), comment="#")
@@ -373,3 +375,39 @@ def test_the_pages_cost_is_the_engines(shape, hw, batch):
     assert panel.ablation_forwards(shape.layers, shape.heads, batch) == (
         ablation.ablation_forwards(shape.layers, shape.heads, batch)
     )
+
+
+# ------------------------------------------------------------------------------ in a browser
+
+
+def test_in_a_browser_nothing_is_clipped_and_a_square_opens_its_head(
+    browser_page,  # noqa: F811
+    server,  # noqa: F811
+):
+    """The result on a real page (Chromium at 1280 px, English then Chinese): no control or
+    label cut off, and clicking a square opens that head in the Heads view."""
+    from tests.test_browser import CLIPPED_JS, canvas, expect, settle
+
+    page = browser_page
+    page.goto(f"{server}/?view=Head%20statistics")
+    page.get_by_text("Measure every head").click()
+    expect(page.get_by_text("Unablated:")).to_be_visible()
+    settle(page)
+    assert page.evaluate(CLIPPED_JS) == []
+    # the same link in Chinese: the result is kept by the page process, shown at once
+    page.goto(f"{server}/?view=Head%20statistics&lang=zh-Hant")
+    expect(page.get_by_text("未移除時")).to_be_visible()
+    settle(page)
+    assert page.evaluate(CLIPPED_JS) == []
+    points = page.locator(".st-key-ablation .scatterlayer .trace").first.locator("path.point")
+    expect(points.first).to_be_visible()
+    points.nth(4).scroll_into_view_if_needed()  # below the head table: into the viewport
+    settle(page)
+    box = points.nth(4).bounding_box()  # layer 1, head 1 (layer-major, the demo's 3 heads)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)  # plotly's drag layer sits above the points: use the mouse
+    expect(page.locator(".hovertext").first).to_contain_text("第 1 層，注意力頭 1")
+    page.mouse.click(cx, cy)
+    heads = canvas(page, "heads-canvas")
+    expect(heads).to_have_attribute("data-layer", "1")
+    expect(heads).to_have_attribute("data-head", "1")

@@ -301,6 +301,7 @@ def layers_figure(values: np.ndarray, which: str) -> go.Figure:
         dragmode=False,
         showlegend=False,
     )
+    fig.update_xaxes(nticks=4, tickangle=0)
     fig.update_yaxes(dtick=1, autorange="reversed")
     fig.add_vline(x=0, line_width=1, line_color="#444")
     return fig
