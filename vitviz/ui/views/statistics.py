@@ -1,4 +1,5 @@
-"""Head statistics: mean attention distance against depth, and attention entropy.
+"""Head statistics: mean attention distance against depth, attention entropy, the table of
+every head, and "Does a head matter?" (head ablation, :mod:`vitviz.ui.ablation_panel`).
 
 Plotly serves here (scatter plots); clicking a head opens its map in the Heads view.
 """
@@ -9,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from vitviz import methods
-from vitviz.ui import figures, session
+from vitviz.ui import ablation_panel, figures, session
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import t
 
@@ -67,6 +68,7 @@ def render(ctx: ViewContext) -> None:
             config={"displayModeBar": False},
         )
     _table(ctx)
+    ablation_panel.panel(ctx, on_point=_jump, on_row=_open_row)
 
 
 def _open_row(key: str, table: dict) -> None:
