@@ -183,6 +183,9 @@ def test_cost_before_work():
     assert 0 < small.kept < small.peak < large.peak
     assert large.parts["scores"] == 2 * 16 * 12 * 197 * 197 * 4  # unfused: one layer's scores
     assert ablation_forwards(12, 12, 16) == -(-(144 + 12 + 1) // 16) == 10
+    assert ablation_forwards(12, 12, 1) == 157
+    assert large.parts["masks"] == 157 * 144 * 4  # one float32 mask per ablated copy
+    assert large.kept == 2 * (144 + 12) * 2 * 4  # Δ logit and Δ probability, float64
 
 
 def test_the_demo_backend(demo):

@@ -25,7 +25,7 @@ from tests.test_exports import deferred  # noqa: F401 - a fixture
 from tests.test_page_state import from_url
 from vitviz.backends.local import LocalBackend
 from vitviz.inputs.images import decode_image
-from vitviz.memory.cost import ModelShape, size_text
+from vitviz.memory.cost import size_text
 from vitviz.results import HeadAblation
 from vitviz.ui import ablation_panel as panel
 from vitviz.ui import i18n, resources
@@ -353,28 +353,6 @@ def test_concurrent_visitors_run_one_ablation_at_a_time(reference, monkeypatch):
     for p in pages:
         ok(p)
         assert has_result(p)
-
-
-# ------------------------------------------------------------------------------ the cost
-
-
-@pytest.mark.parametrize(
-    "shape, hw",
-    [
-        (ModelShape(6, 3, 192, 768, 2_856_776, 1, (16, 16)), (64, 64)),
-        (ModelShape(12, 12, 768, 3072, 86_567_656, 1, (16, 16)), (224, 224)),
-        (ModelShape(12, 6, 384, 1536, 22_000_000, 5, (14, 14)), (518, 518)),
-    ],
-)
-@pytest.mark.parametrize("batch", [1, 16])
-def test_the_pages_cost_is_the_engines(shape, hw, batch):
-    """The page's torch-free copy of the ablation's cost and forward count equal the engine's."""
-    from vitviz.engine import ablation
-
-    assert panel.ablation_cost(shape, hw, batch) == ablation.ablation_cost(shape, hw, batch)
-    assert panel.ablation_forwards(shape.layers, shape.heads, batch) == (
-        ablation.ablation_forwards(shape.layers, shape.heads, batch)
-    )
 
 
 # ------------------------------------------------------------------------------ in a browser

@@ -28,7 +28,6 @@ registered it (found through a :class:`contextvars.ContextVar`, as in
 from __future__ import annotations
 
 import contextvars
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from vitviz.errors import ModelError, OptionsError
-from vitviz.memory.cost import ablation_cost  # re-exported: what an ablation holds
+from vitviz.memory.cost import ablation_cost, ablation_forwards  # re-exported
 from vitviz.results import ABLATIONS, HeadAblation
 
 __all__ = [
@@ -119,11 +118,6 @@ def _pre_hook(call: _Call, layer: int, heads: int) -> Any:
         return (out.reshape(b, n, width), *args[1:])
 
     return hook
-
-
-def ablation_forwards(layers: int, heads: int, batch: int) -> int:
-    """Batched forwards of one ablation: ``⌈(L·H + L + 1) / B⌉`` (the clean copy included)."""
-    return math.ceil((layers * heads + layers + 1) / max(1, int(batch)))
 
 
 def _masks(layers: int, heads: int) -> torch.Tensor:

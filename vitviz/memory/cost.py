@@ -7,6 +7,7 @@ as tokens would make N = H·W (the lesson's "why patches" step).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -251,6 +252,12 @@ def answer_cost(
 
 
 # ------------------------------------------------- the researcher's tools (issue 24), torch-free
+
+
+def ablation_forwards(layers: int, heads: int, batch: int) -> int:
+    """Batched forwards of one head ablation: ``⌈(L·H + L + 1) / B⌉`` (the clean copy
+    included)."""
+    return math.ceil((layers * heads + layers + 1) / max(1, int(batch)))
 
 
 def ablation_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int) -> WorkCost:

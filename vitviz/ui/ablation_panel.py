@@ -24,7 +24,7 @@ from PIL import Image
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
 from vitviz.inputs.classes import probabilities, ranked
 from vitviz.memory.cache import ByteLRU
-from vitviz.memory.cost import FLOAT, ModelShape, WorkCost, batch_forward_cost, size_text
+from vitviz.memory.cost import ablation_cost, ablation_forwards, size_text
 from vitviz.results import ABLATIONS, HeadAblation
 from vitviz.ui import i18n, resources, session
 from vitviz.ui.context import ViewContext
@@ -49,24 +49,6 @@ CACHE_BYTES = 4 * 2**20  # a ViT-B/16 result holds ~5 KB: hundreds of (image, cl
 
 class Busy(Exception):
     """Another visitor's ablation held the slot for longer than :data:`WAIT_S`."""
-
-
-def ablation_forwards(layers: int, heads: int, batch: int) -> int:
-    """Batched forwards of one ablation: ``⌈(L·H + L + 1) / B⌉`` (the clean copy included;
-    the same count as :func:`vitviz.engine.ablation.ablation_forwards`, without torch)."""
-    return math.ceil((layers * heads + layers + 1) / max(1, int(batch)))
-
-
-def ablation_cost(shape: ModelShape, input_hw: tuple[int, int], batch: int) -> WorkCost:
-    """What an ablation holds before it runs, as :func:`vitviz.engine.ablation.ablation_cost`
-    computes it (the page imports no torch module; a test keeps the two equal): one batch's
-    plain forward, the masks ``(L·H + L + 1)·L·H`` float32 and the result ``2·(L·H + L)``
-    float64."""
-    forward = batch_forward_cost(shape, input_hw, batch)
-    heads = shape.layers * shape.heads
-    kept = 2 * (heads + shape.layers) * 2 * FLOAT
-    parts = {**forward.parts, "masks": (heads + shape.layers + 1) * heads * FLOAT, "result": kept}
-    return WorkCost("head ablation", sum(parts.values()), kept, parts)
 
 
 @st.cache_resource(show_spinner=False)
