@@ -10,10 +10,10 @@ byte-bounded cache, so changing the measure or reopening the view never runs it 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,15 +40,14 @@ KIND_HELP = {"zero": "ablation.kind_zero_help", "mean": "ablation.kind_mean_help
 MEASURE_WORDS = {"logit": "ablation.measure_logit", "probability": "ablation.measure_probability"}
 # ~L·H forwards an ablation (ViT-B/16: 157 copies of the image): one at a time per page
 # process, whoever asks; one that waits longer than WAIT_S is not started (the visitor is told)
-RUNS = threading.BoundedSemaphore(1)
+RUNS = resources.JobSlot()
 WAIT_S = 120.0
 NEGATIVE, POSITIVE = "#2166ac", "#b2182b"  # RdBu's ends, as the exports colour a Δ
 VIEW = "Head statistics"  # the view the panel is in (its exports' settings say so)
 CACHE_BYTES = 4 * 2**20  # a ViT-B/16 result holds ~5 KB: hundreds of (image, class, kind)
 
 
-class Busy(Exception):
-    """Another visitor's ablation held the slot for longer than :data:`WAIT_S`."""
+Busy = resources.Busy
 
 
 @st.cache_resource(show_spinner=False)
@@ -75,43 +74,28 @@ def measure(ctx: ViewContext, target: int, kind: str) -> HeadAblation:
     script = threading.current_thread()
 
     def compute() -> HeadAblation:
-        if not RUNS.acquire(timeout=WAIT_S):
-            raise Busy
-        try:
+        with RUNS.held(WAIT_S):
             note.empty()
-            return admitted_run()
-        finally:
-            RUNS.release()
+            hw = ctx.layout.image_size
+            bar = st.progress(0.0, text=t("ablation.progress", done=0, total="…"))
 
-    def admitted_run() -> HeadAblation:
-        hw = ctx.layout.image_size
-        shape = backend.memory_shape()  # None: the work is a server's
-        admitted = (
-            contextlib.nullcontext()
-            if shape is None
-            else resources.admitted(
-                ablation_cost(shape, hw, BATCH), alongside=resources.held_by_run(backend, hw)
-            )
-        )
-        bar = st.progress(0.0, text=t("ablation.progress", done=0, total="…"))
+            def progress(done: int, total: int) -> None:
+                if threading.current_thread() is script and total > 0:
+                    frac = min(1.0, done / total)
+                    bar.progress(frac, text=t("ablation.progress", done=done, total=total))
 
-        def progress(done: int, total: int) -> None:
-            if threading.current_thread() is script and total > 0:
-                frac = min(1.0, done / total)
-                bar.progress(frac, text=t("ablation.progress", done=done, total=total))
-
-        try:
-            seen = Image.fromarray(ctx.expl.image)  # the image as the model saw it
-            with admitted:
-                return backend.ablate_heads(seen, target, kind=kind, batch=BATCH, progress=progress)
-        finally:
-            bar.empty()
+            try:
+                seen = Image.fromarray(ctx.expl.image)  # the image as the model saw it
+                with resources.admitted_work(backend, hw, partial(ablation_cost, batch=BATCH)):
+                    return backend.ablate_heads(
+                        seen, target, kind=kind, batch=BATCH, progress=progress
+                    )
+            finally:
+                bar.empty()
 
     # whoever waits (for the slot, or for another visitor measuring the same thing) is told
     note = st.empty()
-    if RUNS.acquire(blocking=False):
-        RUNS.release()
-    else:
+    if RUNS.busy():
         note.info(t("ablation.waiting"), icon="⏳")
     try:
         return results().get_or_compute(result_key(ctx, target, kind), compute)

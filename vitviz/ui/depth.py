@@ -10,8 +10,6 @@ the norms' canvas rows), kept here so tests can read exactly what the page shows
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -48,14 +46,13 @@ __all__ = [
 # one forward with the stream recorded per job: one job at a time per page process, whoever
 # asks, so a class opening the view together queues instead of multiplying the work; a job
 # that waits longer than WAIT_S is not started (the visitor is told to try again)
-JOBS = threading.BoundedSemaphore(1)
+JOBS = resources.JobSlot()
 WAIT_S = 60.0
 TOP_K = (1, 10, 5)  # the lens's classes per layer: lowest, highest, default
 K_RANGE = (1.5, 10.0)  # the outlier factor's slider
 
 
-class Busy(Exception):
-    """Another visitor's job held the slot for longer than :data:`WAIT_S`."""
+Busy = resources.Busy
 
 
 def lens_work(shape: ModelShape, input_hw: tuple[int, int], classes: int) -> WorkCost:
@@ -71,21 +68,8 @@ def norms_work(shape: ModelShape, input_hw: tuple[int, int]) -> WorkCost:
 
 def _job(ctx: ViewContext, cost: Callable[[ModelShape, tuple[int, int]], WorkCost], run):
     """``run()`` once the slot is free and its cost admitted beside what the page run holds."""
-    if not JOBS.acquire(timeout=WAIT_S):
-        raise Busy
-    try:
-        backend = ctx.backend
-        hw = ctx.layout.image_size
-        shape = backend.memory_shape()  # None: the work is a server's
-        admitted: contextlib.AbstractContextManager[Any] = (
-            contextlib.nullcontext()
-            if shape is None
-            else resources.admitted(cost(shape, hw), alongside=resources.held_by_run(backend, hw))
-        )
-        with admitted:
-            return run()
-    finally:
-        JOBS.release()
+    with JOBS.held(WAIT_S), resources.admitted_work(ctx.backend, ctx.layout.image_size, cost):
+        return run()
 
 
 def _seen(ctx: ViewContext) -> Image.Image:

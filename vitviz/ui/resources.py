@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -142,6 +142,66 @@ def held_by_run(backend: Backend, input_hw: tuple[int, int]) -> int:
     explanation it shows (with its views' arrays); none of it can be dropped meanwhile."""
     shown = work_cost(backend, input_hw)
     return model_bytes(backend) + shown.kept + shown.parts.get("views", 0)
+
+
+class Busy(Exception):
+    """Another visitor's job of the same kind held its :class:`JobSlot` longer than the wait
+    allowed: the visitor is told to try again (the job is not started)."""
+
+
+class JobSlot:
+    """One heavy job of a kind at a time per page process (a trust check, a head ablation, a
+    lens or norms run), whoever asks: a class opening the same panel together queues instead
+    of multiplying the work."""
+
+    def __init__(self) -> None:
+        self._sem = threading.BoundedSemaphore(1)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the slot (as :meth:`threading.Semaphore.acquire`)."""
+        return self._sem.acquire(blocking, timeout if blocking else None)
+
+    def release(self) -> None:
+        """Give the slot back."""
+        self._sem.release()
+
+    def busy(self) -> bool:
+        """Whether another job holds the slot now."""
+        if self._sem.acquire(blocking=False):
+            self._sem.release()
+            return False
+        return True
+
+    @contextmanager
+    def held(self, wait_s: float) -> Iterator[None]:
+        """Inside the ``with``: the slot, waited for at most ``wait_s`` seconds.
+
+        Raises:
+            Busy: the slot stayed taken for ``wait_s``.
+        """
+        if not self._sem.acquire(timeout=wait_s):
+            raise Busy
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+
+@contextmanager
+def admitted_work(
+    backend: Backend,
+    input_hw: tuple[int, int],
+    cost: Callable[[ModelShape, tuple[int, int]], WorkCost],
+) -> Iterator[None]:
+    """Inside the ``with``: the bytes of ``cost(shape, input_hw)`` admitted within the page's
+    budget beside what the page run holds (:func:`admitted`), for a model in this process; a
+    server's work is its own (nothing admitted here)."""
+    shape = backend.memory_shape()
+    if shape is None:
+        yield
+        return
+    with admitted(cost(shape, input_hw), alongside=held_by_run(backend, input_hw)):
+        yield
 
 
 def work_cost(

@@ -5,9 +5,8 @@ copies of the image, in this process or on a server); cached with the explanatio
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import threading
+from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
@@ -25,12 +24,9 @@ STEPS, SEEDS, BATCH = 16, 2, 16
 # ~200 perturbed forwards a check: one check at a time per page process, whoever asks, so a
 # classroom turning it on together queues instead of multiplying the CPU's work; a check
 # that waits longer than WAIT_S is not started (the visitor is told to try again)
-CHECKS = threading.BoundedSemaphore(1)
+CHECKS = resources.JobSlot()
 WAIT_S = 60.0
-
-
-class Busy(Exception):
-    """Another visitor's check held the slot for longer than :data:`WAIT_S`."""
+Busy = resources.Busy
 
 
 def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustReport | None:
@@ -43,24 +39,9 @@ def report(ctx: ViewContext, grid: np.ndarray, name: str, target: int) -> TrustR
     key = ("trust", name, target, hashlib.sha1(values.tobytes()).hexdigest())
 
     def compute() -> TrustReport:
-        if not CHECKS.acquire(timeout=WAIT_S):
-            raise Busy
-        try:
-            return checked()
-        finally:
-            CHECKS.release()
-
-    def checked() -> TrustReport:
         hw = ctx.layout.image_size
-        shape = backend.memory_shape()  # None: the work is a server's
-        admitted = (
-            contextlib.nullcontext()
-            if shape is None
-            else resources.admitted(
-                trust_cost(shape, hw, STEPS, BATCH), alongside=resources.held_by_run(backend, hw)
-            )
-        )
-        with admitted:
+        cost = partial(trust_cost, steps=STEPS, batch=BATCH)
+        with CHECKS.held(WAIT_S), resources.admitted_work(backend, hw, cost):
             return backend.trust(
                 Image.fromarray(ctx.expl.image),
                 target,
