@@ -127,6 +127,9 @@ def test_the_norms_maps_are_the_backends_norms(demo, seen):
     assert mask.any()  # the check can fail
     marked = vcanvas.decode(canvas(at, "norms-outliers"))["maps"][:, 0]
     np.testing.assert_array_equal(marked, mask.astype(np.float32))
+    # the strip of extra tokens says norms, not attention
+    assert canvas(at, "norms-canvas")["text"]["to_extra"] == "the extra tokens' norms:"
+    assert canvas(at, "norms-outliers")["text"]["to_extra"] == "the extra tokens (not judged):"
     share = plotly_array(chart(at, "norms-share")["data"][0]["y"]).astype(float)
     np.testing.assert_allclose(share, mask.mean(axis=1))
     # the readout's last-layer attention (mean over heads) to the last layer's outliers

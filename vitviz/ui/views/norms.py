@@ -76,6 +76,7 @@ def render(ctx: ViewContext) -> None:
             filename=f"{ctx.stem}-norms",
             **common,
         )
+        data["text"]["to_extra"] = t("norms.prefix")  # the strip shows norms, not attention
         canvas.attention_canvas(
             "norms-canvas", data, on_selection=lambda: _remember_layer("norms-canvas", layers)
         )
@@ -90,6 +91,7 @@ def render(ctx: ViewContext) -> None:
             scale=(0.0, 1.0),
             **common,
         )
+        data["text"]["to_extra"] = t("norms.prefix_outliers")
         canvas.attention_canvas(
             "norms-outliers", data, on_selection=lambda: _remember_layer("norms-outliers", layers)
         )
