@@ -790,3 +790,52 @@ def test_a_url_that_is_not_a_vitviz_server_gets_a_clear_error():
             RemoteBackend(url + "/elsewhere")
     finally:
         httpd.shutdown()
+
+
+def test_the_research_views_on_a_server_show_the_local_engines_numbers(servers, local, monkeypatch):
+    """Head ablation, the logit lens and token norms on a page whose model is a server's:
+    what the page shows equals the in-process engine's numbers (nothing runs here)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import plotly_array
+    from tests.test_app import APP, canvas, chart, ok
+    from tests.test_page_ablation import table
+    from vitviz.ui import canvas as vcanvas
+
+    seen = local.geometry(Image.open(ASSETS / "chelsea.png").convert("RGB"))
+    top = local.explain([seen], seen=True)[0].predictions[0].index
+    abl = local.ablate_heads(seen, top)
+    lens = local.logit_lens(seen)
+    norms = local.token_norms(seen)
+
+    def no_local_model(*a, **k):
+        raise AssertionError("the page ran the model in-process")
+
+    for name in ("explain", "ablate_heads", "logit_lens", "token_norms"):
+        monkeypatch.setattr(LocalBackend, name, no_local_model)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["backend_kind"] = "server"
+    at.session_state["server_url"] = servers["main"]
+    at.session_state["source"] = "Samples"
+    at.session_state["sample"] = "chelsea.png"
+    at.run()
+    ok(at)
+    at.segmented_control(key="view").set_value("Token norms").run()
+    ok(at)
+    data = vcanvas.decode(canvas(at, "norms-canvas"))
+    p = norms.num_prefix
+    np.testing.assert_allclose(data["maps"][:, 0], norms.norms[:, p:], rtol=1e-4)
+    at.segmented_control(key="view").set_value("Logit lens").run()
+    ok(at)
+    final = chart(at, "lens-final")["data"]
+    shown = plotly_array(final[0]["y"]).astype(float)
+    np.testing.assert_allclose(shown, lens.final_probability, rtol=1e-4, atol=1e-6)
+    at.segmented_control(key="view").set_value("Head statistics").run()
+    ok(at)
+    assert at.selectbox(key="abl_class").value == top
+    at.button(key="abl_run").click().run()
+    ok(at)
+    df = table(at)
+    layer, head = df["layer"].to_numpy(), df["head"].to_numpy()
+    got = df[df.columns[2]].to_numpy(float)  # Δ logit, as shown (rounded)
+    np.testing.assert_allclose(got, abl.logit[layer, head], atol=1e-3)
