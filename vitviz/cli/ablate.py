@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from vitviz.cli import _research as common
 from vitviz.cli.arguments import add_class, add_research_model
 from vitviz.cli.common import EXIT_OK, output_folder
 from vitviz.errors import OptionsError
+from vitviz.memory.cost import ablation_cost, explanation_cost
 
 if TYPE_CHECKING:
-    from vitviz.memory.cost import ModelShape, WorkCost
     from vitviz.results import HeadAblation
 
 NAME = "ablate"
@@ -71,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if args.target_class is not None:
         target = resolve_class(args.target_class, labels)
     else:  # the top class: one plain explanation first
-        common.check_memory(backend, item, _explanation_cost)
+        common.check_memory(backend, item, explanation_cost)
         target = backend.explain([item.seen], top_k=1, seen=True)[0].predictions[0].index
-    common.check_memory(backend, item, lambda shape, hw: _cost(shape, hw, args.batch))
+    common.check_memory(backend, item, partial(ablation_cost, batch=args.batch))
     common.warn_weights(info)
     result = backend.ablate_heads(
         item.seen, target, kind=args.kind, batch=args.batch, progress=_progress(args.json)
@@ -105,20 +106,6 @@ def run(args: argparse.Namespace) -> int:
     print(summary(result, label, path.name))
     print(f"→ {', '.join(files.values())}", file=sys.stderr)
     return EXIT_OK
-
-
-def _cost(shape: ModelShape, hw: tuple[int, int], batch: int) -> WorkCost:
-    """What the ablation holds (imported here: the engine loads torch, a server run needs
-    none)."""
-    from vitviz.memory.cost import ablation_cost
-
-    return ablation_cost(shape, hw, batch)
-
-
-def _explanation_cost(shape: ModelShape, hw: tuple[int, int]) -> WorkCost:
-    from vitviz.memory.cost import explanation_cost
-
-    return explanation_cost(shape, hw)
 
 
 def _progress(quiet: bool) -> Callable[[int, int], None] | None:

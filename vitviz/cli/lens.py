@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from typing import TYPE_CHECKING
 
 from vitviz.cli import _research as common
 from vitviz.cli.arguments import add_research_model
 from vitviz.cli.common import EXIT_OK, output_folder
 from vitviz.errors import OptionsError
+from vitviz.memory.cost import lens_cost
 
 if TYPE_CHECKING:
-    from vitviz.memory.cost import ModelShape, WorkCost
     from vitviz.results import LogitLens
 
 NAME = "lens"
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     info = backend.info()
     labels = list(backend.labels or [])
     item = common.model_input(backend, path, image)
-    common.check_memory(backend, item, lambda shape, hw: _cost(shape, hw, info.classes))
+    common.check_memory(backend, item, partial(lens_cost, classes=info.classes))
     common.warn_weights(info)
     result = backend.logit_lens(item.seen, top_k=args.top)
     settings = common.settings(info, path, "logit lens", {"top": args.top})
@@ -79,13 +80,6 @@ def run(args: argparse.Namespace) -> int:
     print(summary(result, labels, path.name))
     print(f"→ {', '.join(files.values())}", file=sys.stderr)
     return EXIT_OK
-
-
-def _cost(shape: ModelShape, hw: tuple[int, int], classes: int) -> WorkCost:
-    """What the lens holds (imported here: the engine loads torch, a server run needs none)."""
-    from vitviz.memory.cost import lens_cost
-
-    return lens_cost(shape, hw, classes)
 
 
 def _label(labels: list[str], index: int) -> str:

@@ -22,9 +22,9 @@ from vitviz.cli import _research as common
 from vitviz.cli.arguments import add_layer, add_research_model
 from vitviz.cli.common import EXIT_OK, output_folder
 from vitviz.errors import OptionsError
+from vitviz.memory.cost import norms_cost
 
 if TYPE_CHECKING:
-    from vitviz.memory.cost import ModelShape, WorkCost
     from vitviz.results import TokenNorms
 
 NAME = "norms"
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= layer < info.layers:
         raise OptionsError(f"--layer must be from 0 to {info.layers - 1}, got {args.layer}")
     item = common.model_input(backend, path, image)
-    common.check_memory(backend, item, _cost)
+    common.check_memory(backend, item, norms_cost)
     common.warn_weights(info)
     result = backend.token_norms(item.seen, k=args.k)
     ph, pw = info.patch_size
@@ -88,13 +88,6 @@ def run(args: argparse.Namespace) -> int:
     print(summary(result, path.name))
     print(f"→ {', '.join(files.values())}", file=sys.stderr)
     return EXIT_OK
-
-
-def _cost(shape: ModelShape, hw: tuple[int, int]) -> WorkCost:
-    """What the norms hold (imported here: the engine loads torch, a server run needs none)."""
-    from vitviz.memory.cost import norms_cost
-
-    return norms_cost(shape, hw)
 
 
 def summary(result: TokenNorms, image: str) -> str:
