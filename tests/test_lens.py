@@ -93,3 +93,13 @@ def test_a_backbone_without_classes_is_refused():
     assert not has_lens(model)
     with pytest.raises(OptionsError, match="classifier"):
         logit_lens(model, torch.randn(1, 3, 32, 32))
+
+
+def test_probabilities_are_a_softmax_per_row():
+    """The one softmax the lens, its exports, its wire check and the page share (by hand)."""
+    from vitviz.inputs.classes import probabilities
+
+    rows = probabilities(np.log([[1.0, 3.0], [2.0, 1.0]]))
+    np.testing.assert_allclose(rows, [[0.25, 0.75], [2 / 3, 1 / 3]])
+    np.testing.assert_allclose(probabilities(np.log([1.0, 3.0])), [0.25, 0.75])
+    np.testing.assert_allclose(probabilities([[1000.0, 1000.0]]), [[0.5, 0.5]])  # stable

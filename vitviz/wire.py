@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vitviz.inputs.classes import probabilities
 from vitviz.results import (
     ABLATIONS,
     ClassRelevance,
@@ -520,9 +521,7 @@ def lens_from_dict(data: Mapping[str, Any], *, layers: int, classes: int, top_k:
         ranked = np.take_along_axis(z, top, axis=1)
         if not np.array_equal(ranked[:, 0], z.max(axis=1)) or (np.diff(ranked, axis=1) > 0).any():
             raise WireError("a layer's top classes are not its highest logits, highest first")
-        zz = z.astype(np.float64)
-        p = np.exp(zz - zz.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = probabilities(z)
         top_probability = _array(data, "top_probability", (layers, k), np.float64)
         if np.abs(top_probability - np.take_along_axis(p, top, axis=1)).max(initial=0) > 1e-6:
             raise WireError("top_probability is not the softmax of the logits")

@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from vitviz.errors import ModelError, OptionsError
+from vitviz.inputs.classes import probabilities
 from vitviz.memory.cost import lens_cost, norms_cost  # re-exported: what the lens holds
 from vitviz.results import LogitLens
 
@@ -121,8 +122,7 @@ def lens_from_logits(logits: np.ndarray, top_k: int = 5) -> LogitLens:
         raise OptionsError(f"logits must be [layers, classes], got {z.shape}")
     if int(top_k) < 1:
         raise OptionsError(f"top_k must be at least 1, got {top_k}")
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = probabilities(z)
     k = min(int(top_k), z.shape[1])
     top = np.argsort(-z, axis=1, kind="stable")[:, :k]
     final = int(np.argmax(z[-1]))

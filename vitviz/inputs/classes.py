@@ -10,10 +10,11 @@ from vitviz.errors import OptionsError
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Softmax of class logits (float64, numerically stable)."""
+    """Softmax of class logits over the last axis (``[C]``, or one row per layer ``[L, C]``;
+    float64, numerically stable)."""
     z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def ranked(labels: Sequence[str], top: Sequence[int]) -> list[int]:

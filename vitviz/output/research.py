@@ -35,6 +35,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from vitviz.inputs.classes import probabilities
 from vitviz.output import render
 from vitviz.output.exports import (
     SVG_FONTS,
@@ -450,9 +451,7 @@ def lens_svg(result: LogitLens, labels: Sequence[str], *, title: str = "") -> st
     top = np.asarray(result.top)
     if logits.ndim != 2 or top.ndim != 2 or top.shape[0] != logits.shape[0]:
         raise ValueError("the lens's logits must be [layers, classes] and its top [layers, k]")
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
+    p = probabilities(logits)
     final = int(result.final)
     shown = list(dict.fromkeys([final, *(int(c) for c in top.ravel())]))
     if len(shown) > MAX_LENS_CLASSES:

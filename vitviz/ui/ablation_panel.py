@@ -26,7 +26,7 @@ from vitviz.inputs.classes import probabilities, ranked
 from vitviz.memory.cache import ByteLRU
 from vitviz.memory.cost import ablation_cost, ablation_forwards, size_text
 from vitviz.results import ABLATIONS, HeadAblation
-from vitviz.ui import i18n, resources, session
+from vitviz.ui import i18n, resources, session, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, fill, t
 from vitviz.ui.text import plain
@@ -374,16 +374,13 @@ def downloads(ctx: ViewContext, result: HeadAblation, which: str) -> None:
         "npz": "ablation.download_npz",
         "svg": "ablation.download_svg",
     }
-    for column, (ext, mime, make) in zip(st.columns(len(files)), files, strict=True):
-        name = f"{stem}-{which}.svg" if ext == "svg" else f"{stem}.{ext}"
-        column.download_button(
-            t(words[ext]),
-            data=make,
-            file_name=name,
-            mime=mime,
-            on_click="ignore",
-            key=f"dl-abl-{ext}",
-        )
+    widgets.download_row(
+        "abl",
+        [
+            (t(words[ext]), f"{stem}-{which}.svg" if ext == "svg" else f"{stem}.{ext}", make, mime)
+            for ext, mime, make in files
+        ],
+    )
 
 
 def panel(

@@ -18,9 +18,10 @@ import streamlit as st
 from PIL import Image
 
 from vitviz.errors import MemoryBusy, MemoryRefused, VitvizError
+from vitviz.inputs.classes import probabilities
 from vitviz.memory.cost import ModelShape, WorkCost, lens_cost, norms_cost
 from vitviz.results import LogitLens, TokenNorms
-from vitviz.ui import resources
+from vitviz.ui import resources, widgets
 from vitviz.ui.context import ViewContext
 from vitviz.ui.i18n import error_text, t
 
@@ -40,7 +41,6 @@ __all__ = [
     "seed_int",
     "settings",
     "settled_from",
-    "softmax",
 ]
 
 # one forward with the stream recorded per job: one job at a time per page process, whoever
@@ -168,32 +168,18 @@ def settings(ctx: ViewContext, view: str, analysis: str, options: Mapping[str, A
 def download_row(
     stem: str, kind: str, files: Sequence[tuple[str, str, Callable[[], Any], str]]
 ) -> None:
-    """One download button per ``(label, extension, data, MIME type)``, side by side, named
-    ``STEM-KIND.EXT`` as the page's other files; the data is made when the button is
-    clicked, and a click does not rerun the page."""
-    for column, (label, ext, data, mime) in zip(st.columns(len(files)), files, strict=True):
-        column.download_button(
-            label,
-            data=data,
-            file_name=f"{stem}-{kind}.{ext}",
-            mime=mime,
-            on_click="ignore",
-            key=f"dl-{kind}-{ext}",
-        )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``[L, C]`` logits (float64)."""
-    z = np.asarray(logits, np.float64)
-    p = np.exp(z - z.max(axis=-1, keepdims=True))
-    return p / p.sum(axis=-1, keepdims=True)
+    """One download button per ``(label, extension, data, MIME type)``, named
+    ``STEM-KIND.EXT`` as the page's other files (:func:`vitviz.ui.widgets.download_row`)."""
+    widgets.download_row(
+        kind, [(label, f"{stem}-{kind}.{ext}", data, mime) for label, ext, data, mime in files]
+    )
 
 
 def lens_columns(result: LogitLens) -> tuple[list[int], np.ndarray]:
     """The classes the lens heatmap shows — the union of every layer's top classes, the
     model's prediction first, then by their highest probability at any layer — and their
     probabilities ``[L, columns]``."""
-    probs = softmax(result.logits)
+    probs = probabilities(result.logits)
     union = {int(c) for c in np.asarray(result.top).ravel()} | {int(result.final)}
     others = sorted(union - {int(result.final)}, key=lambda c: (-probs[:, c].max(), c))
     columns = [int(result.final), *others]

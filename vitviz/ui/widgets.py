@@ -7,7 +7,7 @@ page code of their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import streamlit as st
@@ -345,3 +345,18 @@ def why_toggle(ctx: Any, label: str, key: str, where: Any = st, url: bool = Fals
     if url:
         session.keep_flag(key, bool(on))
     return bool(on)
+
+
+def download_row(key: str, files: Sequence[tuple[str, str, Callable[[], Any], str]]) -> None:
+    """One download button per ``(label, file name, data, MIME type)``, side by side (widget
+    keys ``dl-KEY-EXT``); the data is made when the button is clicked, and a click does not
+    rerun the page."""
+    for column, (label, name, data, mime) in zip(st.columns(len(files)), files, strict=True):
+        column.download_button(
+            label,
+            data=data,
+            file_name=name,
+            mime=mime,
+            on_click="ignore",
+            key=f"dl-{key}-{name.rsplit('.', 1)[-1]}",
+        )
