@@ -13,11 +13,11 @@ fixed sleep. Then it waits for the page to settle before the next action.
 Actions (``--repeats`` of each): a layer step and a head change in Heads, a click in the
 layers × heads mosaic, a layer step and a patch click in the Patch explorer, a discard-ratio
 step in Rollout, a start-layer step in Compare (two images: both panels redrawn), a view
-switch; in lesson mode, a step by the → / ← keys (to the new step
-drawn and the page settled) and a patch click on the step-2 grid. Prints medians per action,
-``floor_ms`` and ``ratio_to_floor``; on the canvas page also ``view_switch_mixed_frames``: over
-every view switch, the animation frames in which the old view's maps or controls were on
-screen together with the new view's (the target is 0).
+switch, the switch into Token norms and a layer step there; in lesson mode, a step by the
+→ / ← keys (to the new step drawn and the page settled) and a patch click on the step-2 grid.
+Prints medians per action, ``floor_ms`` and ``ratio_to_floor``; on the canvas page also
+``view_switch_mixed_frames``: over every view switch, the animation frames in which the old
+view's maps or controls were on screen together with the new view's (the target is 0).
 """
 
 from __future__ import annotations
@@ -319,6 +319,19 @@ def canvas_actions(p: Page, repeats: int) -> dict[str, list[float]]:
         '[data-testid="stMain"] input[type="range"][aria-label="Start layer"]'
     ).first
     out["compare_option_step"] = slider_steps(p, "cmp-b", start, repeats)
+    # Token norms (issue 24): the switch into the view (the norms computed by the first, then
+    # cached with the explanation) and a layer step on its two linked canvases
+    out["norms_view_switch"] = []
+    for _ in range(repeats):
+        view("Heads")
+        page.wait_for_selector(".st-key-heads-canvas [data-state]")
+        p.settle()
+        out["norms_view_switch"].append(p.timed("norms-canvas", lambda: view("Token norms")))
+    layer = control("norms-canvas", 'input[data-role="layer"]')
+    out["norms_layer_step"] = [
+        p.timed("norms-canvas", lambda k=key: (layer.focus(), layer.press(k)))
+        for key in layer_keys(repeats, p.state("norms-canvas").split("|")[1] == "0")
+    ]
     return out
 
 
